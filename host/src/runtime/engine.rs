@@ -1,0 +1,67 @@
+//! The engine and linker every module of a process shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+use super::bindings;
+use super::module::{Module, ModuleError};
+use super::sandbox::HostState;
+
+/// How often the engine's epoch advances; deadlines are whole ticks.
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Shared compilation and linking state. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) linker: Arc<Linker<HostState>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linker, and starts the epoch ticker thread (it
+    /// stops when the last clone of the engine is dropped).
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        match wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(e) => tracing::debug!("compilation cache unavailable: {e:#}"),
+        }
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Checks and compiles a component; see [`Module`].
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Module, ModuleError> {
+        Module::new(self, name, bytes)
+    }
+}

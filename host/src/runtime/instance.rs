@@ -1,0 +1,296 @@
+//! One transform instance: a store, its memory cap and deadline, and the
+//! calls across the boundary.
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::{self, InputBatch, OutputBatch, TransformGuest};
+use super::engine::EPOCH_TICK;
+use super::module::{InstantiateError, Module};
+use super::sandbox::{HostState, Labels, MemoryLimitExceeded};
+use crate::batch::{Batch, Columns};
+use crate::spec::Limits;
+
+/// What one step made of a batch: the guest's output plus the records the
+/// host dead-lettered for it (faults). Indices refer to the step's input.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepOutput {
+    pub records: Columns,
+    /// Input index of each output record, non-decreasing.
+    pub inputs: Vec<u32>,
+    /// 0 for the default output, `k` for `output_names[k - 1]`.
+    pub targets: Vec<u32>,
+    pub output_names: Vec<String>,
+    /// `(input index, reason)`, in input order.
+    pub dead_letters: Vec<(u32, String)>,
+}
+
+/// How a call into the guest failed, other than by returning an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The guest trapped (e.g. panicked); with the trap and panic message.
+    Trap(String),
+    /// The call ran past its deadline.
+    Deadline,
+    /// The guest tried to grow its memory past the limit.
+    MemoryLimit,
+    /// The guest returned an output batch that breaks the contract.
+    InvalidOutput(String),
+}
+
+impl Fault {
+    /// The dead-letter reason for a record that caused this fault.
+    pub fn reason(&self) -> String {
+        match self {
+            Fault::Trap(msg) => format!("trap: {msg}"),
+            Fault::Deadline => "deadline exceeded".to_owned(),
+            Fault::MemoryLimit => "memory limit".to_owned(),
+            Fault::InvalidOutput(msg) => format!("invalid output: {msg}"),
+        }
+    }
+}
+
+/// Counters of one transform, across instance restarts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransformStats {
+    /// Calls of `process`, including the re-runs that isolate faults.
+    pub calls: u64,
+    pub traps: u64,
+    pub deadline_hits: u64,
+    pub memory_hits: u64,
+    /// Instances replaced after a fault.
+    pub restarts: u64,
+}
+
+/// A live transform instance. See the module docs of `runtime`.
+pub struct Transform {
+    module: Module,
+    pub(super) labels: Labels,
+    limits: Limits,
+    config: Vec<(String, String)>,
+    store: Store<HostState>,
+    guest: TransformGuest,
+    pub(super) stats: TransformStats,
+}
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transform")
+            .field("module", &self.module)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Transform {
+    pub(super) fn new(
+        module: Module,
+        labels: Labels,
+        limits: Limits,
+        config: Vec<(String, String)>,
+    ) -> Result<Self, InstantiateError> {
+        let (store, guest) = start(&module, &labels, limits, &config)?;
+        Ok(Self {
+            module,
+            labels,
+            limits,
+            config,
+            store,
+            guest,
+            stats: TransformStats::default(),
+        })
+    }
+
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    pub fn stats(&self) -> TransformStats {
+        self.stats
+    }
+
+    /// Replaces the instance with a fresh one (after a fault: a trapped
+    /// instance must not be entered again).
+    pub(super) fn restart(&mut self) -> Result<(), InstantiateError> {
+        let (store, guest) = start(&self.module, &self.labels, self.limits, &self.config)?;
+        self.store = store;
+        self.guest = guest;
+        self.stats.restarts += 1;
+        Ok(())
+    }
+
+    /// One call of `process` over the whole of `batch`. The batch's vectors
+    /// are moved into the call and back, never copied on the host side.
+    ///
+    /// `Ok(Err(message))` is the guest's own batch-level error.
+    pub(super) fn call(&mut self, batch: &mut Batch) -> Result<Result<StepOutput, String>, Fault> {
+        self.stats.calls += 1;
+        self.store.data().stderr.clear_tail();
+        self.store.set_epoch_deadline(deadline_ticks(self.limits));
+        let input = InputBatch {
+            records: columns_to_wit(std::mem::take(&mut batch.records)),
+            partitions: std::mem::take(&mut batch.partitions),
+            offsets: std::mem::take(&mut batch.offsets),
+        };
+        let result = self
+            .guest
+            .sluice_transform_transform()
+            .call_process(&mut self.store, &input);
+        batch.records = columns_from_wit(input.records);
+        batch.partitions = input.partitions;
+        batch.offsets = input.offsets;
+        match result {
+            Ok(Ok(output)) => step_output(output, batch.len())
+                .map(Ok)
+                .map_err(Fault::InvalidOutput),
+            Ok(Err(message)) => Ok(Err(message)),
+            Err(error) => Err(self.classify(error)),
+        }
+    }
+
+    fn classify(&mut self, error: wasmtime::Error) -> Fault {
+        let fault = classify(&mut self.store, &error);
+        match fault {
+            Fault::Deadline => self.stats.deadline_hits += 1,
+            Fault::MemoryLimit => self.stats.memory_hits += 1,
+            _ => self.stats.traps += 1,
+        }
+        fault
+    }
+}
+
+#[allow(clippy::ptr_arg, reason = "the generated binding takes a &Vec")]
+fn start(
+    module: &Module,
+    labels: &Labels,
+    limits: Limits,
+    config: &Vec<(String, String)>,
+) -> Result<(Store<HostState>, TransformGuest), InstantiateError> {
+    let memory = usize::try_from(limits.memory.as_u64()).unwrap_or(usize::MAX);
+    let mut store = Store::new(
+        &module.runtime().engine,
+        HostState::new(labels.clone(), memory),
+    );
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(deadline_ticks(limits));
+    let guest = module
+        .pre()
+        .instantiate(&mut store)
+        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).reason()))?;
+    match guest
+        .sluice_transform_transform()
+        .call_init(&mut store, config)
+    {
+        Ok(Ok(())) => Ok((store, guest)),
+        Ok(Err(message)) => Err(InstantiateError::ConfigRejected(message)),
+        Err(e) => Err(InstantiateError::Trapped(classify(&mut store, &e).reason())),
+    }
+}
+
+fn deadline_ticks(limits: Limits) -> u64 {
+    // One extra tick: the current tick may be about to end.
+    (limits.deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) -> Fault {
+    if store.data().limiter.exceeded || error.downcast_ref::<MemoryLimitExceeded>().is_some() {
+        store.data_mut().limiter.exceeded = false;
+        return Fault::MemoryLimit;
+    }
+    let trap = error.downcast_ref::<Trap>();
+    if trap == Some(&Trap::Interrupt) {
+        return Fault::Deadline;
+    }
+    let what = match trap {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    match store.data().stderr.take_panic_message() {
+        Some(panic) => Fault::Trap(format!("{what} (guest {panic})")),
+        None => Fault::Trap(what),
+    }
+}
+
+/// Checks a guest's output against the contract and converts it.
+fn step_output(output: OutputBatch, inputs_len: usize) -> Result<StepOutput, String> {
+    let OutputBatch {
+        records,
+        inputs,
+        targets,
+        output_names,
+        dead_letters,
+    } = output;
+    let records = columns_from_wit(records);
+    records.validate()?;
+    let n = records.len();
+    if inputs.len() != n || targets.len() != n {
+        return Err(format!(
+            "{n} output records but {} input indices and {} targets",
+            inputs.len(),
+            targets.len()
+        ));
+    }
+    if inputs.windows(2).any(|w| w[0] > w[1]) {
+        return Err("output input indices are not non-decreasing".to_owned());
+    }
+    if let Some(&last) = inputs.last()
+        && last as usize >= inputs_len
+    {
+        return Err(format!(
+            "output refers to input {last}, but the batch has {inputs_len} records"
+        ));
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize > output_names.len()) {
+        return Err(format!(
+            "output target {t} but only {} output names",
+            output_names.len()
+        ));
+    }
+    let mut dead = Vec::with_capacity(dead_letters.len());
+    for bindings::DeadLetter { input, reason } in dead_letters {
+        if input as usize >= inputs_len {
+            return Err(format!(
+                "dead letter for input {input}, but the batch has {inputs_len} records"
+            ));
+        }
+        dead.push((input, reason));
+    }
+    Ok(StepOutput {
+        records,
+        inputs,
+        targets,
+        output_names,
+        dead_letters: dead,
+    })
+}
+
+fn columns_to_wit(c: Columns) -> bindings::Columns {
+    bindings::Columns {
+        keys: c.keys,
+        key_offsets: c.key_offsets,
+        values: c.values,
+        value_offsets: c.value_offsets,
+        flags: c.flags,
+        timestamps: c.timestamps,
+        header_offsets: c.header_offsets,
+        header_names: c.header_names,
+        header_name_offsets: c.header_name_offsets,
+        header_values: c.header_values,
+        header_value_offsets: c.header_value_offsets,
+    }
+}
+
+fn columns_from_wit(c: bindings::Columns) -> Columns {
+    Columns {
+        keys: c.keys,
+        key_offsets: c.key_offsets,
+        values: c.values,
+        value_offsets: c.value_offsets,
+        flags: c.flags,
+        timestamps: c.timestamps,
+        header_offsets: c.header_offsets,
+        header_names: c.header_names,
+        header_name_offsets: c.header_name_offsets,
+        header_values: c.header_values,
+        header_value_offsets: c.header_value_offsets,
+    }
+}

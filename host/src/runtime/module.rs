@@ -1,0 +1,122 @@
+//! Loading a component: check it, compile it once, pre-instantiate it.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::{TRANSFORM_EXPORT, TransformGuestPre};
+use super::engine::Runtime;
+use super::instance::Transform;
+use super::sandbox::{HostState, Labels};
+use crate::spec::Limits;
+
+/// Why a module cannot be loaded. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("not a WebAssembly binary (it does not start with `\\0asm`)")]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, but Sluice needs a component: build the guest with `cargo build --target wasm32-wasip2`"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error("the component needs imports Sluice does not provide: {0}")]
+    UnsupportedImports(String),
+    #[error(
+        "the component does not implement the Sluice transform world (`{TRANSFORM_EXPORT}`): {0}"
+    )]
+    WrongWorld(String),
+}
+
+/// Why a transform instance could not be made from a module.
+#[derive(Debug, thiserror::Error)]
+pub enum InstantiateError {
+    #[error("the transform rejected its configuration: {0}")]
+    ConfigRejected(String),
+    #[error("the transform failed while starting: {0}")]
+    Trapped(String),
+}
+
+/// A checked, compiled, pre-instantiated component. Cheap to clone.
+#[derive(Clone)]
+pub struct Module {
+    inner: Arc<ModuleInner>,
+}
+
+struct ModuleInner {
+    name: String,
+    sha256: String,
+    size: usize,
+    runtime: Runtime,
+    pre: TransformGuestPre<HostState>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.inner.name)
+            .field("sha256", &self.inner.sha256)
+            .finish()
+    }
+}
+
+impl Module {
+    pub(super) fn new(runtime: &Runtime, name: &str, bytes: &[u8]) -> Result<Self, ModuleError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(ModuleError::NotWasm);
+        }
+        if wasmparser::Parser::is_core_wasm(bytes) {
+            return Err(ModuleError::CoreModule);
+        }
+        let component = Component::new(&runtime.engine, bytes)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ModuleError::UnsupportedImports(format!("{e:#}")))?;
+        let pre =
+            TransformGuestPre::new(pre).map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
+        Ok(Self {
+            inner: Arc::new(ModuleInner {
+                name: name.to_owned(),
+                sha256: hex::encode(Sha256::digest(bytes)),
+                size: bytes.len(),
+                runtime: runtime.clone(),
+                pre,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Hex SHA-256 of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    pub(super) fn pre(&self) -> &TransformGuestPre<HostState> {
+        &self.inner.pre
+    }
+
+    pub(super) fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// A new instance in its own store, with `init(config)` already run.
+    pub fn instantiate(
+        &self,
+        labels: Labels,
+        limits: Limits,
+        config: Vec<(String, String)>,
+    ) -> Result<Transform, InstantiateError> {
+        Transform::new(self.clone(), labels, limits, config)
+    }
+}

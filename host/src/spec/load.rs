@@ -1,0 +1,329 @@
+//! Reading a spec from YAML (or JSON, which YAML accepts) and checking what
+//! types alone cannot.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{DEFAULT_OUTPUT, PipelineSpec};
+
+/// A spec that cannot be used, with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path of the field, e.g. `transforms[0].limits.memory`; `spec`
+    /// for the document as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and validates the spec at `path`. Module paths are resolved relative
+/// to the file's directory.
+pub fn load(path: &Path) -> Result<PipelineSpec, SpecError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SpecError::new("spec", format!("cannot read {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base)
+}
+
+/// Parses and validates a spec. Relative module paths are joined to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<PipelineSpec, SpecError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let mut spec: PipelineSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            "spec".to_owned()
+        } else {
+            field
+        };
+        SpecError::new(field, e.into_inner().to_string())
+    })?;
+    for t in &mut spec.transforms {
+        if t.module.is_relative() {
+            t.module = base.join(&t.module);
+        }
+    }
+    validate(&spec)?;
+    Ok(spec)
+}
+
+const MAX_BATCH_RECORDS: usize = 1_000_000;
+const MAX_BATCH_BYTES: u64 = 256 << 20;
+const MIN_MEMORY: u64 = 1 << 20;
+const MAX_MEMORY: u64 = 4 << 30;
+const MAX_DEADLINE: Duration = Duration::from_secs(600);
+
+fn validate(spec: &PipelineSpec) -> Result<(), SpecError> {
+    check_name("name", &spec.name)?;
+    if spec.kafka.brokers.trim().is_empty() {
+        return Err(SpecError::new(
+            "kafka.brokers",
+            "must list at least one host:port",
+        ));
+    }
+    if spec.source.topics.is_empty() {
+        return Err(SpecError::new(
+            "source.topics",
+            "must name at least one topic",
+        ));
+    }
+    for (i, topic) in spec.source.topics.iter().enumerate() {
+        check_topic(&format!("source.topics[{i}]"), topic)?;
+        if spec.source.topics[..i].contains(topic) {
+            return Err(SpecError::new(
+                format!("source.topics[{i}]"),
+                format!("`{topic}` is listed twice"),
+            ));
+        }
+        if spec.sink_topics().contains(&topic.as_str()) {
+            return Err(SpecError::new(
+                format!("source.topics[{i}]"),
+                format!(
+                    "`{topic}` is also an output or dead-letter topic; the pipeline would read its own output"
+                ),
+            ));
+        }
+    }
+    if let Some(group) = &spec.source.group
+        && group.trim().is_empty()
+    {
+        return Err(SpecError::new("source.group", "must not be empty"));
+    }
+
+    let batch = &spec.batch;
+    if !(1..=MAX_BATCH_RECORDS).contains(&batch.max_records) {
+        return Err(SpecError::new(
+            "batch.max_records",
+            format!(
+                "must be between 1 and {MAX_BATCH_RECORDS}, got {}",
+                batch.max_records
+            ),
+        ));
+    }
+    if !(1024..=MAX_BATCH_BYTES).contains(&batch.max_bytes.as_u64()) {
+        return Err(SpecError::new(
+            "batch.max_bytes",
+            format!("must be between 1 KiB and 256 MiB, got {}", batch.max_bytes),
+        ));
+    }
+    if batch.max_wait.is_zero() || batch.max_wait > Duration::from_secs(3600) {
+        return Err(SpecError::new(
+            "batch.max_wait",
+            "must be between 1ms and 1h",
+        ));
+    }
+
+    let mut names: Vec<String> = Vec::new();
+    for (i, t) in spec.transforms.iter().enumerate() {
+        let field = |f: &str| format!("transforms[{i}].{f}");
+        let name = t.step_name();
+        check_name(&field("name"), &name)?;
+        if names.contains(&name) {
+            return Err(SpecError::new(
+                field("name"),
+                format!("step name `{name}` is used twice; give one of them a `name`"),
+            ));
+        }
+        names.push(name);
+        match std::fs::metadata(&t.module) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(SpecError::new(
+                    field("module"),
+                    format!("{} is not a file", t.module.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(SpecError::new(
+                    field("module"),
+                    format!("cannot read {}: {e}", t.module.display()),
+                ));
+            }
+        }
+        let memory = t.limits.memory.as_u64();
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) {
+            return Err(SpecError::new(
+                field("limits.memory"),
+                format!("must be between 1 MiB and 4 GiB, got {}", t.limits.memory),
+            ));
+        }
+        if t.limits.deadline < Duration::from_millis(1) || t.limits.deadline > MAX_DEADLINE {
+            return Err(SpecError::new(
+                field("limits.deadline"),
+                "must be between 1ms and 10m",
+            ));
+        }
+    }
+
+    if !spec.outputs.contains_key(DEFAULT_OUTPUT) {
+        return Err(SpecError::new(
+            "outputs",
+            "must have a `default` output: it receives the last transform's default output",
+        ));
+    }
+    for (name, output) in &spec.outputs {
+        check_name(&format!("outputs.{name}"), name)?;
+        check_topic(&format!("outputs.{name}.topic"), &output.topic)?;
+    }
+    check_topic("dead_letter.topic", &spec.dead_letter.topic)?;
+    Ok(())
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("`{name}` is not a valid name: use 1-100 lower-case letters, digits and `-`"),
+        ))
+    }
+}
+
+/// Kafka's own rule for topic names.
+fn check_topic(field: &str, topic: &str) -> Result<(), SpecError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("`{topic}` is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory holding `m.wasm`, so module checks pass.
+    fn base() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wasm"), b"\0asm").unwrap();
+        dir
+    }
+
+    const GOOD: &str = r#"
+name: demo
+kafka: { brokers: "127.0.0.1:9092", producer: { linger.ms: 5 } }
+source: { topics: [events] }
+batch: { max_records: 500, max_bytes: 2 MiB, max_wait: 20ms }
+transforms:
+  - module: m.wasm
+    config: { threshold: 30, field: event_type }
+    limits: { memory: 16 MiB, deadline: 250ms }
+outputs:
+  default: { topic: clean }
+  alerts: { topic: alerts }
+dead_letter: { topic: dlq }
+"#;
+
+    fn err(yaml: &str) -> String {
+        let dir = base();
+        parse(yaml, dir.path()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_full_spec_with_defaults_and_resolved_paths() {
+        let dir = base();
+        let spec = parse(GOOD, dir.path()).unwrap();
+        assert_eq!(spec.group_id(), "sluice-demo");
+        assert_eq!(spec.batch.max_records, 500);
+        assert_eq!(spec.batch.max_bytes.as_u64(), 2 << 20);
+        assert_eq!(spec.batch.max_wait, Duration::from_millis(20));
+        assert_eq!(spec.transforms[0].module, dir.path().join("m.wasm"));
+        assert_eq!(spec.transforms[0].step_name(), "m");
+        assert_eq!(
+            spec.transforms[0].config_pairs(),
+            vec![
+                ("threshold".into(), "30".into()),
+                ("field".into(), "event_type".into())
+            ]
+        );
+        assert_eq!(
+            spec.transforms[0].limits.deadline,
+            Duration::from_millis(250)
+        );
+        assert_eq!(spec.kafka.producer["linger.ms"].to_string(), "5");
+        assert_eq!(spec.sink_topics(), vec!["alerts", "clean", "dlq"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let e = err(&GOOD.replace("    config:", "    confg:"));
+        assert!(e.starts_with("transforms[0]: unknown field `confg`"), "{e}");
+        let e = err(&GOOD.replace("max_wait: 20ms", "max_wait: 20ms, max_recs: 1"));
+        assert!(e.starts_with("batch: unknown field `max_recs`"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_name_the_field() {
+        let e = err(&GOOD.replace("deadline: 250ms", "deadline: soon"));
+        assert!(e.starts_with("transforms[0].limits.deadline: "), "{e}");
+        let e = err(&GOOD.replace("max_bytes: 2 MiB", "max_bytes: lots"));
+        assert!(e.starts_with("batch.max_bytes: "), "{e}");
+        let e = err(&GOOD.replace("memory: 16 MiB", "memory: 16 KiB"));
+        assert_eq!(
+            e,
+            "transforms[0].limits.memory: must be between 1 MiB and 4 GiB, got 16.0 KiB"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        assert_eq!(
+            err(&GOOD.replace("module: m.wasm", "module: missing.wasm"))
+                .split(": cannot read")
+                .next()
+                .unwrap(),
+            "transforms[0].module"
+        );
+        assert_eq!(
+            err(&GOOD.replace("default: { topic: clean }", "main: { topic: clean }")),
+            "outputs: must have a `default` output: it receives the last transform's default output"
+        );
+        assert_eq!(
+            err(&GOOD.replace("topics: [events]", "topics: [dlq]")),
+            "source.topics[0]: `dlq` is also an output or dead-letter topic; the pipeline would read its own output"
+        );
+        assert_eq!(
+            err(&GOOD.replace("name: demo", "name: Demo")),
+            "name: `Demo` is not a valid name: use 1-100 lower-case letters, digits and `-`"
+        );
+        assert_eq!(
+            err(&GOOD.replace("max_records: 500", "max_records: 0")),
+            "batch.max_records: must be between 1 and 1000000, got 0"
+        );
+        assert_eq!(
+            err(&GOOD.replace("topic: alerts", "topic: 'a/b'")),
+            "outputs.alerts.topic: `a/b` is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_are_reported() {
+        let e = err("name: x\nkafka: { brokers: b }\n");
+        assert!(e.starts_with("spec: missing field `source`"), "{e}");
+    }
+}

@@ -1,0 +1,212 @@
+//! The pipeline spec: one typed, validated description of a pipeline.
+//!
+//! Parsing is strict (`deny_unknown_fields`); every default lives in this
+//! file; every error names the field it is about, e.g.
+//! `transforms[1].limits.deadline: ...`. The spec is passed down explicitly to
+//! the stages that need a part of it; there is no global configuration.
+
+mod load;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+pub use load::{SpecError, load, parse};
+
+/// The name of the output that a transform chain's last step emits to when a
+/// guest does not name one.
+pub const DEFAULT_OUTPUT: &str = "default";
+
+/// A whole pipeline: `source -> batch -> transforms -> outputs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Lower-case letters, digits and `-`; used in logs, metrics and the
+    /// default consumer group.
+    pub name: String,
+    pub kafka: KafkaSpec,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub batch: BatchSpec,
+    /// The ordered chain of transforms. Each step's default output feeds the
+    /// next step; named outputs and dead letters leave the chain at once.
+    #[serde(default)]
+    pub transforms: Vec<TransformSpec>,
+    /// Named outputs; `default` (required) receives the last step's default
+    /// output.
+    pub outputs: IndexMap<String, OutputSpec>,
+    pub dead_letter: DeadLetterSpec,
+}
+
+/// Connection to the Kafka cluster that the source reads and the sinks write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Bootstrap servers, comma-separated (`host:port,host:port`).
+    pub brokers: String,
+    /// Extra librdkafka consumer properties; they override Sluice's defaults.
+    #[serde(default)]
+    pub consumer: IndexMap<String, Scalar>,
+    /// Extra librdkafka producer properties; they override Sluice's defaults.
+    #[serde(default)]
+    pub producer: IndexMap<String, Scalar>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub topics: Vec<String>,
+    /// Consumer group; default `sluice-<name>`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Where to start when the group has no committed offset.
+    #[serde(default)]
+    pub start: StartFrom,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// When a micro-batch closes: whichever limit is reached first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSpec {
+    pub max_records: usize,
+    pub max_bytes: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            max_records: 1000,
+            max_bytes: ByteSize::mib(1),
+            max_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// Path of the `.wasm` component, relative to the spec file's directory.
+    pub module: PathBuf,
+    /// Step name in logs and dead-letter headers; default: the module's file
+    /// stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Passed to the guest's `init`, in this order. Non-string values arrive
+    /// as JSON text.
+    #[serde(default)]
+    pub config: IndexMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl TransformSpec {
+    /// The step's name: explicit, or the module's file stem.
+    pub fn step_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.module
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace('_', "-"))
+                .unwrap_or_else(|| "transform".to_owned())
+        })
+    }
+
+    /// The config as the key/value strings the guest receives.
+    pub fn config_pairs(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+/// Sandbox limits of one transform instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Upper bound on the guest's linear memory.
+    pub memory: ByteSize,
+    /// Wall-clock budget of one `process` call (one micro-batch).
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: ByteSize::mib(128),
+            deadline: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The Kafka topic the output's records are written to.
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSpec {
+    pub topic: String,
+}
+
+/// A property value: YAML lets users write `linger.ms: 5`; librdkafka wants
+/// strings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::String(s) => f.write_str(s),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl PipelineSpec {
+    pub fn group_id(&self) -> String {
+        self.source
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}", self.name))
+    }
+
+    /// Every topic the pipeline writes to, deduplicated.
+    pub fn sink_topics(&self) -> Vec<&str> {
+        let mut topics: Vec<&str> = self.outputs.values().map(|o| o.topic.as_str()).collect();
+        topics.push(&self.dead_letter.topic);
+        topics.sort_unstable();
+        topics.dedup();
+        topics
+    }
+}

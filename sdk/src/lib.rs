@@ -1,0 +1,212 @@
+//! Write [Sluice](https://github.com/sluice-rs/sluice) stream transforms in
+//! Rust, compiled to `wasm32-wasip2` components.
+//!
+//! A transform sees every input record of a micro-batch and decides, per
+//! record, to drop it, to emit zero or more output records (to the default
+//! output or to named outputs), or to dead-letter it with a reason. Write one
+//! function (or one [`Transform`] impl, if it needs configuration or state) and
+//! put `#[sluice_sdk::transform]` on it: the macro exports it as a component.
+//!
+//! ```standalone_crate
+//! use sluice_sdk::{Emitter, Error, Record};
+//!
+//! /// Drops records without a key.
+//! #[sluice_sdk::transform]
+//! fn keyed_only(record: &Record<'_>, out: &mut Emitter<'_>) -> Result<(), Error> {
+//!     if record.key().is_some() {
+//!         out.forward();
+//!     }
+//!     Ok(())
+//! }
+//!
+//! // The function stays a normal function, testable natively:
+//! use sluice_sdk::testing::{run_fn, TestRecord};
+//! let output = run_fn(keyed_only, &[TestRecord::new().key("k").value("v"), TestRecord::new().value("v")]);
+//! assert_eq!(output.values_str(), ["v"]);
+//! assert_eq!(output.dropped, [1]);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2` (crate type `cdylib`).
+//! Natively the same code builds and runs with plain `cargo test`, through
+//! [`testing`]; [`log`] then writes to standard error.
+//!
+//! Errors: returning `Err` from a transform, or calling
+//! [`Emitter::dead_letter`], discards the record's outputs and sends it to the
+//! dead-letter queue with the error's text. A panic traps the instance; the
+//! host isolates the offending record.
+
+#![deny(missing_docs)]
+
+mod batch;
+mod bindings;
+mod config;
+mod emit;
+mod glue;
+pub mod log;
+mod output;
+mod record;
+pub mod testing;
+
+pub use config::Config;
+pub use emit::{Emitter, OutputRecord};
+pub use record::{Headers, Record};
+
+/// Exports a transform from a guest crate. Put it on either
+///
+/// - a function `fn(&Record<'_>, &mut Emitter<'_>) -> Result<(), E>` with
+///   `E: Into<Error>`, for a transform without configuration or state (its
+///   `init` rejects any configuration key); the function stays callable, or
+/// - an `impl Transform for MyType` block, for a configurable or stateful
+///   transform.
+///
+/// One transform per crate. The export glue exists only on `wasm32`, so many
+/// guest crates can be linked into one native test binary.
+///
+/// ```standalone_crate
+/// use sluice_sdk::{Config, Emitter, Error, Record, Transform};
+///
+/// /// Emits every record's value `times` times.
+/// struct Repeat {
+///     times: usize,
+/// }
+///
+/// #[sluice_sdk::transform]
+/// impl Transform for Repeat {
+///     fn init(config: &Config) -> Result<Self, Error> {
+///         Ok(Repeat { times: config.parse("times")?.unwrap_or(2) })
+///     }
+///
+///     fn process(&mut self, record: &Record<'_>, out: &mut Emitter<'_>) -> Result<(), Error> {
+///         for _ in 0..self.times {
+///             out.forward();
+///         }
+///         Ok(())
+///     }
+/// }
+/// # use sluice_sdk::testing::{run, TestRecord};
+/// let output = run::<Repeat>(&[("times", "3")], &[TestRecord::new().value("x")]).unwrap();
+/// assert_eq!(output.values_str(), ["x", "x", "x"]);
+/// ```
+///
+/// Misuse is a compile error: on anything but a function or a `Transform`
+/// impl, with a signature other than the one above, on an `async`, generic
+/// or `unsafe` function, and for a second transform in the same crate:
+///
+/// ```compile_fail,E0428
+/// use sluice_sdk::{Emitter, Error, Record};
+///
+/// #[sluice_sdk::transform]
+/// fn first(_: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+///
+/// #[sluice_sdk::transform] // error: `only_one_sluice_transform_per_crate` is defined multiple times
+/// fn second(_: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+/// ```
+pub use sluice_sdk_macros::transform;
+
+/// The error a transform returns: anything that converts into it with `?` or
+/// `.into()`, such as a `serde_json::Error`, a `String` or a `&str`. Its text
+/// becomes the dead-letter reason (or, from [`Transform::init`], the message
+/// shown to the user).
+///
+/// ```
+/// fn check(n: i64) -> Result<i64, sluice_sdk::Error> {
+///     if n < 0 {
+///         return Err(format!("negative amount {n}").into());
+///     }
+///     let parsed: i64 = "42".parse()?;
+///     Ok(n + parsed)
+/// }
+/// assert_eq!(check(-1).unwrap_err().to_string(), "negative amount -1");
+/// ```
+pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A configurable or stateful transform. One value is built by
+/// [`Transform::init`] per instance and then sees every record of every batch
+/// that instance processes, in order.
+///
+/// ```
+/// use sluice_sdk::{Config, Emitter, Error, Record, Transform};
+///
+/// /// Numbers records per instance.
+/// struct Count(u64);
+///
+/// impl Transform for Count {
+///     fn init(_config: &Config) -> Result<Self, Error> {
+///         Ok(Count(0))
+///     }
+///
+///     fn process(&mut self, _record: &Record<'_>, out: &mut Emitter<'_>) -> Result<(), Error> {
+///         self.0 += 1;
+///         out.emit(self.0.to_string());
+///         Ok(())
+///     }
+/// }
+/// # use sluice_sdk::testing::{run, TestRecord};
+/// let output = run::<Count>(&[], &[TestRecord::new(), TestRecord::new()]).unwrap();
+/// assert_eq!(output.values_str(), ["1", "2"]);
+/// ```
+pub trait Transform: Sized + 'static {
+    /// Builds the transform from its configuration, once per instance before
+    /// the first batch. An error refuses the configuration: the pipeline
+    /// does not start and the message is shown to the user.
+    ///
+    /// ```
+    /// # use sluice_sdk::{Config, Emitter, Error, Record, Transform};
+    /// struct Threshold(f64);
+    ///
+    /// impl Transform for Threshold {
+    ///     fn init(config: &Config) -> Result<Self, Error> {
+    ///         Ok(Threshold(config.parse("min")?.ok_or("`min` is required")?))
+    ///     }
+    /// #   fn process(&mut self, _: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+    /// }
+    /// # let config: Config = [("min", "1.5")].into_iter().collect();
+    /// # assert_eq!(Threshold::init(&config).unwrap().0, 1.5);
+    /// ```
+    fn init(config: &Config) -> Result<Self, Error>;
+
+    /// Handles one input record, emitting its outputs through `out`. An
+    /// error dead-letters the record and discards what it emitted.
+    ///
+    /// ```
+    /// # use sluice_sdk::{Config, Emitter, Error, Record, Transform};
+    /// struct NonEmpty;
+    ///
+    /// impl Transform for NonEmpty {
+    /// #   fn init(_: &Config) -> Result<Self, Error> { Ok(NonEmpty) }
+    ///     fn process(&mut self, record: &Record<'_>, out: &mut Emitter<'_>) -> Result<(), Error> {
+    ///         match record.value() {
+    ///             Some(value) if !value.is_empty() => out.forward(),
+    ///             _ => out.dead_letter("empty value"),
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let output = sluice_sdk::testing::run::<NonEmpty>(&[], &[sluice_sdk::testing::TestRecord::new()]).unwrap();
+    /// # assert_eq!(output.dead_letters, [(0, "empty value".to_string())]);
+    /// ```
+    fn process(&mut self, record: &Record<'_>, out: &mut Emitter<'_>) -> Result<(), Error>;
+}
+
+/// What the `#[transform]` expansion and the host's native benchmarks use.
+/// Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::Guest;
+    pub use crate::bindings::generated as bindings;
+    pub use crate::glue::{expect_no_config, init, process, process_columns, process_columns_fn};
+    pub use crate::testing::{decode_output, encode_batch};
+
+    /// The wit-bindgen types of the `types` interface.
+    pub mod types {
+        pub use crate::bindings::{Columns, DeadLetter, InputBatch, OutputBatch};
+
+        /// `types.config`: what the host passes to `init`.
+        pub type Config = Vec<(String, String)>;
+    }
+
+    /// An encoded input batch, as `process` receives it.
+    pub type InputBatchData = types::InputBatch;
+    /// An encoded output batch, as `process` returns it.
+    pub type OutputBatchData = types::OutputBatch;
+}
