@@ -1,0 +1,191 @@
+//! The `sluice` command line.
+
+pub mod kafka_tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::pipeline::{self, RunOptions};
+use crate::runtime::Runtime;
+use crate::spec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka micro-batches through sandboxed WebAssembly transforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one pipeline from a spec file until stopped (SIGINT/SIGTERM).
+    Run {
+        /// The pipeline spec (YAML or JSON).
+        spec: PathBuf,
+        /// Drain the source topics up to the end offsets seen at start, commit, and exit 0.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Check a spec without running it: fields, limits, modules (compiled and
+    /// started, with their config). Needs no Kafka.
+    Validate {
+        /// The pipeline spec (YAML or JSON).
+        spec: PathBuf,
+    },
+    /// Create Kafka topics (an existing topic is left as it is).
+    CreateTopics {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        #[arg(required = true)]
+        topics: Vec<String>,
+    },
+    /// Produce a deterministic sample stream of events
+    /// `{event_id, user_id, event_type, timestamp, amount}`, keyed by user.
+    Sample {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = 50)]
+        users: u64,
+        /// Make every n-th record malformed JSON (0: none).
+        #[arg(long, default_value_t = 0)]
+        malformed_every: u64,
+    },
+    /// Print every record of a topic as a JSON line, then exit.
+    Tail {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        topic: String,
+    },
+}
+
+/// Entry point of the `sluice` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            spec,
+            until_caught_up,
+        } => run(&spec, RunOptions { until_caught_up }),
+        Command::Validate { spec } => validate(&spec),
+        Command::CreateTopics {
+            brokers,
+            partitions,
+            topics,
+        } => {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            kafka_tools::create_topics(&brokers, &topics, partitions)
+        }
+        Command::Sample {
+            brokers,
+            topic,
+            count,
+            users,
+            malformed_every,
+        } => {
+            let options = kafka_tools::SampleOptions {
+                count,
+                users,
+                malformed_every,
+                ..Default::default()
+            };
+            let n = kafka_tools::produce_sample(&brokers, &topic, &options)?;
+            eprintln!("produced {n} events to {topic}");
+            Ok(())
+        }
+        Command::Tail { brokers, topic } => {
+            for record in kafka_tools::read_topic(&brokers, &topic)? {
+                println!("{}", serde_json::to_string(&record)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    let spec = spec::load(path)?;
+    let runtime = Runtime::new()?;
+    let transforms = pipeline::load_transforms(&spec, &runtime)?;
+    println!("{}: pipeline `{}` is valid", path.display(), spec.name);
+    for (t, x) in spec.transforms.iter().zip(&transforms) {
+        println!(
+            "  step {}: {} ({} bytes, sha256 {})",
+            t.step_name(),
+            t.module.display(),
+            x.module().size(),
+            &x.module().sha256()[..16]
+        );
+    }
+    Ok(())
+}
+
+fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<()> {
+    let spec = spec::load(path)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; finishing the current batch");
+            stopper.store(true, Ordering::Relaxed);
+        });
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || pipeline::run(&spec, options, &stop))
+            .await
+            .context("the pipeline thread panicked")?
+    })?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The Kafka sink: one idempotent producer for every output and the
+//! dead-letter topic, with per-batch delivery tracking.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::spec::KafkaSpec;
+
+/// Producer defaults tuned for throughput with idempotent, acknowledged
+/// writes; any of them can be overridden in `kafka.producer`.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    ("batch.size", "1000000"),
+    ("compression.type", "lz4"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.kbytes", "1048576"),
+];
+
+/// Deliveries of one batch: how many are still in flight, and the first
+/// failure, if any.
+#[derive(Debug, Default)]
+pub struct BatchAck {
+    pending: AtomicUsize,
+    failure: Mutex<Option<String>>,
+    done: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl BatchAck {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn started(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn finished(&self, failure: Option<String>) {
+        if let Some(f) = failure {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(f);
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.signal.notify_all();
+    }
+
+    /// Blocks until every record sent under this ack is acknowledged, or one
+    /// failed for good (the producer retries transient errors itself).
+    pub fn wait(&self) -> Result<(), String> {
+        if self.pending.load(Ordering::Acquire) > 0 {
+            let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            while !*done && self.pending.load(Ordering::Acquire) > 0 {
+                done = self
+                    .signal
+                    .wait_timeout(done, Duration::from_millis(100))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+}
+
+struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<BatchAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
+        ack.finished(result.as_ref().err().map(|(e, m)| {
+            use rdkafka::Message;
+            format!("delivery to {}[{}] failed: {e}", m.topic(), m.partition())
+        }));
+    }
+}
+
+/// Writes records to Kafka topics.
+pub struct KafkaSink {
+    producer: ThreadedProducer<AckContext>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    pub fn new(kafka: &KafkaSpec) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &kafka.brokers);
+        for (k, v) in PRODUCER_DEFAULTS {
+            config.set(*k, *v);
+        }
+        for (k, v) in &kafka.producer {
+            config.set(k, v.to_string());
+        }
+        Ok(Self {
+            producer: config.create_with_context(AckContext)?,
+        })
+    }
+
+    /// Queues one record; its delivery is tracked by `ack`. Waits while the
+    /// producer's queue is full.
+    pub fn send(
+        &self,
+        ack: &Arc<BatchAck>,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: Option<i64>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), KafkaError> {
+        let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
+            BaseRecord::with_opaque_to(topic, ack.clone());
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        ack.started();
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, back)) => {
+                    // The record never entered the queue: its opaque comes back with it.
+                    back.delivery_opaque
+                        .finished(Some(format!("cannot produce to {topic}: {e}")));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for everything queued to be delivered (on shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+/// Builds headers from `(name, value)` pairs plus extra ones.
+pub fn headers<'a>(
+    existing: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+    extra: &[(&str, &[u8])],
+) -> Option<OwnedHeaders> {
+    if existing.len() == 0 && extra.is_empty() {
+        return None;
+    }
+    let mut h = OwnedHeaders::new_with_capacity(existing.len() + extra.len());
+    for (name, value) in existing {
+        h = h.insert(Header {
+            key: &String::from_utf8_lossy(name),
+            value: Some(value),
+        });
+    }
+    for (name, value) in extra {
+        h = h.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    Some(h)
+}

@@ -1,0 +1,300 @@
+//! The Kafka source: a consumer in a consumer group, polled into columnar
+//! micro-batches. Offsets are never committed automatically: the pipeline
+//! commits a batch's offsets after its outputs are acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, Timestamp, TopicPartitionList};
+
+use crate::batch::Batch;
+use crate::spec::{BatchSpec, PipelineSpec, StartFrom};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one poll may block when no batch is open.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot reach Kafka at {brokers}: {source}")]
+    Unreachable { brokers: String, source: KafkaError },
+    #[error("topic `{0}` does not exist (Sluice does not create topics; create it first)")]
+    MissingTopic(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// A batch and the offsets to commit once it is done: for each partition
+/// in it, the offset after its last record.
+#[derive(Debug)]
+pub struct SourceBatch {
+    pub batch: Batch,
+    pub commit: Vec<(u16, i32, i64)>,
+}
+
+/// Routes librdkafka's error callback to our log, where reaching the end
+/// of a partition is routine rather than an error.
+struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::trace!(%reason, "end of partition"),
+            e => tracing::warn!(error = %e, %reason, "kafka consumer error (the client retries)"),
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer<SourceContext>,
+    topics: Vec<String>,
+    trigger: BatchSpec,
+    /// With `--until-caught-up`: partitions not yet read up to the end
+    /// offsets seen at start, and those end offsets.
+    remaining: Option<HashMap<(u16, i32), i64>>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Connects, checks that every topic the pipeline touches exists, and
+    /// subscribes. With `until_caught_up`, also records the end offsets to
+    /// drain to.
+    pub fn new(spec: &PipelineSpec, until_caught_up: bool) -> Result<Self, SourceError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &spec.kafka.brokers)
+            .set("group.id", spec.group_id())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "enable.partition.eof",
+                if until_caught_up { "true" } else { "false" },
+            )
+            .set(
+                "auto.offset.reset",
+                match spec.source.start {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            )
+            .set(
+                "fetch.wait.max.ms",
+                spec.batch.max_wait.as_millis().clamp(1, 500).to_string(),
+            );
+        for (k, v) in &spec.kafka.consumer {
+            config.set(k, v.to_string());
+        }
+        let consumer: BaseConsumer<SourceContext> = config.create_with_context(SourceContext)?;
+
+        let mut partitions = Vec::new();
+        let mut topics: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
+        topics.extend(spec.sink_topics());
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(|source| SourceError::Unreachable {
+                    brokers: spec.kafka.brokers.clone(),
+                    source,
+                })?;
+            let t = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty());
+            let Some(t) = t else {
+                return Err(SourceError::MissingTopic(topic.to_owned()));
+            };
+            if let Some(index) = spec.source.topics.iter().position(|s| s == topic) {
+                partitions.extend(t.partitions().iter().map(|p| (index as u16, p.id())));
+            }
+        }
+
+        let remaining = if until_caught_up {
+            Some(end_offsets(
+                &consumer,
+                &spec.source.topics,
+                &partitions,
+                spec.source.start,
+            )?)
+        } else {
+            None
+        };
+        let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs)?;
+        Ok(Self {
+            consumer,
+            topics: spec.source.topics.clone(),
+            trigger: spec.batch.clone(),
+            remaining,
+        })
+    }
+
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    fn caught_up(&self) -> bool {
+        self.remaining.as_ref().is_some_and(HashMap::is_empty)
+    }
+
+    /// Polls the next micro-batch: it closes at `max_records`, `max_bytes`
+    /// or `max_wait` after its first record. `None` once the source is done:
+    /// `stop` was set, or (with `--until-caught-up`) every partition reached
+    /// its end offset.
+    pub fn next_batch(&mut self, stop: &AtomicBool) -> Result<Option<SourceBatch>, SourceError> {
+        let max_bytes = self.trigger.max_bytes.as_u64() as usize;
+        let mut batch = Batch::with_capacity(self.trigger.max_records, max_bytes.min(16 << 20));
+        let mut commit: BTreeMap<(u16, i32), i64> = BTreeMap::new();
+        let mut closes_at: Option<Instant> = None;
+        loop {
+            if stop.load(Ordering::Relaxed) || self.caught_up() {
+                break;
+            }
+            let timeout = match closes_at {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => IDLE_POLL,
+            };
+            match self.consumer.poll(timeout) {
+                None => {}
+                Some(Ok(message)) => {
+                    let source = self
+                        .topics
+                        .iter()
+                        .position(|t| t == message.topic())
+                        .unwrap_or(0) as u16;
+                    let (partition, offset) = (message.partition(), message.offset());
+                    let timestamp = match message.timestamp() {
+                        Timestamp::NotAvailable => None,
+                        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+                    };
+                    let headers = message.headers();
+                    batch.records.push(
+                        message.key(),
+                        message.payload(),
+                        timestamp,
+                        headers
+                            .iter()
+                            .flat_map(|h| h.iter())
+                            .map(|h| (h.key.as_bytes(), h.value)),
+                    );
+                    batch.partitions.push(partition);
+                    batch.offsets.push(offset);
+                    batch.sources.push(source);
+                    commit.insert((source, partition), offset + 1);
+                    if let Some(remaining) = &mut self.remaining
+                        && remaining
+                            .get(&(source, partition))
+                            .is_some_and(|&end| offset + 1 >= end)
+                    {
+                        remaining.remove(&(source, partition));
+                    }
+                    closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
+                    if batch.len() >= self.trigger.max_records
+                        || batch.records.data_bytes() >= max_bytes
+                    {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => self.update_caught_up_from_positions()?,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error (the client retries)")
+                }
+            }
+            if closes_at.is_some_and(|at| Instant::now() >= at) {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(SourceBatch {
+            batch,
+            commit: commit.into_iter().map(|((s, p), o)| (s, p, o)).collect(),
+        }))
+    }
+
+    /// A partition at its end reports EOF; its position then tells whether it
+    /// passed the end offset seen at start (it may have had no records left).
+    fn update_caught_up_from_positions(&mut self) -> Result<(), SourceError> {
+        let Some(remaining) = &mut self.remaining else {
+            return Ok(());
+        };
+        for e in self.consumer.position()?.elements() {
+            let Some(source) = self.topics.iter().position(|t| t == e.topic()) else {
+                continue;
+            };
+            if let Offset::Offset(position) = e.offset()
+                && remaining
+                    .get(&(source as u16, e.partition()))
+                    .is_some_and(|&end| position >= end)
+            {
+                remaining.remove(&(source as u16, e.partition()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the offsets of a finished batch, synchronously.
+    pub fn commit(&self, offsets: &[(u16, i32, i64)]) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for &(source, partition, offset) in offsets {
+            tpl.add_partition_offset(
+                &self.topics[source as usize],
+                partition,
+                Offset::Offset(offset),
+            )?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)
+    }
+}
+
+/// For each partition, the end offset to drain to, leaving out partitions
+/// whose committed (or starting) position is already there.
+fn end_offsets(
+    consumer: &BaseConsumer<SourceContext>,
+    topics: &[String],
+    partitions: &[(u16, i32)],
+    start: StartFrom,
+) -> Result<HashMap<(u16, i32), i64>, SourceError> {
+    let mut tpl = TopicPartitionList::new();
+    for &(source, partition) in partitions {
+        tpl.add_partition(&topics[source as usize], partition);
+    }
+    let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+    let mut remaining = HashMap::new();
+    for &(source, partition) in partitions {
+        let topic = &topics[source as usize];
+        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        let position = match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => match start {
+                StartFrom::Earliest => low,
+                StartFrom::Latest => high,
+            },
+        };
+        if position < high {
+            remaining.insert((source, partition), high);
+        }
+    }
+    tracing::info!(
+        partitions = remaining.len(),
+        "draining until caught up with the end offsets seen at start"
+    );
+    Ok(remaining)
+}
