@@ -1,1 +1,190 @@
+//! Support for Sluice's integration tests and benchmarks: the guests built by
+//! `build.rs`, a real Kafka-protocol broker (nisshi) started once per test
+//! binary, unique topic names, and pipeline runs.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+pub use sluice::cli::kafka_tools::{self, TopicRecord};
+use sluice::pipeline::{RunOptions, Summary};
+use sluice::spec::PipelineSpec;
+
+/// Path of a guest component built by `build.rs`, e.g. `guest("strategy-map")`.
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("SLUICE_GUEST_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// The nisshi binary: `$SLUICE_NISSHI`, or where `deploy/local/setup.sh` caches it.
+pub fn nisshi_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_NISSHI") {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/sluice/nisshi-0.8.1/bin/nisshi")
+}
+
+/// A nisshi broker process on a free loopback port, with its own working
+/// directory. It is stopped when dropped, and also when the test process
+/// dies (a watchdog shell kills it once its parent is gone).
+pub struct Broker {
+    pub brokers: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker with the given storage engine URL (`memory://nisshi/`
+    /// or a relative `sqlite://file.db`).
+    pub fn start(storage: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Self::start_in(dir, storage)
+    }
+
+    /// Like `start`, in a given directory (so that sqlite data survives a
+    /// restart of the broker).
+    pub fn start_in(dir: tempfile::TempDir, storage: &str) -> anyhow::Result<Self> {
+        let binary = nisshi_binary();
+        if !binary.is_file() {
+            bail!(
+                "the test broker is not installed at {}: run `deploy/local/setup.sh` (or set SLUICE_NISSHI)",
+                binary.display()
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let script = r#"
+            "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine "$3" \
+                --group-initial-rebalance-delay 0s >broker.log 2>&1 &
+            broker=$!
+            trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
+            while kill -0 "$4" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.2; done
+            kill $broker 2>/dev/null; wait $broker
+        "#;
+        let child = Command::new("sh")
+            .current_dir(dir.path())
+            .args(["-c", script, "watchdog"])
+            .arg(&binary)
+            .args([&url, storage, &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the broker")?;
+        let broker = Self {
+            brokers: format!("127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
+        broker.wait_ready()?;
+        Ok(broker)
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.brokers).is_err() {
+            if Instant::now() > deadline {
+                bail!("the broker did not start listening on {}", self.brokers);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the broker and hands back its directory, for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.terminate();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self._dir, dir)
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The broker shared by a test binary: `$SLUICE_TEST_BROKERS` if set,
+/// otherwise a memory-engine nisshi started on first use.
+pub fn brokers() -> &'static str {
+    static SHARED: OnceLock<String> = OnceLock::new();
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        if let Ok(external) = std::env::var("SLUICE_TEST_BROKERS") {
+            return external;
+        }
+        let broker = Broker::start("memory://nisshi/").expect("cannot start the test broker");
+        BROKER.get_or_init(|| broker).brokers.clone()
+    })
+}
+
+/// A topic name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates topics on the shared broker.
+pub fn create_topics(topics: &[&str], partitions: i32) {
+    kafka_tools::create_topics(brokers(), topics, partitions).expect("create topics");
+}
+
+/// Parses a spec written in a test (module paths are absolute).
+pub fn spec(yaml: &str) -> PipelineSpec {
+    sluice::spec::parse(yaml, Path::new("/"))
+        .unwrap_or_else(|e| panic!("bad test spec: {e}\n{yaml}"))
+}
+
+/// Runs a pipeline in-process until it is caught up.
+pub fn run_until_caught_up(spec: &PipelineSpec) -> Summary {
+    sluice::pipeline::run(
+        spec,
+        RunOptions {
+            until_caught_up: true,
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap_or_else(|e| panic!("pipeline failed: {e:#}"))
+}
+
+/// Every record in `topic`, in partition and offset order.
+pub fn read(topic: &str) -> Vec<TopicRecord> {
+    kafka_tools::read_topic(brokers(), topic).expect("read topic")
+}
+
+/// The values of `records`, sorted (for multiset comparisons across partitions).
+pub fn sorted_values(records: &[TopicRecord]) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .map(|r| r.value.clone().unwrap_or_default())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Produces `(key, value)` records, with timestamps 1000, 1001, ...
+pub fn produce(topic: &str, records: &[(&str, &str)]) {
+    let items = records.iter().enumerate().map(|(i, (k, v))| {
+        (
+            Some(k.as_bytes().to_vec()),
+            Some(v.as_bytes().to_vec()),
+            Some(1000 + i as i64),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), topic, items).expect("produce");
+}

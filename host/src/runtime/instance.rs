@@ -201,7 +201,10 @@ fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) -> Fault {
         return Fault::Deadline;
     }
     let what = match trap {
-        Some(trap) => trap.to_string(),
+        Some(trap) => trap
+            .to_string()
+            .trim_start_matches("wasm trap: ")
+            .to_owned(),
         None => format!("{error:#}"),
     };
     match store.data().stderr.take_panic_message() {

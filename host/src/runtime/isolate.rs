@@ -98,26 +98,25 @@ fn all_dead(len: usize, message: &str) -> StepOutput {
 /// Appends the output of a sub-batch, mapping its indices back through
 /// `indices` and re-interning its output names.
 fn merge(into: &mut StepOutput, part: StepOutput, indices: &[u32]) {
-    let targets: Vec<u32> = part
-        .output_names
-        .iter()
-        .map(
-            |name| match into.output_names.iter().position(|n| n == name) {
-                Some(k) => k as u32 + 1,
-                None => {
-                    into.output_names.push(name.clone());
-                    into.output_names.len() as u32
-                }
-            },
-        )
-        .collect();
+    // Part-local target -> merged target, interned on first use.
+    let mut targets: Vec<Option<u32>> = vec![None; part.output_names.len()];
     for (i, record) in part.records.iter().enumerate() {
         into.records.push_ref(record, None);
         into.inputs.push(indices[part.inputs[i] as usize]);
-        into.targets.push(match part.targets[i] {
+        let target = match part.targets[i] {
             0 => 0,
-            k => targets[k as usize - 1],
-        });
+            k => *targets[k as usize - 1].get_or_insert_with(|| {
+                let name = &part.output_names[k as usize - 1];
+                match into.output_names.iter().position(|n| n == name) {
+                    Some(p) => p as u32 + 1,
+                    None => {
+                        into.output_names.push(name.clone());
+                        into.output_names.len() as u32
+                    }
+                }
+            }),
+        };
+        into.targets.push(target);
     }
     into.dead_letters.extend(
         part.dead_letters

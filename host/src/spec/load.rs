@@ -44,7 +44,17 @@ pub fn parse(text: &str, base: &Path) -> Result<PipelineSpec, SpecError> {
         } else {
             field
         };
-        SpecError::new(field, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        // The YAML library prefixes its own, shorter path: keep only ours.
+        let message = match message.split_once(": ") {
+            Some((head, rest))
+                if !head.contains(char::is_whitespace) && field.starts_with(head) =>
+            {
+                rest.to_owned()
+            }
+            _ => message,
+        };
+        SpecError::new(field, message)
     })?;
     for t in &mut spec.transforms {
         if t.module.is_relative() {
@@ -272,9 +282,15 @@ dead_letter: { topic: dlq }
     #[test]
     fn unknown_fields_are_named_with_their_path() {
         let e = err(&GOOD.replace("    config:", "    confg:"));
-        assert!(e.starts_with("transforms[0]: unknown field `confg`"), "{e}");
+        assert!(
+            e.starts_with("transforms[0].confg: unknown field `confg`, expected one of"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("max_wait: 20ms", "max_wait: 20ms, max_recs: 1"));
-        assert!(e.starts_with("batch: unknown field `max_recs`"), "{e}");
+        assert!(
+            e.starts_with("batch.max_recs: unknown field `max_recs`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,581 @@
+//! Throughput of transforms through Wasm against the same Rust compiled
+//! natively, and the per-record cost of the Wasm boundary: the runtime's
+//! acceptance bars.
+//!
+//! Every case runs one in-memory batch repeatedly, two ways:
+//!
+//! - wasm: the guest component through `sluice::runtime::Transform::process`
+//!   (one call across the boundary per batch, as the pipeline does), and
+//! - native: the very same guest crate, linked into this binary, through the
+//!   SDK's `process_columns*` glue on the same columns (the code path of the
+//!   wasm export minus the boundary).
+//!
+//! Bars (reported as PASS/MISS, never asserted): filter >= 0.8x native
+//! throughput, JSON map >= 0.5x native, boundary overhead <= 15 ns per record
+//! at 1,000-record batches (faulty-guest `noop`: wasm minus native, the cost
+//! the boundary adds when the guest does nothing).
+//!
+//! Method: per case, warm both sides up, then alternate wasm and native
+//! samples of about 200 ms each (so that background load hits both alike);
+//! the figure is the median ns per record over the samples. Figures also go
+//! to `target/bench/runtime.json` under the workspace root.
+//!
+//! Run: `cargo bench -p sluice-tests --bench runtime`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use std::hint::black_box;
+
+use serde_json::{Value, json};
+use sluice::batch::Batch;
+use sluice::cli::kafka_tools::{SampleOptions, sample_record};
+use sluice::runtime::{Labels, Runtime, StepOutput, Transform};
+use sluice::spec::Limits;
+use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch, OutputBatch};
+use sluice_sdk::__private::{process_columns, process_columns_fn};
+
+const WARMUP: Duration = Duration::from_millis(1000);
+const SAMPLE: Duration = Duration::from_millis(200);
+const SAMPLES: usize = 15;
+
+/// An acceptance bar.
+#[derive(Clone, Copy)]
+enum Bar {
+    /// Wasm throughput at least this fraction of native.
+    MinRatio(f64),
+    /// Boundary overhead (wasm minus native) at most this many ns per record.
+    MaxOverheadNs(f64),
+    /// Reported only.
+    None,
+}
+
+/// The input data of a case.
+#[derive(Clone, Copy)]
+enum Input {
+    /// The project's sample events.
+    SampleEvents,
+    /// `{strategy, value, ts}` readings across all three branches.
+    Readings,
+}
+
+struct Case {
+    name: &'static str,
+    guest: &'static str,
+    config: &'static [(&'static str, &'static str)],
+    input: Input,
+    records: usize,
+    bar: Bar,
+}
+
+/// Median and spread of one side's samples, in ns per record.
+struct Stats {
+    median: f64,
+    min: f64,
+    p25: f64,
+    p75: f64,
+    iters_per_sample: u64,
+}
+
+impl Stats {
+    fn from_samples(mut ns: Vec<f64>, iters_per_sample: u64) -> Self {
+        ns.sort_by(f64::total_cmp);
+        let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize];
+        Self {
+            median: at(0.5),
+            min: ns[0],
+            p25: at(0.25),
+            p75: at(0.75),
+            iters_per_sample,
+        }
+    }
+
+    /// Half the interquartile range, relative to the median.
+    fn spread(&self) -> f64 {
+        (self.p75 - self.p25) / 2.0 / self.median
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "median_ns_per_record": self.median,
+            "min_ns_per_record": self.min,
+            "p25_ns_per_record": self.p25,
+            "p75_ns_per_record": self.p75,
+            "records_per_s": 1e9 / self.median,
+            "iterations_per_sample": self.iters_per_sample,
+        })
+    }
+}
+
+struct Outcome {
+    case: &'static Case,
+    wasm: Stats,
+    native: Stats,
+}
+
+impl Outcome {
+    /// Relative throughput of wasm: native time over wasm time.
+    fn ratio(&self) -> f64 {
+        self.native.median / self.wasm.median
+    }
+
+    /// What the boundary adds per record.
+    fn overhead_ns(&self) -> f64 {
+        self.wasm.median - self.native.median
+    }
+
+    fn verdict(&self) -> (String, Option<bool>) {
+        match self.case.bar {
+            Bar::MinRatio(min) => (format!("ratio >= {min}"), Some(self.ratio() >= min)),
+            Bar::MaxOverheadNs(max) => (
+                format!("overhead <= {max} ns"),
+                Some(self.overhead_ns() <= max),
+            ),
+            Bar::None => ("-".to_owned(), None),
+        }
+    }
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "filter",
+        guest: "filter-heartbeats",
+        config: &[],
+        input: Input::SampleEvents,
+        records: 1000,
+        bar: Bar::MinRatio(0.8),
+    },
+    Case {
+        name: "json-map",
+        guest: "strategy-map",
+        config: &[],
+        input: Input::Readings,
+        records: 1000,
+        bar: Bar::MinRatio(0.5),
+    },
+    Case {
+        name: "boundary-noop",
+        guest: "faulty-guest",
+        config: &[("mode", "noop")],
+        input: Input::SampleEvents,
+        records: 100,
+        bar: Bar::None,
+    },
+    Case {
+        name: "boundary-noop",
+        guest: "faulty-guest",
+        config: &[("mode", "noop")],
+        input: Input::SampleEvents,
+        records: 1000,
+        bar: Bar::MaxOverheadNs(15.0),
+    },
+    Case {
+        name: "boundary-noop",
+        guest: "faulty-guest",
+        config: &[("mode", "noop")],
+        input: Input::SampleEvents,
+        records: 10_000,
+        bar: Bar::None,
+    },
+    Case {
+        name: "boundary-passthrough",
+        guest: "faulty-guest",
+        config: &[("mode", "passthrough")],
+        input: Input::SampleEvents,
+        records: 100,
+        bar: Bar::None,
+    },
+    Case {
+        name: "boundary-passthrough",
+        guest: "faulty-guest",
+        config: &[("mode", "passthrough")],
+        input: Input::SampleEvents,
+        records: 1000,
+        bar: Bar::None,
+    },
+    Case {
+        name: "boundary-passthrough",
+        guest: "faulty-guest",
+        config: &[("mode", "passthrough")],
+        input: Input::SampleEvents,
+        records: 10_000,
+        bar: Bar::None,
+    },
+];
+
+fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let load_before = loadavg();
+    println!("Sluice runtime benchmark: wasm vs native");
+    println!(
+        "machine: {} CPUs (nproc), {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model()
+    );
+    println!("load average at start: {load_before}");
+    println!(
+        "method: per case {} s warm-up per side, then {SAMPLES} alternating samples of ~{} ms per side; median ns/record",
+        WARMUP.as_secs_f64(),
+        SAMPLE.as_millis()
+    );
+    println!();
+
+    let runtime = Runtime::new()?;
+    let mut outcomes = Vec::new();
+    for case in CASES {
+        let outcome = run_case(&runtime, case)?;
+        println!(
+            "  {:<21} {:>6} records: wasm {:>8.1} ns/rec (±{:.1}%), native {:>8.1} ns/rec (±{:.1}%)",
+            case.name,
+            case.records,
+            outcome.wasm.median,
+            outcome.wasm.spread() * 100.0,
+            outcome.native.median,
+            outcome.native.spread() * 100.0,
+        );
+        outcomes.push(outcome);
+    }
+    let load_after = loadavg();
+
+    println!();
+    print!("{}", table(&outcomes));
+    println!();
+    println!(
+        "ratio = native ns / wasm ns (relative wasm throughput); overhead = wasm ns - native ns per record"
+    );
+    println!("load average at end: {load_after}");
+
+    let report = json!({
+        "machine": {
+            "nproc": std::thread::available_parallelism().map_or(0, usize::from),
+            "cpu": cpu_model(),
+            "loadavg_start": load_before,
+            "loadavg_end": load_after,
+        },
+        "method": {
+            "warmup_s_per_side": WARMUP.as_secs_f64(),
+            "sample_ms": SAMPLE.as_millis() as u64,
+            "samples_per_side": SAMPLES,
+            "statistic": "median ns per record",
+        },
+        "cases": outcomes.iter().map(outcome_json).collect::<Vec<_>>(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let path = workspace_root().join("target/bench/runtime.json");
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("figures written to {}", path.display());
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run_case(runtime: &Runtime, case: &'static Case) -> anyhow::Result<Outcome> {
+    let mut batch = match case.input {
+        Input::SampleEvents => sample_events(case.records),
+        Input::Readings => readings(case.records),
+    };
+    let input = to_wit(&batch);
+
+    let mut wasm = instantiate(runtime, case)?;
+    let mut native = native(case)?;
+
+    // Both sides must agree before their times are compared.
+    let wasm_out = wasm.process(&mut batch)?;
+    let native_out = native(&input);
+    check_same(case, &wasm_out, &native_out);
+
+    let mut run_wasm = || {
+        black_box(wasm.process(black_box(&mut batch)).expect("no fault"));
+    };
+    let mut run_native = || {
+        black_box(native(black_box(&input)));
+    };
+    let wasm_iters = calibrate(&mut run_wasm);
+    let native_iters = calibrate(&mut run_native);
+
+    let (mut wasm_ns, mut native_ns) = (Vec::new(), Vec::new());
+    for _ in 0..SAMPLES {
+        wasm_ns.push(sample(&mut run_wasm, wasm_iters, case.records));
+        native_ns.push(sample(&mut run_native, native_iters, case.records));
+    }
+    Ok(Outcome {
+        case,
+        wasm: Stats::from_samples(wasm_ns, wasm_iters),
+        native: Stats::from_samples(native_ns, native_iters),
+    })
+}
+
+/// Runs `f` for the warm-up time; returns iterations for one sample.
+fn calibrate(f: &mut dyn FnMut()) -> u64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < WARMUP {
+        f();
+        n += 1;
+    }
+    let per_iter = start.elapsed().as_secs_f64() / n as f64;
+    ((SAMPLE.as_secs_f64() / per_iter).ceil() as u64).max(1)
+}
+
+/// ns per record over `iters` runs of `f`.
+fn sample(f: &mut dyn FnMut(), iters: u64, records: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed().as_nanos() as f64 / (iters as f64 * records as f64)
+}
+
+fn instantiate(runtime: &Runtime, case: &Case) -> anyhow::Result<Transform> {
+    let path = sluice_tests::guest(case.guest);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read guest {}: {e}", path.display()))?;
+    let module = runtime.load(case.guest, &bytes)?;
+    let labels = Labels {
+        pipeline: Arc::from("bench"),
+        step: Arc::from(case.name),
+        module: Arc::from(case.guest),
+    };
+    let config = case
+        .config
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Ok(module.instantiate(labels, Limits::default(), config)?)
+}
+
+type NativeFn = Box<dyn FnMut(&InputBatch) -> OutputBatch>;
+
+/// The guest crate's own code, through the SDK glue the wasm export runs.
+fn native(case: &Case) -> anyhow::Result<NativeFn> {
+    let expect = |r: Result<OutputBatch, String>| r.expect("well-formed batch");
+    Ok(match case.guest {
+        "filter-heartbeats" => Box::new(move |b: &InputBatch| {
+            expect(process_columns_fn(filter_heartbeats::filter_heartbeats, b))
+        }),
+        "strategy-map" => Box::new(move |b: &InputBatch| {
+            expect(process_columns_fn(strategy_map::strategy_map, b))
+        }),
+        "faulty-guest" => {
+            let config: sluice_sdk::Config = case.config.iter().copied().collect();
+            let mut state = <faulty_guest::Faulty as sluice_sdk::Transform>::init(&config)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Box::new(move |b: &InputBatch| expect(process_columns(&mut state, b)))
+        }
+        other => anyhow::bail!("no native build of {other}"),
+    })
+}
+
+/// Wasm and native outputs must be the same records, or the comparison is
+/// meaningless.
+fn check_same(case: &Case, wasm: &StepOutput, native: &OutputBatch) {
+    let what = format!("{} at {} records", case.name, case.records);
+    assert_eq!(wasm.inputs, native.inputs, "{what}: output inputs differ");
+    assert_eq!(
+        wasm.records.values, native.records.values,
+        "{what}: output values differ"
+    );
+    assert_eq!(
+        wasm.records.value_offsets, native.records.value_offsets,
+        "{what}: output value offsets differ"
+    );
+    assert_eq!(
+        wasm.dead_letters.len(),
+        native.dead_letters.len(),
+        "{what}: dead letters differ"
+    );
+    assert!(
+        wasm.dead_letters.is_empty(),
+        "{what}: unexpected dead letters: {:?}",
+        &wasm.dead_letters[..1]
+    );
+    let expected = match case.config {
+        [("mode", "noop")] => Some(0),
+        [("mode", "passthrough")] => Some(case.records),
+        _ => None,
+    };
+    if let Some(expected) = expected {
+        assert_eq!(wasm.inputs.len(), expected, "{what}: output count");
+    }
+}
+
+/// `n` sample events (about 110 bytes, key = user id), timestamps 100 ms apart.
+fn sample_events(n: usize) -> Batch {
+    let options = SampleOptions::default();
+    let mut batch = Batch::with_capacity(n, n * 120);
+    for i in 0..n {
+        let (key, value) = sample_record(&options, i as u64);
+        let ts = options.start_ms + i as i64 * 100;
+        push(&mut batch, i, key.as_bytes(), &value, ts);
+    }
+    batch
+}
+
+/// `n` readings `{strategy, value, ts}`; `value` cycles through 0..100, so
+/// every branch of the strategy is taken.
+fn readings(n: usize) -> Batch {
+    let mut batch = Batch::with_capacity(n, n * 64);
+    for i in 0..n {
+        let strategy = format!("s{}", i % 5);
+        let value = format!(
+            r#"{{"strategy":"{strategy}","value":{:.1},"ts":"2026-01-01T00:00:00.000Z"}}"#,
+            (i * 7 % 100) as f64
+        );
+        push(
+            &mut batch,
+            i,
+            strategy.as_bytes(),
+            value.as_bytes(),
+            1_767_225_600_000,
+        );
+    }
+    batch
+}
+
+fn push(batch: &mut Batch, i: usize, key: &[u8], value: &[u8], ts: i64) {
+    batch.records.push(Some(key), Some(value), Some(ts), []);
+    batch.partitions.push((i % 4) as i32);
+    batch.offsets.push(i as i64);
+    batch.sources.push(0);
+}
+
+/// The batch as the guest receives it.
+fn to_wit(batch: &Batch) -> InputBatch {
+    let c = batch.records.clone();
+    InputBatch {
+        records: WitColumns {
+            keys: c.keys,
+            key_offsets: c.key_offsets,
+            values: c.values,
+            value_offsets: c.value_offsets,
+            flags: c.flags,
+            timestamps: c.timestamps,
+            header_offsets: c.header_offsets,
+            header_names: c.header_names,
+            header_name_offsets: c.header_name_offsets,
+            header_values: c.header_values,
+            header_value_offsets: c.header_value_offsets,
+        },
+        partitions: batch.partitions.clone(),
+        offsets: batch.offsets.clone(),
+    }
+}
+
+fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let header = [
+        "case",
+        "records",
+        "wasm ns/rec",
+        "native ns/rec",
+        "wasm rec/s",
+        "native rec/s",
+        "ratio",
+        "overhead ns/rec",
+        "bar",
+        "result",
+    ];
+    let rows: Vec<[String; 10]> = outcomes
+        .iter()
+        .map(|o| {
+            let (bar, pass) = o.verdict();
+            [
+                o.case.name.to_owned(),
+                o.case.records.to_string(),
+                format!("{:.1}", o.wasm.median),
+                format!("{:.1}", o.native.median),
+                rate(o.wasm.median),
+                rate(o.native.median),
+                format!("{:.2}x", o.ratio()),
+                format!("{:.1}", o.overhead_ns()),
+                bar,
+                match pass {
+                    Some(true) => "PASS".to_owned(),
+                    Some(false) => "MISS".to_owned(),
+                    None => "-".to_owned(),
+                },
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut line = |cells: &[&str]| {
+        for (c, cell) in cells.iter().enumerate() {
+            // Text columns left-aligned, figures right-aligned.
+            if c == 0 || c == 8 {
+                let _ = write!(out, "{cell:<w$}  ", w = widths[c]);
+            } else {
+                let _ = write!(out, "{cell:>w$}  ", w = widths[c]);
+            }
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(&header);
+    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+    line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+    for row in &rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    out
+}
+
+fn rate(ns_per_record: f64) -> String {
+    let per_s = 1e9 / ns_per_record;
+    if per_s >= 1e6 {
+        format!("{:.2} M", per_s / 1e6)
+    } else {
+        format!("{:.0} k", per_s / 1e3)
+    }
+}
+
+fn outcome_json(o: &Outcome) -> Value {
+    let (bar, pass) = o.verdict();
+    json!({
+        "case": o.case.name,
+        "guest": o.case.guest,
+        "config": o.case.config.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        "records_per_batch": o.case.records,
+        "wasm": o.wasm.json(),
+        "native": o.native.json(),
+        "ratio_native_over_wasm_time": o.ratio(),
+        "overhead_ns_per_record": o.overhead_ns(),
+        "bar": if pass.is_some() { Value::from(bar) } else { Value::Null },
+        "pass": pass,
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_path_buf()
+}

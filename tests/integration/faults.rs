@@ -1,0 +1,92 @@
+//! Guests that trap, loop or eat memory: only the offending record is
+//! dead-lettered, with the reason; everything else is delivered and the
+//! pipeline keeps going.
+
+use sluice_tests::*;
+
+struct Case {
+    clean: Vec<TopicRecord>,
+    dlq: Vec<TopicRecord>,
+    summary: sluice::pipeline::Summary,
+}
+
+/// 40 records `e0`..`e39` through faulty-guest with `config`, in batches of 8.
+fn run_faulty(config: &str, limits: &str) -> Case {
+    let (input, clean, dlq) = (unique("in"), unique("clean"), unique("dlq"));
+    create_topics(&[&input, &clean, &dlq], 1);
+    let values: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
+    let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("k", v.as_str())).collect();
+    produce(&input, &pairs);
+    let yaml = format!(
+        "name: faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}], group: {} }}\n\
+         batch: {{ max_records: 8 }}\ntransforms:\n  - module: {}\n    config: {config}\n    limits: {limits}\n\
+         outputs: {{ default: {{ topic: {clean} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers(),
+        unique("g"),
+        guest("faulty-guest").display(),
+    );
+    let summary = run_until_caught_up(&spec(&yaml));
+    Case {
+        clean: read(&clean),
+        dlq: read(&dlq),
+        summary,
+    }
+}
+
+fn all_but(poisoned: &str) -> Vec<String> {
+    (0..40)
+        .map(|i| format!("e{i}"))
+        .filter(|v| v != poisoned)
+        .collect()
+}
+
+fn values(records: &[TopicRecord]) -> Vec<String> {
+    records.iter().map(|r| r.value.clone().unwrap()).collect()
+}
+
+#[test]
+fn a_trap_dead_letters_only_the_poisoned_record() {
+    let case = run_faulty("{ mode: trap, trigger: e13 }", "{}");
+    assert_eq!(
+        values(&case.clean),
+        all_but("e13"),
+        "order and content of everything else are kept"
+    );
+    assert_eq!(values(&case.dlq), vec!["e13"]);
+    let reason = &case.dlq[0].headers["sluice.error"];
+    assert!(
+        reason.starts_with("trap: wasm `unreachable` instruction executed (guest panicked at "),
+        "{reason}"
+    );
+    assert!(reason.ends_with(": poisoned record e13)"), "{reason}");
+    assert_eq!(case.dlq[0].headers["sluice.source.offset"], "13");
+    assert_eq!(case.summary.dead_letter_reasons.get("trap"), Some(&1));
+}
+
+#[test]
+fn an_infinite_loop_hits_the_deadline_and_the_pipeline_continues() {
+    let case = run_faulty("{ mode: loop, trigger: e7 }", "{ deadline: 100ms }");
+    assert_eq!(values(&case.clean), all_but("e7"));
+    assert_eq!(values(&case.dlq), vec!["e7"]);
+    assert_eq!(case.dlq[0].headers["sluice.error"], "deadline exceeded");
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit() {
+    let case = run_faulty("{ mode: alloc, trigger: e21 }", "{ memory: 24 MiB }");
+    assert_eq!(values(&case.clean), all_but("e21"));
+    assert_eq!(values(&case.dlq), vec!["e21"]);
+    assert_eq!(case.dlq[0].headers["sluice.error"], "memory limit");
+}
+
+#[test]
+fn records_sent_to_an_unknown_output_are_dead_lettered() {
+    let case = run_faulty("{ mode: bad-output }", "{}");
+    assert!(case.clean.is_empty());
+    assert_eq!(values(&case.dlq), all_but(""));
+    assert!(
+        case.dlq
+            .iter()
+            .all(|r| r.headers["sluice.error"] == "unknown output `nowhere`")
+    );
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary, against a real nisshi broker over TCP (see
+//! `sluice_tests::brokers`), with guests built by `build.rs`.
+
+mod cli;
+mod faults;
+mod pipeline;
+mod runtime;
