@@ -20,7 +20,8 @@
 //! the figure is the median ns per record over the samples. Figures also go
 //! to `target/bench/runtime.json` under the workspace root.
 //!
-//! Run: `cargo bench -p sluice-tests --bench runtime`.
+//! Run: `cargo bench -p sluice-tests --bench runtime`; append `-- NAME...` to run
+//! only the cases whose name contains one of the NAMEs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -222,9 +223,18 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
 
+    // `cargo bench -- filter` runs only the cases whose name contains `filter`
+    // (cargo itself passes `--bench`, hence the flags are skipped).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let runtime = Runtime::new()?;
     let mut outcomes = Vec::new();
     for case in CASES {
+        if !only.is_empty() && !only.iter().any(|o| case.name.contains(o.as_str())) {
+            continue;
+        }
         let outcome = run_case(&runtime, case)?;
         println!(
             "  {:<21} {:>6} records: wasm {:>8.1} ns/rec (±{:.1}%), native {:>8.1} ns/rec (±{:.1}%)",

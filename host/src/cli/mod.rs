@@ -69,6 +69,9 @@ enum Command {
     Tail {
         #[arg(long, default_value = "127.0.0.1:9092")]
         brokers: String,
+        /// Print at most this many records.
+        #[arg(long)]
+        max: Option<usize>,
         topic: String,
     },
 }
@@ -127,9 +130,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             eprintln!("produced {n} events to {topic}");
             Ok(())
         }
-        Command::Tail { brokers, topic } => {
-            for record in kafka_tools::read_topic(&brokers, &topic)? {
-                println!("{}", serde_json::to_string(&record)?);
+        Command::Tail {
+            brokers,
+            max,
+            topic,
+        } => {
+            use std::io::Write;
+            let records = kafka_tools::read_topic(&brokers, &topic)?;
+            let mut stdout = std::io::stdout().lock();
+            for record in records.iter().take(max.unwrap_or(usize::MAX)) {
+                match writeln!(stdout, "{}", serde_json::to_string(record)?) {
+                    // A reader that stopped early (`| head`) is not an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    other => other?,
+                }
             }
             Ok(())
         }
