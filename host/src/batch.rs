@@ -285,14 +285,17 @@ impl Batch {
 mod tests {
     use super::*;
 
+    type Header<'a> = (&'a [u8], Option<&'a [u8]>);
+    type Row<'a> = (
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+        Option<i64>,
+        Vec<Header<'a>>,
+    );
+
     fn sample() -> Batch {
         let mut b = Batch::with_capacity(3, 64);
-        let rows: [(
-            Option<&[u8]>,
-            Option<&[u8]>,
-            Option<i64>,
-            Vec<(&[u8], Option<&[u8]>)>,
-        ); 3] = [
+        let rows: [Row<'_>; 3] = [
             (Some(b"k1"), Some(b"v1"), Some(10), vec![(b"h", Some(b"x"))]),
             (None, Some(b""), None, vec![]),
             (

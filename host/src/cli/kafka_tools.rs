@@ -97,7 +97,7 @@ pub fn sample_record(o: &SampleOptions, n: u64) -> (String, Vec<u8>) {
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 29;
     let user = format!("u{}", x % o.users.max(1));
-    if o.malformed_every > 0 && (n + 1) % o.malformed_every == 0 {
+    if o.malformed_every > 0 && (n + 1).is_multiple_of(o.malformed_every) {
         return (
             user,
             format!("{{\"event_id\": \"e{n}\", broken").into_bytes(),

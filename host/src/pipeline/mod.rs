@@ -27,7 +27,7 @@ pub use deliver::{Routing, StepInfo};
 
 use crate::runtime::{Labels, Runtime, Transform};
 use crate::sink::{BatchAck, KafkaSink};
-use crate::source::KafkaSource;
+use crate::source::{KafkaSource, NextOffset};
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
 
 /// How `run` ends.
@@ -114,7 +114,8 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
         outputs: output_names.iter().map(|n| (n.clone(), 0)).collect(),
         ..Summary::default()
     };
-    let mut in_flight: Option<(Arc<BatchAck>, Vec<(u16, i32, i64)>)> = None;
+    // The previous batch, produced but not yet acknowledged and committed.
+    let mut in_flight: Option<(Arc<BatchAck>, Vec<NextOffset>)> = None;
     while let Some(mut next) = source.next_batch(stop)? {
         let started = Instant::now();
         let out = chain
@@ -144,7 +145,7 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
 }
 
 /// Waits for a batch's deliveries, then commits its offsets.
-fn finish(source: &KafkaSource, ack: &BatchAck, offsets: &[(u16, i32, i64)]) -> anyhow::Result<()> {
+fn finish(source: &KafkaSource, ack: &BatchAck, offsets: &[NextOffset]) -> anyhow::Result<()> {
     ack.wait()
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("a batch could not be delivered; its offsets are not committed")?;

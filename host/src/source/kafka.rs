@@ -29,12 +29,20 @@ pub enum SourceError {
     Kafka(#[from] KafkaError),
 }
 
-/// A batch and the offsets to commit once it is done: for each partition
-/// in it, the offset after its last record.
+/// A batch and the offsets to commit once it is done.
 #[derive(Debug)]
 pub struct SourceBatch {
     pub batch: Batch,
-    pub commit: Vec<(u16, i32, i64)>,
+    pub commit: Vec<NextOffset>,
+}
+
+/// For one partition in a batch, the offset after its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextOffset {
+    /// Index into the source topics.
+    pub source: u16,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Routes librdkafka's error callback to our log, where reaching the end
@@ -224,7 +232,14 @@ impl KafkaSource {
         }
         Ok(Some(SourceBatch {
             batch,
-            commit: commit.into_iter().map(|((s, p), o)| (s, p, o)).collect(),
+            commit: commit
+                .into_iter()
+                .map(|((source, partition), offset)| NextOffset {
+                    source,
+                    partition,
+                    offset,
+                })
+                .collect(),
         }))
     }
 
@@ -250,9 +265,14 @@ impl KafkaSource {
     }
 
     /// Commits the offsets of a finished batch, synchronously.
-    pub fn commit(&self, offsets: &[(u16, i32, i64)]) -> Result<(), KafkaError> {
+    pub fn commit(&self, offsets: &[NextOffset]) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for &(source, partition, offset) in offsets {
+        for &NextOffset {
+            source,
+            partition,
+            offset,
+        } in offsets
+        {
             tpl.add_partition_offset(
                 &self.topics[source as usize],
                 partition,

@@ -4,4 +4,4 @@
 
 mod kafka;
 
-pub use kafka::{KafkaSource, SourceBatch, SourceError};
+pub use kafka::{KafkaSource, NextOffset, SourceBatch, SourceError};
