@@ -1,24 +1,48 @@
-//! The one `bindgen!` of the host side of the contract in `wit/`.
+//! The host side of the contract in `wit/`: one `bindgen!` per world, the
+//! aggregate world reusing the transform world's `types` and `log`
+//! interfaces so both share one set of Rust types.
 
 mod generated {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "sluice:transform/transform-guest",
-    });
+    pub mod transform {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "sluice:transform/transform-guest",
+        });
+    }
+
+    pub mod aggregate {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "sluice:transform/aggregate-guest",
+            with: {
+                "sluice:transform/types": super::transform::sluice::transform::types,
+                "sluice:transform/log": super::transform::sluice::transform::log,
+            },
+        });
+    }
 }
 
-pub use generated::sluice::transform::log::{Host as LogHost, Level};
-pub use generated::sluice::transform::types::{
+pub use generated::aggregate::exports::sluice::transform::aggregate::{
+    Accumulators, FinishRequest, FoldRequest, FoldResult, Keyed, MergeRequest,
+};
+pub use generated::aggregate::{AggregateGuest, AggregateGuestPre};
+pub use generated::transform::sluice::transform::log::{Host as LogHost, Level};
+pub use generated::transform::sluice::transform::types::{
     Columns, DeadLetter, Host as TypesHost, InputBatch, OutputBatch,
 };
-pub use generated::{TransformGuest, TransformGuestPre};
+pub use generated::transform::{TransformGuest, TransformGuestPre};
 
-/// Adds the host's imports of the transform world (the `log` interface).
+/// Adds the host's imports (the `log` interface; `types` has no functions).
+/// Both worlds import the same interfaces, so one linker serves both.
 pub fn add_to_linker<T: LogHost + TypesHost + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
-    generated::TransformGuest::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |s| s)
+    generated::transform::TransformGuest::add_to_linker::<T, wasmtime::component::HasSelf<T>>(
+        linker,
+        |s| s,
+    )
 }
 
-/// The fully qualified name of the exported interface, for error messages.
+/// The fully qualified names of the exported interfaces, for error messages.
 pub const TRANSFORM_EXPORT: &str = "sluice:transform/transform@0.1.0";
+pub const AGGREGATE_EXPORT: &str = "sluice:transform/aggregate@0.1.0";

@@ -5,7 +5,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{self, InputBatch, OutputBatch, TransformGuest};
 use super::engine::EPOCH_TICK;
-use super::module::{InstantiateError, Module};
+use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels, MemoryLimitExceeded};
 use crate::batch::{Batch, Columns};
 use crate::spec::Limits;
@@ -59,6 +59,16 @@ pub struct TransformStats {
     pub memory_hits: u64,
     /// Instances replaced after a fault.
     pub restarts: u64,
+}
+
+impl TransformStats {
+    pub(super) fn count(&mut self, fault: &Fault) {
+        match fault {
+            Fault::Deadline => self.deadline_hits += 1,
+            Fault::MemoryLimit => self.memory_hits += 1,
+            _ => self.traps += 1,
+        }
+    }
 }
 
 /// A live transform instance. See the module docs of `runtime`.
@@ -149,11 +159,7 @@ impl Transform {
 
     fn classify(&mut self, error: wasmtime::Error) -> Fault {
         let fault = classify(&mut self.store, &error);
-        match fault {
-            Fault::Deadline => self.stats.deadline_hits += 1,
-            Fault::MemoryLimit => self.stats.memory_hits += 1,
-            _ => self.stats.traps += 1,
-        }
+        self.stats.count(&fault);
         fault
     }
 }
@@ -165,6 +171,25 @@ fn start(
     limits: Limits,
     config: &Vec<(String, String)>,
 ) -> Result<(Store<HostState>, TransformGuest), InstantiateError> {
+    let Pre::Transform(pre) = module.pre() else {
+        return Err(InstantiateError::WrongKind {
+            expected: "a transform",
+            actual: "an aggregate",
+        });
+    };
+    let mut store = new_store(module, labels, limits);
+    let guest = pre
+        .instantiate(&mut store)
+        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).reason()))?;
+    let result = guest
+        .sluice_transform_transform()
+        .call_init(&mut store, config);
+    init_result(&mut store, result)?;
+    Ok((store, guest))
+}
+
+/// A store with the memory cap and a deadline for what runs first.
+pub(super) fn new_store(module: &Module, labels: &Labels, limits: Limits) -> Store<HostState> {
     let memory = usize::try_from(limits.memory.as_u64()).unwrap_or(usize::MAX);
     let mut store = Store::new(
         &module.runtime().engine,
@@ -172,26 +197,27 @@ fn start(
     );
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(deadline_ticks(limits));
-    let guest = module
-        .pre()
-        .instantiate(&mut store)
-        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).reason()))?;
-    match guest
-        .sluice_transform_transform()
-        .call_init(&mut store, config)
-    {
-        Ok(Ok(())) => Ok((store, guest)),
+    store
+}
+
+/// Interprets the result of a guest's `init`.
+pub(super) fn init_result(
+    store: &mut Store<HostState>,
+    result: wasmtime::Result<Result<(), String>>,
+) -> Result<(), InstantiateError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err(InstantiateError::ConfigRejected(message)),
-        Err(e) => Err(InstantiateError::Trapped(classify(&mut store, &e).reason())),
+        Err(e) => Err(InstantiateError::Trapped(classify(store, &e).reason())),
     }
 }
 
-fn deadline_ticks(limits: Limits) -> u64 {
+pub(super) fn deadline_ticks(limits: Limits) -> u64 {
     // One extra tick: the current tick may be about to end.
     (limits.deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
-fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) -> Fault {
+pub(super) fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) -> Fault {
     if store.data().limiter.exceeded || error.downcast_ref::<MemoryLimitExceeded>().is_some() {
         store.data_mut().limiter.exceeded = false;
         return Fault::MemoryLimit;
@@ -214,7 +240,7 @@ fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) -> Fault {
 }
 
 /// Checks a guest's output against the contract and converts it.
-fn step_output(output: OutputBatch, inputs_len: usize) -> Result<StepOutput, String> {
+pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<StepOutput, String> {
     let OutputBatch {
         records,
         inputs,
@@ -266,7 +292,7 @@ fn step_output(output: OutputBatch, inputs_len: usize) -> Result<StepOutput, Str
     })
 }
 
-fn columns_to_wit(c: Columns) -> bindings::Columns {
+pub(super) fn columns_to_wit(c: Columns) -> bindings::Columns {
     bindings::Columns {
         keys: c.keys,
         key_offsets: c.key_offsets,
@@ -282,7 +308,7 @@ fn columns_to_wit(c: Columns) -> bindings::Columns {
     }
 }
 
-fn columns_from_wit(c: bindings::Columns) -> Columns {
+pub(super) fn columns_from_wit(c: bindings::Columns) -> Columns {
     Columns {
         keys: c.keys,
         key_offsets: c.key_offsets,

@@ -9,6 +9,7 @@
 //! runs out of time or memory, isolates the records responsible (see
 //! `isolate.rs`) so that only they are dead-lettered.
 
+mod aggregate;
 mod bindings;
 mod engine;
 mod instance;
@@ -16,7 +17,8 @@ mod isolate;
 mod module;
 mod sandbox;
 
+pub use aggregate::{Aggregator, CallError, Extracted};
 pub use engine::Runtime;
 pub use instance::{Fault, StepOutput, Transform, TransformStats};
-pub use module::{InstantiateError, Module, ModuleError};
+pub use module::{InstantiateError, Module, ModuleError, ModuleKind};
 pub use sandbox::Labels;

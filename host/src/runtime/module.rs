@@ -5,7 +5,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::{TRANSFORM_EXPORT, TransformGuestPre};
+use super::aggregate::Aggregator;
+use super::bindings::{AGGREGATE_EXPORT, AggregateGuestPre, TRANSFORM_EXPORT, TransformGuestPre};
 use super::engine::Runtime;
 use super::instance::Transform;
 use super::sandbox::{HostState, Labels};
@@ -24,10 +25,17 @@ pub enum ModuleError {
     Invalid(String),
     #[error("the component needs imports Sluice does not provide: {0}")]
     UnsupportedImports(String),
-    #[error(
-        "the component does not implement the Sluice transform world (`{TRANSFORM_EXPORT}`): {0}"
-    )]
+    #[error("the component implements neither `{TRANSFORM_EXPORT}` nor `{AGGREGATE_EXPORT}`: {0}")]
     WrongWorld(String),
+}
+
+/// Which Sluice world a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A record transform (`transform-guest`).
+    Transform,
+    /// A windowed aggregate (`aggregate-guest`).
+    Aggregate,
 }
 
 /// Why a transform instance could not be made from a module.
@@ -37,6 +45,16 @@ pub enum InstantiateError {
     ConfigRejected(String),
     #[error("the transform failed while starting: {0}")]
     Trapped(String),
+    #[error("this module is {actual}, but the step needs {expected}")]
+    WrongKind {
+        expected: &'static str,
+        actual: &'static str,
+    },
+}
+
+pub(super) enum Pre {
+    Transform(TransformGuestPre<HostState>),
+    Aggregate(AggregateGuestPre<HostState>),
 }
 
 /// A checked, compiled, pre-instantiated component. Cheap to clone.
@@ -50,7 +68,7 @@ struct ModuleInner {
     sha256: String,
     size: usize,
     runtime: Runtime,
-    pre: TransformGuestPre<HostState>,
+    pre: Pre,
 }
 
 impl std::fmt::Debug for Module {
@@ -76,8 +94,13 @@ impl Module {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| ModuleError::UnsupportedImports(format!("{e:#}")))?;
-        let pre =
-            TransformGuestPre::new(pre).map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
+        let pre = match TransformGuestPre::new(pre.clone()) {
+            Ok(transform) => Pre::Transform(transform),
+            Err(e) => match AggregateGuestPre::new(pre) {
+                Ok(aggregate) => Pre::Aggregate(aggregate),
+                Err(_) => return Err(ModuleError::WrongWorld(format!("{e:#}"))),
+            },
+        };
         Ok(Self {
             inner: Arc::new(ModuleInner {
                 name: name.to_owned(),
@@ -102,8 +125,15 @@ impl Module {
         self.inner.size
     }
 
-    pub(super) fn pre(&self) -> &TransformGuestPre<HostState> {
+    pub(super) fn pre(&self) -> &Pre {
         &self.inner.pre
+    }
+
+    pub fn kind(&self) -> ModuleKind {
+        match self.inner.pre {
+            Pre::Transform(_) => ModuleKind::Transform,
+            Pre::Aggregate(_) => ModuleKind::Aggregate,
+        }
     }
 
     pub(super) fn runtime(&self) -> &Runtime {
@@ -118,5 +148,15 @@ impl Module {
         config: Vec<(String, String)>,
     ) -> Result<Transform, InstantiateError> {
         Transform::new(self.clone(), labels, limits, config)
+    }
+
+    /// Like [`Module::instantiate`], for an aggregate module.
+    pub fn instantiate_aggregate(
+        &self,
+        labels: Labels,
+        limits: Limits,
+        config: Vec<(String, String)>,
+    ) -> Result<Aggregator, InstantiateError> {
+        Aggregator::new(self.clone(), labels, limits, config)
     }
 }

@@ -1,0 +1,290 @@
+//! One aggregate instance: the guest half of windowed aggregation. The host
+//! (see `crate::window`) owns windows and accumulators; this type only makes
+//! the calls, under the same memory cap and per-call deadline as transforms.
+
+use wasmtime::Store;
+
+use super::bindings::{self, AggregateGuest};
+use super::instance::{
+    Fault, TransformStats, classify, columns_to_wit, deadline_ticks, init_result, new_store,
+};
+use super::module::{InstantiateError, Module, Pre};
+use super::sandbox::{HostState, Labels};
+use crate::batch::Batch;
+use crate::spec::Limits;
+
+/// Key and event time of each record the guest holds after `extract`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// Grouping keys, Arrow-style, one per held record.
+    pub keys: Vec<u8>,
+    pub key_offsets: Vec<u32>,
+    pub event_times: Vec<i64>,
+    /// Records of the input batch that cannot be aggregated: `(index, reason)`.
+    pub dead_letters: Vec<(u32, String)>,
+    /// `None`: the guest holds the whole input batch (indices in `fold`
+    /// requests are batch indices). `Some(kept)`: a fault was isolated and the
+    /// guest holds only these batch records, in this order; `fold` indices
+    /// refer to positions in `kept`.
+    pub kept: Option<Vec<u32>>,
+}
+
+/// A failed call to an aggregate guest (other than `extract`, which
+/// isolates faults itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("guest error: {0}")]
+    Guest(String),
+    #[error("{}", .0.reason())]
+    Fault(Fault),
+}
+
+/// A live aggregate instance.
+pub struct Aggregator {
+    module: Module,
+    labels: Labels,
+    limits: Limits,
+    config: Vec<(String, String)>,
+    store: Store<HostState>,
+    guest: AggregateGuest,
+    stats: TransformStats,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator")
+            .field("module", &self.module)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Aggregator {
+    pub(super) fn new(
+        module: Module,
+        labels: Labels,
+        limits: Limits,
+        config: Vec<(String, String)>,
+    ) -> Result<Self, InstantiateError> {
+        let (store, guest) = start(&module, &labels, limits, &config)?;
+        Ok(Self {
+            module,
+            labels,
+            limits,
+            config,
+            store,
+            guest,
+            stats: TransformStats::default(),
+        })
+    }
+
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    pub fn stats(&self) -> TransformStats {
+        self.stats
+    }
+
+    fn restart(&mut self) -> Result<(), InstantiateError> {
+        let (store, guest) = start(&self.module, &self.labels, self.limits, &self.config)?;
+        self.store = store;
+        self.guest = guest;
+        self.stats.restarts += 1;
+        Ok(())
+    }
+
+    /// Runs one guest call under the deadline, classifying traps.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&AggregateGuest, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<Result<R, String>, Fault> {
+        self.stats.calls += 1;
+        self.store.data().stderr.clear_tail();
+        self.store.set_epoch_deadline(deadline_ticks(self.limits));
+        match f(&self.guest, &mut self.store) {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                let fault = classify(&mut self.store, &e);
+                self.stats.count(&fault);
+                Err(fault)
+            }
+        }
+    }
+
+    fn extract_call(
+        &mut self,
+        batch: &mut Batch,
+    ) -> Result<Result<bindings::Keyed, String>, Fault> {
+        let input = bindings::InputBatch {
+            records: columns_to_wit(std::mem::take(&mut batch.records)),
+            partitions: std::mem::take(&mut batch.partitions),
+            offsets: std::mem::take(&mut batch.offsets),
+        };
+        let result = self.call(|guest, store| {
+            guest
+                .sluice_transform_aggregate()
+                .call_extract(store, &input)
+        });
+        batch.records = super::instance::columns_from_wit(input.records);
+        batch.partitions = input.partitions;
+        batch.offsets = input.offsets;
+        result
+    }
+
+    /// Keys and event times of `batch`. A batch whose extraction faults is
+    /// re-run record by record on fresh instances (a slow path taken only
+    /// after a fault), so that only the faulty records are dead-lettered;
+    /// the guest is then left holding the healthy records (see
+    /// [`Extracted::kept`]).
+    pub fn extract(&mut self, batch: &mut Batch) -> Result<Extracted, InstantiateError> {
+        let n = batch.len();
+        match self.extract_call(batch) {
+            Ok(Ok(keyed)) => match extracted(keyed, n) {
+                Ok(e) => return Ok(e),
+                Err(invalid) => self.isolate_note(&Fault::InvalidOutput(invalid)),
+            },
+            Ok(Err(message)) => {
+                let reason = format!("guest error: {message}");
+                return Ok(Extracted {
+                    key_offsets: vec![0; n + 1],
+                    event_times: vec![0; n],
+                    dead_letters: (0..n as u32).map(|i| (i, reason.clone())).collect(),
+                    ..Extracted::default()
+                });
+            }
+            Err(fault) => self.isolate_note(&fault),
+        }
+        self.restart()?;
+        let mut dead = Vec::new();
+        let mut kept = Vec::new();
+        for i in 0..n as u32 {
+            let mut one = batch.select(&[i]);
+            match self.extract_call(&mut one) {
+                Ok(Ok(keyed)) => match extracted(keyed, 1) {
+                    Ok(e) if e.dead_letters.is_empty() => kept.push(i),
+                    Ok(e) => dead.extend(e.dead_letters.into_iter().map(|(_, reason)| (i, reason))),
+                    Err(invalid) => dead.push((i, Fault::InvalidOutput(invalid).reason())),
+                },
+                Ok(Err(message)) => dead.push((i, format!("guest error: {message}"))),
+                Err(fault) => {
+                    dead.push((i, fault.reason()));
+                    self.restart()?;
+                }
+            }
+        }
+        // Leave the guest holding exactly the healthy records.
+        let mut healthy = batch.select(&kept);
+        let mut result = match self.extract_call(&mut healthy) {
+            Ok(Ok(keyed)) => {
+                extracted(keyed, kept.len()).map_err(|e| InstantiateError::Trapped(e))?
+            }
+            Ok(Err(message)) => {
+                return Err(InstantiateError::Trapped(format!("guest error: {message}")));
+            }
+            Err(fault) => return Err(InstantiateError::Trapped(fault.reason())),
+        };
+        result.dead_letters = dead;
+        result.kept = Some(kept);
+        Ok(result)
+    }
+
+    fn isolate_note(&self, fault: &Fault) {
+        tracing::warn!(
+            pipeline = &*self.labels.pipeline,
+            step = &*self.labels.step,
+            reason = %fault.reason(),
+            "aggregate guest fault in extract; isolating the records that cause it"
+        );
+    }
+
+    fn checked<R>(result: Result<Result<R, String>, Fault>) -> Result<R, CallError> {
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(message)) => Err(CallError::Guest(message)),
+            Err(fault) => Err(CallError::Fault(fault)),
+        }
+    }
+
+    pub fn fold(
+        &mut self,
+        request: &bindings::FoldRequest,
+    ) -> Result<bindings::FoldResult, CallError> {
+        Self::checked(self.call(|g, s| g.sluice_transform_aggregate().call_fold(s, request)))
+    }
+
+    pub fn merge(
+        &mut self,
+        request: &bindings::MergeRequest,
+    ) -> Result<bindings::Accumulators, CallError> {
+        Self::checked(self.call(|g, s| g.sluice_transform_aggregate().call_merge(s, request)))
+    }
+
+    pub fn finish(
+        &mut self,
+        request: &bindings::FinishRequest,
+    ) -> Result<bindings::OutputBatch, CallError> {
+        Self::checked(self.call(|g, s| g.sluice_transform_aggregate().call_finish(s, request)))
+    }
+}
+
+#[allow(clippy::ptr_arg, reason = "the generated binding takes a &Vec")]
+fn start(
+    module: &Module,
+    labels: &Labels,
+    limits: Limits,
+    config: &Vec<(String, String)>,
+) -> Result<(Store<HostState>, AggregateGuest), InstantiateError> {
+    let Pre::Aggregate(pre) = module.pre() else {
+        return Err(InstantiateError::WrongKind {
+            expected: "an aggregate",
+            actual: "a transform",
+        });
+    };
+    let mut store = new_store(module, labels, limits);
+    let guest = pre
+        .instantiate(&mut store)
+        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).reason()))?;
+    let result = guest
+        .sluice_transform_aggregate()
+        .call_init(&mut store, config);
+    init_result(&mut store, result)?;
+    Ok((store, guest))
+}
+
+/// Checks `extract`'s answer for `n` records against the contract.
+fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
+    let bindings::Keyed {
+        keys,
+        key_offsets,
+        event_times,
+        dead_letters,
+    } = keyed;
+    if key_offsets.len() != n + 1 || event_times.len() != n {
+        return Err(format!(
+            "extract returned {} key offsets and {} event times for {n} records",
+            key_offsets.len(),
+            event_times.len()
+        ));
+    }
+    if key_offsets[0] != 0
+        || key_offsets.windows(2).any(|w| w[0] > w[1])
+        || key_offsets[n] as usize != keys.len()
+    {
+        return Err("extract returned invalid key offsets".to_owned());
+    }
+    let mut dead = Vec::with_capacity(dead_letters.len());
+    for bindings::DeadLetter { input, reason } in dead_letters {
+        if input as usize >= n {
+            return Err(format!("extract dead-lettered record {input} of {n}"));
+        }
+        dead.push((input, reason));
+    }
+    Ok(Extracted {
+        keys,
+        key_offsets,
+        event_times,
+        dead_letters: dead,
+        kept: None,
+    })
+}
