@@ -10,6 +10,8 @@ const GUESTS: &[&str] = &[
     "filter-heartbeats",
     "strategy-map",
     "alert-router",
+    "event-window-agg",
+    "user-sessions",
     "faulty-guest",
 ];
 

@@ -173,23 +173,28 @@ impl<'a> InputView<'a> {
     }
 }
 
-fn range(offsets: &[u32], i: usize) -> Range<usize> {
+pub(crate) fn range(offsets: &[u32], i: usize) -> Range<usize> {
     offsets[i] as usize..offsets[i + 1] as usize
 }
 
-fn check_len(what: &str, len: usize, n: usize) -> Result<(), String> {
+pub(crate) fn check_len(what: &str, len: usize, n: usize) -> Result<(), String> {
+    check_count(what, len, n, "record")
+}
+
+/// `what` must have `n` entries, one per `item`.
+pub(crate) fn check_count(what: &str, len: usize, n: usize, item: &str) -> Result<(), String> {
     if len == n {
         Ok(())
     } else {
         Err(format!(
-            "{what} has {len} entries, expected {n} (one per record)"
+            "{what} has {len} entries, expected {n} (one per {item})"
         ))
     }
 }
 
 /// `offsets` must have `n + 1` entries, be non-decreasing and end within a
 /// buffer of `buf_len` bytes.
-fn check_offsets(
+pub(crate) fn check_offsets(
     what: &str,
     offsets: &[u32],
     n: usize,

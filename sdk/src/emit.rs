@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::output::OutputBuilder;
-use crate::record::Record;
+use crate::record::{Headers, Record};
 
 /// Sends output records for the current input record, writing them straight
 /// into the batch's output columns.
@@ -18,6 +18,14 @@ use crate::record::Record;
 /// spec maps to a sink; the name `"default"` means the default output. If the
 /// transform returns an error or calls [`Emitter::dead_letter`], everything it
 /// emitted for this record is discarded and the record is dead-lettered.
+///
+/// In [`Aggregate::finish`](crate::Aggregate::finish) there is no input
+/// record: the emitter stands for the finished window. `emit*` then sets no
+/// key, headers or timestamp, so the host gives each output the group key
+/// and the window's `end - 1` as timestamp (an [`OutputRecord`] may set its
+/// own); `forward` has nothing to forward and dead-letters the window;
+/// [`Emitter::dead_letter`] and an error discard the window's outputs and
+/// report it as failed.
 ///
 /// ```
 /// use sluice_sdk::{Emitter, Error, Record};
@@ -34,15 +42,54 @@ use crate::record::Record;
 /// ```
 pub struct Emitter<'a> {
     out: &'a mut OutputBuilder,
-    input: Record<'a>,
+    origin: Origin<'a>,
     dead_letter: Option<String>,
+}
+
+/// What the outputs of an [`Emitter`] come from.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// An input record of a transform: outputs inherit its key, headers and
+    /// timestamp.
+    Record(Record<'a>),
+    /// Group `g` of an aggregate's `finish`: outputs inherit nothing; the
+    /// host gives a record without a key the group key, and one without a
+    /// timestamp the window's `end - 1`.
+    Group(u32),
+}
+
+impl<'a> Origin<'a> {
+    /// The `inputs` entry of the outputs.
+    fn index(&self) -> u32 {
+        match self {
+            Origin::Record(record) => record.index(),
+            Origin::Group(group) => *group,
+        }
+    }
+
+    /// Key, headers and timestamp that `emit*` keeps.
+    fn inherited(&self) -> (Option<&'a [u8]>, Option<Headers<'a>>, Option<i64>) {
+        match self {
+            Origin::Record(r) => (r.key(), Some(r.headers()), r.timestamp()),
+            Origin::Group(_) => (None, None, None),
+        }
+    }
 }
 
 impl<'a> Emitter<'a> {
     pub(crate) fn new(out: &'a mut OutputBuilder, input: Record<'a>) -> Self {
         Self {
             out,
-            input,
+            origin: Origin::Record(input),
+            dead_letter: None,
+        }
+    }
+
+    /// The emitter of group `group` of an aggregate's `finish`.
+    pub(crate) fn for_group(out: &'a mut OutputBuilder, group: u32) -> Self {
+        Self {
+            out,
+            origin: Origin::Group(group),
             dead_letter: None,
         }
     }
@@ -85,7 +132,12 @@ impl<'a> Emitter<'a> {
     }
 
     fn forward_target(&mut self, target: u32) {
-        let input = self.input;
+        let Origin::Record(input) = self.origin else {
+            self.dead_letter(
+                "`Emitter::forward` has no input record to forward in `Aggregate::finish`",
+            );
+            return;
+        };
         let value = input.value();
         let write_value = |buf: &mut Vec<u8>| {
             if let Some(value) = value {
@@ -132,15 +184,16 @@ impl<'a> Emitter<'a> {
     }
 
     fn emit_target(&mut self, target: u32, value: &[u8]) {
-        let input = self.input;
         let write_value = |buf: &mut Vec<u8>| {
             buf.extend_from_slice(value);
             Ok::<_, Infallible>(true)
         };
-        let (key, headers, timestamp) = (input.key(), input.headers(), input.timestamp());
+        let (key, headers, timestamp) = self.origin.inherited();
+        let headers = headers.into_iter().flatten();
+        let index = self.origin.index();
         let Ok(()) = self
             .out
-            .push(input.index(), target, key, write_value, headers, timestamp);
+            .push(index, target, key, write_value, headers, timestamp);
     }
 
     /// Serializes `value` as JSON straight into the output buffer and sends it
@@ -181,11 +234,12 @@ impl<'a> Emitter<'a> {
         target: u32,
         value: &T,
     ) -> Result<(), Error> {
-        let input = self.input;
         let write_value = |buf: &mut Vec<u8>| serde_json::to_writer(buf, value).map(|()| true);
-        let (key, headers, timestamp) = (input.key(), input.headers(), input.timestamp());
+        let (key, headers, timestamp) = self.origin.inherited();
+        let headers = headers.into_iter().flatten();
+        let index = self.origin.index();
         self.out
-            .push(input.index(), target, key, write_value, headers, timestamp)
+            .push(index, target, key, write_value, headers, timestamp)
             .map_err(|e| format!("cannot serialize output value as JSON: {e}").into())
     }
 
@@ -233,7 +287,7 @@ impl<'a> Emitter<'a> {
             Ok::<_, Infallible>(record.value.is_some())
         };
         let headers = record.headers.iter().copied();
-        let index = self.input.index();
+        let index = self.origin.index();
         let Ok(()) = self.out.push(
             index,
             target,

@@ -108,12 +108,17 @@ macro_rules! __export_transform {
 
                 fn process(
                     batch: $crate::__private::types::InputBatch,
-                ) -> ::core::result::Result<$crate::__private::types::OutputBatch, ::std::string::String> {
+                ) -> ::core::result::Result<
+                    $crate::__private::types::OutputBatch,
+                    ::std::string::String,
+                > {
                     STATE.with_borrow_mut(|state| $crate::__private::process::<$ty>(state, &batch))
                 }
             }
 
-            $crate::__private::bindings::export!(SluiceGuest with_types_in $crate::__private::bindings);
+            $crate::__private::bindings::transform::export_transform!(
+                SluiceGuest with_types_in $crate::__private::bindings::transform
+            );
         };
     };
 }

@@ -1,5 +1,5 @@
-//! Write [Sluice](https://github.com/sluice-rs/sluice) stream transforms in
-//! Rust, compiled to `wasm32-wasip2` components.
+//! Write [Sluice](https://github.com/sluice-rs/sluice) stream transforms and
+//! windowed aggregates in Rust, compiled to `wasm32-wasip2` components.
 //!
 //! A transform sees every input record of a micro-batch and decides, per
 //! record, to drop it, to emit zero or more output records (to the default
@@ -26,6 +26,13 @@
 //! assert_eq!(output.dropped, [1]);
 //! ```
 //!
+//! A windowed aggregate is an [`Aggregate`] impl under
+//! `#[sluice_sdk::aggregate]`: the host owns windows, watermarks and the
+//! stored accumulators; the aggregate gives each record a key and an event
+//! time, folds records into accumulators, merges accumulators and turns a
+//! finished [`Window`] into output records. A crate exports one transform
+//! or one aggregate.
+//!
 //! Build with `cargo build --target wasm32-wasip2` (crate type `cdylib`).
 //! Natively the same code builds and runs with plain `cargo test`, through
 //! [`testing`]; [`log`] then writes to standard error.
@@ -37,6 +44,8 @@
 
 #![deny(missing_docs)]
 
+mod aggregate;
+mod aggregate_glue;
 mod batch;
 mod bindings;
 mod config;
@@ -47,6 +56,7 @@ mod output;
 mod record;
 pub mod testing;
 
+pub use aggregate::{Aggregate, Window, str_key};
 pub use config::Config;
 pub use emit::{Emitter, OutputRecord};
 pub use record::{Headers, Record};
@@ -59,8 +69,9 @@ pub use record::{Headers, Record};
 /// - an `impl Transform for MyType` block, for a configurable or stateful
 ///   transform.
 ///
-/// One transform per crate. The export glue exists only on `wasm32`, so many
-/// guest crates can be linked into one native test binary.
+/// One transform (or aggregate) per crate: a component exports one world.
+/// The export glue exists only on `wasm32`, so many guest crates can be
+/// linked into one native test binary.
 ///
 /// ```standalone_crate
 /// use sluice_sdk::{Config, Emitter, Error, Record, Transform};
@@ -98,10 +109,80 @@ pub use record::{Headers, Record};
 /// #[sluice_sdk::transform]
 /// fn first(_: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
 ///
-/// #[sluice_sdk::transform] // error: `only_one_sluice_transform_per_crate` is defined multiple times
+/// #[sluice_sdk::transform] // error: `only_one_sluice_export_per_crate` is defined multiple times
 /// fn second(_: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
 /// ```
 pub use sluice_sdk_macros::transform;
+
+/// Exports a windowed aggregate from a guest crate. Put it on an
+/// `impl Aggregate for MyType` block; the impl is kept as written.
+///
+/// One aggregate (or transform) per crate: a component exports one world.
+/// The export glue exists only on `wasm32`, so the impl stays testable
+/// natively with [`testing::run_aggregate`] and [`testing::run_sessions`].
+///
+/// ```standalone_crate
+/// use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+///
+/// /// Counts records per key and window.
+/// struct Count;
+///
+/// #[sluice_sdk::aggregate]
+/// impl Aggregate for Count {
+///     type Acc = u64;
+///
+///     fn init(_config: &Config) -> Result<Self, Error> {
+///         Ok(Count)
+///     }
+///
+///     fn fold(&mut self, acc: &mut u64, _record: &Record<'_>, _time: i64) -> Result<(), Error> {
+///         *acc += 1;
+///         Ok(())
+///     }
+///
+///     fn merge(&mut self, acc: &mut u64, other: u64) {
+///         *acc += other;
+///     }
+///
+///     fn finish(&mut self, window: &Window<'_>, acc: &u64, out: &mut Emitter<'_>) -> Result<(), Error> {
+///         out.emit_json(&serde_json::json!({ "key": window.key_str()?, "start": window.start, "count": acc }))
+///     }
+/// }
+/// # use sluice_sdk::testing::{run_aggregate, tumbling, TestRecord};
+/// let records = [TestRecord::new().key("a").timestamp(5), TestRecord::new().key("a").timestamp(7)];
+/// let output = run_aggregate::<Count>(&[], &records, tumbling(10)).unwrap();
+/// assert_eq!(output.values_str(), [r#"{"count":2,"key":"a","start":0}"#]);
+/// ```
+///
+/// Misuse is a compile error: on anything but an `Aggregate` impl, on a
+/// generic or `unsafe` impl, and next to another aggregate or a transform
+/// in the same crate:
+///
+/// ```compile_fail,E0428
+/// use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+///
+/// #[sluice_sdk::transform]
+/// fn route(_: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+///
+/// struct Count;
+///
+/// #[sluice_sdk::aggregate] // error: `only_one_sluice_export_per_crate` is defined multiple times
+/// impl Aggregate for Count {
+///     type Acc = u64;
+///     fn init(_: &Config) -> Result<Self, Error> { Ok(Count) }
+///     fn fold(&mut self, n: &mut u64, _: &Record<'_>, _: i64) -> Result<(), Error> { *n += 1; Ok(()) }
+///     fn merge(&mut self, n: &mut u64, m: u64) { *n += m }
+///     fn finish(&mut self, _: &Window<'_>, _: &u64, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// use sluice_sdk::{Emitter, Error, Record};
+///
+/// #[sluice_sdk::aggregate] // error: goes on an `impl Aggregate for YourType` block, not on a function
+/// fn count(_: &Record<'_>, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+/// ```
+pub use sluice_sdk_macros::aggregate;
 
 /// The error a transform returns: anything that converts into it with `?` or
 /// `.into()`, such as a `serde_json::Error`, a `String` or a `&str`. Its text
@@ -192,10 +273,28 @@ pub trait Transform: Sized + 'static {
 /// Not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::Guest;
-    pub use crate::bindings::generated as bindings;
+    pub use crate::bindings::TransformGuest as Guest;
     pub use crate::glue::{expect_no_config, init, process, process_columns, process_columns_fn};
     pub use crate::testing::{decode_output, encode_batch};
+
+    /// The generated bindings of each world, for the export macros.
+    pub mod bindings {
+        pub use crate::bindings::{aggregate, transform};
+    }
+
+    /// The aggregate world: one function per WIT call, over the generated
+    /// types, taking the instance state.
+    pub mod aggregate {
+        pub use crate::aggregate_glue::{AggregateState, extract, finish, fold, init, merge};
+        pub use crate::bindings::AggregateGuest as Guest;
+
+        /// The wit-bindgen types of the `aggregate` interface.
+        pub mod types {
+            pub use crate::bindings::{
+                Accumulators, FinishRequest, FoldRequest, FoldResult, Keyed, MergeRequest,
+            };
+        }
+    }
 
     /// The wit-bindgen types of the `types` interface.
     pub mod types {

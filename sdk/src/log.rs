@@ -9,7 +9,7 @@
 //! sluice_sdk::log::info("transform started");
 //! ```
 
-use crate::bindings::generated::sluice::transform::log::Level;
+use crate::bindings::Level;
 
 /// Logs very detailed tracing.
 ///
@@ -58,7 +58,7 @@ pub fn error(message: &str) {
 
 #[cfg(target_arch = "wasm32")]
 fn write(level: Level, message: &str) {
-    crate::bindings::generated::sluice::transform::log::log(level, message);
+    crate::bindings::transform::sluice::transform::log::log(level, message);
 }
 
 /// Native stand-in for the host's `log` import.

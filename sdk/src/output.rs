@@ -33,8 +33,13 @@ impl OutputBuilder {
     /// An empty builder with room for one output per input record, each the
     /// size of its input.
     pub(crate) fn for_input(input: &ColumnsView<'_>) -> Self {
-        let n = input.len();
-        let [keys, values, header_names, header_values, headers] = input.sizes();
+        Self::with_capacity(input.len(), input.sizes())
+    }
+
+    /// An empty builder with room for `n` outputs and, in bytes, `[keys,
+    /// values, header names, header values]` plus that many header entries.
+    pub(crate) fn with_capacity(n: usize, sizes: [usize; 5]) -> Self {
+        let [keys, values, header_names, header_values, headers] = sizes;
         let offsets = |len: usize| {
             let mut offsets = Vec::with_capacity(len + 1);
             offsets.push(0);

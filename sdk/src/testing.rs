@@ -1,9 +1,12 @@
-//! Native test harness: run a transform over records with plain `cargo test`.
+//! Native test harness: run a transform or an aggregate over records with
+//! plain `cargo test`.
 //!
 //! The harness encodes the records into the same columnar batch the host
 //! sends, runs the same glue as the wasm export, and decodes the output batch,
 //! so a native test exercises the real codec. Only the wasm boundary itself
-//! (and traps) is left to the host's integration tests.
+//! (and traps) is left to the host's integration tests. For aggregates,
+//! [`run_aggregate`] and [`run_sessions`] also play the host's part: windows,
+//! and accumulators stored as the bytes the guest encoded.
 //!
 //! ```
 //! use sluice_sdk::testing::{run_fn, TestRecord};
@@ -20,6 +23,10 @@
 //! assert_eq!(output.values_str(), ["x"]);
 //! assert_eq!(output.dropped, [1]);
 //! ```
+
+mod aggregate;
+
+pub use aggregate::{run_aggregate, run_sessions, tumbling};
 
 use crate::batch::ColumnsView;
 use crate::bindings::{Columns, InputBatch, OutputBatch};
@@ -362,52 +369,8 @@ pub fn encode_batch(records: &[TestRecord]) -> InputBatch {
 #[doc(hidden)]
 pub fn decode_output(input: &InputBatch, output: &OutputBatch) -> Result<TestOutput, String> {
     let inputs = ColumnsView::new(&input.records)?;
-    let cols = ColumnsView::new(&output.records)?;
-    let n = cols.len();
-    if output.inputs.len() != n || output.targets.len() != n {
-        return Err(format!(
-            "{n} output records but {} inputs and {} targets",
-            output.inputs.len(),
-            output.targets.len()
-        ));
-    }
-    if output.inputs.windows(2).any(|w| w[0] > w[1]) {
-        return Err(format!(
-            "inputs are not non-decreasing: {:?}",
-            output.inputs
-        ));
-    }
-    let mut outputs = Vec::with_capacity(n);
-    for (i, (&input, &target)) in output.inputs.iter().zip(&output.targets).enumerate() {
-        if input as usize >= inputs.len() {
-            return Err(format!(
-                "output {i} comes from input {input}, but there are {} inputs",
-                inputs.len()
-            ));
-        }
-        let output_name = match target {
-            0 => None,
-            k => Some(
-                output
-                    .output_names
-                    .get(k as usize - 1)
-                    .ok_or(format!("output {i} has target {k}"))?
-                    .clone(),
-            ),
-        };
-        let headers = cols
-            .header_range(i)
-            .map(|j| cols.header(j))
-            .map(|(k, v)| (k.to_owned(), v.to_vec()));
-        outputs.push(Emitted {
-            input,
-            output: output_name,
-            key: cols.key(i).map(<[u8]>::to_vec),
-            value: cols.value(i).map(<[u8]>::to_vec),
-            headers: headers.collect(),
-            timestamp: cols.timestamp(i).or(inputs.timestamp(input as usize)),
-        });
-    }
+    let defaults = |input: u32| (None, inputs.timestamp(input as usize));
+    let outputs = decode_records(output, inputs.len(), defaults)?;
     let dead_letters: Vec<(u32, String)> = output
         .dead_letters
         .iter()
@@ -430,4 +393,61 @@ pub fn decode_output(input: &InputBatch, output: &OutputBatch) -> Result<TestOut
         dead_letters,
         dropped,
     })
+}
+
+/// Decodes and checks the records of an output batch made from `inputs`
+/// inputs; `defaults(input)` gives the key and timestamp the host uses for
+/// an output of `input` that has none of its own.
+pub(crate) fn decode_records(
+    output: &OutputBatch,
+    inputs: usize,
+    defaults: impl Fn(u32) -> (Option<Vec<u8>>, Option<i64>),
+) -> Result<Vec<Emitted>, String> {
+    let cols = ColumnsView::new(&output.records)?;
+    let n = cols.len();
+    if output.inputs.len() != n || output.targets.len() != n {
+        return Err(format!(
+            "{n} output records but {} inputs and {} targets",
+            output.inputs.len(),
+            output.targets.len()
+        ));
+    }
+    if output.inputs.windows(2).any(|w| w[0] > w[1]) {
+        return Err(format!(
+            "inputs are not non-decreasing: {:?}",
+            output.inputs
+        ));
+    }
+    let mut outputs = Vec::with_capacity(n);
+    for (i, (&input, &target)) in output.inputs.iter().zip(&output.targets).enumerate() {
+        if input as usize >= inputs {
+            return Err(format!(
+                "output {i} comes from input {input}, but there are {inputs} inputs"
+            ));
+        }
+        let output_name = match target {
+            0 => None,
+            k => Some(
+                output
+                    .output_names
+                    .get(k as usize - 1)
+                    .ok_or(format!("output {i} has target {k}"))?
+                    .clone(),
+            ),
+        };
+        let headers = cols
+            .header_range(i)
+            .map(|j| cols.header(j))
+            .map(|(k, v)| (k.to_owned(), v.to_vec()));
+        let (default_key, default_timestamp) = defaults(input);
+        outputs.push(Emitted {
+            input,
+            output: output_name,
+            key: cols.key(i).map(<[u8]>::to_vec).or(default_key),
+            value: cols.value(i).map(<[u8]>::to_vec),
+            headers: headers.collect(),
+            timestamp: cols.timestamp(i).or(default_timestamp),
+        });
+    }
+    Ok(outputs)
 }

@@ -112,6 +112,8 @@ impl Stats {
 
 struct Outcome {
     case: &'static Case,
+    /// Output records per batch (the same both ways).
+    outputs: usize,
     wasm: Stats,
     native: Stats,
 }
@@ -210,12 +212,18 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let load_before = loadavg();
     println!("Sluice runtime benchmark: wasm vs native");
-    println!(
-        "machine: {} CPUs (nproc), {}",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        cpu_model()
-    );
+    println!("machine: {} CPUs (nproc), {}", nproc(), cpu_model());
     println!("load average at start: {load_before}");
+    let busy = load_before
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .is_some_and(|l| l >= nproc() as f64 / 2.0);
+    if busy {
+        println!(
+            "warning: the machine is busy; figures will be noisier and slower than on an idle one"
+        );
+    }
     println!(
         "method: per case {} s warm-up per side, then {SAMPLES} alternating samples of ~{} ms per side; median ns/record",
         WARMUP.as_secs_f64(),
@@ -237,9 +245,10 @@ fn main() -> anyhow::Result<()> {
         }
         let outcome = run_case(&runtime, case)?;
         println!(
-            "  {:<21} {:>6} records: wasm {:>8.1} ns/rec (±{:.1}%), native {:>8.1} ns/rec (±{:.1}%)",
+            "  {:<21} {:>6} records ({:>5} out): wasm {:>6.1} ns/rec (±{:.1}%), native {:>6.1} ns/rec (±{:.1}%)",
             case.name,
             case.records,
+            outcome.outputs,
             outcome.wasm.median,
             outcome.wasm.spread() * 100.0,
             outcome.native.median,
@@ -259,7 +268,7 @@ fn main() -> anyhow::Result<()> {
 
     let report = json!({
         "machine": {
-            "nproc": std::thread::available_parallelism().map_or(0, usize::from),
+            "nproc": nproc(),
             "cpu": cpu_model(),
             "loadavg_start": load_before,
             "loadavg_end": load_after,
@@ -312,6 +321,7 @@ fn run_case(runtime: &Runtime, case: &'static Case) -> anyhow::Result<Outcome> {
     }
     Ok(Outcome {
         case,
+        outputs: native_out.inputs.len(),
         wasm: Stats::from_samples(wasm_ns, wasm_iters),
         native: Stats::from_samples(native_ns, native_iters),
     })
@@ -556,6 +566,7 @@ fn outcome_json(o: &Outcome) -> Value {
         "guest": o.case.guest,
         "config": o.case.config.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "records_per_batch": o.case.records,
+        "output_records_per_batch": o.outputs,
         "wasm": o.wasm.json(),
         "native": o.native.json(),
         "ratio_native_over_wasm_time": o.ratio(),
@@ -563,6 +574,10 @@ fn outcome_json(o: &Outcome) -> Value {
         "bar": if pass.is_some() { Value::from(bar) } else { Value::Null },
         "pass": pass,
     })
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
 }
 
 fn cpu_model() -> String {

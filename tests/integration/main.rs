@@ -3,5 +3,7 @@
 
 mod cli;
 mod faults;
+mod golden;
 mod pipeline;
 mod runtime;
+mod windows;

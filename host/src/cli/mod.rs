@@ -153,15 +153,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let spec = spec::load(path)?;
     let runtime = Runtime::new()?;
-    let transforms = pipeline::load_transforms(&spec, &runtime)?;
+    let steps = pipeline::load_steps(&spec, &runtime)?;
     println!("{}: pipeline `{}` is valid", path.display(), spec.name);
-    for (t, x) in spec.transforms.iter().zip(&transforms) {
+    for (t, step) in spec.transforms.iter().zip(&steps) {
+        let module = pipeline::step_module(step);
+        let kind = if t.aggregate.is_some() {
+            "aggregate"
+        } else {
+            "transform"
+        };
         println!(
-            "  step {}: {} ({} bytes, sha256 {})",
+            "  step {} ({kind}): {} ({} bytes, sha256 {})",
             t.step_name(),
             t.module.display(),
-            x.module().size(),
-            &x.module().sha256()[..16]
+            module.size(),
+            &module.sha256()[..16]
         );
     }
     Ok(())

@@ -4,15 +4,29 @@
 
 use std::collections::HashMap;
 
+use super::aggregate::{AggregateStep, StepError};
 use crate::batch::{Batch, Columns};
-use crate::runtime::{InstantiateError, Transform};
+use crate::runtime::Transform;
+
+/// The origin of a record that comes from no single source record: a
+/// window result.
+pub const NO_ORIGIN: u32 = u32::MAX;
+
+/// One step of a chain.
+#[derive(Debug)]
+pub enum Step {
+    Transform(Transform),
+    /// Only ever the last step. Boxed: its window state is large.
+    Aggregate(Box<AggregateStep>),
+}
 
 /// Records bound for one configured output, with the source record each
 /// came from.
 #[derive(Debug, Default)]
 pub struct Routed {
     pub records: Columns,
-    /// Index into the source batch, per record.
+    /// Index into the source batch, per record ([`NO_ORIGIN`] for window
+    /// results).
     pub origins: Vec<u32>,
 }
 
@@ -39,7 +53,7 @@ pub struct ChainOutput {
 
 /// The steps of a pipeline and how named outputs map to configured ones.
 pub struct Chain {
-    steps: Vec<Transform>,
+    steps: Vec<Step>,
     /// Output name -> index in the spec's `outputs`.
     outputs: HashMap<String, usize>,
     default_output: usize,
@@ -56,7 +70,7 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// `outputs` lists the configured output names in spec order and must
     /// include `default_name`.
-    pub fn new(steps: Vec<Transform>, outputs: &[String], default_name: &str) -> Self {
+    pub fn new(steps: Vec<Step>, outputs: &[String], default_name: &str) -> Self {
         let outputs: HashMap<String, usize> = outputs
             .iter()
             .enumerate()
@@ -70,12 +84,20 @@ impl Chain {
         }
     }
 
-    pub fn steps(&self) -> &[Transform] {
+    pub fn steps(&self) -> &[Step] {
         &self.steps
     }
 
-    /// Runs `source` through every step.
-    pub fn run(&mut self, source: &mut Batch) -> Result<ChainOutput, InstantiateError> {
+    /// The aggregate step, if the chain ends with one.
+    pub fn aggregate(&self) -> Option<&AggregateStep> {
+        match self.steps.last() {
+            Some(Step::Aggregate(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Runs `source` through every step; `now_ms` is the processing time.
+    pub fn run(&mut self, source: &mut Batch, now_ms: i64) -> Result<ChainOutput, StepError> {
         let mut out = ChainOutput {
             outputs: (0..self.outputs.len()).map(|_| Routed::default()).collect(),
             ..ChainOutput::default()
@@ -92,7 +114,15 @@ impl Chain {
             if input.is_empty() {
                 return Ok(out);
             }
-            let result = self.steps[step].process(input)?;
+            let transform = match &mut self.steps[step] {
+                Step::Transform(t) => t,
+                Step::Aggregate(a) => {
+                    let result = a.process(input, now_ms)?;
+                    self.route_windows(result, &origins, step, &mut out);
+                    break;
+                }
+            };
+            let result = transform.process(input)?;
             let mut next = Batch::with_capacity(result.records.len(), result.records.values.len());
             let mut next_origins = Vec::with_capacity(result.records.len());
             let mut accounted = vec![false; input.len()];
@@ -155,5 +185,60 @@ impl Chain {
         }
         out.dead_letters.sort_by_key(|d| d.origin);
         Ok(out)
+    }
+
+    /// Routes an aggregate step's results (with their window in headers) and
+    /// dead letters.
+    fn route_windows(
+        &self,
+        result: super::AggregateOutput,
+        origins: &[u32],
+        step: usize,
+        out: &mut ChainOutput,
+    ) {
+        for (i, reason) in result.dead_letters {
+            out.dead_letters.push(DeadLetter {
+                origin: origins[i as usize],
+                step,
+                reason,
+            });
+        }
+        let named: Vec<Option<usize>> = result
+            .output_names
+            .iter()
+            .map(|n| self.outputs.get(n).copied())
+            .collect();
+        for (j, record) in result.records.iter().enumerate() {
+            let window = &result.windows[result.inputs[j] as usize];
+            let target = match result.targets[j] {
+                0 => Some(self.default_output),
+                k => named[k as usize - 1],
+            };
+            let Some(target) = target else {
+                tracing::warn!(output = %result.output_names[result.targets[j] as usize - 1], "window result sent to an unknown output; dropped");
+                continue;
+            };
+            let (start, end) = (window.start.to_string(), window.end.to_string());
+            let extra: [(&[u8], Option<&[u8]>); 3] = [
+                (b"sluice.window.start", Some(start.as_bytes())),
+                (b"sluice.window.end", Some(end.as_bytes())),
+                (
+                    b"sluice.window.final",
+                    Some(if window.is_final { b"true" } else { b"false" }),
+                ),
+            ];
+            let routed = &mut out.outputs[target];
+            routed.records.push(
+                record.key.or(Some(&window.key)),
+                record.value,
+                record.timestamp.or(Some(window.end - 1)),
+                record
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n, Some(v)))
+                    .chain(extra),
+            );
+            routed.origins.push(NO_ORIGIN);
+        }
     }
 }

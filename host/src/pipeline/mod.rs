@@ -11,6 +11,7 @@
 //! - Producing batch `n` overlaps the acknowledgement of batch `n - 1`; the
 //!   Kafka client fetches ahead in its own threads meanwhile.
 
+mod aggregate;
 mod chain;
 mod deliver;
 
@@ -22,10 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-pub use chain::{Chain, ChainOutput, DeadLetter, Routed};
+pub use aggregate::{AggregateOutput, AggregateStep, StepError};
+pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Routed, Step};
 pub use deliver::{Routing, StepInfo};
 
-use crate::runtime::{Labels, Runtime, Transform};
+use crate::runtime::{Labels, Module, Runtime};
 use crate::sink::{BatchAck, KafkaSink};
 use crate::source::{KafkaSource, NextOffset};
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
@@ -54,7 +56,7 @@ pub struct Summary {
 
 /// Loads every step's module and starts an instance of it, running `init`
 /// with the step's config. This is also what `sluice validate` checks.
-pub fn load_transforms(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result<Vec<Transform>> {
+pub fn load_steps(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result<Vec<Step>> {
     spec.transforms
         .iter()
         .enumerate()
@@ -76,9 +78,21 @@ pub fn load_transforms(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result
                 step: name.as_str().into(),
                 module: module_name.into(),
             };
-            module
-                .instantiate(labels, t.limits, t.config_pairs())
-                .with_context(|| field.clone())
+            Ok(match &t.aggregate {
+                None => Step::Transform(
+                    module
+                        .instantiate(labels, t.limits, t.config_pairs())
+                        .with_context(|| field.clone())?,
+                ),
+                Some(window) => {
+                    let aggregator = module
+                        .instantiate_aggregate(labels, t.limits, t.config_pairs())
+                        .with_context(|| field.clone())?;
+                    let step = AggregateStep::new(aggregator, window.clone())
+                        .with_context(|| field.clone())?;
+                    Step::Aggregate(Box::new(step))
+                }
+            })
         })
         .collect()
 }
@@ -87,7 +101,7 @@ pub fn load_transforms(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result
 #[tracing::instrument(skip_all, fields(pipeline = %spec.name))]
 pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyhow::Result<Summary> {
     let runtime = Runtime::new().context("cannot start the Wasm runtime")?;
-    let transforms = load_transforms(spec, &runtime)?;
+    let transforms = load_steps(spec, &runtime)?;
     let routing = Routing {
         pipeline: spec.name.clone(),
         output_topics: spec.outputs.values().map(|o| o.topic.clone()).collect(),
@@ -97,10 +111,13 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
             .transforms
             .iter()
             .zip(&transforms)
-            .map(|(t, x)| StepInfo {
-                name: t.step_name(),
-                module: x.module().name().to_owned(),
-                sha256: x.module().sha256().to_owned(),
+            .map(|(t, x)| {
+                let module = step_module(x);
+                StepInfo {
+                    name: t.step_name(),
+                    module: module.name().to_owned(),
+                    sha256: module.sha256().to_owned(),
+                }
             })
             .collect(),
     };
@@ -118,9 +135,10 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
     let mut in_flight: Option<(Arc<BatchAck>, Vec<NextOffset>)> = None;
     while let Some(mut next) = source.next_batch(stop)? {
         let started = Instant::now();
+        let now_ms = crate::cli::kafka_tools::now_ms();
         let out = chain
-            .run(&mut next.batch)
-            .context("a transform could not be restarted after a fault")?;
+            .run(&mut next.batch, now_ms)
+            .context("a step failed; the batch is not committed")?;
         let ack = BatchAck::new();
         deliver::deliver(&sink, &ack, &routing, &next.batch, &out)
             .context("cannot queue records for Kafka")?;
@@ -131,7 +149,8 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch processed"
         );
-        if let Some((ack, offsets)) = in_flight.replace((ack, next.commit)) {
+        let commit = hold_back(next.commit, &chain);
+        if let Some((ack, offsets)) = in_flight.replace((ack, commit)) {
             finish(&source, &ack, &offsets)?;
         }
     }
@@ -142,6 +161,29 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
         .context("cannot flush the Kafka producer")?;
     tracing::info!(?summary, "pipeline stopped");
     Ok(summary)
+}
+
+/// The module behind a step.
+pub fn step_module(step: &Step) -> &Module {
+    match step {
+        Step::Transform(t) => t.module(),
+        Step::Aggregate(a) => a.aggregator().module(),
+    }
+}
+
+/// Offsets to commit after a batch: never past a record that open windows
+/// still need (until checkpoints hold window state, a restart rebuilds open
+/// windows by re-reading their records).
+fn hold_back(mut offsets: Vec<NextOffset>, chain: &Chain) -> Vec<NextOffset> {
+    if let Some(aggregate) = chain.aggregate() {
+        let held = aggregate.engine().held_offsets();
+        for o in &mut offsets {
+            if let Some(&h) = held.get(&(o.source, o.partition)) {
+                o.offset = o.offset.min(h);
+            }
+        }
+    }
+    offsets
 }
 
 /// Waits for a batch's deliveries, then commits its offsets.

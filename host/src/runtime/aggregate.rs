@@ -6,12 +6,14 @@ use wasmtime::Store;
 
 use super::bindings::{self, AggregateGuest};
 use super::instance::{
-    Fault, TransformStats, classify, columns_to_wit, deadline_ticks, init_result, new_store,
+    Fault, StepOutput, TransformStats, classify, columns_to_wit, deadline_ticks, init_result,
+    new_store, step_output,
 };
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels};
 use crate::batch::Batch;
 use crate::spec::Limits;
+use crate::window::{self, AggregateError};
 
 /// Key and event time of each record the guest holds after `extract`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -176,9 +178,7 @@ impl Aggregator {
         // Leave the guest holding exactly the healthy records.
         let mut healthy = batch.select(&kept);
         let mut result = match self.extract_call(&mut healthy) {
-            Ok(Ok(keyed)) => {
-                extracted(keyed, kept.len()).map_err(|e| InstantiateError::Trapped(e))?
-            }
+            Ok(Ok(keyed)) => extracted(keyed, kept.len()).map_err(InstantiateError::Trapped)?,
             Ok(Err(message)) => {
                 return Err(InstantiateError::Trapped(format!("guest error: {message}")));
             }
@@ -287,4 +287,72 @@ fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
         dead_letters: dead,
         kept: None,
     })
+}
+
+fn accumulators_to_wit(a: window::Accumulators) -> bindings::Accumulators {
+    bindings::Accumulators {
+        data: a.data,
+        offsets: a.offsets,
+    }
+}
+
+fn accumulators_from_wit(a: bindings::Accumulators) -> window::Accumulators {
+    window::Accumulators {
+        data: a.data,
+        offsets: a.offsets,
+    }
+}
+
+fn call_error(e: CallError) -> AggregateError {
+    AggregateError::Guest(e.to_string())
+}
+
+/// The window engine's view of the guest. A failure here stops the step (its
+/// accumulators are no longer trustworthy); records of the batch are not
+/// committed, so nothing is lost.
+impl window::AggregateCalls for Aggregator {
+    fn fold(&mut self, request: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
+        let request = bindings::FoldRequest {
+            accumulators: accumulators_to_wit(request.accumulators),
+            fresh: request.fresh,
+            records: request.records,
+            group_offsets: request.group_offsets,
+        };
+        let result = Aggregator::fold(self, &request).map_err(call_error)?;
+        Ok(window::FoldResult {
+            accumulators: accumulators_from_wit(result.accumulators),
+            dead_letters: result
+                .dead_letters
+                .into_iter()
+                .map(|d| (d.input, d.reason))
+                .collect(),
+        })
+    }
+
+    fn merge(
+        &mut self,
+        request: window::MergeRequest,
+    ) -> Result<window::Accumulators, AggregateError> {
+        let request = bindings::MergeRequest {
+            accumulators: accumulators_to_wit(request.accumulators),
+            group_offsets: request.group_offsets,
+        };
+        Aggregator::merge(self, &request)
+            .map(accumulators_from_wit)
+            .map_err(call_error)
+    }
+
+    fn finish(&mut self, request: window::FinishRequest) -> Result<StepOutput, AggregateError> {
+        let groups = request.window_starts.len();
+        let request = bindings::FinishRequest {
+            keys: request.keys,
+            key_offsets: request.key_offsets,
+            window_starts: request.window_starts,
+            window_ends: request.window_ends,
+            accumulators: accumulators_to_wit(request.accumulators),
+            final_: request.final_,
+        };
+        let output = Aggregator::finish(self, &request).map_err(call_error)?;
+        step_output(output, groups).map_err(AggregateError::Invalid)
+    }
 }

@@ -110,6 +110,11 @@ pub struct TransformSpec {
     pub config: IndexMap<String, serde_json::Value>,
     #[serde(default)]
     pub limits: Limits,
+    /// Present for an aggregate step: windows, watermark, lateness and output
+    /// mode. The module must then implement the aggregate world, and the step
+    /// must be the last of the chain.
+    #[serde(default)]
+    pub aggregate: Option<crate::window::WindowSpec>,
 }
 
 impl TransformSpec {

@@ -157,7 +157,7 @@ pub(crate) fn expand(f: &ItemFn) -> TokenStream {
     let call = quote_spanned! {error_span=>
         ::core::result::Result::map_err(#name(#record, #out), ::core::convert::Into::<::sluice_sdk::Error>::into)
     };
-    let export = crate::export(&adapter, &f.sig.ident);
+    let export = crate::export(crate::Kind::Transform, &adapter, &f.sig.ident);
     quote! {
         #[doc(hidden)]
         #[allow(dead_code)]

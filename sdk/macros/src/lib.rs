@@ -1,13 +1,14 @@
 //! Procedural macros of the Sluice guest SDK. Use them through `sluice-sdk`
-//! (`#[sluice_sdk::transform]`), which documents them; the expansion names
-//! only `::sluice_sdk` paths.
+//! (`#[sluice_sdk::transform]`, `#[sluice_sdk::aggregate]`), which documents
+//! them; the expansion names only `::sluice_sdk` paths.
 
 use proc_macro::TokenStream;
-use proc_macro2::TokenStream as TokenStream2;
+use proc_macro2::{Ident, Span, TokenStream as TokenStream2};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::Item;
 use syn::spanned::Spanned;
 
+mod aggregate_impl;
 mod function;
 mod trait_impl;
 
@@ -17,9 +18,54 @@ pub fn transform(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args.into(), item.into()).into()
 }
 
+/// Exports an aggregate: see `sluice_sdk::aggregate` for the documentation.
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
+    aggregate_impl::expand(args.into(), item.into()).into()
+}
+
+/// What a guest exports; a component exports exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Transform,
+    Aggregate,
+}
+
+impl Kind {
+    /// The trait to implement.
+    pub(crate) fn trait_name(self) -> &'static str {
+        match self {
+            Kind::Transform => "Transform",
+            Kind::Aggregate => "Aggregate",
+        }
+    }
+
+    /// The attribute and the word in messages.
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            Kind::Transform => "transform",
+            Kind::Aggregate => "aggregate",
+        }
+    }
+
+    /// The SDK's export macro.
+    fn export_macro(self) -> Ident {
+        let name = format!("__export_{}", self.noun());
+        Ident::new(&name, Span::call_site())
+    }
+}
+
+/// Checks the attribute takes no arguments.
+pub(crate) fn no_args(args: TokenStream2, kind: Kind) -> syn::Result<()> {
+    if args.is_empty() {
+        return Ok(());
+    }
+    let message = format!("`#[sluice_sdk::{}]` takes no arguments", kind.noun());
+    Err(syn::Error::new_spanned(args, message))
+}
+
 fn expand(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
-    if !args.is_empty() {
-        let error = syn::Error::new_spanned(args, "`#[sluice_sdk::transform]` takes no arguments");
+    if let Err(error) = no_args(args, Kind::Transform) {
         return with_error(item, error);
     }
     let item = match syn::parse2::<Item>(item.clone()) {
@@ -28,7 +74,8 @@ fn expand(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
     };
     let result = match &item {
         Item::Fn(f) => function::validate(f).map(|()| function::expand(f)),
-        Item::Impl(i) => trait_impl::validate(i).map(|()| trait_impl::expand(i)),
+        Item::Impl(i) => trait_impl::validate(i, Kind::Transform)
+            .map(|()| trait_impl::expand(i, Kind::Transform)),
         other => Err(misplaced(other)),
     };
     match result {
@@ -45,39 +92,45 @@ fn with_error(item: TokenStream2, error: syn::Error) -> TokenStream2 {
 }
 
 fn misplaced(item: &Item) -> syn::Error {
-    let what = match item {
-        Item::Struct(s) => s.ident.to_token_stream(),
-        Item::Enum(e) => e.ident.to_token_stream(),
-        Item::Trait(t) => t.ident.to_token_stream(),
-        Item::Mod(m) => m.ident.to_token_stream(),
-        other => quote_spanned!(other.span() => item),
-    };
     syn::Error::new_spanned(
-        what,
+        item_name(item),
         "`#[sluice_sdk::transform]` goes on a function `fn(&Record<'_>, &mut Emitter<'_>) -> Result<(), E>` \
          or on an `impl Transform for YourType` block",
     )
 }
 
-/// Shared by both forms: the wasm export of `ty`, and a crate-level marker so
-/// that a second transform in the same crate is a compile error (a component
-/// exports exactly one `transform` interface). The marker is a
-/// `#[macro_export]` macro, whose name lives at the crate root whatever module
-/// the transform is in; it is spanned at `span_of` so the duplicate error
-/// points at the second transform.
-fn export(ty: &syn::Type, span_of: &dyn ToTokens) -> TokenStream2 {
+/// What to point at when an attribute is on the wrong kind of item.
+pub(crate) fn item_name(item: &Item) -> TokenStream2 {
+    match item {
+        Item::Struct(s) => s.ident.to_token_stream(),
+        Item::Enum(e) => e.ident.to_token_stream(),
+        Item::Trait(t) => t.ident.to_token_stream(),
+        Item::Mod(m) => m.ident.to_token_stream(),
+        Item::Fn(f) => f.sig.ident.to_token_stream(),
+        other => quote_spanned!(other.span() => item),
+    }
+}
+
+/// Shared by every form: the wasm export of `ty`, and a crate-level marker
+/// so that a second export in the same crate (transform or aggregate) is a
+/// compile error: a component exports exactly one world. The marker is a
+/// `#[macro_export]` macro, whose name lives at the crate root whatever
+/// module the export is in; it is spanned at `span_of` so the duplicate
+/// error points at the second export.
+fn export(kind: Kind, ty: &syn::Type, span_of: &dyn ToTokens) -> TokenStream2 {
     let marker = quote_spanned! {span_of.span()=>
         #[doc(hidden)]
         #[macro_export]
-        macro_rules! only_one_sluice_transform_per_crate {
+        macro_rules! only_one_sluice_export_per_crate {
             () => {};
         }
     };
+    let export_macro = kind.export_macro();
     quote! {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)]
         const _: () = {
-            ::sluice_sdk::__export_transform!(#ty);
+            ::sluice_sdk::#export_macro!(#ty);
         };
 
         #marker
@@ -131,7 +184,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("macro_rules ! only_one_sluice_transform_per_crate"),
+            out.contains("macro_rules ! only_one_sluice_export_per_crate"),
             "{out}"
         );
     }

@@ -1,14 +1,18 @@
-//! The trait form: `#[transform] impl Transform for MyType { .. }`, for a
-//! configurable or stateful transform.
+//! The trait form: `#[transform] impl Transform for MyType { .. }` for a
+//! configurable or stateful transform, and `#[aggregate] impl Aggregate for
+//! MyType { .. }`.
 
 use proc_macro2::TokenStream;
 use syn::{ItemImpl, PathArguments, Type};
 
+use crate::Kind;
 use crate::function::combine;
 
-/// Checks that this is `impl Transform for ConcreteType`.
-pub(crate) fn validate(i: &ItemImpl) -> syn::Result<()> {
-    let expected = "expected `impl Transform for YourType`";
+/// Checks that this is `impl Transform for ConcreteType` (or `Aggregate`,
+/// per `kind`).
+pub(crate) fn validate(i: &ItemImpl, kind: Kind) -> syn::Result<()> {
+    let (trait_name, noun) = (kind.trait_name(), kind.noun());
+    let expected = format!("expected `impl {trait_name} for YourType`");
     let Some((negative, path, _)) = &i.trait_ else {
         return Err(syn::Error::new_spanned(
             &i.self_ty,
@@ -16,7 +20,7 @@ pub(crate) fn validate(i: &ItemImpl) -> syn::Result<()> {
         ));
     };
     let mut errors = Vec::new();
-    if negative.is_some() || path.segments.last().is_none_or(|s| s.ident != "Transform") {
+    if negative.is_some() || path.segments.last().is_none_or(|s| s.ident != trait_name) {
         errors.push(syn::Error::new_spanned(
             path,
             format!("{expected}: this implements another trait"),
@@ -25,17 +29,20 @@ pub(crate) fn validate(i: &ItemImpl) -> syn::Result<()> {
     if let Some(token) = &i.unsafety {
         errors.push(syn::Error::new_spanned(
             token,
-            "`Transform` is not an unsafe trait",
+            format!("`{trait_name}` is not an unsafe trait"),
         ));
     }
     if let Some(token) = &i.defaultness {
         errors.push(syn::Error::new_spanned(
             token,
-            "a transform impl cannot be `default`",
+            format!("{noun} impl cannot be `default`", noun = with_article(noun)),
         ));
     }
     if !i.generics.params.is_empty() || i.generics.where_clause.is_some() {
-        let message = "a transform cannot be generic: the macro must export one concrete type";
+        let message = format!(
+            "{noun} cannot be generic: the macro must export one concrete type",
+            noun = with_article(noun)
+        );
         errors.push(syn::Error::new_spanned(&i.generics, message));
     }
     let concrete = match &*i.self_ty {
@@ -49,15 +56,27 @@ pub(crate) fn validate(i: &ItemImpl) -> syn::Result<()> {
         _ => false,
     };
     if !concrete {
-        let message = "the transform type must be a plain named type (a struct or enum without generic arguments)";
+        let message = format!(
+            "the {noun} type must be a plain named type (a struct or enum without generic arguments)"
+        );
         errors.push(syn::Error::new_spanned(&i.self_ty, message));
     }
     combine(errors)
 }
 
 /// The export of the impl's type; the impl itself is kept as written.
-pub(crate) fn expand(i: &ItemImpl) -> TokenStream {
-    crate::export(&i.self_ty, &i.self_ty)
+pub(crate) fn expand(i: &ItemImpl, kind: Kind) -> TokenStream {
+    crate::export(kind, &i.self_ty, &i.self_ty)
+}
+
+/// "a transform", "an aggregate".
+fn with_article(noun: &str) -> String {
+    let article = if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {noun}")
 }
 
 #[cfg(test)]
@@ -65,6 +84,7 @@ mod tests {
     use syn::parse_quote;
 
     use super::*;
+    use crate::Kind;
     use crate::message;
 
     #[test]
@@ -74,7 +94,7 @@ mod tests {
             parse_quote!(impl sluice_sdk::Transform for crate::routing::Router {}),
         ];
         for i in &impls {
-            validate(i).unwrap();
+            validate(i, Kind::Transform).unwrap();
         }
     }
 
@@ -82,18 +102,21 @@ mod tests {
     fn rejects_other_impls() {
         let i: ItemImpl = parse_quote!(impl Router {});
         assert_eq!(
-            message(validate(&i)),
+            message(validate(&i, Kind::Transform)),
             "expected `impl Transform for YourType`: this is an inherent impl"
         );
         let i: ItemImpl = parse_quote!(impl Default for Router {});
         assert_eq!(
-            message(validate(&i)),
+            message(validate(&i, Kind::Transform)),
             "expected `impl Transform for YourType`: this implements another trait"
         );
         let i: ItemImpl = parse_quote!(
             unsafe impl Transform for Router {}
         );
-        assert_eq!(message(validate(&i)), "`Transform` is not an unsafe trait");
+        assert_eq!(
+            message(validate(&i, Kind::Transform)),
+            "`Transform` is not an unsafe trait"
+        );
     }
 
     #[test]
@@ -101,7 +124,7 @@ mod tests {
         let i: ItemImpl = parse_quote!(
             impl<T: Send> Transform for Router<T> {}
         );
-        let errors: Vec<String> = validate(&i)
+        let errors: Vec<String> = validate(&i, Kind::Transform)
             .unwrap_err()
             .into_iter()
             .map(|e| e.to_string())
@@ -109,8 +132,14 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("a transform cannot be generic"));
         let i: ItemImpl = parse_quote!(impl Transform for Router<'static> {});
-        assert!(message(validate(&i)).starts_with("the transform type must be a plain named type"));
+        assert!(
+            message(validate(&i, Kind::Transform))
+                .starts_with("the transform type must be a plain named type")
+        );
         let i: ItemImpl = parse_quote!(impl Transform for &'static Router {});
-        assert!(message(validate(&i)).starts_with("the transform type must be a plain named type"));
+        assert!(
+            message(validate(&i, Kind::Transform))
+                .starts_with("the transform type must be a plain named type")
+        );
     }
 }

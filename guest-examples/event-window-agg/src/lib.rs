@@ -1,0 +1,145 @@
+//! Per event type and window: how many events, the sum of their amounts, and
+//! how many distinct users.
+//!
+//! Input values are JSON events `{event_id, user_id, event_type, timestamp,
+//! amount}`, `timestamp` in RFC 3339 (`2026-01-01T00:00:00.400Z`). The key is
+//! `event_type`, the event time `timestamp`; the host's pipeline spec picks
+//! the windows. A finished window emits, keyed by the event type,
+//!
+//! ```json
+//! {"window_start":"2026-01-01T00:00:00.000Z","window_end":"2026-01-01T00:01:00.000Z",
+//!  "event_type":"click","count":4,"sum_amount":3.6,"unique_users":2}
+//! ```
+//!
+//! with `sum_amount` rounded to 2 decimals and the distinct users counted
+//! exactly. A value that is not such JSON is dead-lettered.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
+use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+
+/// An input event, borrowed from the record (`event_id` is not needed).
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    amount: f64,
+}
+
+/// The accumulator of one event type in one window.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    count: u64,
+    sum_amount: f64,
+    /// The distinct user ids, sorted.
+    users: Vec<String>,
+}
+
+impl Stats {
+    fn add_user(&mut self, user: Cow<'_, str>) {
+        if let Err(at) = self.users.binary_search_by(|u| u.as_str().cmp(&user)) {
+            self.users.insert(at, user.into_owned());
+        }
+    }
+}
+
+/// The result of a window, serialized in this field order.
+#[derive(Serialize)]
+struct Summary<'a> {
+    window_start: Rfc3339Millis,
+    window_end: Rfc3339Millis,
+    event_type: &'a str,
+    count: u64,
+    sum_amount: f64,
+    unique_users: usize,
+}
+
+/// Counts, sums and distinct users per event type and window.
+pub struct EventWindowAgg;
+
+#[sluice_sdk::aggregate]
+impl Aggregate for EventWindowAgg {
+    type Acc = Stats;
+
+    fn init(config: &Config) -> Result<Self, Error> {
+        match config.keys().next() {
+            None => Ok(EventWindowAgg),
+            Some(key) => Err(format!("unknown config key `{key}`").into()),
+        }
+    }
+
+    fn key_and_time<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64), Error> {
+        let event: Event<'r> = record.json()?;
+        let time = parse_rfc3339(&event.timestamp)?;
+        Ok((sluice_sdk::str_key(event.event_type), time))
+    }
+
+    fn fold(&mut self, acc: &mut Stats, record: &Record<'_>, _time: i64) -> Result<(), Error> {
+        let event: Event<'_> = record.json()?;
+        acc.count += 1;
+        acc.sum_amount += event.amount;
+        acc.add_user(event.user_id);
+        Ok(())
+    }
+
+    fn merge(&mut self, acc: &mut Stats, other: Stats) {
+        acc.count += other.count;
+        acc.sum_amount += other.sum_amount;
+        acc.users.extend(other.users);
+        acc.users.sort_unstable();
+        acc.users.dedup();
+    }
+
+    fn finish(
+        &mut self,
+        window: &Window<'_>,
+        acc: &Stats,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), Error> {
+        out.emit_json(&Summary {
+            window_start: Rfc3339Millis(window.start),
+            window_end: Rfc3339Millis(window.end),
+            event_type: window.key_str()?,
+            count: acc.count,
+            sum_amount: (acc.sum_amount * 100.0).round() / 100.0,
+            unique_users: acc.users.len(),
+        })
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC time.
+fn parse_rfc3339(text: &str) -> Result<i64, Error> {
+    let time =
+        humantime::parse_rfc3339(text).map_err(|e| format!("invalid timestamp `{text}`: {e}"))?;
+    let since_epoch = time.duration_since(UNIX_EPOCH)?;
+    Ok(i64::try_from(since_epoch.as_millis())?)
+}
+
+/// Milliseconds since the epoch, serialized as RFC 3339 with milliseconds.
+struct Rfc3339Millis(i64);
+
+impl Serialize for Rfc3339Millis {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // RFC 3339 years are 0000..=9999; humantime handles 1970..=9999.
+        const YEAR_10000: u64 = 253_402_300_800_000;
+        match u64::try_from(self.0) {
+            Ok(ms) if ms < YEAR_10000 => {
+                let time: SystemTime = UNIX_EPOCH + Duration::from_millis(ms);
+                serializer.collect_str(&humantime::format_rfc3339_millis(time))
+            }
+            _ => Err(serde::ser::Error::custom(format!(
+                "time {} ms is outside 1970..=9999",
+                self.0
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+//! An aggregate step: the guest's `extract` on each batch, then the host's
+//! window engine folding, merging and finishing through the same guest.
+
+use crate::batch::{Batch, Columns};
+use crate::runtime::{Aggregator, InstantiateError};
+use crate::window::{AggregateError, BatchKeys, InvalidSpec, WindowEngine, WindowRef, WindowSpec};
+
+/// What an aggregate step made of one batch.
+#[derive(Debug, Default)]
+pub struct AggregateOutput {
+    /// Window results, as the guest's `finish` emitted them.
+    pub records: Columns,
+    /// For each result, its window in `windows`.
+    pub inputs: Vec<u32>,
+    /// 0 for the default output, `k` for `output_names[k - 1]`.
+    pub targets: Vec<u32>,
+    pub output_names: Vec<String>,
+    pub windows: Vec<WindowRef>,
+    /// `(batch index, reason)`: records the guest could not key, fold, or
+    /// that arrived after their window was finalized.
+    pub dead_letters: Vec<(u32, String)>,
+    pub late: u64,
+}
+
+/// Why a step could not process a batch; the pipeline stops without
+/// committing the batch.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Instantiate(#[from] InstantiateError),
+    #[error(transparent)]
+    Aggregate(#[from] AggregateError),
+}
+
+/// A guest and the window engine that owns its state.
+#[derive(Debug)]
+pub struct AggregateStep {
+    aggregator: Aggregator,
+    engine: WindowEngine,
+}
+
+impl AggregateStep {
+    pub fn new(aggregator: Aggregator, spec: WindowSpec) -> Result<Self, InvalidSpec> {
+        Ok(Self {
+            aggregator,
+            engine: WindowEngine::new(spec)?,
+        })
+    }
+
+    pub fn engine(&self) -> &WindowEngine {
+        &self.engine
+    }
+
+    pub fn aggregator(&self) -> &Aggregator {
+        &self.aggregator
+    }
+
+    /// Runs one batch: `now_ms` is the processing time, for idle partitions.
+    pub fn process(
+        &mut self,
+        batch: &mut Batch,
+        now_ms: i64,
+    ) -> Result<AggregateOutput, StepError> {
+        let extracted = self.aggregator.extract(batch)?;
+        // The guest holds either the whole batch or, after a fault, `kept`.
+        let held;
+        let (held_batch, to_batch): (&Batch, Option<&[u32]>) = match &extracted.kept {
+            None => (batch, None),
+            Some(kept) => {
+                held = batch.select(kept);
+                (&held, Some(kept.as_slice()))
+            }
+        };
+        let mut skip = vec![false; held_batch.len()];
+        let mut dead_letters = Vec::new();
+        match to_batch {
+            None => {
+                for (i, reason) in &extracted.dead_letters {
+                    skip[*i as usize] = true;
+                    dead_letters.push((*i, reason.clone()));
+                }
+            }
+            // After isolation, extract's dead letters already use batch indices.
+            Some(_) => dead_letters.extend(extracted.dead_letters.iter().cloned()),
+        }
+        let keys = BatchKeys {
+            keys: &extracted.keys,
+            key_offsets: &extracted.key_offsets,
+            event_times: &extracted.event_times,
+            skip: &skip,
+            sources: &held_batch.sources,
+            partitions: &held_batch.partitions,
+            offsets: &held_batch.offsets,
+        };
+        let out = self.engine.process(&mut self.aggregator, keys, now_ms)?;
+        let map = |i: u32| to_batch.map_or(i, |kept| kept[i as usize]);
+        dead_letters.extend(
+            out.dead_letters
+                .into_iter()
+                .map(|(i, reason)| (map(i), reason)),
+        );
+        dead_letters.sort_by_key(|(i, _)| *i);
+        let results = out.results;
+        for (window, reason) in &results.dead_letters {
+            let w = &out.windows[*window as usize];
+            tracing::warn!(
+                key = %String::from_utf8_lossy(&w.key), start = w.start, end = w.end, %reason,
+                "the aggregate guest could not finish a window; its result is missing"
+            );
+        }
+        Ok(AggregateOutput {
+            records: results.records,
+            inputs: results.inputs,
+            targets: results.targets,
+            output_names: results.output_names,
+            windows: out.windows,
+            dead_letters,
+            late: out.late,
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! Event-time windows: the host half of windowed aggregation.
+//!
+//! The guest (the WIT `aggregate` interface) says what a record's key and
+//! event time are and how records fold into an accumulator; this module owns
+//! everything about time: which windows a record belongs to, watermarks,
+//! lateness, when a window's result is due, and the accumulators themselves.
+//! It talks to the guest through [`AggregateCalls`], so it knows nothing of
+//! wasmtime; the runtime implements that trait by moving these plain types'
+//! fields into the generated bindings.
+//!
+//! # Promises
+//!
+//! - **Watermarks.** Per source partition (`(source, partition)`), the
+//!   watermark is the largest event time seen minus `max_out_of_orderness`.
+//!   The pipeline watermark is the minimum over partitions that are not idle;
+//!   a partition is idle once no record arrived for `idle_timeout` of
+//!   processing time (the caller's `now_ms`). If every partition is idle the
+//!   watermark stays where it is. It never goes backwards. Records the guest
+//!   dead-lettered in `extract` do not count (their event times are
+//!   placeholders); late records do.
+//! - **Windows.** Tumbling: `[floor(t / size) * size, + size)`. Hopping: every
+//!   window of `size` starting at a multiple of `slide` that contains `t`; a
+//!   record is folded once, into its `slide`-long pane, and a window's result
+//!   merges its `size / slide` panes. Session: each record opens `[t, t + gap)`
+//!   for its key; sessions of a key that overlap or touch merge into one.
+//! - **Lateness.** A window is final once `watermark >= end +
+//!   allowed_lateness`; its result is emitted and its state freed. A record
+//!   is late when, against the watermark as it stood before its batch, every
+//!   window it belongs to is final: it is not folded, it is dead-lettered
+//!   with the reason `late: window [START, END) was already finalized` (RFC
+//!   3339, milliseconds; for hopping the latest of its windows, for sessions
+//!   `[t, t + gap)`), and counted. A record behind the watermark whose window
+//!   is still open (within `allowed_lateness`) is not late.
+//! - **Output.** `append`: one final result per window and key. `update`:
+//!   also a non-final result (`final` = 0) for every window and key whose
+//!   accumulator changed in the batch, except that a window changed and
+//!   finalized in the same batch only gets its final result. Results come in
+//!   the order (window end, window start, key bytes).
+//! - **Calls.** A batch costs at most one `fold`, one `merge` and one
+//!   `finish` call, whatever the number of records, keys and windows: session
+//!   chains (a batch that bridges several sessions of a key) are resolved in
+//!   the host into n-ary merge groups.
+//! - **Offsets.** Open state remembers, per source partition, the lowest
+//!   offset folded into it; [`WindowEngine::held_offsets`] is the lowest per
+//!   partition over all open state. The pipeline must not commit past it, so
+//!   that, until checkpoints exist, a restart re-reads the records of every
+//!   open window.
+//!
+//! # Failures
+//!
+//! A guest error or trap in `fold`, `merge` or `finish` fails the whole call
+//! with [`AggregateError`]; there is no fault isolation for aggregates yet
+//! (unlike `extract` and transforms). The engine is then poisoned: its state
+//! may hold part of the failed batch, so every later call fails too, and the
+//! pipeline must stop without committing and restart from the committed
+//! offsets, which `held_offsets` kept behind every open window.
+
+mod assign;
+mod calls;
+mod emit;
+mod engine;
+mod fold;
+mod session;
+mod spec;
+mod state;
+mod watermark;
+
+#[cfg(test)]
+mod tests;
+
+pub use calls::{
+    Accumulators, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult,
+    MergeRequest,
+};
+pub use engine::{BatchKeys, Progress, WindowEngine, WindowOutput, WindowRef};
+pub use spec::{InvalidSpec, OutputMode, WatermarkSpec, WindowKind, WindowSpec};
+pub use watermark::PartitionProgress;
+
+/// A source partition: (index into the pipeline's source topics, partition).
+pub type PartitionId = (u16, i32);
+#[cfg(test)]
+mod perf_tmp;

@@ -1,0 +1,189 @@
+//! Watermarks: per source partition, and the pipeline's (the minimum over
+//! partitions that are not idle, never going backwards).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::PartitionId;
+
+/// Event-time progress of one source partition, for progress reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionProgress {
+    pub source: u16,
+    pub partition: i32,
+    /// Smallest and largest event time seen, ms since the epoch.
+    pub min_event_time: i64,
+    pub max_event_time: i64,
+    /// `max_event_time - max_out_of_orderness`.
+    pub watermark: i64,
+    /// Processing time of the last record, as passed by the caller.
+    pub last_record_ms: i64,
+    /// Idle as of the last `process` or `tick`: not holding the watermark.
+    pub idle: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionTime {
+    min: i64,
+    max: i64,
+    last_seen: i64,
+}
+
+#[derive(Debug)]
+pub(super) struct Watermarks {
+    bound: i64,
+    idle_timeout: i64,
+    partitions: HashMap<PartitionId, PartitionTime>,
+    current: Option<i64>,
+    /// `now_ms` of the last `advance`.
+    last_now: i64,
+}
+
+impl Watermarks {
+    pub(super) fn new(bound: i64, idle_timeout: i64) -> Self {
+        Self {
+            bound,
+            idle_timeout,
+            partitions: HashMap::new(),
+            current: None,
+            last_now: i64::MIN,
+        }
+    }
+
+    /// The pipeline watermark, `None` before the first record.
+    pub(super) fn current(&self) -> Option<i64> {
+        self.current
+    }
+
+    /// Notes event times of one partition's records (`min..=max`) at `now`.
+    pub(super) fn observe(&mut self, partition: PartitionId, min: i64, max: i64, now: i64) {
+        let p = self.partitions.entry(partition).or_insert(PartitionTime {
+            min,
+            max,
+            last_seen: now,
+        });
+        p.min = p.min.min(min);
+        p.max = p.max.max(max);
+        p.last_seen = p.last_seen.max(now);
+    }
+
+    /// Notes the event times of a batch, a run of same-partition records at a
+    /// time (records usually come grouped by partition).
+    pub(super) fn observe_batch(
+        &mut self,
+        partitions: impl Iterator<Item = (PartitionId, i64)>,
+        now: i64,
+    ) {
+        let mut run: Option<(PartitionId, i64, i64)> = None;
+        for (p, t) in partitions {
+            match &mut run {
+                Some((q, min, max)) if *q == p => {
+                    *min = (*min).min(t);
+                    *max = (*max).max(t);
+                }
+                _ => {
+                    if let Some((q, min, max)) = run {
+                        self.observe(q, min, max, now);
+                    }
+                    run = Some((p, t, t));
+                }
+            }
+        }
+        if let Some((q, min, max)) = run {
+            self.observe(q, min, max, now);
+        }
+    }
+
+    fn is_idle(&self, p: &PartitionTime, now: i64) -> bool {
+        now.saturating_sub(p.last_seen) >= self.idle_timeout
+    }
+
+    /// Recomputes the pipeline watermark at processing time `now`.
+    pub(super) fn advance(&mut self, now: i64) -> Option<i64> {
+        self.last_now = now;
+        let active = self
+            .partitions
+            .values()
+            .filter(|p| !self.is_idle(p, now))
+            .map(|p| p.max.saturating_sub(self.bound))
+            .min();
+        if let Some(w) = active {
+            self.current = Some(self.current.map_or(w, |c| c.max(w)));
+        }
+        self.current
+    }
+
+    /// Per-partition progress, ordered by (source, partition).
+    pub(super) fn progress(&self) -> Vec<PartitionProgress> {
+        let mut out: Vec<PartitionProgress> = self
+            .partitions
+            .iter()
+            .map(|(&(source, partition), p)| PartitionProgress {
+                source,
+                partition,
+                min_event_time: p.min,
+                max_event_time: p.max,
+                watermark: p.max.saturating_sub(self.bound),
+                last_record_ms: p.last_seen,
+                idle: self.is_idle(p, self.last_now),
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| (p.source, p.partition));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_over_active_partitions_and_never_backwards() {
+        let mut w = Watermarks::new(10, 30);
+        assert_eq!(w.advance(0), None);
+        w.observe_batch([((0, 0), 100), ((0, 0), 90), ((0, 1), 50)].into_iter(), 0);
+        assert_eq!(w.advance(0), Some(40));
+        w.observe_batch([((0, 0), 100)].into_iter(), 20);
+        // Partition 1 is idle from now = 30 on: partition 0 alone decides.
+        assert_eq!(w.advance(29), Some(40));
+        assert_eq!(w.advance(30), Some(90));
+        // Partition 1 wakes up far behind: the watermark does not go back.
+        w.observe_batch([((0, 1), 60)].into_iter(), 31);
+        assert_eq!(w.advance(31), Some(90));
+        // Everything idle: it stays.
+        assert_eq!(w.advance(1000), Some(90));
+        let p = w.progress();
+        assert_eq!(
+            p,
+            vec![
+                PartitionProgress {
+                    source: 0,
+                    partition: 0,
+                    min_event_time: 90,
+                    max_event_time: 100,
+                    watermark: 90,
+                    last_record_ms: 20,
+                    idle: true,
+                },
+                PartitionProgress {
+                    source: 0,
+                    partition: 1,
+                    min_event_time: 50,
+                    max_event_time: 60,
+                    watermark: 50,
+                    last_record_ms: 31,
+                    idle: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn sources_are_distinct_partitions() {
+        let mut w = Watermarks::new(0, 100);
+        w.observe_batch([((0, 0), 100), ((1, 0), 20), ((0, 0), 120)].into_iter(), 0);
+        assert_eq!(w.advance(0), Some(20));
+        assert_eq!(w.progress().len(), 2);
+    }
+}
