@@ -17,13 +17,13 @@ trap 'deploy/local/broker.sh stop' EXIT
 
 step "Building the example guests (wasm32-wasip2 components) and the host"
 cargo build --locked --profile guest --target wasm32-wasip2 \
-  -p filter-heartbeats -p strategy-map -p alert-router
+  -p filter-heartbeats -p strategy-map -p alert-router -p event-window-agg
 cargo build --locked -p sluice
 sluice=target/debug/sluice
 ls -l target/wasm32-wasip2/guest/*.wasm
 
 step "Creating topics and producing 5,000 sample events (every 97th is malformed JSON)"
-$sluice create-topics --partitions 4 events events-clean alerts events-dlq
+$sluice create-topics --partitions 4 events events-clean alerts events-dlq events-per-minute
 $sluice sample --topic events --count 5000 --malformed-every 97
 $sluice tail --max 3 events
 
@@ -40,3 +40,8 @@ step "First records of each output"
 for t in events-clean alerts; do echo "--- $t"; $sluice tail --max 2 "$t"; done
 echo "--- events-dlq (original bytes plus sluice.* headers saying why and where)"
 $sluice tail --max 2 events-dlq
+
+step "A windowed aggregate over the same events: per minute and event_type (deploy/demo/windows.yaml)"
+RUST_LOG=warn $sluice run --until-caught-up deploy/demo/windows.yaml >/dev/null
+echo "  $(count events-per-minute) window results; the first ones:"
+$sluice tail --max 4 events-per-minute

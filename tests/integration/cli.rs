@@ -36,7 +36,10 @@ fn a_valid_spec_is_reported_with_its_steps() {
     )));
     assert!(ok, "{stderr}");
     assert!(stdout.contains("pipeline `v` is valid"), "{stdout}");
-    assert!(stdout.contains("step strategy-map: "), "{stdout}");
+    assert!(
+        stdout.contains("step strategy-map (transform): "),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -88,4 +91,71 @@ fn modules_are_checked_and_started() {
     )));
     assert!(!ok);
     assert!(stderr.contains("transforms[0] (faulty-guest): the transform rejected its configuration: unknown mode `bogus`"), "{stderr}");
+}
+
+fn aggregate_step(guest_name: &str, aggregate: &str) -> String {
+    format!(
+        "  - module: {}\n    aggregate: {aggregate}",
+        guest(guest_name).display()
+    )
+}
+
+#[test]
+fn aggregate_steps_are_validated() {
+    let (ok, stdout, stderr) = validate(&spec_with(&aggregate_step(
+        "event-window-agg",
+        "{ window: { tumbling: 1m }, watermark: { max_out_of_orderness: 10s } }",
+    )));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("step event-window-agg (aggregate): "),
+        "{stdout}"
+    );
+
+    let cases = [
+        (
+            aggregate_step(
+                "event-window-agg",
+                "{ window: { hopping: { size: 1m, slide: 2m } }, watermark: { max_out_of_orderness: 1s } }",
+            ),
+            "error: transforms[0].aggregate: hopping window slide (2m) is larger than its size (1m)",
+        ),
+        (
+            aggregate_step(
+                "event-window-agg",
+                "{ window: { tumbling: 1m }, output: append }",
+            ),
+            "error: transforms[0].aggregate: missing field `watermark`",
+        ),
+        (
+            format!(
+                "{}\n  - module: {}",
+                aggregate_step(
+                    "event-window-agg",
+                    "{ window: { tumbling: 1m }, watermark: { max_out_of_orderness: 1s } }"
+                ),
+                guest("strategy-map").display()
+            ),
+            "error: transforms[0].aggregate: an aggregate step must be the last transform of the chain",
+        ),
+        (
+            aggregate_step(
+                "strategy-map",
+                "{ window: { tumbling: 1m }, watermark: { max_out_of_orderness: 1s } }",
+            ),
+            "error: transforms[0] (strategy-map): this module is a transform, but the step needs an aggregate",
+        ),
+        (
+            format!("  - module: {}", guest("event-window-agg").display()),
+            "error: transforms[0] (event-window-agg): this module is an aggregate, but the step needs a transform",
+        ),
+    ];
+    for (transform, expected) in cases {
+        let (ok, _, stderr) = validate(&spec_with(&transform));
+        assert!(!ok);
+        assert!(
+            stderr.starts_with(expected),
+            "expected `{expected}` in: {stderr}"
+        );
+    }
 }

@@ -52,6 +52,9 @@ pub struct Summary {
     /// or `rejected` for a guest's own dead letters).
     pub dead_letter_reasons: BTreeMap<String, u64>,
     pub dropped: u64,
+    /// Event-time progress of the aggregate step, if the pipeline has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<crate::window::Progress>,
 }
 
 /// Loads every step's module and starts an instance of it, running `init`
@@ -149,6 +152,17 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch processed"
         );
+        if let Some(aggregate) = chain.aggregate() {
+            let progress = aggregate.engine().progress();
+            tracing::debug!(
+                watermark = ?progress.watermark,
+                partitions = ?progress.partitions.iter().map(|p| (p.partition, p.min_event_time, p.max_event_time, p.idle)).collect::<Vec<_>>(),
+                state_rows = progress.state_rows,
+                late = progress.late_records,
+                "event-time progress"
+            );
+            summary.windows = Some(progress);
+        }
         let commit = hold_back(next.commit, &chain);
         if let Some((ack, offsets)) = in_flight.replace((ack, commit)) {
             finish(&source, &ack, &offsets)?;

@@ -171,6 +171,17 @@ fn validate(spec: &PipelineSpec) -> Result<(), SpecError> {
                 "must be between 1ms and 10m",
             ));
         }
+        if let Some(aggregate) = &t.aggregate {
+            aggregate
+                .validate()
+                .map_err(|e| SpecError::new(field("aggregate"), e))?;
+            if i + 1 != spec.transforms.len() {
+                return Err(SpecError::new(
+                    field("aggregate"),
+                    "an aggregate step must be the last transform of the chain",
+                ));
+            }
+        }
     }
 
     if !spec.outputs.contains_key(DEFAULT_OUTPUT) {

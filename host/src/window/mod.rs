@@ -44,7 +44,23 @@
 //!   offset folded into it; [`WindowEngine::held_offsets`] is the lowest per
 //!   partition over all open state. The pipeline must not commit past it, so
 //!   that, until checkpoints exist, a restart re-reads the records of every
-//!   open window.
+//!   open window. Commit no further than that offset: it is itself needed.
+//! - **Results.** `finish` output records without a timestamp get their
+//!   window's `end - 1`, those without a key the group key (as the contract
+//!   says); `inputs` index [`WindowOutput::windows`].
+//!
+//! # State and cost
+//!
+//! One row per open (key, window), or (key, pane) for hopping windows, in a
+//! hash map by key of small start-sorted vectors, plus a `BTreeSet` timer
+//! index of open windows ordered by (end, start, key): finalization pops its
+//! front and never scans the rest, and the pop order is the output order.
+//! Per batch of `n` records touching `g` groups: `O(n log n)` to sort the
+//! records by (key, group, time), `O(g)` hash lookups and accumulator copies
+//! into the fold request, `O(f log s)` to finalize `f` windows out of `s`
+//! open ones, `O(p)` over partitions for the watermark. Hopping windows
+//! multiply timers and merged accumulators by `size / slide` (at most
+//! [`MAX_PANES_PER_WINDOW`]). See `state.rs` for the layout.
 //!
 //! # Failures
 //!
@@ -73,10 +89,10 @@ pub use calls::{
     MergeRequest,
 };
 pub use engine::{BatchKeys, Progress, WindowEngine, WindowOutput, WindowRef};
-pub use spec::{InvalidSpec, OutputMode, WatermarkSpec, WindowKind, WindowSpec};
+pub use spec::{
+    InvalidSpec, MAX_PANES_PER_WINDOW, OutputMode, WatermarkSpec, WindowKind, WindowSpec,
+};
 pub use watermark::PartitionProgress;
 
 /// A source partition: (index into the pipeline's source topics, partition).
 pub type PartitionId = (u16, i32);
-#[cfg(test)]
-mod perf_tmp;
