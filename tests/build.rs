@@ -13,13 +13,21 @@ const GUESTS: &[&str] = &[
     "event-window-agg",
     "user-sessions",
     "faulty-guest",
+    "count-sum",
 ];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest.parent().unwrap().to_path_buf();
     let target = workspace.join("target").join("guests");
-    for dir in ["sdk", "wit", "guest-examples", "tests/guests", "Cargo.lock"] {
+    for dir in [
+        "sdk",
+        "wit",
+        "guest-examples",
+        "tests/guests",
+        "Cargo.lock",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 

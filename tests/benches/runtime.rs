@@ -319,6 +319,15 @@ fn run_case(runtime: &Runtime, case: &'static Case) -> anyhow::Result<Outcome> {
         wasm_ns.push(sample(&mut run_wasm, wasm_iters, case.records));
         native_ns.push(sample(&mut run_native, native_iters, case.records));
     }
+    // A fault (e.g. a deadline hit on an overloaded machine) would have timed
+    // fault isolation rather than the guest.
+    let stats = wasm.stats();
+    anyhow::ensure!(
+        stats.traps + stats.deadline_hits + stats.memory_hits == 0,
+        "{} at {} records: the guest faulted while being timed: {stats:?}",
+        case.name,
+        case.records
+    );
     Ok(Outcome {
         case,
         outputs: native_out.inputs.len(),

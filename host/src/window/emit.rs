@@ -154,7 +154,7 @@ impl WindowEngine {
         out.windows = windows
             .into_iter()
             .map(|(end, start, key, is_final)| WindowRef {
-                key: key.to_vec(),
+                key,
                 start,
                 end,
                 is_final,

@@ -2,6 +2,7 @@
 //! emit), `tick` for time passing without records.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -82,7 +83,8 @@ impl BatchKeys<'_> {
 /// A window with a result in [`WindowOutput::results`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowRef {
-    pub key: Vec<u8>,
+    /// Shared with the engine's state (no copy per result).
+    pub key: Arc<[u8]>,
     pub start: i64,
     pub end: i64,
     /// The window's final result (else an `update`-mode intermediate one).
@@ -225,6 +227,7 @@ impl WindowEngine {
         batch: &BatchKeys<'_>,
         now: i64,
     ) -> Result<WindowOutput, AggregateError> {
+        self.state.next_batch();
         let limit = self.limit(self.watermarks.current());
         let closed = |end: i64| limit.is_some_and(|l| end <= l);
         let n = batch.len();
@@ -254,18 +257,12 @@ impl WindowEngine {
                     .push((i as u32, late_reason(last.0, last.1)));
                 out.late += 1;
             } else {
-                items.push(Item {
-                    rec: i as u32,
-                    start,
-                    t,
-                });
+                items.push(Item::new(batch, i as u32, start, t));
             }
         }
         self.late += out.late;
         items.sort_unstable_by(|a, b| {
-            batch
-                .key(a.rec)
-                .cmp(batch.key(b.rec))
+            a.cmp_key(b, batch)
                 .then(a.start.cmp(&b.start))
                 .then(a.t.cmp(&b.t))
                 .then(a.rec.cmp(&b.rec))
@@ -280,9 +277,6 @@ impl WindowEngine {
         let watermark = self.watermarks.advance(now);
         let limit = self.limit(watermark);
         self.emit(calls, limit, &changed, &mut out)?;
-        for (key, start) in &changed {
-            self.state.unmark(key, *start);
-        }
         out.dead_letters.sort_by_key(|d| d.0);
         Ok(out)
     }

@@ -1,21 +1,63 @@
 //! Folding a batch into panes (tumbling and hopping windows), and what
 //! every kind of window shares: the `fold` call and its checks.
 
+use std::cmp::Ordering;
 use std::ops::Range;
 
 use super::PartitionId;
 use super::assign::windows_of_pane;
 use super::calls::{Accumulators, AggregateCalls, AggregateError, FoldRequest};
 use super::engine::{BatchKeys, WindowEngine, WindowOutput};
+use super::spec::OutputMode;
 use super::state::{Key, hold};
 
 /// A record to fold: its index, group start (pane or own session start)
-/// and event time.
+/// and event time, and the first bytes and length of its key, which decide
+/// most key comparisons without reading the key itself.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Item {
     pub rec: u32,
     pub start: i64,
     pub t: i64,
+    prefix: u64,
+    len: u32,
+}
+
+impl Item {
+    pub(super) fn new(batch: &BatchKeys<'_>, rec: u32, start: i64, t: i64) -> Self {
+        let key = batch.key(rec);
+        let mut first = [0; 8];
+        let n = key.len().min(8);
+        first[..n].copy_from_slice(&key[..n]);
+        Self {
+            rec,
+            start,
+            t,
+            prefix: u64::from_be_bytes(first),
+            len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Compares keys bytewise, as `[u8]` does.
+    pub(super) fn cmp_key(&self, other: &Self, batch: &BatchKeys<'_>) -> Ordering {
+        // Big-endian, zero-padded first bytes order like the keys, except
+        // that keys which agree on them may still differ in what follows:
+        // nothing does if both are that short, and then the shorter one is
+        // the other's prefix (padded with zeros), so it sorts first.
+        self.prefix.cmp(&other.prefix).then_with(|| {
+            if self.len <= 8 && other.len <= 8 {
+                self.len.cmp(&other.len)
+            } else {
+                batch.key(self.rec).cmp(batch.key(other.rec))
+            }
+        })
+    }
+
+    pub(super) fn same_key(&self, other: &Self, batch: &BatchKeys<'_>) -> bool {
+        self.prefix == other.prefix
+            && self.len == other.len
+            && (self.len <= 8 || batch.key(self.rec) == batch.key(other.rec))
+    }
 }
 
 impl WindowEngine {
@@ -63,9 +105,7 @@ impl WindowEngine {
         limit: Option<i64>,
         out: &mut WindowOutput,
     ) -> Result<Vec<(Key, i64)>, AggregateError> {
-        let groups = runs(items, |a, b| {
-            a.start == b.start && batch.key(a.rec) == batch.key(b.rec)
-        });
+        let groups = runs(items, |a, b| a.start == b.start && a.same_key(b, batch));
         if groups.is_empty() {
             return Ok(Vec::new());
         }
@@ -89,13 +129,22 @@ impl WindowEngine {
         }
         let fresh = request.fresh.clone();
         let accs = Self::fold_call(calls, request, batch.len(), out)?;
-        let mut changed = Vec::with_capacity(groups.len());
+        // Only `update` mode reports changed windows.
+        let update = self.output == OutputMode::Update;
+        let mut changed = Vec::with_capacity(if update { groups.len() } else { 0 });
+        let mut held = Vec::new();
         for (g, range) in groups.iter().enumerate() {
             let start = items[range.start].start;
-            let key = self.state.intern(batch.key(items[range.start].rec));
-            let held = held_of(batch, &items[range.clone()]);
+            held_into(batch, &items[range.clone()], &mut held);
             let end = start.saturating_add(size);
-            if self.state.upsert(&key, start, end, accs.get(g), &held) {
+            let (key, first) = self.state.upsert(
+                batch.key(items[range.start].rec),
+                start,
+                end,
+                accs.get(g),
+                &held,
+            );
+            if update && first {
                 changed.push((key.clone(), start));
             }
             if fresh[g] == 1 {
@@ -126,12 +175,18 @@ pub(super) fn runs<T>(items: &[T], same: impl Fn(&T, &T) -> bool) -> Vec<Range<u
 /// Lowest offset per partition among `items`.
 pub(super) fn held_of(batch: &BatchKeys<'_>, items: &[Item]) -> Vec<(PartitionId, i64)> {
     let mut held = Vec::with_capacity(1);
+    held_into(batch, items, &mut held);
+    held
+}
+
+/// Like [`held_of`], into a reused buffer.
+fn held_into(batch: &BatchKeys<'_>, items: &[Item], held: &mut Vec<(PartitionId, i64)>) {
+    held.clear();
     for it in items {
         hold(
-            &mut held,
+            held,
             batch.partition(it.rec),
             batch.offsets[it.rec as usize],
         );
     }
-    held
 }

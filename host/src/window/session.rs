@@ -36,7 +36,7 @@ impl WindowEngine {
         gap: i64,
         out: &mut WindowOutput,
     ) -> Result<Vec<(Key, i64)>, AggregateError> {
-        let keys = runs(items, |a, b| batch.key(a.rec) == batch.key(b.rec));
+        let keys = runs(items, |a, b| a.same_key(b, batch));
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -113,7 +113,8 @@ impl WindowEngine {
                 (Some(m), Some(merged)) => merged.get(m),
                 _ => folded.get(g),
             };
-            if self.state.upsert(&key, plan.start, plan.end, acc, &held) {
+            let (key, first) = self.state.upsert(&key, plan.start, plan.end, acc, &held);
+            if first {
                 changed.push((key.clone(), plan.start));
             }
             self.state.add_timer((plan.end, plan.start, key));

@@ -8,10 +8,15 @@
 //! (end, start, key): finalization pops from its front, never scanning the
 //! rest, and the pop order is the output order. `held` counts, per
 //! partition, the rows whose lowest offset is each value, so the lowest
-//! offset still needed is the first entry. Keys are shared (`Arc`) between
-//! `rows` and `timers`.
+//! offset still needed is the first entry (see [`HeldIndex`]). Keys are
+//! shared (`Arc`) between `rows` and `timers`; the map's value keeps a
+//! handle on its own key, so that one probe by borrowed bytes yields both
+//! the rows and the shared key.
+//!
+//! "Changed in this batch" is a batch stamp on the row rather than a flag,
+//! so nothing has to visit the changed rows again to clear it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::mem::size_of;
 use std::sync::Arc;
 
@@ -29,21 +34,105 @@ pub(super) struct Row {
     /// Window end; for a hopping pane, the end of the last window using it.
     pub end: i64,
     pub acc: Vec<u8>,
-    /// Changed in the current batch.
-    pub changed: bool,
+    /// The batch stamp (see [`State::next_batch`]) of the row's last
+    /// change; 0 if none.
+    changed: u64,
     /// Lowest source offset folded in, per partition.
     pub held: Vec<(PartitionId, i64)>,
 }
 
+/// The open rows of one key, and the shared key itself.
+#[derive(Debug)]
+struct KeyRows {
+    key: Key,
+    rows: Vec<Row>,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct State {
-    rows: HashMap<Key, Vec<Row>>,
+    rows: HashMap<Key, KeyRows>,
     timers: BTreeSet<Timer>,
-    held: HashMap<PartitionId, BTreeMap<i64, u32>>,
+    held: HashMap<PartitionId, HeldIndex>,
+    /// Stamp of the current batch, minus one.
+    batch: u64,
     row_count: usize,
     acc_bytes: usize,
     key_bytes: usize,
     held_entries: usize,
+}
+
+/// The lowest offsets that open rows hold in one partition, with how many
+/// rows hold each, sorted by offset.
+///
+/// A row holds the first offset of the partition folded into it, and
+/// records of a partition arrive in offset order, so a new entry nearly
+/// always goes at the back (the general case is a binary search and an
+/// insert). Releasing is a binary search; an entry whose count drops to
+/// zero is dropped at once from either end, lazily elsewhere: dead entries
+/// are compacted away once they outnumber live ones, so the front is always
+/// live and the index stays within twice its live entries.
+#[derive(Debug, Default)]
+struct HeldIndex {
+    entries: VecDeque<(i64, u32)>,
+    /// Entries with a zero count.
+    dead: usize,
+}
+
+impl HeldIndex {
+    fn add(&mut self, offset: i64) {
+        let i = match self.entries.back() {
+            None => None,
+            Some(&(last, _)) if last < offset => None,
+            Some(&(last, _)) if last == offset => Some(Ok(self.entries.len() - 1)),
+            Some(_) => Some(self.entries.binary_search_by_key(&offset, |e| e.0)),
+        };
+        match i {
+            None => self.entries.push_back((offset, 1)),
+            Some(Err(i)) => self.entries.insert(i, (offset, 1)),
+            Some(Ok(i)) => {
+                let n = &mut self.entries[i].1;
+                if *n == 0 {
+                    self.dead -= 1;
+                }
+                *n += 1;
+            }
+        }
+    }
+
+    fn release(&mut self, offset: i64) {
+        let Ok(i) = self.entries.binary_search_by_key(&offset, |e| e.0) else {
+            return;
+        };
+        let n = &mut self.entries[i].1;
+        if *n == 0 {
+            return;
+        }
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.dead += 1;
+        while self.entries.front().is_some_and(|e| e.1 == 0) {
+            self.entries.pop_front();
+            self.dead -= 1;
+        }
+        while self.entries.back().is_some_and(|e| e.1 == 0) {
+            self.entries.pop_back();
+            self.dead -= 1;
+        }
+        if self.dead > 16 && self.dead > self.entries.len() / 2 {
+            self.entries.retain(|e| e.1 > 0);
+            self.dead = 0;
+        }
+    }
+
+    fn lowest(&self) -> Option<i64> {
+        self.entries.front().map(|e| e.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// Lowers `held`'s entry for `p` to `offset`, adding it if missing.
@@ -55,12 +144,17 @@ pub(super) fn hold(held: &mut Vec<(PartitionId, i64)>, p: PartitionId, offset: i
 }
 
 impl State {
+    /// Starts a new batch: no row has changed in it yet.
+    pub(super) fn next_batch(&mut self) {
+        self.batch += 1;
+    }
+
     pub(super) fn rows_of(&self, key: &[u8]) -> &[Row] {
-        self.rows.get(key).map_or(&[], Vec::as_slice)
+        self.rows.get(key).map_or(&[], |k| k.rows.as_slice())
     }
 
     pub(super) fn row(&self, key: &[u8], start: i64) -> Option<&Row> {
-        let rows = self.rows.get(key)?;
+        let rows = &self.rows.get(key)?.rows;
         rows.binary_search_by_key(&start, |r| r.start)
             .ok()
             .map(|i| &rows[i])
@@ -68,29 +162,33 @@ impl State {
 
     /// The shared key for `key`: the existing one, or a new one.
     pub(super) fn intern(&self, key: &[u8]) -> Key {
-        match self.rows.get_key_value(key) {
-            Some((k, _)) => k.clone(),
+        match self.rows.get(key) {
+            Some(k) => k.key.clone(),
             None => Key::from(key),
         }
     }
 
     /// Sets the accumulator of (key, start), creating the row with `end` if
     /// needed, lowers its held offsets to `held` and marks it changed.
-    /// Returns true if the row was not marked changed before (so the caller
-    /// lists it once).
+    /// Returns the shared key, and true if the row had not changed before
+    /// in this batch (so the caller lists it once).
     pub(super) fn upsert(
         &mut self,
-        key: &Key,
+        key: &[u8],
         start: i64,
         end: i64,
         acc: &[u8],
         held: &[(PartitionId, i64)],
-    ) -> bool {
-        let rows = match self.rows.get_mut(&**key) {
-            Some(rows) => rows,
+    ) -> (Key, bool) {
+        let KeyRows { key: shared, rows } = match self.rows.get_mut(key) {
+            Some(k) => k,
             None => {
+                let shared = Key::from(key);
                 self.key_bytes += key.len();
-                self.rows.entry(key.clone()).or_default()
+                self.rows.entry(shared.clone()).or_insert(KeyRows {
+                    key: shared,
+                    rows: Vec::with_capacity(1),
+                })
             }
         };
         let i = match rows.binary_search_by_key(&start, |r| r.start) {
@@ -102,8 +200,8 @@ impl State {
                         start,
                         end,
                         acc: Vec::new(),
-                        changed: false,
-                        held: Vec::new(),
+                        changed: 0,
+                        held: Vec::with_capacity(held.len()),
                     },
                 );
                 self.row_count += 1;
@@ -112,45 +210,45 @@ impl State {
         };
         let row = &mut rows[i];
         self.acc_bytes = self.acc_bytes - row.acc.len() + acc.len();
-        row.acc.clear();
-        row.acc.extend_from_slice(acc);
-        row.acc.shrink_to_fit();
+        if row.acc.len() != acc.len() {
+            row.acc = acc.to_vec();
+        } else {
+            row.acc.copy_from_slice(acc);
+        }
         for &(p, offset) in held {
             match row.held.iter_mut().find(|(q, _)| *q == p) {
                 Some((_, o)) if *o <= offset => {}
                 Some((_, o)) => {
                     let old = std::mem::replace(o, offset);
                     Self::release(&mut self.held, p, old);
-                    *self.held.entry(p).or_default().entry(offset).or_default() += 1;
+                    self.held.entry(p).or_default().add(offset);
                 }
                 None => {
                     row.held.push((p, offset));
                     self.held_entries += 1;
-                    *self.held.entry(p).or_default().entry(offset).or_default() += 1;
+                    self.held.entry(p).or_default().add(offset);
                 }
             }
         }
-        !std::mem::replace(&mut row.changed, true)
+        let stamp = self.batch + 1;
+        let first = row.changed != stamp;
+        row.changed = stamp;
+        (shared.clone(), first)
     }
 
-    fn release(held: &mut HashMap<PartitionId, BTreeMap<i64, u32>>, p: PartitionId, offset: i64) {
-        let Some(counts) = held.get_mut(&p) else {
+    fn release(held: &mut HashMap<PartitionId, HeldIndex>, p: PartitionId, offset: i64) {
+        let Some(index) = held.get_mut(&p) else {
             return;
         };
-        if let Some(n) = counts.get_mut(&offset) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&offset);
-            }
-        }
-        if counts.is_empty() {
+        index.release(offset);
+        if index.is_empty() {
             held.remove(&p);
         }
     }
 
     /// Removes (key, start), with its held offsets (not its timer).
     pub(super) fn remove(&mut self, key: &[u8], start: i64) -> Option<Row> {
-        let rows = self.rows.get_mut(key)?;
+        let rows = &mut self.rows.get_mut(key)?.rows;
         let i = rows.binary_search_by_key(&start, |r| r.start).ok()?;
         let row = rows.remove(i);
         if rows.is_empty() {
@@ -164,15 +262,6 @@ impl State {
             Self::release(&mut self.held, p, offset);
         }
         Some(row)
-    }
-
-    /// Clears the changed mark of (key, start), if it is still open.
-    pub(super) fn unmark(&mut self, key: &[u8], start: i64) {
-        if let Some(rows) = self.rows.get_mut(key)
-            && let Ok(i) = rows.binary_search_by_key(&start, |r| r.start)
-        {
-            rows[i].changed = false;
-        }
     }
 
     pub(super) fn add_timer(&mut self, timer: Timer) {
@@ -196,7 +285,7 @@ impl State {
     pub(super) fn held_offsets(&self) -> HashMap<PartitionId, i64> {
         self.held
             .iter()
-            .filter_map(|(&p, counts)| Some((p, *counts.first_key_value()?.0)))
+            .filter_map(|(&p, index)| Some((p, index.lowest()?)))
             .collect()
     }
 
@@ -215,8 +304,9 @@ impl State {
     /// Estimated host bytes per row beyond the accumulator bytes: the row,
     /// its key's map entry and bytes (shared by the key's rows), its timers
     /// (for hopping, windows per pane), its held offsets with their index
-    /// entries. B-tree nodes are assumed two-thirds full, the hash map seven
-    /// eighths, an allocation to cost 16 bytes of allocator overhead.
+    /// entries (as allocated, dead ones included). B-tree nodes are assumed
+    /// two-thirds full, the hash map seven eighths, an allocation to cost 16
+    /// bytes of allocator overhead.
     pub(super) fn overhead_bytes_per_row(&self) -> usize {
         if self.row_count == 0 {
             return 0;
@@ -224,13 +314,18 @@ impl State {
         const ALLOC: usize = 16;
         let btree = |entry: usize| entry * 3 / 2;
         let keys = self.rows.len();
-        let key_entry = (size_of::<(Key, Vec<Row>)>() + 1) * 8 / 7 + ALLOC * 2 + 16; // + Arc counts
+        let key_entry = (size_of::<(Key, KeyRows)>() + 1) * 8 / 7 + ALLOC * 2 + 16; // + Arc counts
+        let index: usize = self
+            .held
+            .values()
+            .map(|i| i.entries.capacity() * size_of::<(i64, u32)>() + ALLOC)
+            .sum();
         let total = self.row_count * size_of::<Row>()
             + keys * key_entry
             + self.key_bytes
             + self.timers.len() * btree(size_of::<Timer>())
-            + self.held_entries
-                * (size_of::<(PartitionId, i64)>() + btree(size_of::<(i64, u32)>()))
+            + self.held_entries * size_of::<(PartitionId, i64)>()
+            + index
             + self.row_count * ALLOC * 2; // accumulator and held allocations
         total.div_ceil(self.row_count)
     }
@@ -243,11 +338,18 @@ mod tests {
     #[test]
     fn held_offsets_follow_the_lowest_open_row() {
         let mut s = State::default();
-        let (a, b) = (s.intern(b"a"), s.intern(b"b"));
-        assert!(s.upsert(&a, 0, 10, b"x", &[((0, 0), 5), ((0, 1), 7)]));
-        assert!(s.upsert(&b, 0, 10, b"yy", &[((0, 0), 3)]));
-        assert!(!s.upsert(&a, 0, 10, b"xxx", &[((0, 0), 9)]));
-        assert!(s.upsert(&a, 10, 20, b"z", &[((0, 0), 11)]));
+        let (a, b) = (&b"a"[..], &b"b"[..]);
+        assert!(s.upsert(a, 0, 10, b"x", &[((0, 0), 5), ((0, 1), 7)]).1);
+        assert!(s.upsert(b, 0, 10, b"yy", &[((0, 0), 3)]).1);
+        assert!(!s.upsert(a, 0, 10, b"xxx", &[((0, 0), 9)]).1);
+        assert!(s.upsert(a, 10, 20, b"z", &[((0, 0), 11)]).1);
+        // A new batch: the row may be listed as changed again.
+        s.next_batch();
+        assert!(s.upsert(a, 0, 10, b"xxx", &[]).1);
+        assert!(Arc::ptr_eq(
+            &s.intern(a),
+            &s.upsert(a, 0, 10, b"xxx", &[]).0
+        ));
         assert_eq!(s.held_offsets(), HashMap::from([((0, 0), 3), ((0, 1), 7)]));
         assert_eq!((s.rows(), s.acc_bytes()), (3, 6));
         s.remove(b"b", 0).unwrap();
@@ -258,6 +360,53 @@ mod tests {
         assert!(s.held_offsets().is_empty());
         assert_eq!((s.rows(), s.acc_bytes(), s.key_bytes), (0, 0, 0));
         assert!(s.rows.is_empty() && s.held.is_empty());
+    }
+
+    #[test]
+    fn held_index_keeps_its_lowest_live_offset_in_front() {
+        let mut h = HeldIndex::default();
+        for o in [10, 20, 20, 30, 40] {
+            h.add(o);
+        }
+        // Out of order (after a rewind): inserted in place.
+        h.add(15);
+        assert_eq!(h.lowest(), Some(10));
+        h.release(20);
+        h.release(30); // dead, in the middle
+        assert_eq!((h.entries.len(), h.dead), (5, 1));
+        h.release(10);
+        assert_eq!(h.lowest(), Some(15));
+        h.release(15);
+        assert_eq!(h.lowest(), Some(20));
+        h.add(30); // revives the dead entry
+        assert_eq!(h.dead, 0);
+        h.release(20);
+        h.release(30);
+        assert_eq!(h.lowest(), Some(40));
+        h.release(40);
+        assert!(h.is_empty() && h.dead == 0);
+        // Releasing what is not held changes nothing.
+        h.add(1);
+        h.release(2);
+        assert_eq!(h.lowest(), Some(1));
+    }
+
+    #[test]
+    fn held_index_compacts_dead_entries() {
+        let mut h = HeldIndex::default();
+        for o in 0..1000 {
+            h.add(o);
+        }
+        // Everything but the oldest and the newest dies, out of order.
+        for o in (1..999).rev() {
+            h.release(o);
+            assert!(h.dead <= 16 || h.dead <= h.entries.len() / 2);
+        }
+        assert_eq!(h.lowest(), Some(0));
+        assert!(h.entries.len() < 40, "{}", h.entries.len());
+        h.release(0);
+        assert_eq!(h.lowest(), Some(999));
+        assert_eq!((h.entries.len(), h.dead), (1, 0));
     }
 
     #[test]

@@ -68,30 +68,40 @@ impl Watermarks {
         p.last_seen = p.last_seen.max(now);
     }
 
-    /// Notes the event times of a batch, a run of same-partition records at a
-    /// time (records usually come grouped by partition).
+    /// Notes the event times of a batch: first per partition in a short
+    /// list (a batch holds records of a few partitions, grouped or
+    /// interleaved), then once per partition in the map. Beyond
+    /// `LISTED` partitions, records go to the map one by one.
     pub(super) fn observe_batch(
         &mut self,
         partitions: impl Iterator<Item = (PartitionId, i64)>,
         now: i64,
     ) {
-        let mut run: Option<(PartitionId, i64, i64)> = None;
+        const LISTED: usize = 16;
+        let mut seen: Vec<(PartitionId, i64, i64)> = Vec::new();
+        let mut last = 0;
         for (p, t) in partitions {
-            match &mut run {
-                Some((q, min, max)) if *q == p => {
-                    *min = (*min).min(t);
-                    *max = (*max).max(t);
+            let i = if seen.get(last).is_some_and(|s| s.0 == p) {
+                Some(last)
+            } else {
+                seen.iter().position(|s| s.0 == p)
+            };
+            match i {
+                Some(i) => {
+                    let s = &mut seen[i];
+                    s.1 = s.1.min(t);
+                    s.2 = s.2.max(t);
+                    last = i;
                 }
-                _ => {
-                    if let Some((q, min, max)) = run {
-                        self.observe(q, min, max, now);
-                    }
-                    run = Some((p, t, t));
+                None if seen.len() < LISTED => {
+                    last = seen.len();
+                    seen.push((p, t, t));
                 }
+                None => self.observe(p, t, t, now),
             }
         }
-        if let Some((q, min, max)) = run {
-            self.observe(q, min, max, now);
+        for (p, min, max) in seen {
+            self.observe(p, min, max, now);
         }
     }
 
@@ -177,6 +187,25 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn interleaved_and_many_partitions() {
+        let mut w = Watermarks::new(0, 100);
+        let records = (0..100).map(|i| ((0, i % 40), 1000 + i as i64));
+        w.observe_batch(records, 0);
+        let p = w.progress();
+        assert_eq!(p.len(), 40);
+        assert!(
+            p.iter()
+                .all(|p| p.min_event_time == 1000 + p.partition as i64)
+        );
+        let spread = |partition: i32| if partition < 20 { 80 } else { 40 };
+        assert!(
+            p.iter()
+                .all(|p| p.max_event_time == p.min_event_time + spread(p.partition))
+        );
+        assert_eq!(w.advance(0), Some(1060));
     }
 
     #[test]

@@ -1,0 +1,868 @@
+//! Throughput and state size of windowed aggregation: the count/sum
+//! aggregate (`tests/guests/count-sum`) through the host's window engine, in
+//! Wasm and natively.
+//!
+//! Input: 1,000,000 sample events over 10,000 users, record timestamps 100 ms
+//! apart (so a 1-minute tumbling window holds 600 events), 4 partitions, in
+//! 1,000-record batches built before anything is timed. Each pass runs every
+//! batch through a fresh step, with the last record time of the batch as
+//! processing time. Scenarios:
+//!
+//! - `tumbling-1m`: 1-minute windows, so nearly every record has its own
+//!   (window, user) row and result: finish-heavy.
+//! - `tumbling-1h`: 1-hour windows, so ~10,000 (window, user) rows stay open
+//!   at once and most folds update an existing accumulator.
+//!
+//! Both with `watermark: { max_out_of_orderness: 5s, idle_timeout: 1h }` and
+//! `output: append`. Two ways:
+//!
+//! - wasm: the guest component through `sluice::pipeline::AggregateStep::process`
+//!   (extract, engine, fold and finish calls, as the pipeline runs it), and
+//! - native: the same guest crate linked into this binary, through the SDK's
+//!   aggregate glue (`sluice_sdk::__private::aggregate`, the code the wasm
+//!   exports run), driven by the same `WindowEngine` through a native
+//!   `AggregateCalls` adapter.
+//!
+//! Bar (reported as PASS/MISS, never asserted): wasm >= 1,000,000 records/s
+//! on one core, per scenario.
+//!
+//! Method: per scenario and side, one warm-up pass (whose outputs must match
+//! between wasm and native), then `PASSES` alternating timed passes; the
+//! figure is the median records/s. One more pass per side times each phase
+//! (the guest's extract, fold, merge and finish calls, and the engine's own
+//! work in between) to show where the time goes. State figures are taken at
+//! the batch with the most open rows. Figures also go to
+//! `target/bench/windows.json` under the workspace root.
+//!
+//! Run: `cargo bench -p sluice-tests --bench windows`; append `-- NAME...` to
+//! run only the scenarios whose name contains one of the NAMEs.
+
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use count_sum::CountSumAgg;
+use serde_json::{Value, json};
+use sluice::batch::{Batch, Columns};
+use sluice::cli::kafka_tools::{SampleOptions, sample_record};
+use sluice::pipeline::AggregateStep;
+use sluice::runtime::{Labels, Module, Runtime, StepOutput};
+use sluice::spec::Limits;
+use sluice::window::{
+    self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowOutput, WindowSpec,
+};
+use sluice_sdk::__private::aggregate::types as wit;
+use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
+use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch, OutputBatch};
+
+const RECORDS: u64 = 1_000_000;
+const USERS: u64 = 10_000;
+const BATCH: usize = 1_000;
+const PARTITIONS: u64 = 4;
+/// Timed passes per side and scenario.
+const PASSES: usize = 5;
+/// The bar, in records per second through the wasm step.
+const BAR_RECORDS_PER_S: f64 = 1_000_000.0;
+const GUEST: &str = "count-sum";
+
+struct Scenario {
+    name: &'static str,
+    spec: &'static str,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "tumbling-1m",
+        spec: "window: { tumbling: 1m }\nwatermark: { max_out_of_orderness: 5s, idle_timeout: 1h }\noutput: append\n",
+    },
+    Scenario {
+        name: "tumbling-1h",
+        spec: "window: { tumbling: 1h }\nwatermark: { max_out_of_orderness: 5s, idle_timeout: 1h }\noutput: append\n",
+    },
+];
+
+/// The benchmark input: batches and, per batch, the processing time passed
+/// with it.
+struct Input {
+    batches: Vec<Batch>,
+    now: Vec<i64>,
+}
+
+/// What one pass produced, and the state at its fullest.
+#[derive(Clone, Copy, Default)]
+struct Pass {
+    elapsed: Duration,
+    results: u64,
+    dead_letters: u64,
+    /// Digest of every result (key, value, timestamp, window), in order;
+    /// computed in warm-up passes only.
+    digest: u64,
+    peak_rows: usize,
+    /// Accumulator bytes per row and host overhead bytes per row, at the peak.
+    acc_bytes_per_row: f64,
+    overhead_bytes_per_row: usize,
+    rows_at_end: usize,
+}
+
+impl Pass {
+    fn records_per_s(&self) -> f64 {
+        RECORDS as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Notes the state after a batch.
+    fn observe(&mut self, engine: &WindowEngine) {
+        let rows = engine.state_rows();
+        if rows > self.peak_rows {
+            self.peak_rows = rows;
+            self.acc_bytes_per_row = engine.state_bytes() as f64 / rows as f64;
+            self.overhead_bytes_per_row = engine.overhead_bytes_per_row();
+        }
+    }
+}
+
+/// Time per phase over a pass.
+#[derive(Clone, Copy, Default)]
+struct Phases {
+    extract: Duration,
+    engine: Duration,
+    fold: Duration,
+    merge: Duration,
+    finish: Duration,
+    total: Duration,
+}
+
+impl Phases {
+    fn calls(&self) -> Duration {
+        self.fold + self.merge + self.finish
+    }
+
+    fn ns(d: Duration) -> f64 {
+        d.as_nanos() as f64 / RECORDS as f64
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "extract_ns_per_record": Self::ns(self.extract),
+            "engine_ns_per_record": Self::ns(self.engine),
+            "fold_ns_per_record": Self::ns(self.fold),
+            "merge_ns_per_record": Self::ns(self.merge),
+            "finish_ns_per_record": Self::ns(self.finish),
+            "total_ns_per_record": Self::ns(self.total),
+        })
+    }
+}
+
+/// One side of one scenario.
+struct Side {
+    median: Pass,
+    rates: Vec<f64>,
+    phases: Phases,
+}
+
+impl Side {
+    fn from_passes(mut passes: Vec<Pass>, phases: Phases) -> Self {
+        passes.sort_by_key(|p| p.elapsed);
+        let rates = passes.iter().map(Pass::records_per_s).collect();
+        Self {
+            median: passes[passes.len() / 2],
+            rates,
+            phases,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let p = &self.median;
+        json!({
+            "records_per_s": p.records_per_s(),
+            "ns_per_record": 1e9 / p.records_per_s(),
+            "records_per_s_all_passes": self.rates,
+            "results": p.results,
+            "peak_open_rows": p.peak_rows,
+            "acc_bytes_per_row": p.acc_bytes_per_row,
+            "overhead_bytes_per_row": p.overhead_bytes_per_row,
+            "open_rows_at_end": p.rows_at_end,
+            "phases": self.phases.json(),
+        })
+    }
+}
+
+struct Outcome {
+    scenario: &'static Scenario,
+    wasm: Side,
+    native: Side,
+}
+
+impl Outcome {
+    /// Relative throughput of wasm.
+    fn ratio(&self) -> f64 {
+        self.wasm.median.records_per_s() / self.native.median.records_per_s()
+    }
+
+    fn pass(&self) -> bool {
+        self.wasm.median.records_per_s() >= BAR_RECORDS_PER_S
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let load_before = loadavg();
+    println!("Sluice window benchmark: count/sum aggregate, wasm vs native");
+    println!("machine: {} CPUs (nproc), {}", nproc(), cpu_model());
+    println!("load average at start: {load_before}");
+    let busy = load_before
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .is_some_and(|l| l >= nproc() as f64 / 2.0);
+    if busy {
+        println!(
+            "warning: the machine is busy; figures will be noisier and slower than on an idle one"
+        );
+    }
+    println!(
+        "method: {RECORDS} sample events, {USERS} users, {BATCH}-record batches; per scenario and side 1 warm-up pass, {PASSES} alternating timed passes (median records/s), 1 phase-timing pass"
+    );
+
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let building = Instant::now();
+    let input = sample_input();
+    println!(
+        "input: {} batches built in {:.1} s (not timed)",
+        input.batches.len(),
+        building.elapsed().as_secs_f64()
+    );
+    println!();
+
+    let runtime = Runtime::new()?;
+    let path = sluice_tests::guest(GUEST);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read guest {}: {e}", path.display()))?;
+    let module = runtime.load(GUEST, &bytes)?;
+
+    let mut input = input;
+    let mut outcomes = Vec::new();
+    for scenario in SCENARIOS {
+        if !only.is_empty() && !only.iter().any(|o| scenario.name.contains(o.as_str())) {
+            continue;
+        }
+        let outcome = run_scenario(&module, scenario, &mut input)?;
+        println!(
+            "  {:<12} wasm {:>5.2} M rec/s, native {:>5.2} M rec/s, {} results, peak {} rows",
+            scenario.name,
+            outcome.wasm.median.records_per_s() / 1e6,
+            outcome.native.median.records_per_s() / 1e6,
+            outcome.wasm.median.results,
+            outcome.wasm.median.peak_rows,
+        );
+        outcomes.push(outcome);
+    }
+    let load_after = loadavg();
+
+    println!();
+    print!("{}", table(&outcomes));
+    println!();
+    print!("{}", phase_table(&outcomes));
+    println!();
+    println!(
+        "ratio = wasm rec/s / native rec/s; bar: wasm >= {:.0} M records/s on one core",
+        BAR_RECORDS_PER_S / 1e6
+    );
+    println!(
+        "phases: guest calls (host side included: conversion, copies into and out of the guest), engine = the rest of WindowEngine::process"
+    );
+    println!("load average at end: {load_after}");
+
+    let report = json!({
+        "machine": {
+            "nproc": nproc(),
+            "cpu": cpu_model(),
+            "loadavg_start": load_before,
+            "loadavg_end": load_after,
+        },
+        "input": {
+            "records": RECORDS,
+            "users": USERS,
+            "batch_records": BATCH,
+            "partitions": PARTITIONS,
+            "record_spacing_ms": 100,
+        },
+        "method": {
+            "passes_per_side": PASSES,
+            "statistic": "median records/s over passes of all records through a fresh step",
+        },
+        "bar_records_per_s": BAR_RECORDS_PER_S,
+        "scenarios": outcomes.iter().map(|o| json!({
+            "scenario": o.scenario.name,
+            "spec": o.scenario.spec,
+            "wasm": o.wasm.json(),
+            "native": o.native.json(),
+            "ratio_wasm_over_native": o.ratio(),
+            "pass": o.pass(),
+        })).collect::<Vec<_>>(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let path = workspace_root().join("target/bench/windows.json");
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("figures written to {}", path.display());
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run_scenario(
+    module: &Module,
+    scenario: &'static Scenario,
+    input: &mut Input,
+) -> anyhow::Result<Outcome> {
+    let spec: WindowSpec = serde_yaml_ng::from_str(scenario.spec)?;
+
+    // Both sides must agree before their times are compared.
+    let wasm_check = wasm_pass(module, &spec, input, true)?;
+    let native_check = native_pass(&spec, input, true);
+    assert_eq!(
+        (wasm_check.results, wasm_check.digest),
+        (native_check.results, native_check.digest),
+        "{}: wasm and native results differ",
+        scenario.name
+    );
+    assert_eq!(
+        wasm_check.dead_letters, 0,
+        "{}: unexpected dead letters",
+        scenario.name
+    );
+    assert_eq!(native_check.dead_letters, 0);
+
+    let (mut wasm, mut native) = (Vec::new(), Vec::new());
+    for _ in 0..PASSES {
+        wasm.push(wasm_pass(module, &spec, input, false)?);
+        native.push(native_pass(&spec, input, false));
+    }
+    for p in wasm.iter().chain(&native) {
+        assert_eq!(p.results, wasm_check.results, "passes disagree");
+    }
+    let wasm_phases = wasm_phases(module, &spec, input)?;
+    let native_phases = native_phases(&spec, input);
+    Ok(Outcome {
+        scenario,
+        wasm: Side::from_passes(wasm, wasm_phases),
+        native: Side::from_passes(native, native_phases),
+    })
+}
+
+// ---------------------------------------------------------------- wasm side
+
+fn aggregator(module: &Module) -> anyhow::Result<sluice::runtime::Aggregator> {
+    let labels = Labels {
+        pipeline: Arc::from("bench"),
+        step: Arc::from("windows"),
+        module: Arc::from(GUEST),
+    };
+    Ok(module.instantiate_aggregate(labels, Limits::default(), Vec::new())?)
+}
+
+/// All batches through a fresh `AggregateStep`, as the pipeline runs it.
+fn wasm_pass(
+    module: &Module,
+    spec: &WindowSpec,
+    input: &mut Input,
+    digest: bool,
+) -> anyhow::Result<Pass> {
+    let mut step = AggregateStep::new(aggregator(module)?, spec.clone())?;
+    let mut pass = Pass::default();
+    let mut hasher = DefaultHasher::new();
+    let start = Instant::now();
+    for (batch, &now) in input.batches.iter_mut().zip(&input.now) {
+        let out = step.process(black_box(batch), now)?;
+        pass.results += out.records.len() as u64;
+        pass.dead_letters += out.dead_letters.len() as u64;
+        if digest {
+            hash_results(&mut hasher, &out.records, &out.inputs, &out.windows);
+        }
+        pass.observe(step.engine());
+    }
+    pass.elapsed = start.elapsed();
+    pass.digest = hasher.finish();
+    pass.rows_at_end = step.engine().state_rows();
+    // A fault (say, a deadline hit on an overloaded machine) would have timed
+    // fault isolation rather than the guest.
+    let stats = step.aggregator().stats();
+    anyhow::ensure!(
+        stats.traps + stats.deadline_hits + stats.memory_hits + stats.restarts == 0,
+        "the guest faulted while being timed: {stats:?}"
+    );
+    Ok(pass)
+}
+
+/// The pieces of `AggregateStep::process`, each timed.
+fn wasm_phases(module: &Module, spec: &WindowSpec, input: &mut Input) -> anyhow::Result<Phases> {
+    let mut aggregator = aggregator(module)?;
+    let mut engine = WindowEngine::new(spec.clone())?;
+    let mut phases = Phases::default();
+    let start = Instant::now();
+    for (batch, &now) in input.batches.iter_mut().zip(&input.now) {
+        let t0 = Instant::now();
+        let extracted = aggregator.extract(batch)?;
+        phases.extract += t0.elapsed();
+        assert!(extracted.kept.is_none() && extracted.dead_letters.is_empty());
+        let skip = vec![false; batch.len()];
+        let keys = BatchKeys {
+            keys: &extracted.keys,
+            key_offsets: &extracted.key_offsets,
+            event_times: &extracted.event_times,
+            skip: &skip,
+            sources: &batch.sources,
+            partitions: &batch.partitions,
+            offsets: &batch.offsets,
+        };
+        let before = phases.calls();
+        let t1 = Instant::now();
+        let mut timed = Timed {
+            inner: &mut aggregator,
+            phases: &mut phases,
+        };
+        black_box(engine.process(&mut timed, keys, now)?);
+        let in_process = t1.elapsed();
+        phases.engine += in_process - (phases.calls() - before);
+    }
+    phases.total = start.elapsed();
+    Ok(phases)
+}
+
+// -------------------------------------------------------------- native side
+
+/// The guest crate's aggregate behind the SDK glue the wasm exports run,
+/// as the engine's `AggregateCalls`: the runtime's adapter minus the
+/// boundary.
+struct Native {
+    state: AggregateState<CountSumAgg>,
+}
+
+impl Native {
+    fn new() -> Self {
+        let mut state = AggregateState::new();
+        init(&mut state, Vec::new()).expect("count-sum takes no config");
+        Self { state }
+    }
+}
+
+fn to_wit_accs(a: window::Accumulators) -> wit::Accumulators {
+    wit::Accumulators {
+        data: a.data,
+        offsets: a.offsets,
+    }
+}
+
+fn from_wit_accs(a: wit::Accumulators) -> window::Accumulators {
+    window::Accumulators {
+        data: a.data,
+        offsets: a.offsets,
+    }
+}
+
+impl AggregateCalls for Native {
+    fn fold(&mut self, r: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
+        let request = wit::FoldRequest {
+            accumulators: to_wit_accs(r.accumulators),
+            fresh: r.fresh,
+            records: r.records,
+            group_offsets: r.group_offsets,
+        };
+        let result = fold(&mut self.state, &request).map_err(AggregateError::Guest)?;
+        Ok(window::FoldResult {
+            accumulators: from_wit_accs(result.accumulators),
+            dead_letters: result
+                .dead_letters
+                .into_iter()
+                .map(|d| (d.input, d.reason))
+                .collect(),
+        })
+    }
+
+    fn merge(&mut self, r: window::MergeRequest) -> Result<window::Accumulators, AggregateError> {
+        let request = wit::MergeRequest {
+            accumulators: to_wit_accs(r.accumulators),
+            group_offsets: r.group_offsets,
+        };
+        merge(&mut self.state, &request)
+            .map(from_wit_accs)
+            .map_err(AggregateError::Guest)
+    }
+
+    fn finish(&mut self, r: window::FinishRequest) -> Result<StepOutput, AggregateError> {
+        let request = wit::FinishRequest {
+            keys: r.keys,
+            key_offsets: r.key_offsets,
+            window_starts: r.window_starts,
+            window_ends: r.window_ends,
+            accumulators: to_wit_accs(r.accumulators),
+            final_: r.final_,
+        };
+        let out = finish(&mut self.state, &request).map_err(AggregateError::Guest)?;
+        Ok(step_output(out))
+    }
+}
+
+fn step_output(out: OutputBatch) -> StepOutput {
+    let c = out.records;
+    StepOutput {
+        records: Columns {
+            keys: c.keys,
+            key_offsets: c.key_offsets,
+            values: c.values,
+            value_offsets: c.value_offsets,
+            flags: c.flags,
+            timestamps: c.timestamps,
+            header_offsets: c.header_offsets,
+            header_names: c.header_names,
+            header_name_offsets: c.header_name_offsets,
+            header_values: c.header_values,
+            header_value_offsets: c.header_value_offsets,
+        },
+        inputs: out.inputs,
+        targets: out.targets,
+        output_names: out.output_names,
+        dead_letters: out
+            .dead_letters
+            .into_iter()
+            .map(|d| (d.input, d.reason))
+            .collect(),
+    }
+}
+
+/// One batch natively: extract, then the engine through the native calls.
+fn native_batch(
+    native: &mut Native,
+    engine: &mut WindowEngine,
+    wit_batch: InputBatch,
+    batch: &Batch,
+    now: i64,
+) -> (WindowOutput, usize) {
+    let keyed = extract(&mut native.state, wit_batch).expect("well-formed batch");
+    let mut skip = vec![false; batch.len()];
+    for d in &keyed.dead_letters {
+        skip[d.input as usize] = true;
+    }
+    let keys = BatchKeys {
+        keys: &keyed.keys,
+        key_offsets: &keyed.key_offsets,
+        event_times: &keyed.event_times,
+        skip: &skip,
+        sources: &batch.sources,
+        partitions: &batch.partitions,
+        offsets: &batch.offsets,
+    };
+    let out = engine.process(native, keys, now).expect("native aggregate");
+    (out, keyed.dead_letters.len())
+}
+
+fn native_pass(spec: &WindowSpec, input: &Input, digest: bool) -> Pass {
+    // The batches as the guest receives them (extract takes them by value).
+    let wit_batches: Vec<InputBatch> = input.batches.iter().map(to_wit).collect();
+    let mut native = Native::new();
+    let mut engine = WindowEngine::new(spec.clone()).expect("valid spec");
+    let mut pass = Pass::default();
+    let mut hasher = DefaultHasher::new();
+    let start = Instant::now();
+    for ((wit_batch, batch), &now) in wit_batches.into_iter().zip(&input.batches).zip(&input.now) {
+        let (out, dead) = native_batch(&mut native, &mut engine, black_box(wit_batch), batch, now);
+        pass.results += out.results.records.len() as u64;
+        pass.dead_letters += (dead + out.dead_letters.len()) as u64;
+        if digest {
+            hash_results(
+                &mut hasher,
+                &out.results.records,
+                &out.results.inputs,
+                &out.windows,
+            );
+        }
+        pass.observe(&engine);
+    }
+    pass.elapsed = start.elapsed();
+    pass.digest = hasher.finish();
+    pass.rows_at_end = engine.state_rows();
+    pass
+}
+
+fn native_phases(spec: &WindowSpec, input: &Input) -> Phases {
+    let wit_batches: Vec<InputBatch> = input.batches.iter().map(to_wit).collect();
+    let mut native = Native::new();
+    let mut engine = WindowEngine::new(spec.clone()).expect("valid spec");
+    let mut phases = Phases::default();
+    let start = Instant::now();
+    for ((wit_batch, batch), &now) in wit_batches.into_iter().zip(&input.batches).zip(&input.now) {
+        let t0 = Instant::now();
+        let keyed = extract(&mut native.state, wit_batch).expect("well-formed batch");
+        phases.extract += t0.elapsed();
+        let skip = vec![false; batch.len()];
+        let keys = BatchKeys {
+            keys: &keyed.keys,
+            key_offsets: &keyed.key_offsets,
+            event_times: &keyed.event_times,
+            skip: &skip,
+            sources: &batch.sources,
+            partitions: &batch.partitions,
+            offsets: &batch.offsets,
+        };
+        let before = phases.calls();
+        let t1 = Instant::now();
+        let mut timed = Timed {
+            inner: &mut native,
+            phases: &mut phases,
+        };
+        black_box(engine.process(&mut timed, keys, now).expect("native"));
+        let in_process = t1.elapsed();
+        phases.engine += in_process - (phases.calls() - before);
+    }
+    phases.total = start.elapsed();
+    phases
+}
+
+// ------------------------------------------------------------------ shared
+
+/// Times every call through `inner`.
+struct Timed<'a, C> {
+    inner: &'a mut C,
+    phases: &'a mut Phases,
+}
+
+impl<C: AggregateCalls> AggregateCalls for Timed<'_, C> {
+    fn fold(&mut self, r: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
+        let t = Instant::now();
+        let out = self.inner.fold(r);
+        self.phases.fold += t.elapsed();
+        out
+    }
+
+    fn merge(&mut self, r: window::MergeRequest) -> Result<window::Accumulators, AggregateError> {
+        let t = Instant::now();
+        let out = self.inner.merge(r);
+        self.phases.merge += t.elapsed();
+        out
+    }
+
+    fn finish(&mut self, r: window::FinishRequest) -> Result<StepOutput, AggregateError> {
+        let t = Instant::now();
+        let out = self.inner.finish(r);
+        self.phases.finish += t.elapsed();
+        out
+    }
+}
+
+fn hash_results(
+    hasher: &mut DefaultHasher,
+    records: &Columns,
+    inputs: &[u32],
+    windows: &[window::WindowRef],
+) {
+    for (i, record) in records.iter().enumerate() {
+        record.key.hash(hasher);
+        record.value.hash(hasher);
+        record.timestamp.hash(hasher);
+        let w = &windows[inputs[i] as usize];
+        (&w.key, w.start, w.end, w.is_final).hash(hasher);
+    }
+}
+
+/// The sample events in batches, with record timestamps 100 ms apart,
+/// round-robin over the partitions (offsets per partition).
+fn sample_input() -> Input {
+    let options = SampleOptions {
+        count: RECORDS,
+        users: USERS,
+        malformed_every: 0,
+        ..SampleOptions::default()
+    };
+    let mut batches = Vec::with_capacity(RECORDS as usize / BATCH);
+    let mut now = Vec::with_capacity(batches.capacity());
+    let mut batch = Batch::with_capacity(BATCH, BATCH * 128);
+    for n in 0..RECORDS {
+        let (key, value) = sample_record(&options, n);
+        let ts = options.start_ms + n as i64 * 100;
+        batch
+            .records
+            .push(Some(key.as_bytes()), Some(&value), Some(ts), []);
+        batch.partitions.push((n % PARTITIONS) as i32);
+        batch.offsets.push((n / PARTITIONS) as i64);
+        batch.sources.push(0);
+        if batch.len() == BATCH {
+            batches.push(std::mem::replace(
+                &mut batch,
+                Batch::with_capacity(BATCH, BATCH * 128),
+            ));
+            now.push(ts);
+        }
+    }
+    assert!(batch.is_empty(), "RECORDS is a multiple of BATCH");
+    Input { batches, now }
+}
+
+/// The batch as the guest receives it.
+fn to_wit(batch: &Batch) -> InputBatch {
+    let c = batch.records.clone();
+    InputBatch {
+        records: WitColumns {
+            keys: c.keys,
+            key_offsets: c.key_offsets,
+            values: c.values,
+            value_offsets: c.value_offsets,
+            flags: c.flags,
+            timestamps: c.timestamps,
+            header_offsets: c.header_offsets,
+            header_names: c.header_names,
+            header_name_offsets: c.header_name_offsets,
+            header_values: c.header_values,
+            header_value_offsets: c.header_value_offsets,
+        },
+        partitions: batch.partitions.clone(),
+        offsets: batch.offsets.clone(),
+    }
+}
+
+fn table(outcomes: &[Outcome]) -> String {
+    let header = [
+        "scenario",
+        "side",
+        "rec/s",
+        "ns/rec",
+        "results",
+        "peak rows",
+        "acc B/row",
+        "overhead B/row",
+        "wasm/native",
+        "bar",
+    ];
+    let mut rows = Vec::new();
+    for o in outcomes {
+        for (side, s) in [("wasm", &o.wasm), ("native", &o.native)] {
+            let p = &s.median;
+            let wasm = side == "wasm";
+            rows.push(vec![
+                o.scenario.name.to_owned(),
+                side.to_owned(),
+                rate(p.records_per_s()),
+                format!("{:.0}", 1e9 / p.records_per_s()),
+                p.results.to_string(),
+                p.peak_rows.to_string(),
+                format!("{:.1}", p.acc_bytes_per_row),
+                p.overhead_bytes_per_row.to_string(),
+                if wasm {
+                    format!("{:.2}x", o.ratio())
+                } else {
+                    "-".to_owned()
+                },
+                match (wasm, o.pass()) {
+                    (false, _) => "-".to_owned(),
+                    (true, true) => "PASS".to_owned(),
+                    (true, false) => "MISS".to_owned(),
+                },
+            ]);
+        }
+    }
+    render(&header, &rows, &[0, 1, 9])
+}
+
+fn phase_table(outcomes: &[Outcome]) -> String {
+    let header = [
+        "ns/record",
+        "side",
+        "extract",
+        "engine",
+        "fold",
+        "merge",
+        "finish",
+        "total",
+    ];
+    let mut rows = Vec::new();
+    for o in outcomes {
+        for (side, s) in [("wasm", &o.wasm), ("native", &o.native)] {
+            let p = &s.phases;
+            rows.push(vec![
+                o.scenario.name.to_owned(),
+                side.to_owned(),
+                format!("{:.0}", Phases::ns(p.extract)),
+                format!("{:.0}", Phases::ns(p.engine)),
+                format!("{:.0}", Phases::ns(p.fold)),
+                format!("{:.0}", Phases::ns(p.merge)),
+                format!("{:.0}", Phases::ns(p.finish)),
+                format!("{:.0}", Phases::ns(p.total)),
+            ]);
+        }
+    }
+    render(&header, &rows, &[0, 1])
+}
+
+/// A plain-text table; columns in `left` are left-aligned, others right.
+fn render(header: &[&str], rows: &[Vec<String>], left: &[usize]) -> String {
+    let mut out = String::new();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut line = |cells: &[&str]| {
+        for (c, cell) in cells.iter().enumerate() {
+            if left.contains(&c) {
+                let _ = write!(out, "{cell:<w$}  ", w = widths[c]);
+            } else {
+                let _ = write!(out, "{cell:>w$}  ", w = widths[c]);
+            }
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(header);
+    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+    line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    out
+}
+
+fn rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2} M", per_s / 1e6)
+    } else {
+        format!("{:.0} k", per_s / 1e3)
+    }
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_path_buf()
+}
