@@ -190,3 +190,50 @@ fn held_into(batch: &BatchKeys<'_>, items: &[Item], held: &mut Vec<(PartitionId,
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_order_and_group_keys_bytewise() {
+        let keys: [&[u8]; 12] = [
+            b"",
+            b"\0",
+            b"a",
+            b"a\0",
+            b"a\0\0\0\0\0\0\0",
+            b"a\0\0\0\0\0\0\0\0",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghi",
+            b"abcdefgi",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        ];
+        let mut bytes = Vec::new();
+        let mut key_offsets = vec![0];
+        for k in keys {
+            bytes.extend_from_slice(k);
+            key_offsets.push(bytes.len() as u32);
+        }
+        let n = keys.len();
+        let batch = BatchKeys {
+            keys: &bytes,
+            key_offsets: &key_offsets,
+            event_times: &vec![0; n],
+            skip: &[],
+            sources: &vec![0; n],
+            partitions: &vec![0; n],
+            offsets: &vec![0; n],
+        };
+        let items: Vec<Item> = (0..n as u32).map(|i| Item::new(&batch, i, 0, 0)).collect();
+        for a in &items {
+            for b in &items {
+                let (ka, kb) = (batch.key(a.rec), batch.key(b.rec));
+                assert_eq!(a.cmp_key(b, &batch), ka.cmp(kb), "{ka:?} vs {kb:?}");
+                assert_eq!(a.same_key(b, &batch), ka == kb, "{ka:?} vs {kb:?}");
+            }
+        }
+    }
+}
