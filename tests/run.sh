@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export SLUICE_NISSHI="$(deploy/local/setup.sh | tail -n 1)"
+export SLUICE_PYTHON="${SLUICE_CACHE:-$HOME/.cache/sluice}/pyarrow-venv/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -4,7 +4,9 @@
 #   - the wasm32-wasip2 Rust target (rustup);
 #   - the test broker, nisshi 0.8.1 from crates.io, built once with the nightly
 #     toolchain it requires (rustc >= 1.96; ~11 minutes on 2 cores), cached in
-#     $SLUICE_CACHE (default ~/.cache/sluice).
+#     $SLUICE_CACHE (default ~/.cache/sluice);
+#   - a Python virtualenv with pyarrow (PyPI), the standard Parquet reader the
+#     tests check Sluice's Parquet files with, in $SLUICE_CACHE/pyarrow-venv.
 # Prints the broker binary's path on its last line.
 set -euo pipefail
 
@@ -17,6 +19,16 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   log "adding the wasm32-wasip2 target"
   rustup target add wasm32-wasip2 >&2
+fi
+
+PYARROW_VERSION=22.0.0
+venv="$cache/pyarrow-venv"
+if ! "$venv/bin/python" -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$PYARROW_VERSION')" 2>/dev/null; then
+  log "installing pyarrow $PYARROW_VERSION into $venv"
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION" >&2
 fi
 
 if [ ! -x "$nisshi" ]; then

@@ -7,6 +7,7 @@
 //! a pipeline and [`cli`] at the edge.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod cli;
 pub mod pipeline;
 pub mod runtime;

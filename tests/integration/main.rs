@@ -2,6 +2,7 @@
 //! `sluice_tests::brokers`), with guests built by `build.rs`.
 
 mod cli;
+mod crash;
 mod faults;
 mod golden;
 mod pipeline;

@@ -188,3 +188,57 @@ pub fn produce(topic: &str, records: &[(&str, &str)]) {
     });
     kafka_tools::produce(brokers(), topic, items).expect("produce");
 }
+
+/// The Python with pyarrow that `deploy/local/setup.sh` installs:
+/// `$SLUICE_PYTHON`, or its cached virtualenv.
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_PYTHON") {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/sluice/pyarrow-venv/bin/python")
+}
+
+/// Every row of every visible Parquet file under `dir` (dot-files are
+/// invisible to readers), read with pyarrow, a standard reader: `(path of
+/// the file relative to dir, row as a JSON object)`, files in path order.
+pub fn read_parquet(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    const SCRIPT: &str = r#"
+import json, os, sys
+import pyarrow.parquet as pq
+root = sys.argv[1]
+for base, dirs, files in sorted(os.walk(root)):
+    dirs[:] = sorted(d for d in dirs if not d.startswith(('.', '_')))
+    for name in sorted(files):
+        if name.startswith(('.', '_')):
+            continue
+        path = os.path.join(base, name)
+        for row in pq.ParquetFile(path).read().to_pylist():
+            print(json.dumps([os.path.relpath(path, root), row], default=str))
+"#;
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (run deploy/local/setup.sh): {e}",
+                python().display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "pyarrow could not read {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

@@ -51,6 +51,16 @@ impl AggregateStep {
         &self.engine
     }
 
+    /// See [`WindowEngine::expect_partitions`].
+    pub fn expect_partitions(&mut self, partitions: &[crate::window::PartitionId]) {
+        self.engine.expect_partitions(partitions);
+    }
+
+    /// Replaces the window engine: with one restored from a checkpoint.
+    pub fn set_engine(&mut self, engine: WindowEngine) {
+        self.engine = engine;
+    }
+
     pub fn aggregator(&self) -> &Aggregator {
         &self.aggregator
     }

@@ -96,6 +96,13 @@ impl Chain {
         }
     }
 
+    pub fn aggregate_mut(&mut self) -> Option<&mut AggregateStep> {
+        match self.steps.last_mut() {
+            Some(Step::Aggregate(a)) => Some(a),
+            _ => None,
+        }
+    }
+
     /// Runs `source` through every step; `now_ms` is the processing time.
     pub fn run(&mut self, source: &mut Batch, now_ms: i64) -> Result<ChainOutput, StepError> {
         let mut out = ChainOutput {

@@ -1,13 +1,14 @@
 //! Handing a batch's results to the sink: outputs as the guests made them,
 //! dead letters as the original source record plus why and where it failed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
 
 use super::chain::ChainOutput;
-use crate::batch::Batch;
-use crate::sink::{BatchAck, KafkaSink, headers};
+use crate::batch::{Batch, RecordRef};
+use crate::sink::{BatchAck, EOS_HEADER, KafkaSink, eos_id, headers};
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -21,26 +22,68 @@ pub struct StepInfo {
 #[derive(Debug, Clone)]
 pub struct Routing {
     pub pipeline: String,
-    /// Topic of each configured output, in spec order.
-    pub output_topics: Vec<String>,
+    /// Name and Kafka topic (if it has one) of each configured output, in
+    /// spec order.
+    pub outputs: Vec<(String, Option<String>)>,
     pub dead_letter_topic: String,
     /// Source topic names, indexed by `Batch::sources`.
     pub source_topics: Vec<String>,
     pub steps: Vec<StepInfo>,
 }
 
-/// Queues every output and dead-letter record of one batch under `ack`.
+/// An output record a sink refused (a Parquet schema mismatch): it goes to
+/// the dead-letter topic instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Index of the output in the spec.
+    pub output: usize,
+    /// Index of the record in that output's [`super::Routed`] records.
+    pub record: u32,
+    pub reason: String,
+}
+
+/// Exactly-once numbering of one batch's records.
+#[derive(Debug, Clone, Copy)]
+pub struct Eos<'a> {
+    pub epoch: u64,
+    /// Ids the broker already has (after a crash): not produced again.
+    pub written: Option<&'a HashSet<(u64, u32)>>,
+}
+
+/// What [`deliver`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub produced: u64,
+    /// Skipped because the broker already had them.
+    pub skipped: u64,
+}
+
+/// Queues every output and dead-letter record of one batch under `ack`:
+/// outputs in spec order, then the chain's dead letters, then records a
+/// sink rejected. With `eos`, each record carries its id and the ones
+/// already written are skipped; the order is the numbering, so it must not
+/// depend on anything but the batch.
 pub fn deliver(
     sink: &KafkaSink,
     ack: &Arc<BatchAck>,
     routing: &Routing,
     source: &Batch,
     out: &ChainOutput,
-) -> Result<(), KafkaError> {
-    for (routed, topic) in out.outputs.iter().zip(&routing.output_topics) {
+    rejected: &[Rejected],
+    eos: Option<Eos<'_>>,
+) -> Result<Delivered, KafkaError> {
+    let mut sender = Sender {
+        sink,
+        ack,
+        pipeline: &routing.pipeline,
+        eos,
+        seq: 0,
+        delivered: Delivered::default(),
+    };
+    for (routed, (_, topic)) in out.outputs.iter().zip(&routing.outputs) {
+        let Some(topic) = topic else { continue };
         for record in routed.records.iter() {
-            let h = headers(record.headers.iter(), &[]);
-            sink.send(ack, topic, record.key, record.value, record.timestamp, h)?;
+            sender.send(topic, record, &[])?;
         }
     }
     for dead in &out.dead_letters {
@@ -64,15 +107,63 @@ pub fn deliver(
             ("sluice.source.partition", partition.as_bytes()),
             ("sluice.source.offset", offset.as_bytes()),
         ];
-        let h = headers(record.headers.iter(), &extra);
-        sink.send(
-            ack,
-            &routing.dead_letter_topic,
+        sender.send(&routing.dead_letter_topic, record, &extra)?;
+    }
+    for r in rejected {
+        let record = out.outputs[r.output].records.get(r.record as usize);
+        let extra: [(&str, &[u8]); 3] = [
+            ("sluice.error", r.reason.as_bytes()),
+            ("sluice.pipeline", routing.pipeline.as_bytes()),
+            ("sluice.output", routing.outputs[r.output].0.as_bytes()),
+        ];
+        sender.send(&routing.dead_letter_topic, record, &extra)?;
+    }
+    Ok(sender.delivered)
+}
+
+struct Sender<'a> {
+    sink: &'a KafkaSink,
+    ack: &'a Arc<BatchAck>,
+    pipeline: &'a str,
+    eos: Option<Eos<'a>>,
+    seq: u32,
+    delivered: Delivered,
+}
+
+impl Sender<'_> {
+    fn send(
+        &mut self,
+        topic: &str,
+        record: RecordRef<'_>,
+        extra: &[(&str, &[u8])],
+    ) -> Result<(), KafkaError> {
+        let seq = self.seq;
+        self.seq += 1;
+        let id;
+        let mut all: Vec<(&str, &[u8])>;
+        let extra = match self.eos {
+            None => extra,
+            Some(eos) => {
+                if eos.written.is_some_and(|w| w.contains(&(eos.epoch, seq))) {
+                    self.delivered.skipped += 1;
+                    return Ok(());
+                }
+                id = eos_id(self.pipeline, eos.epoch, seq);
+                all = extra.to_vec();
+                all.push((EOS_HEADER, id.as_bytes()));
+                &all[..]
+            }
+        };
+        let h = headers(record.headers.iter(), extra);
+        self.sink.send(
+            self.ack,
+            topic,
             record.key,
             record.value,
             record.timestamp,
             h,
         )?;
+        self.delivered.produced += 1;
+        Ok(())
     }
-    Ok(())
 }

@@ -1,11 +1,16 @@
 //! A running pipeline: `source -> chain of transforms -> sinks`, with
-//! at-least-once delivery.
+//! at-least-once or exactly-once delivery.
 //!
 //! Invariants:
-//! - A batch's source offsets are committed only after every output and
-//!   dead-letter record of that batch was acknowledged by the broker, and
-//!   batches are committed in order. A crash therefore re-delivers at most
-//!   the uncommitted batches; it never skips one.
+//! - A batch's source offsets are committed (to the consumer group, or in a
+//!   checkpoint) only after every output and dead-letter record of that
+//!   batch was acknowledged by the broker, and batches are committed in
+//!   order. A crash therefore re-delivers at most the uncommitted batches;
+//!   it never skips one.
+//! - Exactly-once: each batch (epoch) is described in the epoch log before
+//!   any of its outputs is produced; after a crash the epochs since the last
+//!   checkpoint run again identically and records already in Kafka are not
+//!   produced again (see `runner.rs` and `sink/written.rs`).
 //! - Every source record is accounted for: emitted, dead-lettered with a
 //!   reason, or counted as dropped by a guest's decision.
 //! - Producing batch `n` overlaps the acknowledgement of batch `n - 1`; the
@@ -13,23 +18,27 @@
 
 mod aggregate;
 mod chain;
+mod checkpoint;
 mod deliver;
+mod epoch;
+mod runner;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
 pub use aggregate::{AggregateOutput, AggregateStep, StepError};
 pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Routed, Step};
-pub use deliver::{Routing, StepInfo};
+pub use checkpoint::{Checkpoint, SourcePosition};
+pub use deliver::{Rejected, Routing, StepInfo};
+pub use epoch::{Epoch, Range};
+
+use runner::Runner;
 
 use crate::runtime::{Labels, Module, Runtime};
-use crate::sink::{BatchAck, KafkaSink};
-use crate::source::{KafkaSource, NextOffset};
+use crate::source::NextOffset;
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
 
 /// How `run` ends.
@@ -107,7 +116,11 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
     let transforms = load_steps(spec, &runtime)?;
     let routing = Routing {
         pipeline: spec.name.clone(),
-        output_topics: spec.outputs.values().map(|o| o.topic.clone()).collect(),
+        outputs: spec
+            .outputs
+            .iter()
+            .map(|(name, o)| (name.clone(), o.topic.clone()))
+            .collect(),
         dead_letter_topic: spec.dead_letter.topic.clone(),
         source_topics: spec.source.topics.clone(),
         steps: spec
@@ -125,56 +138,8 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
             .collect(),
     };
     let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
-    let mut chain = Chain::new(transforms, &output_names, DEFAULT_OUTPUT);
-    let mut source = KafkaSource::new(spec, options.until_caught_up)?;
-    let sink = KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?;
-    tracing::info!(topics = ?spec.source.topics, group = %spec.group_id(), steps = spec.transforms.len(), "pipeline started");
-
-    let mut summary = Summary {
-        outputs: output_names.iter().map(|n| (n.clone(), 0)).collect(),
-        ..Summary::default()
-    };
-    // The previous batch, produced but not yet acknowledged and committed.
-    let mut in_flight: Option<(Arc<BatchAck>, Vec<NextOffset>)> = None;
-    while let Some(mut next) = source.next_batch(stop)? {
-        let started = Instant::now();
-        let now_ms = crate::cli::kafka_tools::now_ms();
-        let out = chain
-            .run(&mut next.batch, now_ms)
-            .context("a step failed; the batch is not committed")?;
-        let ack = BatchAck::new();
-        deliver::deliver(&sink, &ack, &routing, &next.batch, &out)
-            .context("cannot queue records for Kafka")?;
-        summary.record(&next.batch, &out, &output_names);
-        tracing::debug!(
-            records = next.batch.len(),
-            dead_lettered = out.dead_letters.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "batch processed"
-        );
-        if let Some(aggregate) = chain.aggregate() {
-            let progress = aggregate.engine().progress();
-            tracing::debug!(
-                watermark = ?progress.watermark,
-                partitions = ?progress.partitions.iter().map(|p| (p.partition, p.min_event_time, p.max_event_time, p.idle)).collect::<Vec<_>>(),
-                state_rows = progress.state_rows,
-                late = progress.late_records,
-                "event-time progress"
-            );
-            summary.windows = Some(progress);
-        }
-        let commit = hold_back(next.commit, &chain);
-        if let Some((ack, offsets)) = in_flight.replace((ack, commit)) {
-            finish(&source, &ack, &offsets)?;
-        }
-    }
-    if let Some((ack, offsets)) = in_flight.take() {
-        finish(&source, &ack, &offsets)?;
-    }
-    sink.flush(Duration::from_secs(30))
-        .context("cannot flush the Kafka producer")?;
-    tracing::info!(?summary, "pipeline stopped");
-    Ok(summary)
+    let chain = Chain::new(transforms, &output_names, DEFAULT_OUTPUT);
+    Runner::new(spec, chain, routing)?.run(options, stop)
 }
 
 /// The module behind a step.
@@ -188,7 +153,7 @@ pub fn step_module(step: &Step) -> &Module {
 /// Offsets to commit after a batch: never past a record that open windows
 /// still need (until checkpoints hold window state, a restart rebuilds open
 /// windows by re-reading their records).
-fn hold_back(mut offsets: Vec<NextOffset>, chain: &Chain) -> Vec<NextOffset> {
+pub(super) fn hold_back(mut offsets: Vec<NextOffset>, chain: &Chain) -> Vec<NextOffset> {
     if let Some(aggregate) = chain.aggregate() {
         let held = aggregate.engine().held_offsets();
         for o in &mut offsets {
@@ -198,19 +163,6 @@ fn hold_back(mut offsets: Vec<NextOffset>, chain: &Chain) -> Vec<NextOffset> {
         }
     }
     offsets
-}
-
-/// Waits for a batch's deliveries, then commits its offsets.
-fn finish(source: &KafkaSource, ack: &BatchAck, offsets: &[NextOffset]) -> anyhow::Result<()> {
-    ack.wait()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("a batch could not be delivered; its offsets are not committed")?;
-    if let Err(e) = source.commit(offsets) {
-        // Still at-least-once: the next commit covers these offsets, or the
-        // records are re-delivered to whoever owns the partition next.
-        tracing::warn!(error = %e, "offset commit failed");
-    }
-    Ok(())
 }
 
 impl Summary {

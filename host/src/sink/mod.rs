@@ -1,7 +1,15 @@
-//! Sinks: where a batch's results go. Kafka topics for now; each sink reports
-//! per batch when everything it was given is durably acknowledged, because
-//! source offsets are committed only after that.
+//! Sinks: where a batch's results go. Kafka topics report per batch when
+//! everything they were given is durably acknowledged, because source
+//! offsets are committed only after that; Parquet files become visible with
+//! the checkpoint that lists them.
 
 mod kafka;
+mod parquet;
+mod written;
 
+pub use self::parquet::{
+    ColumnSpec, ColumnType, FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink,
+    ParquetSpec, PartitionBy,
+};
 pub use kafka::{BatchAck, KafkaSink, headers};
+pub use written::{EOS_HEADER, SinkPosition, end_offsets, eos_id, written_since};

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientContext, Offset, Timestamp, TopicPartitionList};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::batch::Batch;
 use crate::spec::{BatchSpec, PipelineSpec, StartFrom};
@@ -83,7 +83,17 @@ impl KafkaSource {
     /// Connects, checks that every topic the pipeline touches exists, and
     /// subscribes. With `until_caught_up`, also records the end offsets to
     /// drain to.
-    pub fn new(spec: &PipelineSpec, until_caught_up: bool) -> Result<Self, SourceError> {
+    ///
+    /// With `positions` (a checkpointed pipeline), the consumer is instead
+    /// assigned every partition of the source topics, starting at the given
+    /// position, or where the group's committed offset (else `start`) says
+    /// for partitions the checkpoint does not know: the checkpoint, not the
+    /// group, is then the truth about what was processed.
+    pub fn new(
+        spec: &PipelineSpec,
+        until_caught_up: bool,
+        positions: Option<&HashMap<(u16, i32), i64>>,
+    ) -> Result<Self, SourceError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &spec.kafka.brokers)
@@ -138,12 +148,31 @@ impl KafkaSource {
                 &spec.source.topics,
                 &partitions,
                 spec.source.start,
+                positions,
             )?)
         } else {
             None
         };
-        let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topic_refs)?;
+        match positions {
+            None => {
+                let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topic_refs)?;
+            }
+            Some(positions) => {
+                let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+                for &(source, partition) in &partitions {
+                    let offset = positions
+                        .get(&(source, partition))
+                        .map_or(Offset::Stored, |&o| Offset::Offset(o));
+                    tpl.add_partition_offset(
+                        &spec.source.topics[source as usize],
+                        partition,
+                        offset,
+                    )?;
+                }
+                consumer.assign(&tpl)?;
+            }
+        }
         Ok(Self {
             consumer,
             topics: spec.source.topics.clone(),
@@ -186,23 +215,7 @@ impl KafkaSource {
                         .position(|t| t == message.topic())
                         .unwrap_or(0) as u16;
                     let (partition, offset) = (message.partition(), message.offset());
-                    let timestamp = match message.timestamp() {
-                        Timestamp::NotAvailable => None,
-                        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
-                    };
-                    let headers = message.headers();
-                    batch.records.push(
-                        message.key(),
-                        message.payload(),
-                        timestamp,
-                        headers
-                            .iter()
-                            .flat_map(|h| h.iter())
-                            .map(|h| (h.key.as_bytes(), h.value)),
-                    );
-                    batch.partitions.push(partition);
-                    batch.offsets.push(offset);
-                    batch.sources.push(source);
+                    super::push_message(&mut batch, source, &message);
                     commit.insert((source, partition), offset + 1);
                     if let Some(remaining) = &mut self.remaining
                         && remaining
@@ -283,6 +296,31 @@ impl KafkaSource {
     }
 }
 
+/// Every partition of the pipeline's source topics, as (index into the
+/// source topics, partition), sorted.
+pub fn source_partitions(spec: &PipelineSpec) -> Result<Vec<(u16, i32)>, SourceError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &spec.kafka.brokers)
+        .create()?;
+    let mut partitions = Vec::new();
+    for (index, topic) in spec.source.topics.iter().enumerate() {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|source| SourceError::Unreachable {
+                brokers: spec.kafka.brokers.clone(),
+                source,
+            })?;
+        let t = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .ok_or_else(|| SourceError::MissingTopic(topic.clone()))?;
+        partitions.extend(t.partitions().iter().map(|p| (index as u16, p.id())));
+    }
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
 /// For each partition, the end offset to drain to, leaving out partitions
 /// whose committed (or starting) position is already there.
 fn end_offsets(
@@ -290,6 +328,7 @@ fn end_offsets(
     topics: &[String],
     partitions: &[(u16, i32)],
     start: StartFrom,
+    positions: Option<&HashMap<(u16, i32), i64>>,
 ) -> Result<HashMap<(u16, i32), i64>, SourceError> {
     let mut tpl = TopicPartitionList::new();
     for &(source, partition) in partitions {
@@ -300,10 +339,13 @@ fn end_offsets(
     for &(source, partition) in partitions {
         let topic = &topics[source as usize];
         let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-        let position = match committed
-            .find_partition(topic, partition)
-            .map(|e| e.offset())
-        {
+        let known = positions.and_then(|p| p.get(&(source, partition)).copied());
+        let committed = known.map(Offset::Offset).or_else(|| {
+            committed
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+        });
+        let position = match committed {
             Some(Offset::Offset(o)) => o.max(low),
             _ => match start {
                 StartFrom::Earliest => low,

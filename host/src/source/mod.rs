@@ -3,5 +3,33 @@
 //! so that they can be committed once the batch's results are durable.
 
 mod kafka;
+mod replay;
 
-pub use kafka::{KafkaSource, NextOffset, SourceBatch, SourceError};
+pub use kafka::{KafkaSource, NextOffset, SourceBatch, SourceError, source_partitions};
+pub use replay::{ReplayError, ReplaySource};
+
+use rdkafka::Timestamp;
+use rdkafka::message::{Headers, Message};
+
+use crate::batch::Batch;
+
+/// Appends a consumed record to a batch: the one way source records enter
+/// Sluice, so that a replayed batch is byte for byte the batch that ran.
+fn push_message(batch: &mut Batch, source: u16, m: &impl Message) {
+    let timestamp = match m.timestamp() {
+        Timestamp::NotAvailable => None,
+        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+    };
+    batch.records.push(
+        m.key(),
+        m.payload(),
+        timestamp,
+        m.headers()
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key.as_bytes(), h.value)),
+    );
+    batch.sources.push(source);
+    batch.partitions.push(m.partition());
+    batch.offsets.push(m.offset());
+}

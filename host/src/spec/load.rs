@@ -61,6 +61,18 @@ pub fn parse(text: &str, base: &Path) -> Result<PipelineSpec, SpecError> {
             t.module = base.join(&t.module);
         }
     }
+    if let Some(c) = &mut spec.checkpoint
+        && c.dir.is_relative()
+    {
+        c.dir = base.join(&c.dir);
+    }
+    for output in spec.outputs.values_mut() {
+        if let Some(p) = &mut output.parquet
+            && p.path.is_relative()
+        {
+            p.path = base.join(&p.path);
+        }
+    }
     validate(&spec)?;
     Ok(spec)
 }
@@ -192,9 +204,55 @@ fn validate(spec: &PipelineSpec) -> Result<(), SpecError> {
     }
     for (name, output) in &spec.outputs {
         check_name(&format!("outputs.{name}"), name)?;
-        check_topic(&format!("outputs.{name}.topic"), &output.topic)?;
+        if let Some(topic) = &output.topic {
+            check_topic(&format!("outputs.{name}.topic"), topic)?;
+        }
+        match &output.parquet {
+            None if output.topic.is_none() => {
+                return Err(SpecError::new(
+                    format!("outputs.{name}"),
+                    "needs a `topic`, a `parquet` section, or both",
+                ));
+            }
+            None => {}
+            Some(parquet) => parquet
+                .validate()
+                .map_err(|e| SpecError::new(format!("outputs.{name}.parquet"), e))?,
+        }
     }
     check_topic("dead_letter.topic", &spec.dead_letter.topic)?;
+
+    if let Some(c) = &spec.checkpoint {
+        if c.interval < Duration::from_millis(10) || c.interval > Duration::from_secs(24 * 3600) {
+            return Err(SpecError::new(
+                "checkpoint.interval",
+                "must be between 10ms and 24h",
+            ));
+        }
+        if !(1..=100).contains(&c.keep) {
+            return Err(SpecError::new(
+                "checkpoint.keep",
+                format!("must be between 1 and 100, got {}", c.keep),
+            ));
+        }
+    }
+    if spec.checkpoint.is_none()
+        && let Some(name) = spec
+            .outputs
+            .iter()
+            .find_map(|(name, o)| o.parquet.as_ref().map(|_| name))
+    {
+        return Err(SpecError::new(
+            format!("outputs.{name}.parquet"),
+            "Parquet files become visible at checkpoints: add a `checkpoint` section",
+        ));
+    }
+    if spec.delivery == super::Delivery::ExactlyOnce && spec.checkpoint.is_none() {
+        return Err(SpecError::new(
+            "delivery",
+            "exactly-once needs a `checkpoint` section (a directory for checkpoints and the epoch log)",
+        ));
+    }
     Ok(())
 }
 

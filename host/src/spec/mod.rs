@@ -39,6 +39,61 @@ pub struct PipelineSpec {
     /// output.
     pub outputs: IndexMap<String, OutputSpec>,
     pub dead_letter: DeadLetterSpec,
+    /// Periodic, atomic snapshots of offsets, window state and sink state;
+    /// a restart resumes from the newest valid one. Absent: no checkpoints
+    /// (offsets are committed to the consumer group after each batch, held
+    /// back behind open windows).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointSpec>,
+    /// `at-least-once` (default) or `exactly-once` (needs `checkpoint`).
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// Where and how often checkpoints are taken.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Directory of this pipeline's checkpoints and epoch log, relative to
+    /// the spec file's directory. One directory per pipeline.
+    pub dir: PathBuf,
+    /// Time between checkpoints (one is also taken on clean shutdown).
+    #[serde(default = "CheckpointSpec::default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many checkpoints to keep (older ones are the fallback when the
+    /// newest is damaged).
+    #[serde(default = "CheckpointSpec::default_keep")]
+    pub keep: usize,
+    /// fsync the epoch log before a batch's outputs are produced, so that
+    /// exactly-once survives a machine crash, not only a process crash.
+    #[serde(default = "CheckpointSpec::default_sync")]
+    pub sync: bool,
+}
+
+impl CheckpointSpec {
+    fn default_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_keep() -> usize {
+        3
+    }
+    fn default_sync() -> bool {
+        true
+    }
+}
+
+/// The delivery guarantee of a pipeline's outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// After a crash, the outputs of batches since the last commit are
+    /// produced again.
+    #[default]
+    AtLeastOnce,
+    /// After a crash, each output record is in its topic exactly once:
+    /// batches since the last checkpoint are re-executed exactly as they ran
+    /// (from the epoch log) and records the broker already has are skipped.
+    ExactlyOnce,
 }
 
 /// Connection to the Kafka cluster that the source reads and the sinks write.
@@ -167,7 +222,11 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     /// The Kafka topic the output's records are written to.
-    pub topic: String,
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Parquet files the output's records (JSON objects) are written to.
+    #[serde(default)]
+    pub parquet: Option<crate::sink::ParquetSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,7 +267,11 @@ impl PipelineSpec {
 
     /// Every topic the pipeline writes to, deduplicated.
     pub fn sink_topics(&self) -> Vec<&str> {
-        let mut topics: Vec<&str> = self.outputs.values().map(|o| o.topic.as_str()).collect();
+        let mut topics: Vec<&str> = self
+            .outputs
+            .values()
+            .filter_map(|o| o.topic.as_deref())
+            .collect();
         topics.push(&self.dead_letter.topic);
         topics.sort_unstable();
         topics.dedup();

@@ -127,10 +127,10 @@ pub struct WindowEngine {
     pub(super) shape: Shape,
     lateness: i64,
     pub(super) output: OutputMode,
-    watermarks: Watermarks,
+    pub(super) watermarks: Watermarks,
     pub(super) state: State,
-    late: u64,
-    poisoned: bool,
+    pub(super) late: u64,
+    pub(super) poisoned: bool,
 }
 
 impl WindowEngine {
@@ -176,6 +176,15 @@ impl WindowEngine {
         now_ms: i64,
     ) -> Result<WindowOutput, AggregateError> {
         self.process(calls, BatchKeys::EMPTY, now_ms)
+    }
+
+    /// Declares the source partitions the engine's records come from: a
+    /// partition that has had no record yet holds the watermark back until
+    /// it has one or has been silent for the idle timeout (counted from the
+    /// next `process` or `tick`), so that a partition read late does not
+    /// find its windows already closed.
+    pub fn expect_partitions(&mut self, partitions: &[PartitionId]) {
+        self.watermarks.expect(partitions);
     }
 
     /// The pipeline watermark; `None` before the first record.

@@ -42,9 +42,13 @@
 //!   the host into n-ary merge groups.
 //! - **Offsets.** Open state remembers, per source partition, the lowest
 //!   offset folded into it; [`WindowEngine::held_offsets`] is the lowest per
-//!   partition over all open state. The pipeline must not commit past it, so
-//!   that, until checkpoints exist, a restart re-reads the records of every
+//!   partition over all open state. Without a checkpoint, the pipeline must
+//!   not commit past it, so that a restart re-reads the records of every
 //!   open window. Commit no further than that offset: it is itself needed.
+//!   [`WindowEngine::snapshot`] captures all of the engine's state as plain
+//!   data, and [`WindowEngine::restore`] continues from it exactly as if
+//!   there had been no restart: a checkpoint that keeps the snapshot with
+//!   the source positions after its last batch need not re-read open windows.
 //! - **Results.** `finish` output records without a timestamp get their
 //!   window's `end - 1`, those without a key the group key (as the contract
 //!   says); `inputs` index [`WindowOutput::windows`].
@@ -77,6 +81,7 @@ mod emit;
 mod engine;
 mod fold;
 mod session;
+mod snapshot;
 mod spec;
 mod state;
 mod watermark;
@@ -89,6 +94,7 @@ pub use calls::{
     MergeRequest,
 };
 pub use engine::{BatchKeys, Progress, WindowEngine, WindowOutput, WindowRef};
+pub use snapshot::{EngineSnapshot, RestoreError};
 pub use spec::{
     InvalidSpec, MAX_PANES_PER_WINDOW, OutputMode, WatermarkSpec, WindowKind, WindowSpec,
 };

@@ -281,6 +281,18 @@ impl State {
         due
     }
 
+    /// Every open row with its key, in no particular order (snapshots).
+    pub(super) fn all_rows(&self) -> impl Iterator<Item = (&[u8], &Row)> + '_ {
+        self.rows
+            .values()
+            .flat_map(|k| k.rows.iter().map(move |r| (&*k.key, r)))
+    }
+
+    /// Every timer, in (end, start, key) order (snapshots).
+    pub(super) fn all_timers(&self) -> impl Iterator<Item = &Timer> + '_ {
+        self.timers.iter()
+    }
+
     /// Per partition, the lowest offset any open row holds.
     pub(super) fn held_offsets(&self) -> HashMap<PartitionId, i64> {
         self.held

@@ -35,9 +35,9 @@ fn groups(offsets: &[u32]) -> Vec<u32> {
 
 /// The guest double; `log` records each call's shape.
 #[derive(Default)]
-struct Guest {
+pub(super) struct Guest {
     values: Vec<i64>,
-    log: Vec<String>,
+    pub(super) log: Vec<String>,
     fail_fold: bool,
 }
 
@@ -108,7 +108,7 @@ impl AggregateCalls for Guest {
 }
 
 /// A record: key, event time (s after T0), partition, value.
-type Rec<'a> = (&'a str, i64, i32, i64);
+pub(super) type Rec<'a> = (&'a str, i64, i32, i64);
 
 #[derive(Debug, PartialEq, Eq)]
 struct Out {
@@ -117,14 +117,14 @@ struct Out {
     calls: Vec<String>,
 }
 
-struct Run {
-    engine: WindowEngine,
-    guest: Guest,
-    next_offset: HashMap<i32, i64>,
+pub(super) struct Run {
+    pub(super) engine: WindowEngine,
+    pub(super) guest: Guest,
+    pub(super) next_offset: HashMap<i32, i64>,
 }
 
 impl Run {
-    fn new(yaml: &str) -> Self {
+    pub(super) fn new(yaml: &str) -> Self {
         let spec: WindowSpec = serde_yaml_ng::from_str(yaml).unwrap();
         Self {
             engine: WindowEngine::new(spec).unwrap(),
@@ -133,8 +133,13 @@ impl Run {
         }
     }
 
-    /// Offsets count up from 0 per partition.
     fn batch(&mut self, now_ms: i64, recs: &[Rec<'_>]) -> Out {
+        let out = self.process(now_ms, recs);
+        self.render(out)
+    }
+
+    /// Offsets count up from 0 per partition.
+    pub(super) fn process(&mut self, now_ms: i64, recs: &[Rec<'_>]) -> WindowOutput {
         let mut keys = Vec::new();
         let mut key_offsets = vec![0];
         let (mut times, mut sources, mut partitions, mut offsets) =
@@ -159,8 +164,7 @@ impl Run {
             partitions: &partitions,
             offsets: &offsets,
         };
-        let out = self.engine.process(&mut self.guest, batch, now_ms).unwrap();
-        self.render(out)
+        self.engine.process(&mut self.guest, batch, now_ms).unwrap()
     }
 
     fn tick(&mut self, now_ms: i64) -> Out {

@@ -1,7 +1,7 @@
 //! Watermarks: per source partition, and the pipeline's (the minimum over
 //! partitions that are not idle, never going backwards).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -23,11 +23,13 @@ pub struct PartitionProgress {
     pub idle: bool,
 }
 
+/// Event times of one partition: smallest, largest, and the processing
+/// time of its last record.
 #[derive(Debug, Clone, Copy)]
-struct PartitionTime {
-    min: i64,
-    max: i64,
-    last_seen: i64,
+pub(super) struct PartitionTime {
+    pub min: i64,
+    pub max: i64,
+    pub last_seen: i64,
 }
 
 #[derive(Debug)]
@@ -35,6 +37,12 @@ pub(super) struct Watermarks {
     bound: i64,
     idle_timeout: i64,
     partitions: HashMap<PartitionId, PartitionTime>,
+    /// Partitions the source is assigned but that have not had a record
+    /// yet, with the processing time from which they count as silent
+    /// (`None` until the next `advance`). Until such a partition has data
+    /// or has been silent for the idle timeout, the watermark holds: its
+    /// first records may be far behind the other partitions'.
+    expected: BTreeMap<PartitionId, Option<i64>>,
     current: Option<i64>,
     /// `now_ms` of the last `advance`.
     last_now: i64,
@@ -46,8 +54,51 @@ impl Watermarks {
             bound,
             idle_timeout,
             partitions: HashMap::new(),
+            expected: BTreeMap::new(),
             current: None,
             last_now: i64::MIN,
+        }
+    }
+
+    /// Watermarks as [`Self::parts`] left them, under a possibly different
+    /// bound and idle timeout (snapshot restore).
+    pub(super) fn from_parts(
+        bound: i64,
+        idle_timeout: i64,
+        partitions: impl IntoIterator<Item = (PartitionId, PartitionTime)>,
+        expected: impl IntoIterator<Item = (PartitionId, Option<i64>)>,
+        current: Option<i64>,
+        last_now: i64,
+    ) -> Self {
+        Self {
+            partitions: partitions.into_iter().collect(),
+            expected: expected.into_iter().collect(),
+            current,
+            last_now,
+            ..Self::new(bound, idle_timeout)
+        }
+    }
+
+    /// What is not in the spec: the partitions (sorted), the pipeline
+    /// watermark and the `now_ms` of the last `advance` (snapshots).
+    pub(super) fn parts(&self) -> (Vec<(PartitionId, PartitionTime)>, Option<i64>, i64) {
+        let mut partitions: Vec<_> = self.partitions.iter().map(|(&p, &t)| (p, t)).collect();
+        partitions.sort_unstable_by_key(|e| e.0);
+        (partitions, self.current, self.last_now)
+    }
+
+    /// The expected partitions without data yet, sorted (snapshots).
+    pub(super) fn expected(&self) -> Vec<(PartitionId, Option<i64>)> {
+        self.expected.iter().map(|(&p, &t)| (p, t)).collect()
+    }
+
+    /// Declares the partitions the source reads: those without a record
+    /// yet hold the watermark until they have one or go idle.
+    pub(super) fn expect(&mut self, partitions: &[PartitionId]) {
+        for p in partitions {
+            if !self.partitions.contains_key(p) {
+                self.expected.entry(*p).or_insert(None);
+            }
         }
     }
 
@@ -58,6 +109,9 @@ impl Watermarks {
 
     /// Notes event times of one partition's records (`min..=max`) at `now`.
     pub(super) fn observe(&mut self, partition: PartitionId, min: i64, max: i64, now: i64) {
+        if !self.expected.is_empty() {
+            self.expected.remove(&partition);
+        }
         let p = self.partitions.entry(partition).or_insert(PartitionTime {
             min,
             max,
@@ -112,6 +166,14 @@ impl Watermarks {
     /// Recomputes the pipeline watermark at processing time `now`.
     pub(super) fn advance(&mut self, now: i64) -> Option<i64> {
         self.last_now = now;
+        let mut waiting = false;
+        for since in self.expected.values_mut() {
+            let since = *since.get_or_insert(now);
+            waiting |= now.saturating_sub(since) < self.idle_timeout;
+        }
+        if waiting {
+            return self.current;
+        }
         let active = self
             .partitions
             .values()
@@ -187,6 +249,26 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn an_expected_partition_holds_the_watermark_until_data_or_idle() {
+        let mut w = Watermarks::new(10, 30);
+        w.expect(&[(0, 0), (0, 1), (0, 2)]);
+        w.observe_batch([((0, 0), 100)].into_iter(), 5);
+        // Partitions 1 and 2 have had nothing yet: no watermark.
+        assert_eq!(w.advance(5), None);
+        w.observe_batch([((0, 1), 80)].into_iter(), 20);
+        assert_eq!(w.advance(20), None);
+        assert_eq!(w.expected(), vec![((0, 2), Some(5))]);
+        // Partition 2 has been silent for the idle timeout since it was
+        // first waited for (at 5): it stops holding.
+        assert_eq!(w.advance(35), Some(70));
+        // Declaring known partitions again changes nothing.
+        w.expect(&[(0, 0), (0, 1)]);
+        assert_eq!(w.expected(), vec![((0, 2), Some(5))]);
+        w.observe_batch([((0, 2), 200)].into_iter(), 36);
+        assert!(w.expected().is_empty());
     }
 
     #[test]

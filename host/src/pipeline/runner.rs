@@ -1,0 +1,433 @@
+//! The run loop: batches through the chain into the sinks, with offsets
+//! committed after acknowledgement and, when configured, checkpoints and
+//! exactly-once recovery.
+//!
+//! Recovery, in order: open the newest valid checkpoint; restore the window
+//! engine from it; open the Parquet sinks (which publish the files that
+//! checkpoint listed and delete any other unfinished ones); re-execute, with
+//! the same records in the same order at the same processing time, every
+//! epoch logged after the checkpoint, skipping records the broker already
+//! has; checkpoint; then continue from where the last epoch ended.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
+use super::deliver::{self, Eos, Rejected, Routing};
+use super::{Chain, ChainOutput, Epoch, RunOptions, Summary};
+use crate::batch::Batch;
+use crate::sink::{
+    BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, end_offsets, written_since,
+};
+use crate::source::{KafkaSource, NextOffset, ReplaySource, source_partitions};
+use crate::spec::{Delivery, PipelineSpec};
+use crate::window::WindowEngine;
+
+/// A batch produced but not yet acknowledged.
+struct InFlight {
+    ack: Arc<BatchAck>,
+    commit: Vec<NextOffset>,
+}
+
+pub(super) struct Runner<'a> {
+    spec: &'a PipelineSpec,
+    chain: Chain,
+    routing: Routing,
+    output_names: Vec<String>,
+    sink: KafkaSink,
+    /// Per configured output, its Parquet sink if it has one.
+    parquet: Vec<Option<ParquetSink>>,
+    checkpoints: Option<Checkpoints>,
+    exactly_once: bool,
+    /// Number of the last batch run.
+    epoch: u64,
+    /// Epoch of the last checkpoint saved by this run.
+    saved: Option<u64>,
+    /// Per source partition, the offset after the last record run.
+    positions: HashMap<(u16, i32), i64>,
+    in_flight: Option<InFlight>,
+    pub summary: Summary,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(spec: &'a PipelineSpec, chain: Chain, routing: Routing) -> anyhow::Result<Self> {
+        let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
+        let sink = KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?;
+        Ok(Self {
+            spec,
+            chain,
+            routing,
+            summary: Summary {
+                outputs: output_names.iter().map(|n| (n.clone(), 0)).collect(),
+                ..Summary::default()
+            },
+            output_names,
+            sink,
+            parquet: Vec::new(),
+            checkpoints: None,
+            exactly_once: spec.delivery == Delivery::ExactlyOnce,
+            epoch: 0,
+            saved: None,
+            positions: HashMap::new(),
+            in_flight: None,
+        })
+    }
+
+    /// Runs until `stop` is set, or until caught up if asked.
+    pub fn run(mut self, options: RunOptions, stop: &AtomicBool) -> anyhow::Result<Summary> {
+        let checkpointed = self.recover()?;
+        let positions = checkpointed.then_some(&self.positions);
+        let mut source = KafkaSource::new(self.spec, options.until_caught_up, positions)?;
+        tracing::info!(topics = ?self.spec.source.topics, group = %self.spec.group_id(), steps = self.spec.transforms.len(), epoch = self.epoch, "pipeline started");
+        while let Some(mut next) = source.next_batch(stop)? {
+            self.epoch += 1;
+            let now_ms = crate::cli::kafka_tools::now_ms();
+            if self.exactly_once
+                && let Some(c) = &mut self.checkpoints
+            {
+                c.log(self.epoch, &Epoch::of(&next.batch, now_ms))?;
+            }
+            let eos = self.exactly_once.then_some(Eos {
+                epoch: self.epoch,
+                written: None,
+            });
+            let ack = self.process(&mut next.batch, now_ms, eos)?;
+            let commit = if checkpointed {
+                next.commit
+            } else {
+                super::hold_back(next.commit, &self.chain)
+            };
+            for o in &commit {
+                self.positions.insert((o.source, o.partition), o.offset);
+            }
+            if let Some(done) = self.in_flight.replace(InFlight { ack, commit }) {
+                self.finish(&source, done)?;
+            }
+            if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
+                self.checkpoint(Some(&source))?;
+            }
+        }
+        if let Some(done) = self.in_flight.take() {
+            self.finish(&source, done)?;
+        }
+        if self.checkpoints.is_some() && self.saved != Some(self.epoch) {
+            self.checkpoint(Some(&source))?;
+        }
+        self.sink
+            .flush(Duration::from_secs(30))
+            .context("cannot flush the Kafka producer")?;
+        tracing::info!(summary = ?self.summary, "pipeline stopped");
+        Ok(self.summary)
+    }
+
+    /// Restores state from the newest checkpoint and re-executes the epochs
+    /// logged after it. Returns whether the pipeline is checkpointed.
+    fn recover(&mut self) -> anyhow::Result<bool> {
+        let spec = self.spec;
+        let Some(cspec) = &spec.checkpoint else {
+            self.expect_partitions()?;
+            self.parquet = self.open_parquet(None)?;
+            return Ok(false);
+        };
+        let (checkpoints, recovered) = Checkpoints::open(cspec, &spec.name)?;
+        self.checkpoints = Some(checkpoints);
+        let checkpoint = recovered.checkpoint;
+        if let Some(c) = &checkpoint {
+            self.epoch = c.epoch;
+            self.saved = Some(c.epoch);
+            self.positions = c.positions(&spec.source.topics);
+            if let Some(snapshot) = &c.windows
+                && let Some(step) = self.chain.aggregate_mut()
+            {
+                let window = spec
+                    .transforms
+                    .last()
+                    .and_then(|t| t.aggregate.clone())
+                    .context("the aggregate step has no window spec")?;
+                let engine = WindowEngine::restore(window, snapshot.clone())
+                    .context("cannot restore the window state of the checkpoint")?;
+                step.set_engine(engine);
+            }
+        }
+        // Before any re-execution: the original run had declared them too.
+        self.expect_partitions()?;
+        self.parquet = self.open_parquet(checkpoint.as_ref())?;
+
+        match checkpoint {
+            None if !self.exactly_once => {}
+            // The starting point that exactly-once recovery reads back from,
+            // before anything is produced.
+            None if recovered.epochs.is_empty() => self.checkpoint(None)?,
+            None => anyhow::bail!(
+                "the epoch log holds {} epochs but there is no checkpoint to replay them from; \
+                 remove the checkpoint directory to start over",
+                recovered.epochs.len()
+            ),
+            Some(c) => self.replay(&c, &recovered.epochs)?,
+        }
+        Ok(true)
+    }
+
+    /// Tells the aggregate step (if any) which partitions to wait for.
+    fn expect_partitions(&mut self) -> anyhow::Result<()> {
+        if let Some(step) = self.chain.aggregate_mut() {
+            step.expect_partitions(&source_partitions(self.spec)?);
+        }
+        Ok(())
+    }
+
+    fn open_parquet(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+    ) -> anyhow::Result<Vec<Option<ParquetSink>>> {
+        self.spec
+            .outputs
+            .iter()
+            .map(|(name, output)| {
+                output
+                    .parquet
+                    .as_ref()
+                    .map(|p| {
+                        let recovered = checkpoint.and_then(|c| c.parquet_commit(name));
+                        ParquetSink::open(name, p, recovered)
+                            .with_context(|| format!("outputs.{name}.parquet"))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Re-executes the epochs logged after checkpoint `c`.
+    fn replay(&mut self, c: &Checkpoint, epochs: &[(u64, Epoch)]) -> anyhow::Result<()> {
+        if epochs.is_empty() {
+            return Ok(());
+        }
+        if !self.exactly_once {
+            tracing::warn!(
+                epochs = epochs.len(),
+                "the epoch log holds epochs from an exactly-once run; this run is at-least-once and resumes from the checkpoint"
+            );
+            return Ok(());
+        }
+        let started = Instant::now();
+        let written = written_since(&self.spec.kafka, &self.spec.name, &c.sinks)
+            .context("cannot read back what the sinks already hold")?;
+        let descriptors: Vec<Epoch> = epochs.iter().map(|(_, e)| e.clone()).collect();
+        let mut replay = ReplaySource::new(self.spec, &descriptors)?;
+        let mut produced = 0;
+        for (n, epoch) in epochs {
+            let mut batch = replay
+                .read(epoch)
+                .with_context(|| format!("cannot re-read epoch {n}"))?;
+            self.epoch = *n;
+            let eos = Some(Eos {
+                epoch: *n,
+                written: Some(&written),
+            });
+            let ack = self.process(&mut batch, epoch.now_ms, eos)?;
+            produced += batch.len();
+            ack.wait()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("a replayed batch could not be delivered")?;
+            for r in &epoch.ranges {
+                self.positions.insert((r.source, r.partition), r.to);
+            }
+        }
+        tracing::info!(
+            epochs = epochs.len(),
+            records = produced,
+            already_written = written.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "re-executed the epochs logged after the checkpoint"
+        );
+        self.checkpoint(None)
+    }
+
+    /// Runs one batch through the chain and hands the results to the sinks.
+    fn process(
+        &mut self,
+        batch: &mut Batch,
+        now_ms: i64,
+        eos: Option<Eos<'_>>,
+    ) -> anyhow::Result<Arc<BatchAck>> {
+        let started = Instant::now();
+        let out = self
+            .chain
+            .run(batch, now_ms)
+            .context("a step failed; the batch is not committed")?;
+        let rejected = self.write_parquet(&out)?;
+        let ack = BatchAck::new();
+        let delivered =
+            deliver::deliver(&self.sink, &ack, &self.routing, batch, &out, &rejected, eos)
+                .context("cannot queue records for Kafka")?;
+        self.summary.record(batch, &out, &self.output_names);
+        self.summary.dead_lettered += rejected.len() as u64;
+        if !rejected.is_empty() {
+            *self
+                .summary
+                .dead_letter_reasons
+                .entry("parquet".to_owned())
+                .or_default() += rejected.len() as u64;
+        }
+        tracing::debug!(
+            epoch = self.epoch,
+            records = batch.len(),
+            dead_lettered = out.dead_letters.len() + rejected.len(),
+            skipped = delivered.skipped,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch processed"
+        );
+        if let Some(aggregate) = self.chain.aggregate() {
+            let progress = aggregate.engine().progress();
+            tracing::debug!(
+                watermark = ?progress.watermark,
+                partitions = ?progress.partitions.iter().map(|p| (p.partition, p.min_event_time, p.max_event_time, p.idle)).collect::<Vec<_>>(),
+                state_rows = progress.state_rows,
+                late = progress.late_records,
+                "event-time progress"
+            );
+            self.summary.windows = Some(progress);
+        }
+        Ok(ack)
+    }
+
+    /// Appends each output's records to its Parquet sink; returns the
+    /// records that do not fit its schema.
+    fn write_parquet(&mut self, out: &ChainOutput) -> anyhow::Result<Vec<Rejected>> {
+        let mut rejected = Vec::new();
+        for (i, (sink, routed)) in self.parquet.iter_mut().zip(&out.outputs).enumerate() {
+            let Some(sink) = sink else { continue };
+            let records: Vec<ParquetRecord<'_>> = routed
+                .records
+                .iter()
+                .enumerate()
+                .map(|(j, r)| ParquetRecord {
+                    index: j as u32,
+                    value: r.value,
+                    timestamp: r.timestamp,
+                    window_start: r
+                        .headers
+                        .iter()
+                        .find(|(n, _)| *n == b"sluice.window.start")
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok()),
+                })
+                .collect();
+            let refused = sink.write(self.epoch, &records).with_context(|| {
+                format!("outputs.{}: cannot write Parquet", self.output_names[i])
+            })?;
+            rejected.extend(refused.into_iter().map(|(record, reason)| Rejected {
+                output: i,
+                record,
+                reason,
+            }));
+        }
+        Ok(rejected)
+    }
+
+    /// Waits for a batch's deliveries, then (without checkpoints) commits
+    /// its offsets.
+    fn finish(&self, source: &KafkaSource, done: InFlight) -> anyhow::Result<()> {
+        done.ack
+            .wait()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("a batch could not be delivered; its offsets are not committed")?;
+        if self.checkpoints.is_none() {
+            commit_offsets(source, &done.commit);
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint: everything produced so far is acknowledged first.
+    fn checkpoint(&mut self, source: Option<&KafkaSource>) -> anyhow::Result<()> {
+        if let Some(done) = self.in_flight.take() {
+            let source = source.expect("a batch in flight has a source");
+            self.finish(source, done)?;
+        }
+        let started = Instant::now();
+        let spec = self.spec;
+        let sinks = if self.exactly_once {
+            end_offsets(&spec.kafka, &spec.sink_topics())
+                .context("cannot read the sink topics' end offsets")?
+        } else {
+            Vec::new()
+        };
+        let mut parquet: Vec<(String, ParquetCommit)> = Vec::new();
+        for (name, sink) in self.output_names.iter().zip(&mut self.parquet) {
+            if let Some(sink) = sink {
+                let commit = sink
+                    .prepare_commit()
+                    .with_context(|| format!("outputs.{name}: cannot close Parquet files"))?;
+                parquet.push((name.clone(), commit));
+            }
+        }
+        let mut sources: Vec<SourcePosition> = self
+            .positions
+            .iter()
+            .map(|(&(s, partition), &offset)| SourcePosition {
+                topic: spec.source.topics[s as usize].clone(),
+                partition,
+                offset,
+            })
+            .collect();
+        sources.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let checkpoint = Checkpoint {
+            epoch: self.epoch,
+            sources,
+            sinks,
+            windows: self.chain.aggregate().map(|a| a.engine().snapshot()),
+            parquet,
+            ..Checkpoint::new(&spec.name)
+        };
+        failpoint("after-outputs");
+        let checkpoints = self
+            .checkpoints
+            .as_mut()
+            .expect("checkpoint() runs only with checkpoints");
+        checkpoints.save(&checkpoint)?;
+        self.saved = Some(self.epoch);
+        failpoint("after-checkpoint");
+        for ((name, commit), sink) in checkpoint
+            .parquet
+            .iter()
+            .zip(self.parquet.iter_mut().flatten())
+        {
+            sink.commit(commit)
+                .with_context(|| format!("outputs.{name}: cannot publish Parquet files"))?;
+        }
+        checkpoints.trim_log()?;
+        if let Some(source) = source {
+            // For lag monitoring and tools; the checkpoint is what a restart uses.
+            let offsets: Vec<NextOffset> = self
+                .positions
+                .iter()
+                .map(|(&(source, partition), &offset)| NextOffset {
+                    source,
+                    partition,
+                    offset,
+                })
+                .collect();
+            commit_offsets(source, &offsets);
+        }
+        tracing::debug!(
+            epoch = self.epoch,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "checkpoint saved"
+        );
+        Ok(())
+    }
+}
+
+fn commit_offsets(source: &KafkaSource, offsets: &[NextOffset]) {
+    if offsets.is_empty() {
+        return;
+    }
+    if let Err(e) = source.commit(offsets) {
+        // Still safe: the next commit covers these offsets, or the records
+        // are re-delivered to whoever owns the partition next.
+        tracing::warn!(error = %e, "offset commit failed");
+    }
+}

@@ -1,0 +1,198 @@
+//! From a record's JSON value to a row of typed cells: schema checks with
+//! the reasons a record is refused, schema inference, and the partition
+//! directory of a row.
+//!
+//! Fields of the record that are not columns are ignored, so that a
+//! transform can add fields without breaking its Parquet output.
+
+use std::fmt::Write as _;
+
+use chrono::format::Item;
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use super::config::{ColumnSpec, ColumnType};
+
+/// Hive's name for the partition of a missing, null or empty value.
+pub(super) const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// One value of a row, already of its column's type (`I64` for both
+/// `int64` and `timestamp_ms`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cell {
+    Null,
+    Str(String),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+/// Parses a record's value as a JSON object.
+pub(super) fn parse_object(value: Option<&[u8]>) -> Result<Map<String, Value>, String> {
+    let bytes = value.ok_or_else(|| "parquet: the record has no value".to_owned())?;
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!(
+            "parquet: expected a JSON object, got {}",
+            kind(&other)
+        )),
+        Err(e) => Err(format!("parquet: not JSON: {e}")),
+    }
+}
+
+/// The row of `object` under `schema`, or why it does not fit.
+pub(super) fn decode(
+    schema: &[ColumnSpec],
+    mut object: Map<String, Value>,
+) -> Result<Vec<Cell>, String> {
+    schema
+        .iter()
+        .map(|column| {
+            decode_value(column, object.remove(&column.name))
+                .map_err(|e| format!("parquet: field \"{}\": {e}", column.name))
+        })
+        .collect()
+}
+
+fn decode_value(column: &ColumnSpec, value: Option<Value>) -> Result<Cell, String> {
+    let value = match value {
+        None | Some(Value::Null) if column.nullable => return Ok(Cell::Null),
+        None => return Err("missing (the column is not nullable)".to_owned()),
+        Some(v) => v,
+    };
+    let ty = column.ty;
+    let mismatch = |v: &Value| format!("expected {}, got {}", ty.name(), kind(v));
+    match (ty, value) {
+        (ColumnType::String, Value::String(s)) => Ok(Cell::Str(s)),
+        (ColumnType::Int64 | ColumnType::TimestampMs, Value::Number(n)) => match n.as_i64() {
+            Some(i) => Ok(Cell::I64(i)),
+            None if n.is_u64() => Err(format!(
+                "expected {}, got an integer out of its range",
+                ty.name()
+            )),
+            None => Err(mismatch(&Value::Number(n))),
+        },
+        (ColumnType::Float64, Value::Number(n)) => n
+            .as_f64()
+            .map(Cell::F64)
+            .ok_or_else(|| "expected float64, got a number out of its range".to_owned()),
+        (ColumnType::Bool, Value::Bool(b)) => Ok(Cell::Bool(b)),
+        (ColumnType::TimestampMs, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| Cell::I64(t.timestamp_millis()))
+            .map_err(|_| {
+                "expected timestamp_ms (integer milliseconds or an RFC 3339 string), \
+                 got a string that is not RFC 3339"
+                    .to_owned()
+            }),
+        (_, v) => Err(mismatch(&v)),
+    }
+}
+
+/// The JSON kind of a value, as named in rejection reasons.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A schema from the top-level fields of a record, in the record's order:
+/// strings, integers (that fit in `i64`), other numbers and booleans, all
+/// nullable. Null, array and object fields are left out (their type is
+/// unknown or has no column type); they are returned for the log.
+pub(super) fn infer(
+    value: Option<&[u8]>,
+    partition_field: Option<&str>,
+) -> Result<(Vec<ColumnSpec>, Vec<String>), String> {
+    let bytes = value.ok_or_else(|| "parquet: the record has no value".to_owned())?;
+    // Parsed again (the object form loses the field order): only until a
+    // record gives a schema.
+    let fields: IndexMap<String, Value> = serde_json::from_slice(bytes).map_err(|_| {
+        "parquet: cannot infer the schema: the record is not a JSON object".to_owned()
+    })?;
+    let mut columns = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, value) in fields {
+        let ty = match &value {
+            Value::String(_) => ColumnType::String,
+            Value::Number(n) if n.is_i64() => ColumnType::Int64,
+            Value::Number(_) => ColumnType::Float64,
+            Value::Bool(_) => ColumnType::Bool,
+            Value::Null | Value::Array(_) | Value::Object(_) => {
+                skipped.push(name);
+                continue;
+            }
+        };
+        if name.is_empty() {
+            skipped.push(name);
+            continue;
+        }
+        columns.push(ColumnSpec {
+            name,
+            ty,
+            nullable: true,
+        });
+    }
+    if columns.is_empty() {
+        return Err(
+            "parquet: cannot infer the schema: the record has no string, number or bool field"
+                .to_owned(),
+        );
+    }
+    if let Some(field) = partition_field
+        && !columns.iter().any(|c| c.name == field)
+    {
+        return Err(format!(
+            "parquet: cannot infer the schema: the partition field \"{field}\" is missing or not a string, number or bool"
+        ));
+    }
+    Ok((columns, skipped))
+}
+
+/// The `name=value` directory of a partition field's cell. The value is
+/// percent-encoded (as Hive, Spark and pyarrow read it) except for ASCII
+/// letters, digits, `-`, `_`, `.`, `~` and non-ASCII characters.
+pub(super) fn field_dir(name: &str, cell: &Cell) -> String {
+    let value = match cell {
+        Cell::Null => return format!("{name}={DEFAULT_PARTITION}"),
+        Cell::Str(s) if s.is_empty() => return format!("{name}={DEFAULT_PARTITION}"),
+        Cell::Str(s) => s.clone(),
+        Cell::I64(i) => i.to_string(),
+        Cell::F64(x) => x.to_string(),
+        Cell::Bool(b) => b.to_string(),
+    };
+    let mut dir = String::with_capacity(name.len() + 1 + value.len());
+    dir.push_str(name);
+    dir.push('=');
+    for c in value.chars() {
+        if !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~') {
+            dir.push(c);
+        } else {
+            let _ = write!(dir, "%{:02X}", c as u32);
+        }
+    }
+    dir
+}
+
+/// The directories of a time partition: `items` (a checked strftime
+/// pattern) applied to the window start, or else the record timestamp, UTC.
+pub(super) fn time_dir(
+    items: &[Item<'static>],
+    window_start: Option<i64>,
+    timestamp: Option<i64>,
+) -> Result<String, String> {
+    let ms = window_start.or(timestamp).ok_or_else(|| {
+        "parquet: the record has no window start or timestamp to partition by time".to_owned()
+    })?;
+    let time = chrono::DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| format!("parquet: time {ms} ms is out of range for partition_by.time"))?;
+    let mut dir = String::new();
+    write!(dir, "{}", time.format_with_items(items.iter()))
+        .map_err(|_| "parquet: partition_by.time cannot format this time".to_owned())?;
+    Ok(dir)
+}
