@@ -33,6 +33,7 @@ pub fn nisshi_binary() -> PathBuf {
 /// dies (a watchdog shell kills it once its parent is gone).
 pub struct Broker {
     pub brokers: String,
+    storage: String,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -48,6 +49,25 @@ impl Broker {
     /// Like `start`, in a given directory (so that sqlite data survives a
     /// restart of the broker).
     pub fn start_in(dir: tempfile::TempDir, storage: &str) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(dir, storage, port)
+    }
+
+    /// Stops the broker and starts it again on the same port, directory and
+    /// storage (with `sqlite://`, its data survives).
+    pub fn restart(self) -> anyhow::Result<Self> {
+        let port: u16 = self
+            .brokers
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .parse()?;
+        let storage = self.storage.clone();
+        let dir = self.stop();
+        Self::start_on(dir, &storage, port)
+    }
+
+    fn start_on(dir: tempfile::TempDir, storage: &str, port: u16) -> anyhow::Result<Self> {
         let binary = nisshi_binary();
         if !binary.is_file() {
             bail!(
@@ -55,11 +75,10 @@ impl Broker {
                 binary.display()
             );
         }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
         let script = r#"
             "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine "$3" \
-                --group-initial-rebalance-delay 0s >broker.log 2>&1 &
+                --group-initial-rebalance-delay 0s >>broker.log 2>&1 &
             broker=$!
             trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
             while kill -0 "$4" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.2; done
@@ -75,6 +94,7 @@ impl Broker {
             .context("cannot start the broker")?;
         let broker = Self {
             brokers: format!("127.0.0.1:{port}"),
+            storage: storage.to_owned(),
             child,
             _dir: dir,
         };
@@ -101,6 +121,9 @@ impl Broker {
     }
 
     fn terminate(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -112,6 +112,7 @@ pub fn load_steps(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result<Vec<
 /// Runs a pipeline until `stop` is set, or until caught up if asked.
 #[tracing::instrument(skip_all, fields(pipeline = %spec.name))]
 pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    let started = std::time::Instant::now();
     let runtime = Runtime::new().context("cannot start the Wasm runtime")?;
     let transforms = load_steps(spec, &runtime)?;
     let routing = Routing {
@@ -139,7 +140,7 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
     };
     let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
     let chain = Chain::new(transforms, &output_names, DEFAULT_OUTPUT);
-    Runner::new(spec, chain, routing)?.run(options, stop)
+    Runner::new(spec, chain, routing)?.run(options, stop, started)
 }
 
 /// The module behind a step.

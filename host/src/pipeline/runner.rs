@@ -77,12 +77,25 @@ impl<'a> Runner<'a> {
         })
     }
 
-    /// Runs until `stop` is set, or until caught up if asked.
-    pub fn run(mut self, options: RunOptions, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    /// Runs until `stop` is set, or until caught up if asked. `started` is
+    /// when the pipeline began loading, for the recovery time in the log.
+    pub fn run(
+        mut self,
+        options: RunOptions,
+        stop: &AtomicBool,
+        started: Instant,
+    ) -> anyhow::Result<Summary> {
         let checkpointed = self.recover()?;
         let positions = checkpointed.then_some(&self.positions);
         let mut source = KafkaSource::new(self.spec, options.until_caught_up, positions)?;
-        tracing::info!(topics = ?self.spec.source.topics, group = %self.spec.group_id(), steps = self.spec.transforms.len(), epoch = self.epoch, "pipeline started");
+        tracing::info!(
+            topics = ?self.spec.source.topics,
+            group = %self.spec.group_id(),
+            steps = self.spec.transforms.len(),
+            epoch = self.epoch,
+            ready_ms = started.elapsed().as_millis() as u64,
+            "pipeline started"
+        );
         while let Some(mut next) = source.next_batch(stop)? {
             self.epoch += 1;
             let now_ms = crate::cli::kafka_tools::now_ms();
