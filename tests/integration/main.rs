@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod faults;
 mod golden;
+mod parquet;
 mod pipeline;
 mod runtime;
 mod windows;
