@@ -11,6 +11,9 @@ step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
 step "Installing prerequisites (cached after the first run)"
 deploy/local/setup.sh >/dev/null
 
+# The broker starts empty, so checkpoints and files of an earlier demo go too.
+rm -rf .sluice/demo
+
 step "Starting a local Kafka-protocol broker (nisshi) on 127.0.0.1:9092"
 deploy/local/broker.sh start 9092
 trap 'deploy/local/broker.sh stop' EXIT
@@ -45,3 +48,13 @@ step "A windowed aggregate over the same events: per minute and event_type (depl
 RUST_LOG=warn $sluice run --until-caught-up deploy/demo/windows.yaml >/dev/null
 echo "  $(count events-per-minute) window results; the first ones:"
 $sluice tail --max 4 events-per-minute
+echo "  ... and as Parquet files (exactly-once: staged, then published at each checkpoint):"
+find .sluice/demo/parquet -name '*.parquet' | sort | head -5
+py="${SLUICE_CACHE:-$HOME/.cache/sluice}/pyarrow-venv/bin/python"
+"$py" - .sluice/demo/parquet/events-per-minute <<'PY'
+import sys, pyarrow.dataset as ds
+table = ds.dataset(sys.argv[1], format="parquet").to_table()
+print(f"  pyarrow reads {table.num_rows} rows; columns: {', '.join(table.column_names)}")
+for row in table.slice(0, 3).to_pylist():
+    print("  ", row)
+PY

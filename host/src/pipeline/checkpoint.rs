@@ -17,13 +17,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::Epoch;
-use crate::checkpoint::{CheckpointStore, EpochLog, LocalDirStore};
+use crate::checkpoint::{CheckpointError, CheckpointStore, EpochLog, LocalDirStore};
 use crate::sink::{ParquetCommit, SinkPosition};
 use crate::spec::CheckpointSpec;
 use crate::window::EngineSnapshot;
@@ -105,7 +106,7 @@ impl Checkpoint {
 #[derive(Debug)]
 pub struct Checkpoints {
     store: LocalDirStore,
-    log: EpochLog,
+    log: LogWriter,
     interval: Duration,
     last: Instant,
     keep: usize,
@@ -168,7 +169,7 @@ impl Checkpoints {
         let after = checkpoint.as_ref().map(|c| c.epoch);
         let checkpoints = Self {
             store,
-            log,
+            log: LogWriter::spawn(log),
             interval: spec.interval,
             last: Instant::now(),
             keep: spec.keep,
@@ -181,11 +182,17 @@ impl Checkpoints {
         self.last.elapsed() >= self.interval
     }
 
-    /// Writes epoch `n`'s descriptor before any of its output is produced.
+    /// Starts writing epoch `n`'s descriptor (and fsyncing it) on the log's
+    /// own thread, so that the write overlaps the batch's Wasm work;
+    /// [`Self::wait_logged`] must return before any of its output is
+    /// produced.
     pub fn log(&mut self, n: u64, epoch: &Epoch) -> anyhow::Result<()> {
-        self.log
-            .append(n, &epoch.encode())
-            .with_context(|| format!("cannot log epoch {n}"))
+        self.log.append(n, epoch.encode())
+    }
+
+    /// Waits until the last epoch given to [`Self::log`] is durable.
+    pub fn wait_logged(&mut self) -> anyhow::Result<()> {
+        self.log.wait()
     }
 
     /// Saves `checkpoint` durably; the epoch log is then trimmed.
@@ -208,9 +215,90 @@ impl Checkpoints {
         let Some(&oldest) = self.kept.front() else {
             return Ok(());
         };
-        self.log
-            .truncate_through(oldest)
+        self.log.truncate_through(oldest)
+    }
+}
+
+/// The epoch log on a thread of its own: an fsync costs milliseconds on
+/// common disks, as long as a batch's Wasm work, so the two overlap.
+/// Requests are handled in order; at most one append is outstanding.
+#[derive(Debug)]
+struct LogWriter {
+    requests: Option<mpsc::Sender<LogRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The answer to the outstanding append, if any.
+    pending: Option<(u64, mpsc::Receiver<Result<(), CheckpointError>>)>,
+}
+
+enum LogRequest {
+    Append(u64, Vec<u8>, mpsc::Sender<Result<(), CheckpointError>>),
+    Truncate(u64, mpsc::Sender<Result<(), CheckpointError>>),
+}
+
+impl LogWriter {
+    fn spawn(mut log: EpochLog) -> Self {
+        let (requests, inbox) = mpsc::channel::<LogRequest>();
+        let thread = std::thread::Builder::new()
+            .name("sluice-epoch-log".into())
+            .spawn(move || {
+                for request in inbox {
+                    // A requester that went away no longer needs the answer.
+                    let _ = match request {
+                        LogRequest::Append(n, bytes, reply) => reply.send(log.append(n, &bytes)),
+                        LogRequest::Truncate(n, reply) => reply.send(log.truncate_through(n)),
+                    };
+                }
+            })
+            .expect("cannot start the epoch log thread");
+        Self {
+            requests: Some(requests),
+            thread: Some(thread),
+            pending: None,
+        }
+    }
+
+    fn send(&self, request: LogRequest) -> anyhow::Result<()> {
+        self.requests
+            .as_ref()
+            .and_then(|r| r.send(request).ok())
+            .context("the epoch log thread has stopped")
+    }
+
+    fn append(&mut self, n: u64, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.wait()?;
+        let (reply, answer) = mpsc::channel();
+        self.send(LogRequest::Append(n, bytes, reply))?;
+        self.pending = Some((n, answer));
+        Ok(())
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        let Some((n, answer)) = self.pending.take() else {
+            return Ok(());
+        };
+        answer
+            .recv()
+            .context("the epoch log thread has stopped")?
+            .with_context(|| format!("cannot log epoch {n}"))
+    }
+
+    fn truncate_through(&mut self, through: u64) -> anyhow::Result<()> {
+        self.wait()?;
+        let (reply, answer) = mpsc::channel();
+        self.send(LogRequest::Truncate(through, reply))?;
+        answer
+            .recv()
+            .context("the epoch log thread has stopped")?
             .context("cannot trim the epoch log")
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

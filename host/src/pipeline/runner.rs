@@ -273,6 +273,10 @@ impl<'a> Runner<'a> {
             .run(batch, now_ms)
             .context("a step failed; the batch is not committed")?;
         let rejected = self.write_parquet(&out)?;
+        if let Some(c) = &mut self.checkpoints {
+            // The epoch must be durable in the log before its outputs leave.
+            c.wait_logged()?;
+        }
         let ack = BatchAck::new();
         let delivered =
             deliver::deliver(&self.sink, &ack, &self.routing, batch, &out, &rejected, eos)
