@@ -90,3 +90,78 @@ fn records_sent_to_an_unknown_output_are_dead_lettered() {
             .all(|r| r.headers["sluice.error"] == "unknown output `nowhere`")
     );
 }
+
+/// An aggregate whose `fold` panics on some records: those are
+/// dead-lettered with the trap and its panic message; every window is
+/// computed from the remaining records, and the pipeline keeps going.
+#[test]
+fn a_trap_in_an_aggregate_fold_dead_letters_only_the_poisoned_records() {
+    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
+    create_topics(&[&input, &out, &dlq], 1);
+    // 30 events of 3 users in the first minute; every 7th has the unlucky
+    // amount; then one event two minutes later closes the first window.
+    let event = |i: u32, t: i64, amount: f64| {
+        format!(r#"{{"user_id":"u{}","amount":{amount},"t":{t}}}"#, i % 3)
+    };
+    let mut values: Vec<(String, i64)> = (0..30u32)
+        .map(|i| {
+            let amount = if i % 7 == 3 { 13.13 } else { f64::from(i) };
+            (event(i, 1_000 + i64::from(i), amount), 1_000 + i64::from(i))
+        })
+        .collect();
+    values.push((event(0, 200_000, 1.0), 200_000));
+    let records = values.iter().map(|(v, t)| {
+        (
+            Some(b"k".to_vec()),
+            Some(v.clone().into_bytes()),
+            Some(*t),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), &input, records).unwrap();
+    let yaml = format!(
+        "name: agg-faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ panic_on_amount: 13.13 }}\n\
+         \x20   aggregate:\n      window: {{ tumbling: 1m }}\n      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
+         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers(),
+        guest("count-sum").display(),
+    );
+    let summary = run_until_caught_up(&spec(&yaml));
+
+    let poisoned: Vec<u32> = (0..30).filter(|i| i % 7 == 3).collect();
+    let dead = read(&dlq);
+    assert_eq!(
+        values_of(&dead),
+        poisoned
+            .iter()
+            .map(|&i| event(i, 1_000 + i64::from(i), 13.13))
+            .collect::<Vec<_>>()
+    );
+    for d in &dead {
+        let reason = &d.headers["sluice.error"];
+        assert!(
+            reason.starts_with("trap: ") && reason.contains("unlucky amount 13.13"),
+            "{reason}"
+        );
+    }
+    assert_eq!(summary.dead_lettered, poisoned.len() as u64);
+    // Per user: count and sum of the healthy records of the first minute.
+    let mut expected: Vec<String> = (0..3u32)
+        .map(|u| {
+            let healthy: Vec<u32> = (0..30).filter(|i| i % 3 == u && i % 7 != 3).collect();
+            let sum: u32 = healthy.iter().sum();
+            format!(
+                r#"{{"user_id":"u{u}","window_start":0,"window_end":60000,"count":{},"sum":{}.0}}"#,
+                healthy.len(),
+                sum
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(sorted_values(&read(&out)), expected);
+}
+
+fn values_of(records: &[TopicRecord]) -> Vec<String> {
+    records.iter().map(|r| r.value.clone().unwrap()).collect()
+}

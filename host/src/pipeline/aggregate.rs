@@ -2,8 +2,10 @@
 //! window engine folding, merging and finishing through the same guest.
 
 use crate::batch::{Batch, Columns};
-use crate::runtime::{Aggregator, InstantiateError};
-use crate::window::{AggregateError, BatchKeys, InvalidSpec, WindowEngine, WindowRef, WindowSpec};
+use crate::runtime::{Aggregator, BatchCalls, InstantiateError};
+use crate::window::{
+    AggregateError, BatchKeys, InvalidSpec, WindowEngine, WindowOutput, WindowRef, WindowSpec,
+};
 
 /// What an aggregate step made of one batch.
 #[derive(Debug, Default)]
@@ -65,6 +67,18 @@ impl AggregateStep {
         &self.aggregator
     }
 
+    /// Lets processing time pass without records: idle partitions stop
+    /// holding the watermark back and due windows are emitted.
+    pub fn tick(&mut self, now_ms: i64) -> Result<AggregateOutput, StepError> {
+        let empty = Batch::default();
+        let mut calls = BatchCalls {
+            aggregator: &mut self.aggregator,
+            held: &empty,
+        };
+        let out = self.engine.tick(&mut calls, now_ms)?;
+        Ok(Self::output(out, Vec::new(), None))
+    }
+
     /// Runs one batch: `now_ms` is the processing time, for idle partitions.
     pub fn process(
         &mut self,
@@ -102,7 +116,21 @@ impl AggregateStep {
             partitions: &held_batch.partitions,
             offsets: &held_batch.offsets,
         };
-        let out = self.engine.process(&mut self.aggregator, keys, now_ms)?;
+        let mut calls = BatchCalls {
+            aggregator: &mut self.aggregator,
+            held: held_batch,
+        };
+        let out = self.engine.process(&mut calls, keys, now_ms)?;
+        Ok(Self::output(out, dead_letters, to_batch))
+    }
+
+    /// The step's output from the engine's, with dead letters indexed by
+    /// source batch (`to_batch` maps held records to it after isolation).
+    fn output(
+        out: WindowOutput,
+        mut dead_letters: Vec<(u32, String)>,
+        to_batch: Option<&[u32]>,
+    ) -> AggregateOutput {
         let map = |i: u32| to_batch.map_or(i, |kept| kept[i as usize]);
         dead_letters.extend(
             out.dead_letters
@@ -118,7 +146,7 @@ impl AggregateStep {
                 "the aggregate guest could not finish a window; its result is missing"
             );
         }
-        Ok(AggregateOutput {
+        AggregateOutput {
             records: results.records,
             inputs: results.inputs,
             targets: results.targets,
@@ -126,6 +154,6 @@ impl AggregateStep {
             windows: out.windows,
             dead_letters,
             late: out.late,
-        })
+        }
     }
 }

@@ -88,7 +88,7 @@ impl Aggregator {
         self.stats
     }
 
-    fn restart(&mut self) -> Result<(), InstantiateError> {
+    pub(super) fn restart(&mut self) -> Result<(), InstantiateError> {
         let (store, guest) = start(&self.module, &self.labels, self.limits, &self.config)?;
         self.store = store;
         self.guest = guest;
@@ -114,7 +114,7 @@ impl Aggregator {
         }
     }
 
-    fn extract_call(
+    pub(super) fn extract_call(
         &mut self,
         batch: &mut Batch,
     ) -> Result<Result<bindings::Keyed, String>, Fault> {
@@ -289,14 +289,14 @@ fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
     })
 }
 
-fn accumulators_to_wit(a: window::Accumulators) -> bindings::Accumulators {
+pub(super) fn accumulators_to_wit(a: window::Accumulators) -> bindings::Accumulators {
     bindings::Accumulators {
         data: a.data,
         offsets: a.offsets,
     }
 }
 
-fn accumulators_from_wit(a: bindings::Accumulators) -> window::Accumulators {
+pub(super) fn accumulators_from_wit(a: bindings::Accumulators) -> window::Accumulators {
     window::Accumulators {
         data: a.data,
         offsets: a.offsets,
@@ -333,6 +333,19 @@ impl window::AggregateCalls for Aggregator {
         &mut self,
         request: window::MergeRequest,
     ) -> Result<window::Accumulators, AggregateError> {
+        self.merge_calls(request)
+    }
+
+    fn finish(&mut self, request: window::FinishRequest) -> Result<StepOutput, AggregateError> {
+        self.finish_calls(request)
+    }
+}
+
+impl Aggregator {
+    pub(super) fn merge_calls(
+        &mut self,
+        request: window::MergeRequest,
+    ) -> Result<window::Accumulators, AggregateError> {
         let request = bindings::MergeRequest {
             accumulators: accumulators_to_wit(request.accumulators),
             group_offsets: request.group_offsets,
@@ -342,7 +355,10 @@ impl window::AggregateCalls for Aggregator {
             .map_err(call_error)
     }
 
-    fn finish(&mut self, request: window::FinishRequest) -> Result<StepOutput, AggregateError> {
+    pub(super) fn finish_calls(
+        &mut self,
+        request: window::FinishRequest,
+    ) -> Result<StepOutput, AggregateError> {
         let groups = request.window_starts.len();
         let request = bindings::FinishRequest {
             keys: request.keys,

@@ -12,6 +12,7 @@
 mod aggregate;
 mod bindings;
 mod engine;
+mod fold_isolate;
 mod instance;
 mod isolate;
 mod module;
@@ -19,6 +20,7 @@ mod sandbox;
 
 pub use aggregate::{Aggregator, CallError, Extracted};
 pub use engine::Runtime;
+pub use fold_isolate::BatchCalls;
 pub use instance::{Fault, StepOutput, Transform, TransformStats};
 pub use module::{InstantiateError, Module, ModuleError, ModuleKind};
 pub use sandbox::Labels;

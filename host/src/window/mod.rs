@@ -69,11 +69,13 @@
 //! # Failures
 //!
 //! A guest error or trap in `fold`, `merge` or `finish` fails the whole call
-//! with [`AggregateError`]; there is no fault isolation for aggregates yet
-//! (unlike `extract` and transforms). The engine is then poisoned: its state
-//! may hold part of the failed batch, so every later call fails too, and the
-//! pipeline must stop without committing and restart from the committed
-//! offsets, which `held_offsets` kept behind every open window.
+//! with [`AggregateError`]. The pipeline's calls (`runtime::BatchCalls`)
+//! isolate `fold` faults record by record before they reach the engine, so
+//! only `merge` and `finish` faults arrive here. The engine is then
+//! poisoned: its state may hold part of the failed batch, so every later
+//! call fails too, and the pipeline stops without committing; a restart
+//! resumes from the last checkpoint (or the committed offsets, which
+//! `held_offsets` kept behind every open window).
 
 mod assign;
 mod calls;

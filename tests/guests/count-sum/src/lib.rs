@@ -55,6 +55,9 @@ pub struct CountSumAgg {
     /// `Some` with `parse_once`: the amount of each record of the last
     /// batch, by index.
     amounts: Option<Vec<f64>>,
+    /// With `panic_on_amount`: `fold` panics on a record with this amount
+    /// (a data-dependent bug, for the host's fault-isolation tests).
+    panic_on: Option<f64>,
 }
 
 #[sluice_sdk::aggregate]
@@ -62,7 +65,10 @@ impl Aggregate for CountSumAgg {
     type Acc = CountSum;
 
     fn init(config: &Config) -> Result<Self, Error> {
-        if let Some(key) = config.keys().find(|&k| k != "parse_once") {
+        if let Some(key) = config
+            .keys()
+            .find(|&k| k != "parse_once" && k != "panic_on_amount")
+        {
             return Err(format!("unknown config key `{key}`").into());
         }
         let parse_once = match config.get("parse_once") {
@@ -72,8 +78,16 @@ impl Aggregate for CountSumAgg {
                 return Err(format!("parse_once: expected true or false, got `{other}`").into());
             }
         };
+        let panic_on = match config.get("panic_on_amount") {
+            None => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| format!("panic_on_amount: `{v}` is not a number"))?,
+            ),
+        };
         Ok(CountSumAgg {
             amounts: parse_once.then(Vec::new),
+            panic_on,
         })
     }
 
@@ -95,6 +109,9 @@ impl Aggregate for CountSumAgg {
             Some(amounts) => amounts[record.index() as usize],
             None => record.json::<Event<'_>>()?.amount,
         };
+        if self.panic_on == Some(amount) {
+            panic!("unlucky amount {amount}");
+        }
         acc.count += 1;
         acc.sum += amount;
         Ok(())
