@@ -128,3 +128,89 @@ fn event_window_agg_through_the_broker_and_across_a_restart() {
     assert_eq!(r.headers["sluice.window.final"], "true");
     assert_eq!(r.headers["sluice.window.start"], (o.start_ms).to_string());
 }
+
+/// Without records arriving, processing time still passes: a partition
+/// that never had data stops holding the watermark after its idle timeout,
+/// and the window that became due is emitted without waiting for another
+/// record. (When every partition is idle the watermark stays put, so the
+/// data partition must still count as active then: its last records come
+/// a little after the first ones.)
+#[test]
+fn windows_close_by_processing_time_when_no_records_arrive() {
+    let (input, out, dlq) = (unique("events"), unique("agg"), unique("dlq"));
+    create_topics(&[&input, &out, &dlq], 2);
+    // One key, so one partition has everything and the other nothing.
+    let event = |n: i64| {
+        format!(
+            r#"{{"event_id":"e{n}","user_id":"u1","event_type":"click","timestamp":"{}","amount":1.0}}"#,
+            rfc3339(n * 1000)
+        )
+    };
+    let produce_events = |range: std::ops::RangeInclusive<i64>| {
+        let records = range.map(|n| {
+            (
+                Some(b"u1".to_vec()),
+                Some(event(n).into_bytes()),
+                Some(n * 1000),
+                vec![],
+            )
+        });
+        kafka_tools::produce(brokers(), &input, records).unwrap();
+    };
+    produce_events(1..=30);
+    let checkpoints = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: ticks\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
+         checkpoint: {{ dir: {}, interval: 10ms }}\n\
+         transforms:\n  - module: {}\n    aggregate:\n      window: {{ tumbling: 1m }}\n\
+         \x20     watermark: {{ max_out_of_orderness: 0s, idle_timeout: 4s }}\n\
+         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers(),
+        checkpoints.path().display(),
+        guest("event-window-agg").display(),
+    );
+    let spec = spec(&yaml);
+    // The first batch is done once a checkpoint after it (id >= 1) exists.
+    let first_batch_done = || {
+        std::fs::read_dir(checkpoints.path()).unwrap().any(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("checkpoint-")
+                .and_then(|n| n.strip_suffix(".ckpt"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|id| id >= 1)
+        })
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = stop.clone();
+    let run = std::thread::spawn(move || {
+        sluice::pipeline::run(&spec, sluice::pipeline::RunOptions::default(), &stopper)
+    });
+    // The rest a little later, well within the idle timeout: the data
+    // partition is still active when the empty one goes idle, between
+    // batches.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !first_batch_done() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    produce_events(31..=70);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut results = Vec::new();
+    while results.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        results = read(&out);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    run.join().unwrap().unwrap();
+    let values: Vec<Value> = read(&out)
+        .iter()
+        .map(|r| serde_json::from_str(r.value.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![json!({
+            "window_start": rfc3339(0), "window_end": rfc3339(MINUTE), "event_type": "click",
+            "count": 59, "sum_amount": 59.0, "unique_users": 1,
+        })]
+    );
+}

@@ -118,16 +118,20 @@ impl Chain {
                 None => &mut *source,
             };
             let last_step = step + 1 == self.steps.len();
-            if input.is_empty() {
-                return Ok(out);
-            }
             let transform = match &mut self.steps[step] {
-                Step::Transform(t) => t,
+                // Without records, an aggregate still sees time pass.
+                Step::Aggregate(a) if input.is_empty() => {
+                    let result = a.tick(now_ms)?;
+                    self.route_windows(result, &origins, step, &mut out);
+                    break;
+                }
                 Step::Aggregate(a) => {
                     let result = a.process(input, now_ms)?;
                     self.route_windows(result, &origins, step, &mut out);
                     break;
                 }
+                _ if input.is_empty() => return Ok(out),
+                Step::Transform(t) => t,
             };
             let result = transform.process(input)?;
             let mut next = Batch::with_capacity(result.records.len(), result.records.values.len());

@@ -27,6 +27,11 @@ use crate::source::{KafkaSource, NextOffset, ReplaySource, source_partitions};
 use crate::spec::{Delivery, PipelineSpec};
 use crate::window::WindowEngine;
 
+/// How long a pipeline with windows waits without records before letting
+/// processing time pass in its window engine (idle partitions stop holding
+/// the watermark back, and windows that became due are emitted).
+const TICK: Duration = Duration::from_secs(1);
+
 /// A batch produced but not yet acknowledged.
 struct InFlight {
     ack: Arc<BatchAck>,
@@ -96,7 +101,12 @@ impl<'a> Runner<'a> {
             ready_ms = started.elapsed().as_millis() as u64,
             "pipeline started"
         );
+        if self.chain.aggregate().is_some() {
+            source.set_tick(TICK);
+        }
         while let Some(mut next) = source.next_batch(stop)? {
+            // An empty batch is a tick: processing time passing for the
+            // windows. It is an epoch like any other, so a replay sees it.
             self.epoch += 1;
             let now_ms = crate::cli::kafka_tools::now_ms();
             if self.exactly_once

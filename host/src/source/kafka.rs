@@ -69,6 +69,9 @@ pub struct KafkaSource {
     /// With `--until-caught-up`: partitions not yet read up to the end
     /// offsets seen at start, and those end offsets.
     remaining: Option<HashMap<(u16, i32), i64>>,
+    /// Return an empty batch after this long without records (see
+    /// [`Self::set_tick`]).
+    tick: Option<Duration>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -178,7 +181,15 @@ impl KafkaSource {
             topics: spec.source.topics.clone(),
             trigger: spec.batch.clone(),
             remaining,
+            tick: None,
         })
+    }
+
+    /// Makes [`Self::next_batch`] return an empty batch after `tick` without
+    /// records, so that the caller can let processing time pass (windows
+    /// whose partitions went idle close without waiting for a record).
+    pub fn set_tick(&mut self, tick: Duration) {
+        self.tick = Some(tick);
     }
 
     pub fn topics(&self) -> &[String] {
@@ -192,8 +203,10 @@ impl KafkaSource {
     /// Polls the next micro-batch: it closes at `max_records`, `max_bytes`
     /// or `max_wait` after its first record. `None` once the source is done:
     /// `stop` was set, or (with `--until-caught-up`) every partition reached
-    /// its end offset.
+    /// its end offset. With a tick set, an empty batch when none arrived
+    /// for that long.
     pub fn next_batch(&mut self, stop: &AtomicBool) -> Result<Option<SourceBatch>, SourceError> {
+        let polling_since = Instant::now();
         let max_bytes = self.trigger.max_bytes.as_u64() as usize;
         let mut batch = Batch::with_capacity(self.trigger.max_records, max_bytes.min(16 << 20));
         let mut commit: BTreeMap<(u16, i32), i64> = BTreeMap::new();
@@ -239,8 +252,17 @@ impl KafkaSource {
             if closes_at.is_some_and(|at| Instant::now() >= at) {
                 break;
             }
+            if closes_at.is_none()
+                && self
+                    .tick
+                    .is_some_and(|tick| polling_since.elapsed() >= tick)
+            {
+                break;
+            }
         }
-        if batch.is_empty() {
+        if batch.is_empty()
+            && (stop.load(Ordering::Relaxed) || self.caught_up() || self.tick.is_none())
+        {
             return Ok(None);
         }
         Ok(Some(SourceBatch {
