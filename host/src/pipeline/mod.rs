@@ -13,8 +13,8 @@
 //!   produced again (see `runner.rs` and `sink/written.rs`).
 //! - Every source record is accounted for: emitted, dead-lettered with a
 //!   reason, or counted as dropped by a guest's decision.
-//! - Producing batch `n` overlaps the acknowledgement of batch `n - 1`; the
-//!   Kafka client fetches ahead in its own threads meanwhile.
+//! - Up to four produced batches await their acknowledgements while the
+//!   next ones run; the Kafka client fetches ahead in its own threads.
 
 mod aggregate;
 mod chain;

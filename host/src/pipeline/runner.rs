@@ -9,7 +9,7 @@
 //! epoch logged after the checkpoint, skipping records the broker already
 //! has; checkpoint; then continue from where the last epoch ended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -31,6 +31,12 @@ use crate::window::WindowEngine;
 /// processing time pass in its window engine (idle partitions stop holding
 /// the watermark back, and windows that became due are emitted).
 const TICK: Duration = Duration::from_secs(1);
+
+/// How many batches may be produced and not yet acknowledged. More than
+/// one, so that the producer's linger and the broker's round trip never
+/// stall the loop between two short batches; offsets are still committed
+/// in batch order.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// A batch produced but not yet acknowledged.
 struct InFlight {
@@ -54,7 +60,8 @@ pub(super) struct Runner<'a> {
     saved: Option<u64>,
     /// Per source partition, the offset after the last record run.
     positions: HashMap<(u16, i32), i64>,
-    in_flight: Option<InFlight>,
+    /// Batches produced but not yet acknowledged, oldest first.
+    in_flight: VecDeque<InFlight>,
     pub summary: Summary,
 }
 
@@ -78,7 +85,7 @@ impl<'a> Runner<'a> {
             epoch: 0,
             saved: None,
             positions: HashMap::new(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
         })
     }
 
@@ -127,14 +134,16 @@ impl<'a> Runner<'a> {
             for o in &commit {
                 self.positions.insert((o.source, o.partition), o.offset);
             }
-            if let Some(done) = self.in_flight.replace(InFlight { ack, commit }) {
+            self.in_flight.push_back(InFlight { ack, commit });
+            while self.in_flight.len() > MAX_IN_FLIGHT {
+                let done = self.in_flight.pop_front().expect("not empty");
                 self.finish(&source, done)?;
             }
             if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
                 self.checkpoint(Some(&source))?;
             }
         }
-        if let Some(done) = self.in_flight.take() {
+        while let Some(done) = self.in_flight.pop_front() {
             self.finish(&source, done)?;
         }
         if self.checkpoints.is_some() && self.saved != Some(self.epoch) {
@@ -370,7 +379,7 @@ impl<'a> Runner<'a> {
 
     /// Takes a checkpoint: everything produced so far is acknowledged first.
     fn checkpoint(&mut self, source: Option<&KafkaSource>) -> anyhow::Result<()> {
-        if let Some(done) = self.in_flight.take() {
+        while let Some(done) = self.in_flight.pop_front() {
             let source = source.expect("a batch in flight has a source");
             self.finish(source, done)?;
         }

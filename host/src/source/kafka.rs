@@ -117,7 +117,10 @@ impl KafkaSource {
             .set(
                 "fetch.wait.max.ms",
                 spec.batch.max_wait.as_millis().clamp(1, 500).to_string(),
-            );
+            )
+            // Prefetch up to 16 MiB (librdkafka's default is 64 MiB): enough
+            // to keep batches coming, and a quarter of the memory.
+            .set("queued.max.messages.kbytes", "16384");
         for (k, v) in &spec.kafka.consumer {
             config.set(k, v.to_string());
         }
