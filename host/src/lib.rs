@@ -2,10 +2,14 @@
 //!
 //! Modules follow the path of a record:
 //! [`source`] (Kafka consumer) -> [`batch`] (columnar micro-batches) ->
-//! [`runtime`] (sandboxed Wasm transforms) -> [`pipeline`] (the chain, routing,
-//! dead letters, offsets) -> [`sink`] (Kafka producer), with [`spec`] describing
-//! a pipeline and [`cli`] at the edge.
+//! [`runtime`] (sandboxed Wasm transforms) -> [`window`] (event-time windows
+//! and their state) -> [`pipeline`] (the chain, routing, dead letters,
+//! offsets, recovery) -> [`sink`] (Kafka producer, Parquet files), with
+//! [`checkpoint`] (durable checkpoints and the epoch log) beside them,
+//! [`spec`] describing a pipeline, and [`api`] (HTTP control plane) and
+//! [`cli`] at the edge.
 
+pub mod api;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;

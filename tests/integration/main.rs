@@ -1,6 +1,7 @@
 //! Integration tests: one binary, against a real nisshi broker over TCP (see
 //! `sluice_tests::brokers`), with guests built by `build.rs`.
 
+mod api;
 mod cli;
 mod crash;
 mod faults;
@@ -8,4 +9,5 @@ mod golden;
 mod parquet;
 mod pipeline;
 mod runtime;
+mod serve;
 mod windows;

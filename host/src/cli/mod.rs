@@ -1,5 +1,7 @@
 //! The `sluice` command line.
 
+mod bench;
+pub mod client;
 pub mod kafka_tools;
 
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::api::{self, ApiConfig, AppState};
 use crate::pipeline::{self, RunOptions};
 use crate::runtime::Runtime;
 use crate::spec;
@@ -74,6 +77,32 @@ enum Command {
         max: Option<usize>,
         topic: String,
     },
+    /// Benchmark end to end against a running broker: a raw consume -> produce
+    /// copy, then example pipelines on the same input, then latency at a fixed
+    /// load. Prints a Markdown table and writes JSON.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Serve the control plane's HTTP API (the module store) until
+    /// SIGINT/SIGTERM. Prints `listening on http://ADDR` when ready.
+    Serve {
+        /// Data directory; modules are kept under DIR/modules.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Address to listen on; anything but loopback needs a token.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+        /// Bearer token that every change (POST, PUT, DELETE) must carry
+        /// (default: $SLUICE_TOKEN). Reads stay open.
+        #[arg(long)]
+        token: Option<String>,
+        /// Largest module accepted.
+        #[arg(long, default_value = "32MiB")]
+        max_upload: bytesize::ByteSize,
+    },
+    /// Upload, list and delete the modules of a running `sluice serve`.
+    Module(client::ModuleArgs),
 }
 
 /// Entry point of the `sluice` binary.
@@ -150,7 +179,70 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench { args } => bench::run(&args),
+        Command::Serve {
+            data,
+            listen,
+            token,
+            max_upload,
+        } => serve(&data, &listen, token, max_upload),
+        Command::Module(args) => client::run(args),
     }
+}
+
+fn serve(
+    data: &std::path::Path,
+    listen: &str,
+    token: Option<String>,
+    max_upload: bytesize::ByteSize,
+) -> anyhow::Result<()> {
+    if token.as_deref() == Some("") {
+        anyhow::bail!("--token must not be empty");
+    }
+    let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()));
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .with_context(|| format!("--listen {listen}: not an address"))?
+        .collect();
+    for addr in &addrs {
+        api::check_exposure(*addr, token.as_deref()).map_err(anyhow::Error::msg)?;
+    }
+    let store = api::store::ModuleStore::open(data)
+        .with_context(|| format!("cannot open the module store in {}", data.display()))?;
+    let config = ApiConfig {
+        max_upload: max_upload.as_u64(),
+        token,
+        ..ApiConfig::default()
+    };
+    let state = AppState::new(store, Runtime::new()?, config);
+    let manager = std::sync::Arc::new(
+        api::manager::Manager::open(data, state.store.clone())
+            .with_context(|| format!("cannot open the pipelines in {}", data.display()))?,
+    );
+    manager.restore();
+    let state = state.with_pipelines(manager.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&addrs[..])
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(
+            "serving the API on http://{local}, data in {}",
+            data.display()
+        );
+        println!("listening on http://{local}");
+        api::serve(listener, state, async {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; finishing the requests in flight");
+        })
+        .await
+        .context("the API server failed")
+    })?;
+    tracing::info!("stopping the pipelines after their current batch");
+    manager.shutdown();
+    Ok(())
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {

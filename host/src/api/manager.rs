@@ -1,0 +1,721 @@
+//! The pipeline manager: many pipelines in one process, each running
+//! [`crate::pipeline::run`] on its own thread with its own stop flag.
+//!
+//! ```text
+//! <data>/pipelines/<name>.json   the spec as given, the resolved module versions, the desired state
+//! <data>/pipelines/<name>/       the base of the spec's relative paths (checkpoints, Parquet files)
+//! <data>/pipelines/<name>/.modules/<version>/<module>.wasm   hard links to the store's blobs
+//! ```
+//!
+//! A spec is the file `sluice run` reads, except that a transform's
+//! `module` is `name` or `name@version` of the module store. A plain `name`
+//! is resolved to the latest version when the pipeline is created, and that
+//! version is recorded: restarts and `start` run the same bytes. A step
+//! without a `name` is named after its module. Deleting a pipeline keeps
+//! its directory (checkpoints, Parquet files). The status document shows
+//! the spec as given, except for the values of secret-looking Kafka
+//! properties (`sasl.password`, ...), since reading needs no token.
+//!
+//! Invariants:
+//! - A module version named by a pipeline cannot be deleted from the store:
+//!   a pipeline's versions are registered in `usage` *before* the store is
+//!   asked whether they exist, and the store's delete asks `usage` while
+//!   holding its own lock, so exactly one of "create sees the version" or
+//!   "delete sees the pipeline" wins. Nothing here calls the store while
+//!   holding `usage`.
+//! - At most one run per pipeline: starting, stopping and deleting hold the
+//!   pipeline's `control` lock, stopping joins the run's thread.
+//! - A run that fails or panics leaves `failed` and its error; the server
+//!   goes on. The desired state stays `running`, so a restart of the server
+//!   tries again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::store::{Kind, ModuleRef, ModuleStore, StoreError, validate_name};
+use crate::pipeline::{RunOptions, Summary};
+use crate::spec::{PipelineSpec, SpecError};
+
+const FORMAT: u32 = 1;
+
+/// Why a pipeline operation failed. The messages are shown to API users.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error(
+        "invalid pipeline name `{0}`: use 1 to 63 lower-case letters, digits and '-', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    #[error("no pipeline named `{0}`")]
+    NotFound(String),
+    #[error("a pipeline named `{0}` already exists; delete it first or choose another name")]
+    Exists(String),
+    /// A module reference the store cannot satisfy (`source` says why).
+    #[error("{field}: {source}")]
+    Module {
+        field: String,
+        #[source]
+        source: StoreError,
+    },
+    /// `mismatch` says how the module's kind and the step disagree.
+    #[error("{field}: module `{module}` {mismatch}")]
+    WrongKind {
+        field: String,
+        module: String,
+        mismatch: &'static str,
+    },
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the pipeline store is damaged: {0}")]
+    Corrupt(String),
+}
+
+/// The state a pipeline should be in; persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// The state a pipeline is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Stopped,
+    Failed,
+}
+
+/// The module version a step runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepModule {
+    pub step: String,
+    pub module: String,
+    pub version: u32,
+    pub sha256: String,
+}
+
+/// What `<data>/pipelines/<name>.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    format: u32,
+    name: String,
+    /// The spec as given (YAML is stored as its JSON equivalent).
+    spec: Value,
+    /// One per transform, in order.
+    modules: Vec<StepModule>,
+    desired: Desired,
+    created_at: String,
+}
+
+/// What the pipeline's thread reports.
+#[derive(Debug, Clone)]
+struct Live {
+    status: Status,
+    started_at: Option<String>,
+    stopped_at: Option<String>,
+    error: Option<String>,
+    last_run: Option<Summary>,
+}
+
+/// A pipeline as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub status: Status,
+    pub desired: Desired,
+    pub created_at: String,
+    /// When the current (or last) run started.
+    pub started_at: Option<String>,
+    /// When the last run ended.
+    pub stopped_at: Option<String>,
+    /// Why the last run failed.
+    pub error: Option<String>,
+    pub modules: Vec<StepModule>,
+    /// What the last finished run did.
+    pub last_run: Option<Summary>,
+    pub spec: Value,
+}
+
+struct Control {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    deleted: bool,
+}
+
+struct Entry {
+    doc: Mutex<Stored>,
+    live: Arc<Mutex<Live>>,
+    control: Mutex<Control>,
+}
+
+/// The manager. Operations block (file I/O, joining threads); call them off
+/// the async runtime.
+pub struct Manager {
+    data: PathBuf,
+    store: Arc<ModuleStore>,
+    entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Pipeline -> the module versions it holds (see the module docs).
+    usage: Mutex<BTreeMap<String, Vec<(String, u32)>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Manager {
+    /// Opens `<data>/pipelines` (creating it) and loads every pipeline,
+    /// without starting any: see [`Manager::restore`].
+    pub fn open(data: &Path, store: Arc<ModuleStore>) -> Result<Self, ManagerError> {
+        let dir = data.join("pipelines");
+        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        let manager = Self {
+            data: data.to_owned(),
+            store,
+            entries: Mutex::new(BTreeMap::new()),
+            usage: Mutex::new(BTreeMap::new()),
+        };
+        let mut entries = BTreeMap::new();
+        for file in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
+            let path = file.map_err(io_error("list", &dir))?.path();
+            let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+            if file_name.starts_with(".tmp-") {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(io_error("read", &path))?;
+            let stored: Stored = serde_json::from_slice(&bytes)
+                .map_err(|e| ManagerError::Corrupt(format!("{}: {e}", path.display())))?;
+            if path.file_stem().is_none_or(|stem| *stem != *stored.name) {
+                return Err(ManagerError::Corrupt(format!(
+                    "{} holds pipeline `{}`",
+                    path.display(),
+                    stored.name
+                )));
+            }
+            if stored.format != FORMAT {
+                return Err(ManagerError::Corrupt(format!(
+                    "{}: unknown format {} (this Sluice reads format {FORMAT})",
+                    path.display(),
+                    stored.format
+                )));
+            }
+            manager.hold(&stored.name, &stored.modules);
+            entries.insert(stored.name.clone(), Arc::new(Entry::new(stored)));
+        }
+        *lock(&manager.entries) = entries;
+        Ok(manager)
+    }
+
+    /// Starts every pipeline whose desired state is `running`. One that
+    /// cannot start is left `failed` with its error.
+    pub fn restore(&self) {
+        for (name, entry) in self.all() {
+            if lock(&entry.doc).desired == Desired::Running {
+                match self.start_entry(&entry) {
+                    Ok(()) => tracing::info!("pipeline {name}: restored"),
+                    Err(e) => tracing::warn!("pipeline {name}: cannot restore: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The pipelines using `module@version`.
+    pub fn users(&self, module: &str, version: u32) -> Vec<String> {
+        lock(&self.usage)
+            .iter()
+            .filter(|(_, held)| held.iter().any(|(m, v)| m == module && *v == version))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Creates a pipeline from a spec (YAML or JSON) and starts it.
+    pub fn create(&self, text: &str) -> Result<PipelineStatus, ManagerError> {
+        let value: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| SpecError::new("spec", format!("not a YAML or JSON document: {e}")))?;
+        let name = match value.get("name") {
+            Some(Value::String(name)) => name.clone(),
+            // Let the spec parser describe what is wrong.
+            _ => {
+                return Err(crate::spec::parse(text, &self.data).err().map_or_else(
+                    || SpecError::new("name", "must be a string").into(),
+                    ManagerError::from,
+                ));
+            }
+        };
+        if validate_name(&name).is_err() {
+            return Err(SpecError::new("name", ManagerError::InvalidName(name).to_string()).into());
+        }
+        let mut entries = lock(&self.entries);
+        if entries.contains_key(&name) {
+            return Err(ManagerError::Exists(name));
+        }
+        let (_, modules) = self.resolve(&name, &value, None)?;
+        let stored = Stored {
+            format: FORMAT,
+            name: name.clone(),
+            spec: value,
+            modules,
+            desired: Desired::Running,
+            created_at: now(),
+        };
+        if let Err(e) = self.persist(&stored) {
+            self.release(&name);
+            let _ = fs::remove_dir_all(self.modules_dir(&name));
+            return Err(e);
+        }
+        let entry = Arc::new(Entry::new(stored));
+        entries.insert(name.clone(), entry.clone());
+        drop(entries);
+        tracing::info!("pipeline {name}: created");
+        // A start failure is recorded in the status.
+        let _ = self.start_entry(&entry);
+        Ok(entry.status())
+    }
+
+    /// Every pipeline, by name.
+    pub fn list(&self) -> Vec<PipelineStatus> {
+        self.all().into_iter().map(|(_, e)| e.status()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
+        Ok(self.entry(name)?.status())
+    }
+
+    /// Starts a stopped or failed pipeline (a running one is left running).
+    pub fn start(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
+        let entry = self.entry(name)?;
+        self.set_desired(&entry, Desired::Running)?;
+        self.start_entry(&entry)?;
+        Ok(entry.status())
+    }
+
+    /// Stops a pipeline after its current batch and waits for it.
+    pub fn stop(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
+        let entry = self.entry(name)?;
+        let mut control = lock(&entry.control);
+        if control.deleted {
+            return Err(ManagerError::NotFound(name.to_owned()));
+        }
+        self.set_desired(&entry, Desired::Stopped)?;
+        entry.halt(&mut control);
+        drop(control);
+        tracing::info!("pipeline {name}: stopped");
+        Ok(entry.status())
+    }
+
+    /// Stops a pipeline and forgets it.
+    pub fn delete(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
+        let entry = self.entry(name)?;
+        let mut control = lock(&entry.control);
+        if control.deleted {
+            return Err(ManagerError::NotFound(name.to_owned()));
+        }
+        entry.halt(&mut control);
+        let path = self.file(name);
+        fs::remove_file(&path).map_err(io_error("delete", &path))?;
+        let _ = fs::remove_dir_all(self.modules_dir(name));
+        control.deleted = true;
+        drop(control);
+        lock(&self.entries).remove(name);
+        self.release(name);
+        tracing::info!("pipeline {name}: deleted");
+        Ok(entry.status())
+    }
+
+    /// Stops every run (their desired state is kept, so the next server
+    /// brings them back).
+    pub fn shutdown(&self) {
+        let entries = self.all();
+        for (_, entry) in &entries {
+            lock(&entry.control).stop.store(true, Ordering::Relaxed);
+        }
+        for (_, entry) in &entries {
+            entry.halt(&mut lock(&entry.control));
+        }
+    }
+
+    fn all(&self) -> Vec<(String, Arc<Entry>)> {
+        lock(&self.entries)
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect()
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, ManagerError> {
+        validate_name(name).map_err(|_| ManagerError::InvalidName(name.to_owned()))?;
+        lock(&self.entries)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(name.to_owned()))
+    }
+
+    fn start_entry(&self, entry: &Entry) -> Result<(), ManagerError> {
+        let mut control = lock(&entry.control);
+        if control.deleted {
+            return Err(ManagerError::NotFound(lock(&entry.doc).name.clone()));
+        }
+        if control.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        entry.halt(&mut control);
+        let (name, value, modules) = {
+            let doc = lock(&entry.doc);
+            (doc.name.clone(), doc.spec.clone(), doc.modules.clone())
+        };
+        let spec = match self.resolve(&name, &value, Some(&modules)) {
+            Ok((spec, _)) => spec,
+            Err(e) => {
+                let mut live = lock(&entry.live);
+                live.status = Status::Failed;
+                live.error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let mut live = lock(&entry.live);
+            live.status = Status::Running;
+            live.started_at = Some(now());
+            live.stopped_at = None;
+            live.error = None;
+        }
+        let live = entry.live.clone();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("pipeline-{name}"))
+            .spawn(move || run(&spec, &flag, &live))
+            .map_err(|source| ManagerError::Io {
+                what: format!("start a thread for pipeline {name}"),
+                source,
+            })?;
+        control.stop = stop;
+        control.thread = Some(thread);
+        tracing::info!("pipeline {name}: started");
+        Ok(())
+    }
+
+    /// Resolves the spec's module references (`pinned`: the versions
+    /// recorded at creation) and parses it. Registers the versions as used
+    /// by `name`; on failure, releases them.
+    fn resolve(
+        &self,
+        name: &str,
+        value: &Value,
+        pinned: Option<&[StepModule]>,
+    ) -> Result<(PipelineSpec, Vec<StepModule>), ManagerError> {
+        let mut value = value.clone();
+        let mut refs = Vec::new();
+        if let Some(Value::Array(transforms)) = value.get_mut("transforms") {
+            for (i, t) in transforms.iter_mut().enumerate() {
+                let field = format!("transforms[{i}].module");
+                let Some(Value::String(text)) = t.get("module") else {
+                    continue; // the spec parser names the problem
+                };
+                let mut module: ModuleRef = text.parse().map_err(|_| {
+                    SpecError::new(
+                        &field,
+                        format!(
+                            "`{text}` is not a module reference: write `name` or `name@version` of a module \
+                             pushed to this server (sluice module push)"
+                        ),
+                    )
+                })?;
+                if let Some(pin) = pinned.and_then(|p| p.get(i)) {
+                    module.version = Some(pin.version);
+                }
+                let version = match module.version {
+                    Some(v) => v,
+                    None => match self.store.latest(&module.name) {
+                        Some(meta) => meta.version,
+                        None => {
+                            return Err(ManagerError::Module {
+                                field,
+                                source: StoreError::NotFound(module.name),
+                            });
+                        }
+                    },
+                };
+                let aggregate = t.get("aggregate").is_some_and(|a| !a.is_null());
+                let step = match t.get("name") {
+                    Some(Value::String(step)) => step.clone(),
+                    _ => module.name.clone(),
+                };
+                if let Some(object) = t.as_object_mut() {
+                    object.insert("name".into(), Value::String(step.clone()));
+                }
+                refs.push((i, field, module.name, version, aggregate, step));
+            }
+        }
+        // Hold first, then check (see the module docs).
+        let held: Vec<(String, u32)> = refs.iter().map(|r| (r.2.clone(), r.3)).collect();
+        lock(&self.usage).insert(name.to_owned(), held);
+        let result = (|| {
+            let mut modules = Vec::new();
+            for (i, field, module, version, aggregate, step) in refs {
+                let meta = self.store.version(&module, version).map_err(|source| {
+                    ManagerError::Module {
+                        field: field.clone(),
+                        source,
+                    }
+                })?;
+                if aggregate != (meta.kind == Kind::Aggregate) {
+                    let mismatch = if aggregate {
+                        "is a transform component, but the step has an `aggregate` section"
+                    } else {
+                        "is an aggregate component, but the step has no `aggregate` section"
+                    };
+                    return Err(ManagerError::WrongKind {
+                        field,
+                        module: format!("{module}@{version}"),
+                        mismatch,
+                    });
+                }
+                let file = self.module_file(name, &module, version, &meta.sha256)?;
+                value["transforms"][i]["module"] = Value::String(file.display().to_string());
+                modules.push(StepModule {
+                    step,
+                    module,
+                    version,
+                    sha256: meta.sha256,
+                });
+            }
+            let text = serde_json::to_string(&value).expect("a JSON value serializes");
+            let spec = crate::spec::parse(&text, &self.data.join("pipelines").join(name))?;
+            Ok((spec, modules))
+        })();
+        if result.is_err() {
+            // A pipeline that exists keeps its recorded versions held.
+            match pinned {
+                Some(modules) => self.hold(name, modules),
+                None => {
+                    self.release(name);
+                    let _ = fs::remove_dir_all(self.modules_dir(name));
+                }
+            }
+        }
+        result
+    }
+
+    fn modules_dir(&self, name: &str) -> PathBuf {
+        self.data.join("pipelines").join(name).join(".modules")
+    }
+
+    /// `<data>/pipelines/<name>/.modules/<version>/<module>.wasm`: a hard
+    /// link to (or, failing that, a copy of) the store's blob. Named after
+    /// the module, because the runtime names a step's module (in logs and
+    /// dead-letter headers) after its file.
+    fn module_file(
+        &self,
+        name: &str,
+        module: &str,
+        version: u32,
+        sha256: &str,
+    ) -> Result<PathBuf, ManagerError> {
+        let dir = self.modules_dir(name).join(version.to_string());
+        let file = dir.join(format!("{module}.wasm"));
+        let current = fs::read(&file)
+            .map(|bytes| hex::encode(Sha256::digest(bytes)) == sha256)
+            .unwrap_or(false);
+        if !current {
+            let blob = self
+                .data
+                .join("modules/blobs")
+                .join(format!("{sha256}.wasm"));
+            fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+            let _ = fs::remove_file(&file);
+            fs::hard_link(&blob, &file)
+                .or_else(|_| fs::copy(&blob, &file).map(drop))
+                .map_err(io_error("link the module into", &file))?;
+        }
+        Ok(file)
+    }
+
+    fn hold(&self, name: &str, modules: &[StepModule]) {
+        let held = modules
+            .iter()
+            .map(|m| (m.module.clone(), m.version))
+            .collect();
+        lock(&self.usage).insert(name.to_owned(), held);
+    }
+
+    fn release(&self, name: &str) {
+        lock(&self.usage).remove(name);
+    }
+
+    fn set_desired(&self, entry: &Entry, desired: Desired) -> Result<(), ManagerError> {
+        let mut doc = lock(&entry.doc);
+        if doc.desired != desired {
+            let mut updated = doc.clone();
+            updated.desired = desired;
+            self.persist(&updated)?;
+            *doc = updated;
+        }
+        Ok(())
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.data.join("pipelines").join(format!("{name}.json"))
+    }
+
+    fn persist(&self, stored: &Stored) -> Result<(), ManagerError> {
+        let json = serde_json::to_vec_pretty(stored).expect("a pipeline document serializes");
+        write_atomic(&self.file(&stored.name), &json)
+    }
+}
+
+impl Entry {
+    fn new(stored: Stored) -> Self {
+        Self {
+            doc: Mutex::new(stored),
+            live: Arc::new(Mutex::new(Live {
+                status: Status::Stopped,
+                started_at: None,
+                stopped_at: None,
+                error: None,
+                last_run: None,
+            })),
+            control: Mutex::new(Control {
+                stop: Arc::new(AtomicBool::new(false)),
+                thread: None,
+                deleted: false,
+            }),
+        }
+    }
+
+    /// Stops the run, if any, and waits for its thread.
+    fn halt(&self, control: &mut Control) {
+        control.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = control.thread.take() {
+            // `run` catches panics, so the thread ends normally.
+            let _ = thread.join();
+        }
+    }
+
+    fn status(&self) -> PipelineStatus {
+        let doc = lock(&self.doc).clone();
+        let live = lock(&self.live).clone();
+        PipelineStatus {
+            name: doc.name,
+            status: live.status,
+            desired: doc.desired,
+            created_at: doc.created_at,
+            started_at: live.started_at,
+            stopped_at: live.stopped_at,
+            error: live.error,
+            modules: doc.modules,
+            last_run: live.last_run,
+            spec: redacted(doc.spec),
+        }
+    }
+}
+
+/// The spec with the values of secret-looking Kafka properties replaced by
+/// `"<redacted>"`: reading the API needs no token.
+fn redacted(mut spec: Value) -> Value {
+    const SECRET: [&str; 6] = [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "oauthbearer.config",
+        "key.pem",
+    ];
+    for side in ["consumer", "producer"] {
+        if let Some(Value::Object(properties)) = spec.pointer_mut(&format!("/kafka/{side}")) {
+            for (key, value) in properties.iter_mut() {
+                let key = key.to_ascii_lowercase();
+                if SECRET.iter().any(|s| key.contains(s)) {
+                    *value = Value::String("<redacted>".into());
+                }
+            }
+        }
+    }
+    spec
+}
+
+/// The body of a pipeline's thread.
+fn run(spec: &PipelineSpec, stop: &AtomicBool, live: &Mutex<Live>) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::pipeline::run(spec, RunOptions::default(), stop)
+    }));
+    let mut live = lock(live);
+    live.stopped_at = Some(now());
+    match result {
+        Ok(Ok(summary)) => {
+            live.status = Status::Stopped;
+            live.last_run = Some(summary);
+        }
+        Ok(Err(e)) => {
+            tracing::error!("pipeline {}: failed: {e:#}", spec.name);
+            live.status = Status::Failed;
+            live.error = Some(format!("{e:#}"));
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            tracing::error!("pipeline {}: panicked: {message}", spec.name);
+            live.status = Status::Failed;
+            live.error = Some(format!("the pipeline panicked: {message}"));
+        }
+    }
+}
+
+fn io_error(what: &str, path: &Path) -> impl FnOnce(io::Error) -> ManagerError {
+    let what = format!("{what} {}", path.display());
+    move |source| ManagerError::Io { what, source }
+}
+
+/// Temp file, fsync, rename, fsync of the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
+    use std::io::Write;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().expect("pipeline files have a parent");
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("write", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_error("rename into place", path))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

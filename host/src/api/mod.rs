@@ -1,0 +1,339 @@
+//! The HTTP control plane (`sluice serve`): a module store and its API.
+//!
+//! Routes (the full description, with request and response shapes, is
+//! `GET /v1/openapi.json`, kept in `api/openapi.json`):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `{"status": "ok"}` |
+//! | `GET /v1/openapi.json` | 200, the OpenAPI 3.1 document |
+//! | `GET /v1/modules` | 200, every module: name, latest version, number of versions |
+//! | `POST /v1/modules/{name}` | body: the component's bytes; `?config.<key>=<value>` configures the trial `init`. 201 new version, 200 identical to the latest version; 400 bad name or not wasm, 413 too large, 422 not a Sluice component or its `init` failed |
+//! | `GET /v1/modules/{name}` | 200, every version with hash, size, kind and the pipelines using it; 404 |
+//! | `GET /v1/modules/{name}/{version}` | 200, one version's metadata; 400, 404 |
+//! | `GET /v1/modules/{name}/{version}/wasm` | 200 `application/wasm`, the bytes; 400, 404 |
+//! | `DELETE /v1/modules/{name}` | 200 `{name, deleted}`, every version; 404, 409 while a pipeline uses one |
+//! | `DELETE /v1/modules/{name}/{version}` | 200 `{name, deleted}`; 400, 404, 409 while in use |
+//! | `POST /v1/pipelines` | body: a spec, YAML or JSON, modules as `name[@version]`. 201, the status document, the pipeline started; 400 (the error names the field), 404 unknown module, 409 name taken, 422 wrong module kind |
+//! | `GET /v1/pipelines` | 200, every pipeline's status document |
+//! | `GET /v1/pipelines/{name}` | 200, its status document (status, desired, started_at, error, modules, last_run, spec); 400, 404 |
+//! | `POST /v1/pipelines/{name}/stop` | 200, the status once stopped; 400, 404 |
+//! | `POST /v1/pipelines/{name}/start` | 200, the status once started; 400, 404 |
+//! | `DELETE /v1/pipelines/{name}` | 200, the last status; stops it first; 400, 404 |
+//! | `GET /metrics` | 200, Prometheus text: `sluice_modules`, `sluice_pipeline_up`, `sluice_pipeline_module_version` |
+//!
+//! Every rejection is a 4xx (or, for a server fault, 5xx) with the JSON body
+//! `{"error": "<message>"}`. When a token is configured, every request that
+//! changes something (anything but GET, HEAD and OPTIONS) needs
+//! `Authorization: Bearer <token>`, else 401; reading stays open.
+//!
+//! Uploads are streamed against the size limit (413 as soon as the declared
+//! length or the bytes received pass it, without reading further), then
+//! checked like `sluice validate` checks a step: a component of the transform
+//! or aggregate world, compiled, instantiated with the default limits and its
+//! `init` run. Storage is [`store::ModuleStore`]; pipelines are run by
+//! [`manager::Manager`].
+
+pub mod manager;
+pub mod metrics;
+pub mod modules;
+pub mod pipelines;
+pub mod store;
+
+#[cfg(test)]
+mod pipeline_tests;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::{InstantiateError, ModuleError, Runtime};
+use crate::spec::Limits;
+use manager::Manager;
+use store::{ModuleStore, StoreError};
+
+/// Default cap on an uploaded component's size: 32 MiB.
+pub const DEFAULT_MAX_UPLOAD: u64 = 32 * 1024 * 1024;
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted upload, in bytes.
+    pub max_upload: u64,
+    /// Limits of the trial instance an upload's `init` runs in.
+    pub limits: Limits,
+    /// When set, changes need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_upload: DEFAULT_MAX_UPLOAD,
+            limits: Limits::default(),
+            token: None,
+        }
+    }
+}
+
+/// Which pipelines use `name@version` (a module in use cannot be deleted).
+pub type ModuleUsers = Arc<dyn Fn(&str, u32) -> Vec<String> + Send + Sync>;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<ModuleStore>,
+    pub runtime: Runtime,
+    pub config: Arc<ApiConfig>,
+    pub users: ModuleUsers,
+    /// The pipelines this server runs; `None`: the pipeline routes answer 404.
+    pub pipelines: Option<Arc<Manager>>,
+}
+
+impl AppState {
+    /// A state without pipelines, in which no pipeline uses any module
+    /// (see [`AppState::with_pipelines`]).
+    pub fn new(store: ModuleStore, runtime: Runtime, config: ApiConfig) -> Self {
+        Self {
+            store: Arc::new(store),
+            runtime,
+            config: Arc::new(config),
+            users: Arc::new(|_: &str, _: u32| Vec::new()),
+            pipelines: None,
+        }
+    }
+
+    /// Adds the pipeline manager (opened on this state's `store`): the
+    /// pipeline routes use it, and a module a pipeline uses cannot be deleted.
+    pub fn with_pipelines(self, manager: Arc<Manager>) -> Self {
+        let users = manager.clone();
+        let mut state = self.with_users(move |name: &str, version: u32| users.users(name, version));
+        state.pipelines = Some(manager);
+        state
+    }
+
+    /// Replaces the function that says which pipelines use a module version.
+    pub fn with_users(
+        mut self,
+        users: impl Fn(&str, u32) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.users = Arc::new(users);
+        self
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::metrics))
+        .merge(modules::routes())
+        .merge(pipelines::routes())
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route (see GET /v1/openapi.json)",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route (see GET /v1/openapi.json)",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes
+/// the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Refuses to listen beyond loopback without a token: anyone who can reach
+/// the port could otherwise upload code.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), String> {
+    if addr.ip().is_loopback() || token.is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on {addr} without a token: anyone who can reach it could upload code. \
+         Pass --token (or set SLUICE_TOKEN), or listen on 127.0.0.1"
+    ))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// The bearer-token check on every request that changes something.
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let reads = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if let Some(expected) = &state.config.token
+        && !reads
+    {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        match given {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this server needs a token for changes: send `Authorization: Bearer <token>` \
+                     (sluice module: --token or SLUICE_TOKEN)",
+                ));
+            }
+            Some(given) if !same_token(given, expected) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong bearer token",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares the tokens' hashes in constant time: neither the contents nor
+/// the lengths leak through timing.
+fn same_token(given: &str, expected: &str) -> bool {
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Every error the API answers with: a status and a message for a person,
+/// sent as `{"error": "<message>"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!("api: {message}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {message}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::InvalidName(_) | StoreError::InvalidVersion(_) => StatusCode::BAD_REQUEST,
+            StoreError::NotFound(_) | StoreError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::InUse { .. } => StatusCode::CONFLICT,
+            StoreError::Io { .. } | StoreError::Corrupt(_) | StoreError::Locked(_) => {
+                return Self::internal(e);
+            }
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<ModuleError> for ApiError {
+    /// Bytes that are not a component at all are a bad request; a
+    /// well-formed module Sluice cannot run is unprocessable.
+    fn from(e: ModuleError) -> Self {
+        let status = match e {
+            ModuleError::NotWasm | ModuleError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ModuleError::CoreModule
+            | ModuleError::UnsupportedImports(_)
+            | ModuleError::WrongWorld(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<InstantiateError> for ApiError {
+    fn from(e: InstantiateError) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::bad_request(e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request(e.body_text())
+    }
+}

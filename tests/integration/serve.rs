@@ -1,0 +1,296 @@
+//! Pipelines run by `sluice serve`, through the real broker: created from a
+//! spec naming a stored module, stopped, started, and brought back by a
+//! restarted server. (Router-level tests of every route and rejection are
+//! in `host/src/api/pipeline_tests.rs`.)
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::cli::client::Client;
+use sluice_tests::kafka_tools::{SampleOptions, sample_record};
+use sluice_tests::*;
+
+const TOKEN: &str = "serve-token";
+
+/// A `sluice serve` process on a free loopback port, logging to
+/// `<dir>/server.log`.
+struct Server {
+    url: String,
+    child: Child,
+    log: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let log = dir.join("server.log");
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .arg("--data")
+            .arg(dir.join("data"))
+            .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
+            .env_remove("SLUICE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let Some(url) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "sluice serve did not start: {line:?}\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Self {
+            url: url.to_owned(),
+            child,
+            log,
+            _stdout: stdout,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.url, Some(TOKEN.into()))
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status must be a clean 0 (the server stops
+    /// its pipelines after their current batch).
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "sluice serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "sluice serve exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status and JSON body of `method path`.
+fn call(client: &Client, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+    let reply = client.request(method, path, body).unwrap();
+    let json = reply.json().unwrap_or(Value::Null);
+    (reply.status, json)
+}
+
+/// The sample stream's `(key, value)` pairs and the values that are not
+/// heartbeats, sorted.
+fn sample(from: u64, count: u64) -> (Vec<(String, String)>, Vec<String>) {
+    let o = SampleOptions {
+        count: from + count,
+        ..SampleOptions::default()
+    };
+    let events: Vec<(String, String)> = (from..from + count)
+        .map(|n| {
+            let (k, v) = sample_record(&o, n);
+            (k, String::from_utf8(v).unwrap())
+        })
+        .collect();
+    let mut kept: Vec<String> = events
+        .iter()
+        .filter(|(_, v)| {
+            let event: Value = serde_json::from_str(v).unwrap();
+            event["event_type"] != "heartbeat"
+        })
+        .map(|(_, v)| v.clone())
+        .collect();
+    kept.sort();
+    (events, kept)
+}
+
+fn produce_pairs(topic: &str, events: &[(String, String)]) {
+    let pairs: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    produce(topic, &pairs);
+}
+
+/// Waits until `topic` holds as many records as `expected`, then compares.
+fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = sorted_values(&read(topic));
+        if got.len() >= expected.len() {
+            assert_eq!(got, expected);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} holds {} of {} records:\n{}",
+            got.len(),
+            expected.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for_status(server: &Server, name: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, doc) = call(
+            &server.client(),
+            "GET",
+            &format!("/v1/pipelines/{name}"),
+            None,
+        );
+        assert_eq!(code, 200, "{doc}");
+        if doc["status"] == status {
+            return doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {status}: {doc}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_pipeline_runs_stops_starts_and_survives_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, clean, dlq) = (
+        unique("serve-in"),
+        unique("serve-clean"),
+        unique("serve-dlq"),
+    );
+    create_topics(&[&input, &clean, &dlq], 3);
+    let (first, mut expected) = sample(0, 300);
+    let (second, expected_second) = sample(300, 200);
+    assert!(expected.len() < 280, "the sample must contain heartbeats");
+    produce_pairs(&input, &first);
+
+    let server = Server::start(dir.path());
+    let client = server.client();
+    let filter = fs::read(guest("filter-heartbeats")).unwrap();
+    let (status, module) = call(
+        &client,
+        "POST",
+        "/v1/modules/filter-heartbeats",
+        Some(&filter),
+    );
+    assert_eq!(status, 201, "{module}");
+
+    let name = unique("serve");
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 64, max_wait: 20ms }}\n\
+         transforms:\n  - module: filter-heartbeats@1\n\
+         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers = brokers(),
+    );
+    let (status, doc) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{doc}");
+    assert_eq!(
+        doc["modules"],
+        json!([{
+            "step": "filter-heartbeats",
+            "module": "filter-heartbeats",
+            "version": 1,
+            "sha256": module["sha256"],
+        }])
+    );
+
+    wait_for_records(&server, &clean, &expected);
+    let doc = wait_for_status(&server, &name, "running");
+    assert!(doc["error"].is_null(), "{doc}");
+    let (status, _) = call(&client, "DELETE", "/v1/modules/filter-heartbeats", None);
+    assert_eq!(status, 409, "the module is in use");
+
+    let (status, doc) = call(&client, "POST", &format!("/v1/pipelines/{name}/stop"), None);
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(
+        (&doc["status"], &doc["desired"]),
+        (&json!("stopped"), &json!("stopped"))
+    );
+    assert_eq!(doc["last_run"]["records_in"], 300, "{doc}");
+    assert_eq!(doc["last_run"]["dropped"], 300 - expected.len(), "{doc}");
+
+    let (status, doc) = call(
+        &client,
+        "POST",
+        &format!("/v1/pipelines/{name}/start"),
+        None,
+    );
+    assert_eq!(status, 200, "{doc}");
+    wait_for_status(&server, &name, "running");
+
+    // A restart brings the running pipeline back, and it goes on where it was.
+    server.stop();
+    let server = Server::start(dir.path());
+    let doc = wait_for_status(&server, &name, "running");
+    assert_eq!(doc["modules"][0]["version"], 1);
+    produce_pairs(&input, &second);
+    expected.extend(expected_second);
+    expected.sort();
+    produce(&input, &[("u1", "{broken")]);
+    wait_for_records(&server, &clean, &expected);
+    wait_for_records(&server, &dlq, &["{broken".to_owned()]);
+    let dead = read(&dlq);
+    assert_eq!(
+        (
+            dead[0].headers["sluice.pipeline"].as_str(),
+            dead[0].headers["sluice.step"].as_str(),
+            dead[0].headers["sluice.module"].as_str(),
+        ),
+        (name.as_str(), "filter-heartbeats", "filter-heartbeats"),
+        "{:?}",
+        dead[0].headers
+    );
+
+    let client = server.client();
+    let metrics = client.request("GET", "/metrics", None).unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains(&format!("sluice_pipeline_up{{pipeline=\"{name}\"}} 1\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "sluice_pipeline_module_version{{pipeline=\"{name}\",step=\"filter-heartbeats\",\
+             module=\"filter-heartbeats\",version=\"1\"}} 1\n"
+        )),
+        "{text}"
+    );
+
+    let (status, doc) = call(&client, "DELETE", &format!("/v1/pipelines/{name}"), None);
+    assert_eq!((status, &doc["status"]), (200, &json!("stopped")), "{doc}");
+    let (status, _) = call(&client, "DELETE", "/v1/modules/filter-heartbeats", None);
+    assert_eq!(status, 200, "no pipeline uses it any more");
+    server.stop();
+}
