@@ -289,6 +289,24 @@ fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
     })
 }
 
+pub(super) fn fold_to_wit(request: window::FoldRequest) -> bindings::FoldRequest {
+    bindings::FoldRequest {
+        accumulators: accumulators_to_wit(request.accumulators),
+        fresh: request.fresh,
+        records: request.records,
+        group_offsets: request.group_offsets,
+    }
+}
+
+pub(super) fn fold_from_wit(request: bindings::FoldRequest) -> window::FoldRequest {
+    window::FoldRequest {
+        accumulators: accumulators_from_wit(request.accumulators),
+        fresh: request.fresh,
+        records: request.records,
+        group_offsets: request.group_offsets,
+    }
+}
+
 pub(super) fn accumulators_to_wit(a: window::Accumulators) -> bindings::Accumulators {
     bindings::Accumulators {
         data: a.data,
@@ -312,21 +330,7 @@ fn call_error(e: CallError) -> AggregateError {
 /// committed, so nothing is lost.
 impl window::AggregateCalls for Aggregator {
     fn fold(&mut self, request: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
-        let request = bindings::FoldRequest {
-            accumulators: accumulators_to_wit(request.accumulators),
-            fresh: request.fresh,
-            records: request.records,
-            group_offsets: request.group_offsets,
-        };
-        let result = Aggregator::fold(self, &request).map_err(call_error)?;
-        Ok(window::FoldResult {
-            accumulators: accumulators_from_wit(result.accumulators),
-            dead_letters: result
-                .dead_letters
-                .into_iter()
-                .map(|d| (d.input, d.reason))
-                .collect(),
-        })
+        self.fold_window(&fold_to_wit(request)).map_err(call_error)
     }
 
     fn merge(
@@ -342,6 +346,22 @@ impl window::AggregateCalls for Aggregator {
 }
 
 impl Aggregator {
+    /// `fold` in the window engine's terms; the request stays the caller's.
+    pub(super) fn fold_window(
+        &mut self,
+        request: &bindings::FoldRequest,
+    ) -> Result<window::FoldResult, CallError> {
+        let result = Aggregator::fold(self, request)?;
+        Ok(window::FoldResult {
+            accumulators: accumulators_from_wit(result.accumulators),
+            dead_letters: result
+                .dead_letters
+                .into_iter()
+                .map(|d| (d.input, d.reason))
+                .collect(),
+        })
+    }
+
     pub(super) fn merge_calls(
         &mut self,
         request: window::MergeRequest,

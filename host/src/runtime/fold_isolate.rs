@@ -13,8 +13,7 @@
 //! dead-lettered. This costs about `2 log2(n)` extra calls per faulty record
 //! and nothing when no fault happens, like the transform path.
 
-use super::aggregate::{Aggregator, CallError, accumulators_from_wit, accumulators_to_wit};
-use super::bindings;
+use super::aggregate::{Aggregator, fold_from_wit, fold_to_wit};
 use crate::batch::Batch;
 use crate::runtime::StepOutput;
 use crate::window::{
@@ -39,24 +38,6 @@ impl std::fmt::Debug for BatchCalls<'_> {
 }
 
 impl BatchCalls<'_> {
-    fn fold_once(&mut self, request: &FoldRequest) -> Result<FoldResult, CallError> {
-        let wit = bindings::FoldRequest {
-            accumulators: accumulators_to_wit(request.accumulators.clone()),
-            fresh: request.fresh.clone(),
-            records: request.records.clone(),
-            group_offsets: request.group_offsets.clone(),
-        };
-        let result = self.aggregator.fold(&wit)?;
-        Ok(FoldResult {
-            accumulators: accumulators_from_wit(result.accumulators),
-            dead_letters: result
-                .dead_letters
-                .into_iter()
-                .map(|d| (d.input, d.reason))
-                .collect(),
-        })
-    }
-
     /// A fresh instance holding the same batch.
     fn recover(&mut self) -> Result<(), AggregateError> {
         self.aggregator
@@ -81,13 +62,15 @@ impl BatchCalls<'_> {
         request: FoldRequest,
         dead: &mut Vec<(u32, String)>,
     ) -> Result<window::Accumulators, AggregateError> {
-        let error = match self.fold_once(&request) {
+        let wit = fold_to_wit(request);
+        let error = match self.aggregator.fold_window(&wit) {
             Ok(result) => {
                 dead.extend(result.dead_letters);
                 return Ok(result.accumulators);
             }
             Err(e) => e,
         };
+        let request = fold_from_wit(wit);
         self.recover()?;
         match request.records.len() {
             0 => Err(AggregateError::Guest(format!(
@@ -146,10 +129,14 @@ fn split(request: FoldRequest, mid: usize) -> (FoldRequest, FoldRequest) {
 
 impl AggregateCalls for BatchCalls<'_> {
     fn fold(&mut self, request: FoldRequest) -> Result<FoldResult, AggregateError> {
-        let first = match self.fold_once(&request) {
+        // The fast path moves the request into the call; only after a fault
+        // is it taken back, to be split.
+        let wit = fold_to_wit(request);
+        let first = match self.aggregator.fold_window(&wit) {
             Ok(result) => return Ok(result),
             Err(e) => e,
         };
+        let request = fold_from_wit(wit);
         tracing::warn!(
             reason = %first,
             records = request.records.len(),

@@ -15,7 +15,7 @@ use crate::spec::KafkaSpec;
 
 /// Producer defaults tuned for throughput with idempotent, acknowledged
 /// writes; any of them can be overridden in `kafka.producer`.
-const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("linger.ms", "5"),

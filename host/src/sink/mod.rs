@@ -11,5 +11,5 @@ pub use self::parquet::{
     ColumnSpec, ColumnType, FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink,
     ParquetSpec, PartitionBy,
 };
-pub use kafka::{BatchAck, KafkaSink, headers};
+pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
 pub use written::{EOS_HEADER, SinkPosition, end_offsets, eos_id, written_since};

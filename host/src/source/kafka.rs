@@ -130,21 +130,9 @@ impl KafkaSource {
         let mut topics: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
         topics.extend(spec.sink_topics());
         for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|source| SourceError::Unreachable {
-                    brokers: spec.kafka.brokers.clone(),
-                    source,
-                })?;
-            let t = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty());
-            let Some(t) = t else {
-                return Err(SourceError::MissingTopic(topic.to_owned()));
-            };
+            let ids = topic_partitions(&consumer, &spec.kafka.brokers, topic)?;
             if let Some(index) = spec.source.topics.iter().position(|s| s == topic) {
-                partitions.extend(t.partitions().iter().map(|p| (index as u16, p.id())));
+                partitions.extend(ids.into_iter().map(|p| (index as u16, p)));
             }
         }
 
@@ -321,6 +309,26 @@ impl KafkaSource {
     }
 }
 
+/// The partition ids of `topic`; an error if it does not exist.
+fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    brokers: &str,
+    topic: &str,
+) -> Result<Vec<i32>, SourceError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|source| SourceError::Unreachable {
+            brokers: brokers.to_owned(),
+            source,
+        })?;
+    metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .ok_or_else(|| SourceError::MissingTopic(topic.to_owned()))
+}
+
 /// Every partition of the pipeline's source topics, as (index into the
 /// source topics, partition), sorted.
 pub fn source_partitions(spec: &PipelineSpec) -> Result<Vec<(u16, i32)>, SourceError> {
@@ -329,18 +337,8 @@ pub fn source_partitions(spec: &PipelineSpec) -> Result<Vec<(u16, i32)>, SourceE
         .create()?;
     let mut partitions = Vec::new();
     for (index, topic) in spec.source.topics.iter().enumerate() {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(|source| SourceError::Unreachable {
-                brokers: spec.kafka.brokers.clone(),
-                source,
-            })?;
-        let t = metadata
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .ok_or_else(|| SourceError::MissingTopic(topic.clone()))?;
-        partitions.extend(t.partitions().iter().map(|p| (index as u16, p.id())));
+        let ids = topic_partitions(&consumer, &spec.kafka.brokers, topic)?;
+        partitions.extend(ids.into_iter().map(|p| (index as u16, p)));
     }
     partitions.sort_unstable();
     Ok(partitions)

@@ -18,17 +18,9 @@ use crate::pipeline::{self, RunOptions, Summary};
 use crate::runtime::Runtime;
 use crate::spec::PipelineSpec;
 
-/// The host sink's producer settings (`sink/kafka.rs`, `PRODUCER_DEFAULTS`,
-/// private there), so that the baseline produces the way the host does.
-pub const HOST_PRODUCER: &[(&str, &str)] = &[
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    ("linger.ms", "5"),
-    ("batch.size", "1000000"),
-    ("compression.type", "lz4"),
-    ("queue.buffering.max.messages", "1000000"),
-    ("queue.buffering.max.kbytes", "1048576"),
-];
+/// The host sink's producer settings, so that the baseline produces the
+/// way the host does.
+pub const HOST_PRODUCER: &[(&str, &str)] = crate::sink::PRODUCER_DEFAULTS;
 
 /// Extra librdkafka properties, applied after the defaults.
 pub type Properties = [(String, String)];
