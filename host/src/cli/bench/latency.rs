@@ -36,6 +36,18 @@ pub struct LatencyParams<'a> {
     pub rate: u64,
     pub seconds: u64,
     pub users: u64,
+    /// The generator's `linger.ms`.
+    pub linger_ms: u64,
+}
+
+/// What the load generator does (owned: it runs on its own thread).
+struct Load {
+    brokers: String,
+    topic: String,
+    rate: u64,
+    seconds: u64,
+    users: u64,
+    linger_ms: u64,
 }
 
 /// Latencies of one topic's records, in ms.
@@ -139,7 +151,7 @@ fn measure(
         .set("bootstrap.servers", params.brokers)
         .set("group.id", format!("{}-reader", params.output))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", std::env::var("BENCH_TMP_FW").unwrap_or("5".into()))
+        .set("fetch.wait.max.ms", "5")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in [params.output, params.input] {
@@ -158,14 +170,20 @@ fn measure(
     let abort = Arc::new(AtomicBool::new(false));
     let mut generator = Some({
         let (t0, ready, abort) = (t0.clone(), ready.clone(), abort.clone());
-        let (brokers, topic) = (params.brokers.to_owned(), params.input.to_owned());
-        let (rate, seconds, users) = (params.rate, params.seconds, params.users);
+        let load = Load {
+            brokers: params.brokers.to_owned(),
+            topic: params.input.to_owned(),
+            rate: params.rate,
+            seconds: params.seconds,
+            users: params.users,
+            linger_ms: params.linger_ms,
+        };
         let dispatch = dispatch.clone();
         std::thread::Builder::new()
             .name("bench-load".into())
             .spawn(move || {
                 let _logs = tracing::dispatcher::set_default(&dispatch);
-                generate(&brokers, &topic, rate, seconds, users, &t0, &ready, &abort)
+                generate(&load, &t0, &ready, &abort)
             })?
     });
 
@@ -218,22 +236,27 @@ fn measure(
 /// Waits until the pipeline forwards a warm-up record, then sends
 /// `rate * seconds` sample records on a fixed schedule, each stamped with its
 /// send time, and waits for their acknowledgements.
-#[allow(clippy::too_many_arguments)]
 fn generate(
-    brokers: &str,
-    topic: &str,
-    rate: u64,
-    seconds: u64,
-    users: u64,
+    load: &Load,
     t0: &AtomicI64,
     ready: &AtomicBool,
     abort: &AtomicBool,
 ) -> anyhow::Result<Generated> {
-    // Small linger so the generator itself adds (almost) no latency.
+    let Load {
+        brokers,
+        topic,
+        rate,
+        seconds,
+        users,
+        linger_ms,
+    } = load;
+    let (topic, rate, seconds, users) = (topic.as_str(), *rate, *seconds, *users);
+    // A small linger, so that the generator itself adds little latency (but
+    // below ~5 ms librdkafka's broker thread gets busy; see --help).
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", std::env::var("BENCH_TMP_LINGER").unwrap_or("1".into()))
+        .set("linger.ms", linger_ms.to_string())
         .set("compression.type", "lz4")
         .create_with_context(Deliveries::default())?;
     let options = SampleOptions {

@@ -47,6 +47,7 @@
 
 mod latency;
 mod measure;
+mod notes;
 mod report;
 mod setup;
 mod throughput;
@@ -59,7 +60,7 @@ use serde_json::json;
 
 use crate::cli::kafka_tools::{self, SampleOptions};
 use measure::{Machine, Meter};
-use report::{LatencyRow, RAW, Report, Row, opt};
+use report::{LatencyRow, RAW, Report, Row};
 use setup::{Input, Modules, PipelineParams};
 use throughput::{BatchProgress, steady_rate};
 
@@ -94,6 +95,12 @@ pub struct BenchArgs {
     /// Duration of the latency phase, in seconds (0: skip it).
     #[arg(long, default_value_t = 10)]
     pub latency_seconds: u64,
+    /// `linger.ms` of the latency phase's load generator. Small, so that it
+    /// adds little latency; measured here, 1-2 ms keep librdkafka's broker
+    /// thread busy (~0.6-0.75 of a core at 10,000 records/s, against ~0.15
+    /// at 5 ms).
+    #[arg(long, default_value_t = 1)]
+    pub generator_linger_ms: u64,
     /// `batch.max_wait` of the latency pipeline.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub max_wait: Duration,
@@ -329,7 +336,7 @@ fn bench(
     };
     report.compute_ratios();
     report.compare("strategy-map exactly-once", "strategy-map", 0.9);
-    report.notes = notes(&report, args);
+    report.notes = notes::notes(&report, args);
     print!("{}", report.markdown());
 
     if let Some(dir) = args.json.parent() {
@@ -339,25 +346,6 @@ fn bench(
         .with_context(|| format!("cannot write {}", args.json.display()))?;
     progress!("wrote {}", args.json.display());
     Ok(())
-}
-
-/// The `--consumer` / `--producer` properties, as a note.
-fn overrides(args: &BenchArgs) -> String {
-    let list = |props: &[(String, String)]| {
-        props
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut s = String::new();
-    if !args.consumer.is_empty() {
-        s += &format!(", plus consumer {}", list(&args.consumer));
-    }
-    if !args.producer.is_empty() {
-        s += &format!(", plus producer {}", list(&args.producer));
-    }
-    s
 }
 
 /// The steady-state rate of a row: between 10% and 90% of its records done.
@@ -407,6 +395,7 @@ fn run_latency(
         rate: args.latency_rate,
         seconds: args.latency_seconds,
         users: args.users,
+        linger_ms: args.generator_linger_ms,
     };
     let latency = latency::run(&spec, &params, dispatch)?;
     let usage = meter.finish();
@@ -425,75 +414,4 @@ fn run_latency(
         latency,
         usage,
     })
-}
-
-/// How to read the figures.
-fn notes(report: &Report, args: &BenchArgs) -> Vec<String> {
-    let first = report.rows.iter().find_map(|r| r.first_record_s);
-    let wasm = report.rows.iter().find_map(|r| r.wasm_start_s);
-    let mut notes = vec![
-        format!(
-            "seconds, records/s, MB/s: wall time from creating the consumer (raw passthrough, whose producer is \
-             started beforehand) or calling `sluice::pipeline::run` until caught up (pipelines) to every output \
-             acknowledged: it includes the consumer-group join and first fetch (raw passthrough: first record \
-             after {} s) and, for pipelines, their whole start (Wasm runtime and modules: {} ms measured apart; \
-             the idempotent producer's id, ~1 s) and the final commit or checkpoint and flush",
-            opt(first, 2),
-            opt(wasm.map(|s| s * 1000.0), 0),
-        ),
-        format!(
-            "steady records/s: between {:.0}% and {:.0}% of the records done (raw passthrough: deliveries \
-             acknowledged; pipelines: batches processed, the host keeping only a few batches awaiting \
-             acknowledgement); no start, no end. vs raw: relative to the raw passthrough of the same input",
-            STEADY.0 * 100.0,
-            STEADY.1 * 100.0
-        ),
-        format!(
-            "pipelines: batch.max_records {}, max_bytes 1 MiB, max_wait 100ms; every row: the host's producer and \
-             consumer defaults{}; build: {}",
-            args.batch_records,
-            overrides(args),
-            if cfg!(debug_assertions) { "debug (dev profile)" } else { "release" }
-        ),
-        "strategy-map reads readings `{strategy, value, ts}`, made record for record from the same sample \
-         events (strategy = event_type, value = amount, ts = timestamp, same key and record timestamp)"
-            .to_owned(),
-        "host CPU s: user + system time of the whole bench process (all threads, /proc/self/stat) during the \
-         row; for raw passthrough and latency it includes the bench's own clients; broker CPU s needs \
-         --broker-pid"
-            .to_owned(),
-    ];
-    let reset = report.rows.iter().all(|r| r.usage.peak_rss_reset);
-    notes.push(if reset {
-        "peak RSS: VmHWM of the bench process, reset before each row (/proc/self/clear_refs) to the RSS at \
-         the start of the row (in parentheses), which includes what the allocator kept from earlier rows"
-            .to_owned()
-    } else {
-        "peak RSS: VmHWM of the bench process; it could not be reset between rows, so each figure is the peak \
-         of the whole process up to the end of that row"
-            .to_owned()
-    });
-    if report.latency.is_some() {
-        notes.push(format!(
-            "latency: arrival at the bench's consumer (fetch.wait.max.ms 5) minus the record timestamp, stamped \
-             at send in whole ms (so up to 1 ms high); generator linger.ms 1; pipeline source fetch.wait.max.ms \
-             = batch.max_wait ({} ms), host producer linger.ms 5; warm-up records not counted; percentiles by \
-             nearest rank",
-            args.max_wait.as_millis()
-        ));
-    }
-    for r in &report.rows {
-        if report
-            .inputs
-            .iter()
-            .find(|i| i.kind == r.input)
-            .is_some_and(|i| i.records != r.records)
-        {
-            notes.push(format!(
-                "WARNING: {} read {} records of its input's {}",
-                r.name, r.records, r.input
-            ));
-        }
-    }
-    notes
 }
