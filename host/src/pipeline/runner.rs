@@ -21,7 +21,8 @@ use super::deliver::{self, Eos, Rejected, Routing};
 use super::{Chain, ChainOutput, Epoch, RunOptions, Summary};
 use crate::batch::Batch;
 use crate::sink::{
-    BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, end_offsets, written_since,
+    BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, SinkPosition, end_offsets,
+    written_since,
 };
 use crate::source::{KafkaSource, NextOffset, ReplaySource, source_partitions};
 use crate::spec::{Delivery, PipelineSpec};
@@ -60,6 +61,9 @@ pub(super) struct Runner<'a> {
     saved: Option<u64>,
     /// Per source partition, the offset after the last record run.
     positions: HashMap<(u16, i32), i64>,
+    /// Exactly-once: per sink partition, a lower bound of where records of
+    /// epochs after the last checkpoint start (see `sink_positions`).
+    sink_ends: HashMap<(String, i32), i64>,
     /// Batches produced but not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
     pub summary: Summary,
@@ -85,6 +89,7 @@ impl<'a> Runner<'a> {
             epoch: 0,
             saved: None,
             positions: HashMap::new(),
+            sink_ends: HashMap::new(),
             in_flight: VecDeque::new(),
         })
     }
@@ -386,8 +391,7 @@ impl<'a> Runner<'a> {
         let started = Instant::now();
         let spec = self.spec;
         let sinks = if self.exactly_once {
-            end_offsets(&spec.kafka, &spec.sink_topics())
-                .context("cannot read the sink topics' end offsets")?
+            self.sink_positions()?
         } else {
             Vec::new()
         };
@@ -454,6 +458,39 @@ impl<'a> Runner<'a> {
             "checkpoint saved"
         );
         Ok(())
+    }
+}
+
+impl Runner<'_> {
+    /// Where each sink partition's records of later epochs can start, at
+    /// the earliest: asked of the broker once, then moved forward by the
+    /// producer's own acknowledgements (so a checkpoint needs no round
+    /// trip). Other producers' records after that point are skipped by the
+    /// read-back, which looks at this pipeline's ids only.
+    fn sink_positions(&mut self) -> anyhow::Result<Vec<SinkPosition>> {
+        if self.sink_ends.is_empty() {
+            let spec = self.spec;
+            self.sink_ends = end_offsets(&spec.kafka, &spec.sink_topics())
+                .context("cannot read the sink topics' end offsets")?
+                .into_iter()
+                .map(|p| ((p.topic, p.partition), p.offset))
+                .collect();
+        }
+        for (key, end) in self.sink.acknowledged_ends() {
+            let known = self.sink_ends.entry(key).or_insert(end);
+            *known = (*known).max(end);
+        }
+        let mut positions: Vec<SinkPosition> = self
+            .sink_ends
+            .iter()
+            .map(|((topic, partition), &offset)| SinkPosition {
+                topic: topic.clone(),
+                partition: *partition,
+                offset,
+            })
+            .collect();
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(positions)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Kafka sink: one idempotent producer for every output and the
 //! dead-letter topic, with per-batch delivery tracking.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -86,7 +87,13 @@ impl BatchAck {
     }
 }
 
-struct AckContext;
+/// Per topic partition, the offset after the last record this producer
+/// had acknowledged.
+type Acked = Mutex<HashMap<String, HashMap<i32, i64>>>;
+
+struct AckContext {
+    acked: Arc<Acked>,
+}
 
 impl ClientContext for AckContext {}
 
@@ -94,16 +101,30 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Arc<BatchAck>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
-        ack.finished(result.as_ref().err().map(|(e, m)| {
-            use rdkafka::Message;
-            format!("delivery to {}[{}] failed: {e}", m.topic(), m.partition())
-        }));
+        use rdkafka::Message;
+        if let Ok(m) = result {
+            let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+            // No allocation per record: the topic's entry exists after its first.
+            let partitions = match acked.get_mut(m.topic()) {
+                Some(p) => p,
+                None => acked.entry(m.topic().to_owned()).or_default(),
+            };
+            let end = partitions.entry(m.partition()).or_insert(0);
+            *end = (*end).max(m.offset() + 1);
+        }
+        ack.finished(
+            result
+                .as_ref()
+                .err()
+                .map(|(e, m)| format!("delivery to {}[{}] failed: {e}", m.topic(), m.partition())),
+        );
     }
 }
 
 /// Writes records to Kafka topics.
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
+    acked: Arc<Acked>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -122,9 +143,27 @@ impl KafkaSink {
         for (k, v) in &kafka.producer {
             config.set(k, v.to_string());
         }
+        let acked = Arc::new(Acked::default());
         Ok(Self {
-            producer: config.create_with_context(AckContext)?,
+            producer: config.create_with_context(AckContext {
+                acked: acked.clone(),
+            })?,
+            acked,
         })
+    }
+
+    /// Per topic partition written to, the offset after the last record
+    /// acknowledged so far: where the next record can be at the earliest.
+    pub fn acknowledged_ends(&self) -> HashMap<(String, i32), i64> {
+        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        acked
+            .iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .iter()
+                    .map(move |(&p, &end)| ((topic.clone(), p), end))
+            })
+            .collect()
     }
 
     /// Queues one record; its delivery is tracked by `ack`. Waits while the
