@@ -13,7 +13,7 @@
 //!   produced again (see `runner.rs` and `sink/written.rs`).
 //! - Every source record is accounted for: emitted, dead-lettered with a
 //!   reason, or counted as dropped by a guest's decision.
-//! - Up to four produced batches await their acknowledgements while the
+//! - Up to 16 produced batches await their acknowledgements while the
 //!   next ones run; the Kafka client fetches ahead in its own threads.
 
 mod aggregate;

@@ -37,7 +37,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// one, so that the producer's linger and the broker's round trip never
 /// stall the loop between two short batches; offsets are still committed
 /// in batch order.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 16;
 
 /// A batch produced but not yet acknowledged.
 struct InFlight {
