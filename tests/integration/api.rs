@@ -3,95 +3,16 @@
 //! and by the `sluice module` commands. (Router-level tests of every
 //! rejection that needs no real component are in `host/src/api/tests.rs`.)
 
-use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::fs;
+use std::process::Command;
 
 use serde_json::{Value, json};
 use sluice::cli::client::Client;
+
+use crate::server::Server;
 use sluice_tests::guest;
 
 const TOKEN: &str = "integration-token";
-
-/// A `sluice serve` process on a free loopback port (it listens on port 0
-/// and prints the address it got), logging to `<dir>/server.log`.
-struct Server {
-    url: String,
-    child: Child,
-    log: PathBuf,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(dir: &Path, args: &[&str]) -> Self {
-        let log = dir.join("server.log");
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("serve")
-            .arg("--data")
-            .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("SLUICE_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!(
-                "sluice serve did not start: {line:?}\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        Self {
-            url: url.to_owned(),
-            child,
-            log,
-            _stdout: stdout,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.url, Some(TOKEN.into()))
-    }
-
-    /// SIGTERM, then the exit status must be a clean 0.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "sluice serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "sluice serve exited with {status}:\n{}",
-            fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn wasm(name: &str) -> Vec<u8> {
     let path = guest(name);
@@ -131,7 +52,7 @@ fn sluice_module(url: &str, token: Option<&str>, args: &[&str]) -> (bool, String
 fn components_are_checked_stored_and_versioned() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client();
+    let client = server.client(Some(TOKEN));
     let filter = wasm("filter-heartbeats");
 
     let (status, v1) = answer(client.push("filter", &filter, &[]));

@@ -130,7 +130,7 @@ delivery: exactly-once
     }
 
     fn produce(&self, o: &SampleOptions, range: std::ops::Range<u64>) {
-        produce_events(&self.brokers, &self.input, o, range);
+        kafka_tools::produce_sample_range(&self.brokers, &self.input, o, range).unwrap();
     }
 
     fn outputs(&self) -> Outputs {
@@ -187,19 +187,6 @@ fn as_rows(values: &[String]) -> Vec<String> {
         .collect();
     lines.sort();
     lines
-}
-
-fn produce_events(brokers: &str, topic: &str, o: &SampleOptions, range: std::ops::Range<u64>) {
-    let records = range.map(|n| {
-        let (k, v) = sample_record(o, n);
-        (
-            Some(k.into_bytes()),
-            Some(v),
-            Some(o.start_ms + n as i64 * 100),
-            vec![],
-        )
-    });
-    kafka_tools::produce(brokers, topic, records).unwrap();
 }
 
 /// The alerts every run must produce exactly once: the error events.

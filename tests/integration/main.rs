@@ -10,4 +10,5 @@ mod parquet;
 mod pipeline;
 mod runtime;
 mod serve;
+mod server;
 mod windows;

@@ -3,100 +3,17 @@
 //! restarted server. (Router-level tests of every route and rejection are
 //! in `host/src/api/pipeline_tests.rs`.)
 
-use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::fs;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice::cli::client::Client;
+
+use crate::server::Server;
 use sluice_tests::kafka_tools::{SampleOptions, sample_record};
 use sluice_tests::*;
 
 const TOKEN: &str = "serve-token";
-
-/// A `sluice serve` process on a free loopback port, logging to
-/// `<dir>/server.log`.
-struct Server {
-    url: String,
-    child: Child,
-    log: PathBuf,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let log = dir.join("server.log");
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("serve")
-            .arg("--data")
-            .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
-            .env_remove("SLUICE_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!(
-                "sluice serve did not start: {line:?}\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        Self {
-            url: url.to_owned(),
-            child,
-            log,
-            _stdout: stdout,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.url, Some(TOKEN.into()))
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status must be a clean 0 (the server stops
-    /// its pipelines after their current batch).
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "sluice serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "sluice serve exited with {status}:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Status and JSON body of `method path`.
 fn call(client: &Client, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
@@ -162,7 +79,7 @@ fn wait_for_status(server: &Server, name: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, doc) = call(
-            &server.client(),
+            &server.client(Some(TOKEN)),
             "GET",
             &format!("/v1/pipelines/{name}"),
             None,
@@ -194,8 +111,8 @@ fn a_pipeline_runs_stops_starts_and_survives_a_server_restart() {
     assert!(expected.len() < 280, "the sample must contain heartbeats");
     produce_pairs(&input, &first);
 
-    let server = Server::start(dir.path());
-    let client = server.client();
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
     let filter = fs::read(guest("filter-heartbeats")).unwrap();
     let (status, module) = call(
         &client,
@@ -251,7 +168,7 @@ fn a_pipeline_runs_stops_starts_and_survives_a_server_restart() {
 
     // A restart brings the running pipeline back, and it goes on where it was.
     server.stop();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
     let doc = wait_for_status(&server, &name, "running");
     assert_eq!(doc["modules"][0]["version"], 1);
     produce_pairs(&input, &second);
@@ -272,7 +189,7 @@ fn a_pipeline_runs_stops_starts_and_survives_a_server_restart() {
         dead[0].headers
     );
 
-    let client = server.client();
+    let client = server.client(Some(TOKEN));
     let metrics = client.request("GET", "/metrics", None).unwrap();
     assert_eq!(metrics.status, 200);
     let text = String::from_utf8(metrics.body).unwrap();

@@ -50,19 +50,6 @@ fn expected(o: &SampleOptions, range: std::ops::Range<u64>, watermark: i64) -> V
         .collect()
 }
 
-fn produce_range(topic: &str, o: &SampleOptions, range: std::ops::Range<u64>) {
-    let records = range.map(|n| {
-        let (k, v) = sample_record(o, n);
-        (
-            Some(k.into_bytes()),
-            Some(v),
-            Some(o.start_ms + n as i64 * 100),
-            vec![],
-        )
-    });
-    kafka_tools::produce(brokers(), topic, records).unwrap();
-}
-
 fn sorted(mut v: Vec<Value>) -> Vec<Value> {
     v.sort_by_key(|x| (x["window_start"].to_string(), x["event_type"].to_string()));
     v
@@ -88,7 +75,7 @@ fn event_window_agg_through_the_broker_and_across_a_restart() {
     };
 
     // Run 1: 200 s of events; the watermark reaches 194.9 s, so three minutes close.
-    produce_range(&input, &o, 0..2000);
+    kafka_tools::produce_sample_range(brokers(), &input, &o, 0..2000).unwrap();
     run_until_caught_up(&spec);
     let values = |records: Vec<TopicRecord>| -> Vec<Value> {
         records
@@ -104,7 +91,7 @@ fn event_window_agg_through_the_broker_and_across_a_restart() {
 
     // Run 2, after a restart: events up to 270 s close the fourth minute,
     // whose first 20 s were read by run 1 but not committed.
-    produce_range(&input, &o, 2000..2700);
+    kafka_tools::produce_sample_range(brokers(), &input, &o, 2000..2700).unwrap();
     run_until_caught_up(&spec);
     let all = values(read(&out));
     assert_eq!(sorted(all[first.len()..].to_vec()), {

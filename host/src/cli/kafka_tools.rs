@@ -117,10 +117,20 @@ pub fn sample_record(o: &SampleOptions, n: u64) -> (String, Vec<u8>) {
 /// Produces the sample stream to `topic`, with record timestamps equal to
 /// event times. Returns how many records were acknowledged.
 pub fn produce_sample(brokers: &str, topic: &str, o: &SampleOptions) -> anyhow::Result<u64> {
+    produce_sample_range(brokers, topic, o, 0..o.count)
+}
+
+/// Produces events `range` of the sample stream (see [`produce_sample`]).
+pub fn produce_sample_range(
+    brokers: &str,
+    topic: &str,
+    o: &SampleOptions,
+    range: std::ops::Range<u64>,
+) -> anyhow::Result<u64> {
     produce(
         brokers,
         topic,
-        (0..o.count).map(|n| {
+        range.map(|n| {
             let (k, v) = sample_record(o, n);
             (
                 Some(k.into_bytes()),
