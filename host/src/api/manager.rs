@@ -42,8 +42,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod swap;
+
 use super::store::{Kind, ModuleRef, ModuleStore, StoreError, validate_name};
-use crate::pipeline::{RunOptions, Summary};
+use crate::pipeline::{Control as RunControl, Progress, RunOptions, Sample, Summary, SwapRecord};
 use crate::spec::{PipelineSpec, SpecError};
 
 const FORMAT: u32 = 1;
@@ -83,6 +85,12 @@ pub enum ManagerError {
     },
     #[error("the pipeline store is damaged: {0}")]
     Corrupt(String),
+    /// A request that cannot be carried out as asked (the message says why).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request needs a running pipeline.
+    #[error("pipeline `{0}` is not running; start it first")]
+    NotRunning(String),
 }
 
 /// The state a pipeline should be in; persisted.
@@ -90,6 +98,7 @@ pub enum ManagerError {
 #[serde(rename_all = "lowercase")]
 pub enum Desired {
     Running,
+    Paused,
     Stopped,
 }
 
@@ -98,6 +107,7 @@ pub enum Desired {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Running,
+    Paused,
     Stopped,
     Failed,
 }
@@ -152,6 +162,12 @@ pub struct PipelineStatus {
     pub modules: Vec<StepModule>,
     /// What the last finished run did.
     pub last_run: Option<Summary>,
+    /// The current (or last) run's progress after its latest batch.
+    pub progress: Option<Progress>,
+    /// Records read per second over the last minute, oldest first.
+    pub throughput: Vec<Sample>,
+    /// Module swaps of the current (or last) run, oldest first.
+    pub swaps: Vec<SwapRecord>,
     pub spec: Value,
 }
 
@@ -165,6 +181,8 @@ struct Entry {
     doc: Mutex<Stored>,
     live: Arc<Mutex<Live>>,
     control: Mutex<Control>,
+    /// The current (or last) run's control: progress, pause, swaps.
+    run: Mutex<Option<Arc<RunControl>>>,
 }
 
 /// The manager. Operations block (file I/O, joining threads); call them off
@@ -174,8 +192,10 @@ pub struct Manager {
     store: Arc<ModuleStore>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Pipeline -> the module versions it holds (see the module docs).
-    usage: Mutex<BTreeMap<String, Vec<(String, u32)>>>,
+    usage: Arc<Usage>,
 }
+
+type Usage = Mutex<BTreeMap<String, Vec<(String, u32)>>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -195,7 +215,7 @@ impl Manager {
             data: data.to_owned(),
             store,
             entries: Mutex::new(BTreeMap::new()),
-            usage: Mutex::new(BTreeMap::new()),
+            usage: Arc::default(),
         };
         let mut entries = BTreeMap::new();
         for file in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
@@ -232,11 +252,12 @@ impl Manager {
         Ok(manager)
     }
 
-    /// Starts every pipeline whose desired state is `running`. One that
-    /// cannot start is left `failed` with its error.
+    /// Starts every pipeline whose desired state is `running` (or
+    /// `paused`: it starts paused). One that cannot start is left `failed`
+    /// with its error.
     pub fn restore(&self) {
         for (name, entry) in self.all() {
-            if lock(&entry.doc).desired == Desired::Running {
+            if lock(&entry.doc).desired != Desired::Stopped {
                 match self.start_entry(&entry) {
                     Ok(()) => tracing::info!("pipeline {name}: restored"),
                     Err(e) => tracing::warn!("pipeline {name}: cannot restore: {e}"),
@@ -303,13 +324,32 @@ impl Manager {
         self.all().into_iter().map(|(_, e)| e.status()).collect()
     }
 
+    /// Per pipeline with a run so far: its batch-duration histogram
+    /// (cumulative counts per bucket of [`crate::pipeline::DURATION_BUCKETS_MS`],
+    /// then `+Inf`) and the sum of durations in milliseconds.
+    pub fn batch_durations(&self) -> Vec<(String, Vec<u64>, f64)> {
+        self.all()
+            .into_iter()
+            .filter_map(|(name, e)| {
+                let run = lock(&e.run).clone()?;
+                run.progress()?;
+                let (counts, sum) = run.histogram();
+                Some((name, counts, sum))
+            })
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         Ok(self.entry(name)?.status())
     }
 
-    /// Starts a stopped or failed pipeline (a running one is left running).
+    /// Starts a stopped or failed pipeline (a running one is left running,
+    /// a paused one resumes).
     pub fn start(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         let entry = self.entry(name)?;
+        if lock(&entry.doc).desired == Desired::Paused {
+            return self.resume(name);
+        }
         self.set_desired(&entry, Desired::Running)?;
         self.start_entry(&entry)?;
         Ok(entry.status())
@@ -375,7 +415,7 @@ impl Manager {
             .ok_or_else(|| ManagerError::NotFound(name.to_owned()))
     }
 
-    fn start_entry(&self, entry: &Entry) -> Result<(), ManagerError> {
+    fn start_entry(&self, entry: &Arc<Entry>) -> Result<(), ManagerError> {
         let mut control = lock(&entry.control);
         if control.deleted {
             return Err(ManagerError::NotFound(lock(&entry.doc).name.clone()));
@@ -398,6 +438,11 @@ impl Manager {
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let run_control = Arc::new(RunControl::with_listener(self.swap_listener(entry)));
+        if lock(&entry.doc).desired == Desired::Paused {
+            run_control.set_paused(true);
+        }
+        *lock(&entry.run) = Some(run_control.clone());
         {
             let mut live = lock(&entry.live);
             live.status = Status::Running;
@@ -409,7 +454,7 @@ impl Manager {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("pipeline-{name}"))
-            .spawn(move || run(&spec, &flag, &live))
+            .spawn(move || run(&spec, &flag, &run_control, &live))
             .map_err(|source| ManagerError::Io {
                 what: format!("start a thread for pipeline {name}"),
                 source,
@@ -557,11 +602,7 @@ impl Manager {
     }
 
     fn hold(&self, name: &str, modules: &[StepModule]) {
-        let held = modules
-            .iter()
-            .map(|m| (m.module.clone(), m.version))
-            .collect();
-        lock(&self.usage).insert(name.to_owned(), held);
+        hold(&self.usage, name, modules);
     }
 
     fn release(&self, name: &str) {
@@ -584,9 +625,23 @@ impl Manager {
     }
 
     fn persist(&self, stored: &Stored) -> Result<(), ManagerError> {
-        let json = serde_json::to_vec_pretty(stored).expect("a pipeline document serializes");
-        write_atomic(&self.file(&stored.name), &json)
+        persist(&self.data, stored)
     }
+}
+
+fn persist(data: &Path, stored: &Stored) -> Result<(), ManagerError> {
+    let json = serde_json::to_vec_pretty(stored).expect("a pipeline document serializes");
+    let file = data.join("pipelines").join(format!("{}.json", stored.name));
+    write_atomic(&file, &json)
+}
+
+/// Records that pipeline `name` uses `modules` (and nothing else).
+fn hold(usage: &Usage, name: &str, modules: &[StepModule]) {
+    let held = modules
+        .iter()
+        .map(|m| (m.module.clone(), m.version))
+        .collect();
+    lock(usage).insert(name.to_owned(), held);
 }
 
 impl Entry {
@@ -605,7 +660,17 @@ impl Entry {
                 thread: None,
                 deleted: false,
             }),
+            run: Mutex::new(None),
         }
+    }
+
+    /// The current run's control, if the pipeline's thread is running.
+    fn running(&self, control: &Control) -> Option<Arc<RunControl>> {
+        control
+            .thread
+            .as_ref()
+            .filter(|t| !t.is_finished())
+            .and(lock(&self.run).clone())
     }
 
     /// Stops the run, if any, and waits for its thread.
@@ -620,9 +685,17 @@ impl Entry {
     fn status(&self) -> PipelineStatus {
         let doc = lock(&self.doc).clone();
         let live = lock(&self.live).clone();
+        let run = lock(&self.run).clone();
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let status = match live.status {
+            Status::Running if run.as_ref().is_some_and(|r| r.is_paused()) => Status::Paused,
+            status => status,
+        };
         PipelineStatus {
             name: doc.name,
-            status: live.status,
+            status,
             desired: doc.desired,
             created_at: doc.created_at,
             started_at: live.started_at,
@@ -630,6 +703,12 @@ impl Entry {
             error: live.error,
             modules: doc.modules,
             last_run: live.last_run,
+            progress: run.as_ref().and_then(|r| r.progress()),
+            throughput: run
+                .as_ref()
+                .map(|r| r.throughput(now_ms))
+                .unwrap_or_default(),
+            swaps: run.as_ref().map(|r| r.swaps()).unwrap_or_default(),
             spec: redacted(doc.spec),
         }
     }
@@ -660,9 +739,9 @@ fn redacted(mut spec: Value) -> Value {
 }
 
 /// The body of a pipeline's thread.
-fn run(spec: &PipelineSpec, stop: &AtomicBool, live: &Mutex<Live>) {
+fn run(spec: &PipelineSpec, stop: &AtomicBool, control: &RunControl, live: &Mutex<Live>) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::pipeline::run(spec, RunOptions::default(), stop)
+        crate::pipeline::run_with(spec, RunOptions::default(), stop, Some(control))
     }));
     let mut live = lock(live);
     live.stopped_at = Some(now());

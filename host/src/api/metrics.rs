@@ -1,8 +1,22 @@
 //! `GET /metrics`: Prometheus text exposition format (version 0.0.4).
 //!
-//! - `sluice_modules`: stored module versions.
-//! - `sluice_pipeline_up{pipeline}`: 1 while the pipeline runs, else 0.
-//! - `sluice_pipeline_module_version{pipeline,step,module,version}`: 1 per step.
+//! Counters count since the pipeline's current run started (a restart
+//! starts them at zero, which Prometheus' `rate` handles). Per pipeline:
+//!
+//! - `sluice_pipeline_up`: 1 while it runs (paused included), else 0;
+//!   `sluice_pipeline_paused`: 1 while paused.
+//! - `sluice_pipeline_module_version{step,module,version}`: 1 per step.
+//! - `sluice_records_in_total`, `sluice_records_out_total{output}`,
+//!   `sluice_dead_letters_total{reason}`, `sluice_records_dropped_total`,
+//!   `sluice_late_records_total`.
+//! - `sluice_batch_duration_seconds`: histogram.
+//! - `sluice_consumer_lag{topic,partition}`: records behind the end offset.
+//! - `sluice_watermark_seconds`, `sluice_state_rows`, `sluice_state_bytes`:
+//!   for pipelines with windows.
+//! - `sluice_guest_traps_total`, `sluice_guest_deadline_hits_total`,
+//!   `sluice_guest_memory_hits_total`.
+//!
+//! And `sluice_modules`: stored module versions.
 
 use std::fmt::Write;
 
@@ -11,7 +25,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use super::manager::Status;
+use super::manager::{PipelineStatus, Status};
+use crate::pipeline::{DURATION_BUCKETS_MS, Progress};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -23,48 +38,264 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     let versions: usize = state.store.list().iter().map(|(_, v)| v.len()).sum();
-    family(&mut out, "sluice_modules", "Stored module versions.");
+    family(
+        &mut out,
+        "sluice_modules",
+        "gauge",
+        "Stored module versions.",
+    );
     let _ = writeln!(out, "sluice_modules {versions}");
-    let pipelines = state
-        .pipelines
-        .as_ref()
-        .map(|m| m.list())
-        .unwrap_or_default();
+    let Some(manager) = &state.pipelines else {
+        return out;
+    };
+    let pipelines = manager.list();
+    let running = |p: &PipelineStatus| matches!(p.status, Status::Running | Status::Paused);
+
     family(
         &mut out,
         "sluice_pipeline_up",
-        "1 while the pipeline runs, 0 when stopped or failed.",
+        "gauge",
+        "1 while the pipeline runs (paused included), else 0.",
     );
     for p in &pipelines {
-        let up = u8::from(p.status == Status::Running);
-        let _ = writeln!(
-            out,
-            "sluice_pipeline_up{{pipeline=\"{}\"}} {up}",
-            escape(&p.name)
+        sample(
+            &mut out,
+            "sluice_pipeline_up",
+            &p.name,
+            &[],
+            u8::from(running(p)),
+        );
+    }
+    family(
+        &mut out,
+        "sluice_pipeline_paused",
+        "gauge",
+        "1 while the pipeline is paused.",
+    );
+    for p in &pipelines {
+        sample(
+            &mut out,
+            "sluice_pipeline_paused",
+            &p.name,
+            &[],
+            u8::from(p.status == Status::Paused),
         );
     }
     family(
         &mut out,
         "sluice_pipeline_module_version",
+        "gauge",
         "The module version each step of a pipeline runs.",
     );
     for p in &pipelines {
         for m in &p.modules {
-            let _ = writeln!(
-                out,
-                "sluice_pipeline_module_version{{pipeline=\"{}\",step=\"{}\",module=\"{}\",version=\"{}\"}} 1",
-                escape(&p.name),
-                escape(&m.step),
-                escape(&m.module),
-                m.version
+            let version = m.version.to_string();
+            let labels = [
+                ("step", m.step.as_str()),
+                ("module", &m.module),
+                ("version", &version),
+            ];
+            sample(
+                &mut out,
+                "sluice_pipeline_module_version",
+                &p.name,
+                &labels,
+                1,
             );
         }
+    }
+
+    let progress: Vec<(&str, &Progress)> = pipelines
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.progress.as_ref()?)))
+        .collect();
+    let counters: [Counter; 7] = [
+        (
+            "sluice_records_in_total",
+            "Records read from the source.",
+            |p| p.totals.input_rows,
+        ),
+        (
+            "sluice_records_dropped_total",
+            "Records a guest dropped on purpose.",
+            |p| p.totals.dropped,
+        ),
+        (
+            "sluice_late_records_total",
+            "Records dead-lettered because their window was final.",
+            |p| p.totals.late,
+        ),
+        (
+            "sluice_guest_traps_total",
+            "Guest calls that trapped.",
+            |p| p.totals.traps,
+        ),
+        (
+            "sluice_guest_deadline_hits_total",
+            "Guest calls stopped at their deadline.",
+            |p| p.totals.deadline_hits,
+        ),
+        (
+            "sluice_guest_memory_hits_total",
+            "Guest calls stopped at their memory limit.",
+            |p| p.totals.memory_hits,
+        ),
+        ("sluice_batches_total", "Batches run.", |p| p.totals.batches),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help);
+        for (pipeline, p) in &progress {
+            sample(&mut out, name, pipeline, &[], value(p));
+        }
+    }
+    family(
+        &mut out,
+        "sluice_records_out_total",
+        "counter",
+        "Records written, per output.",
+    );
+    for (pipeline, p) in &progress {
+        for (output, n) in &p.totals.outputs {
+            sample(
+                &mut out,
+                "sluice_records_out_total",
+                pipeline,
+                &[("output", output)],
+                *n,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "sluice_dead_letters_total",
+        "counter",
+        "Records dead-lettered, per kind of reason.",
+    );
+    for (pipeline, p) in &progress {
+        for (reason, n) in &p.totals.dead_letter_reasons {
+            sample(
+                &mut out,
+                "sluice_dead_letters_total",
+                pipeline,
+                &[("reason", reason)],
+                *n,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "sluice_consumer_lag",
+        "gauge",
+        "Records between the position and the end offset, per source partition.",
+    );
+    for (pipeline, p) in &progress {
+        for s in &p.sources {
+            if let Some(lag) = s.lag {
+                let partition = s.partition.to_string();
+                let labels = [("topic", s.topic.as_str()), ("partition", &partition)];
+                sample(&mut out, "sluice_consumer_lag", pipeline, &labels, lag);
+            }
+        }
+    }
+    family(
+        &mut out,
+        "sluice_watermark_seconds",
+        "gauge",
+        "The event-time watermark, Unix seconds.",
+    );
+    for (pipeline, p) in &progress {
+        if let Some(w) = p.event_time.and_then(|e| e.watermark) {
+            sample(
+                &mut out,
+                "sluice_watermark_seconds",
+                pipeline,
+                &[],
+                w as f64 / 1000.0,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "sluice_state_rows",
+        "gauge",
+        "Open (window, key) pairs.",
+    );
+    for (pipeline, p) in &progress {
+        if let Some(state) = p.state {
+            sample(&mut out, "sluice_state_rows", pipeline, &[], state.rows);
+        }
+    }
+    family(
+        &mut out,
+        "sluice_state_bytes",
+        "gauge",
+        "Bytes of window state.",
+    );
+    for (pipeline, p) in &progress {
+        if let Some(state) = p.state {
+            sample(&mut out, "sluice_state_bytes", pipeline, &[], state.bytes);
+        }
+    }
+
+    family(
+        &mut out,
+        "sluice_batch_duration_seconds",
+        "histogram",
+        "Time to run a batch, fetch to acknowledgement.",
+    );
+    for (pipeline, counts, sum_ms) in manager.batch_durations() {
+        let bounds = DURATION_BUCKETS_MS
+            .iter()
+            .map(|b| (b / 1000.0).to_string())
+            .chain(["+Inf".to_owned()]);
+        for (le, n) in bounds.zip(&counts) {
+            sample(
+                &mut out,
+                "sluice_batch_duration_seconds_bucket",
+                &pipeline,
+                &[("le", &le)],
+                n,
+            );
+        }
+        sample(
+            &mut out,
+            "sluice_batch_duration_seconds_sum",
+            &pipeline,
+            &[],
+            sum_ms / 1000.0,
+        );
+        let count = counts.last().copied().unwrap_or(0);
+        sample(
+            &mut out,
+            "sluice_batch_duration_seconds_count",
+            &pipeline,
+            &[],
+            count,
+        );
     }
     out
 }
 
-fn family(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+/// A counter family: name, help, and its value in a progress document.
+type Counter = (&'static str, &'static str, fn(&Progress) -> u64);
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// One sample line, labelled with the pipeline and `labels`.
+fn sample(
+    out: &mut String,
+    name: &str,
+    pipeline: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
+    let _ = write!(out, "{name}{{pipeline=\"{}\"", escape(pipeline));
+    for (key, v) in labels {
+        let _ = write!(out, ",{key}=\"{}\"", escape(v));
+    }
+    let _ = writeln!(out, "}} {value}");
 }
 
 /// A label value: backslash, double quote and newline escaped.

@@ -429,12 +429,43 @@ async fn metrics_are_prometheus_text() {
         "# HELP sluice_modules Stored module versions.\n\
          # TYPE sluice_modules gauge\n\
          sluice_modules 3\n\
-         # HELP sluice_pipeline_up 1 while the pipeline runs, 0 when stopped or failed.\n\
+         # HELP sluice_pipeline_up 1 while the pipeline runs (paused included), else 0.\n\
          # TYPE sluice_pipeline_up gauge\n\
          sluice_pipeline_up{pipeline=\"orders\"} 0\n\
+         # HELP sluice_pipeline_paused 1 while the pipeline is paused.\n\
+         # TYPE sluice_pipeline_paused gauge\n\
+         sluice_pipeline_paused{pipeline=\"orders\"} 0\n\
          # HELP sluice_pipeline_module_version The module version each step of a pipeline runs.\n\
          # TYPE sluice_pipeline_module_version gauge\n\
-         sluice_pipeline_module_version{pipeline=\"orders\",step=\"filter\",module=\"filter\",version=\"1\"} 1\n"
+         sluice_pipeline_module_version{pipeline=\"orders\",step=\"filter\",module=\"filter\",version=\"1\"} 1\n\
+         # HELP sluice_records_in_total Records read from the source.\n\
+         # TYPE sluice_records_in_total counter\n\
+         # HELP sluice_records_dropped_total Records a guest dropped on purpose.\n\
+         # TYPE sluice_records_dropped_total counter\n\
+         # HELP sluice_late_records_total Records dead-lettered because their window was final.\n\
+         # TYPE sluice_late_records_total counter\n\
+         # HELP sluice_guest_traps_total Guest calls that trapped.\n\
+         # TYPE sluice_guest_traps_total counter\n\
+         # HELP sluice_guest_deadline_hits_total Guest calls stopped at their deadline.\n\
+         # TYPE sluice_guest_deadline_hits_total counter\n\
+         # HELP sluice_guest_memory_hits_total Guest calls stopped at their memory limit.\n\
+         # TYPE sluice_guest_memory_hits_total counter\n\
+         # HELP sluice_batches_total Batches run.\n\
+         # TYPE sluice_batches_total counter\n\
+         # HELP sluice_records_out_total Records written, per output.\n\
+         # TYPE sluice_records_out_total counter\n\
+         # HELP sluice_dead_letters_total Records dead-lettered, per kind of reason.\n\
+         # TYPE sluice_dead_letters_total counter\n\
+         # HELP sluice_consumer_lag Records between the position and the end offset, per source partition.\n\
+         # TYPE sluice_consumer_lag gauge\n\
+         # HELP sluice_watermark_seconds The event-time watermark, Unix seconds.\n\
+         # TYPE sluice_watermark_seconds gauge\n\
+         # HELP sluice_state_rows Open (window, key) pairs.\n\
+         # TYPE sluice_state_rows gauge\n\
+         # HELP sluice_state_bytes Bytes of window state.\n\
+         # TYPE sluice_state_bytes gauge\n\
+         # HELP sluice_batch_duration_seconds Time to run a batch, fetch to acknowledgement.\n\
+         # TYPE sluice_batch_duration_seconds histogram\n"
     );
 }
 

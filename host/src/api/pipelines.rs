@@ -13,6 +13,16 @@
 //!   version, sha256}], last_run, spec}`.
 //! - `POST /v1/pipelines/{name}/stop`, `.../start`: the status afterwards
 //!   (stopping waits for the current batch to finish).
+//! - `POST /v1/pipelines/{name}/pause`, `.../resume`: the status afterwards
+//!   (pausing waits for the current batch, its acknowledgements and, with
+//!   checkpoints, a checkpoint). 409 when the pipeline is not running.
+//! - `POST /v1/pipelines/{name}/swap`: body `{"module": "name[@version]",
+//!   "step": "<step>"}` (`step` may be left out when there is one). The
+//!   status document plus `swap`, the swap's record: 200 once it took
+//!   effect at a batch boundary (`trial` until its first batch with
+//!   records, then `live` or `rolled-back`), 202 if still `pending` after
+//!   30 s, 422 when the new module could not start (the old one runs on).
+//!   For a stopped pipeline, 200 and `swap: null`: it takes effect at start.
 //! - `DELETE /v1/pipelines/{name}`: stops it, then forgets it; the last status.
 
 use std::sync::Arc;
@@ -24,10 +34,13 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::manager::{Manager, ManagerError, PipelineStatus};
 use super::store::StoreError;
 use super::{ApiError, AppState};
+use crate::pipeline::SwapState;
 
 /// The pipeline routes (state: [`AppState`]).
 pub fn routes() -> Router<AppState> {
@@ -36,12 +49,18 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pipelines/{name}", get(show).delete(remove))
         .route("/v1/pipelines/{name}/stop", post(stop))
         .route("/v1/pipelines/{name}/start", post(start))
+        .route("/v1/pipelines/{name}/pause", post(pause))
+        .route("/v1/pipelines/{name}/resume", post(resume))
+        .route("/v1/pipelines/{name}/swap", post(swap))
 }
 
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let status = match &e {
-            ManagerError::Spec(_) | ManagerError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            ManagerError::Spec(_) | ManagerError::InvalidName(_) | ManagerError::Invalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ManagerError::NotRunning(_) => StatusCode::CONFLICT,
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Exists(_) => StatusCode::CONFLICT,
             ManagerError::WrongKind { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,4 +150,56 @@ async fn remove(
 ) -> Result<Json<PipelineStatus>, ApiError> {
     let Path(name) = path?;
     Ok(Json(blocking(&state, move |m| m.delete(&name)).await?))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PipelineStatus>, ApiError> {
+    let Path(name) = path?;
+    Ok(Json(blocking(&state, move |m| m.pause(&name)).await?))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PipelineStatus>, ApiError> {
+    let Path(name) = path?;
+    Ok(Json(blocking(&state, move |m| m.resume(&name)).await?))
+}
+
+/// The body of `POST /v1/pipelines/{name}/swap`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwapBody {
+    module: String,
+    step: Option<String>,
+}
+
+async fn swap(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Path(name) = path?;
+    let body: SwapBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON {{\"module\": \"name@version\", \"step\": \"<step>\"}}: {e}"
+        ))
+    })?;
+    let (status, record) = blocking(&state, move |m| {
+        m.swap(&name, body.step.as_deref(), &body.module)
+    })
+    .await?;
+    let code = match record.as_ref().map(|r| r.state) {
+        Some(SwapState::RolledBack) => {
+            let reason = record.and_then(|r| r.reason).unwrap_or_default();
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason));
+        }
+        Some(SwapState::Pending) => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    let mut doc = serde_json::to_value(status).expect("a status serializes");
+    doc["swap"] = serde_json::to_value(record).expect("a swap record serializes");
+    Ok((code, Json(doc)))
 }

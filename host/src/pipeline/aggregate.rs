@@ -67,6 +67,16 @@ impl AggregateStep {
         &self.aggregator
     }
 
+    pub fn into_aggregator(self) -> Aggregator {
+        self.aggregator
+    }
+
+    /// Runs another module from now on, on the same window state (the
+    /// accumulators' format is the guest's contract); returns the previous.
+    pub fn swap_aggregator(&mut self, aggregator: Aggregator) -> Aggregator {
+        std::mem::replace(&mut self.aggregator, aggregator)
+    }
+
     /// Lets processing time pass without records: idle partitions stop
     /// holding the watermark back and due windows are emitted.
     pub fn tick(&mut self, now_ms: i64) -> Result<AggregateOutput, StepError> {

@@ -88,6 +88,10 @@ impl Chain {
         &self.steps
     }
 
+    pub fn steps_mut(&mut self) -> &mut [Step] {
+        &mut self.steps
+    }
+
     /// The aggregate step, if the chain ends with one.
     pub fn aggregate(&self) -> Option<&AggregateStep> {
         match self.steps.last() {

@@ -19,6 +19,7 @@
 mod aggregate;
 mod chain;
 mod checkpoint;
+mod control;
 mod deliver;
 mod epoch;
 mod runner;
@@ -32,6 +33,10 @@ use serde::Serialize;
 pub use aggregate::{AggregateOutput, AggregateStep, StepError};
 pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Routed, Step};
 pub use checkpoint::{Checkpoint, SourcePosition};
+pub use control::{
+    Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,
+    SwapState,
+};
 pub use deliver::{Rejected, Routing, StepInfo};
 pub use epoch::{Epoch, Range};
 
@@ -69,49 +74,67 @@ pub struct Summary {
 /// Loads every step's module and starts an instance of it, running `init`
 /// with the step's config. This is also what `sluice validate` checks.
 pub fn load_steps(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result<Vec<Step>> {
-    spec.transforms
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let name = t.step_name();
-            let field = format!("transforms[{i}] ({name})");
-            let bytes = std::fs::read(&t.module)
-                .with_context(|| format!("{field}: cannot read {}", t.module.display()))?;
-            let module_name = t
-                .module
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let module = runtime
-                .load(&module_name, &bytes)
-                .with_context(|| format!("{field}: {}", t.module.display()))?;
-            let labels = Labels {
-                pipeline: spec.name.as_str().into(),
-                step: name.as_str().into(),
-                module: module_name.into(),
-            };
-            Ok(match &t.aggregate {
-                None => Step::Transform(
-                    module
-                        .instantiate(labels, t.limits, t.config_pairs())
-                        .with_context(|| field.clone())?,
-                ),
-                Some(window) => {
-                    let aggregator = module
-                        .instantiate_aggregate(labels, t.limits, t.config_pairs())
-                        .with_context(|| field.clone())?;
-                    let step = AggregateStep::new(aggregator, window.clone())
-                        .with_context(|| field.clone())?;
-                    Step::Aggregate(Box::new(step))
-                }
-            })
-        })
+    (0..spec.transforms.len())
+        .map(|i| load_step(spec, runtime, i, &spec.transforms[i].module))
         .collect()
 }
 
+/// Loads step `i` of `spec` from the component at `file` (the spec's own
+/// module, or the one a swap brings) and starts an instance of it.
+pub fn load_step(
+    spec: &PipelineSpec,
+    runtime: &Runtime,
+    i: usize,
+    file: &std::path::Path,
+) -> anyhow::Result<Step> {
+    let t = &spec.transforms[i];
+    let name = t.step_name();
+    let field = format!("transforms[{i}] ({name})");
+    let bytes =
+        std::fs::read(file).with_context(|| format!("{field}: cannot read {}", file.display()))?;
+    let module_name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let module = runtime
+        .load(&module_name, &bytes)
+        .with_context(|| format!("{field}: {}", file.display()))?;
+    let labels = Labels {
+        pipeline: spec.name.as_str().into(),
+        step: name.as_str().into(),
+        module: module_name.into(),
+    };
+    Ok(match &t.aggregate {
+        None => Step::Transform(
+            module
+                .instantiate(labels, t.limits, t.config_pairs())
+                .with_context(|| field.clone())?,
+        ),
+        Some(window) => {
+            let aggregator = module
+                .instantiate_aggregate(labels, t.limits, t.config_pairs())
+                .with_context(|| field.clone())?;
+            let step =
+                AggregateStep::new(aggregator, window.clone()).with_context(|| field.clone())?;
+            Step::Aggregate(Box::new(step))
+        }
+    })
+}
+
 /// Runs a pipeline until `stop` is set, or until caught up if asked.
-#[tracing::instrument(skip_all, fields(pipeline = %spec.name))]
 pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    run_with(spec, options, stop, None)
+}
+
+/// Like [`run`], watched and steered through `control` (progress, pause,
+/// module swaps).
+#[tracing::instrument(skip_all, fields(pipeline = %spec.name))]
+pub fn run_with(
+    spec: &PipelineSpec,
+    options: RunOptions,
+    stop: &AtomicBool,
+    control: Option<&Control>,
+) -> anyhow::Result<Summary> {
     let started = std::time::Instant::now();
     let runtime = Runtime::new().context("cannot start the Wasm runtime")?;
     let transforms = load_steps(spec, &runtime)?;
@@ -140,7 +163,7 @@ pub fn run(spec: &PipelineSpec, options: RunOptions, stop: &AtomicBool) -> anyho
     };
     let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
     let chain = Chain::new(transforms, &output_names, DEFAULT_OUTPUT);
-    Runner::new(spec, chain, routing)?.run(options, stop, started)
+    Runner::new(spec, runtime, chain, routing, control)?.run(options, stop, started)
 }
 
 /// The module behind a step.

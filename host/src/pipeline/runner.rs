@@ -9,17 +9,22 @@
 //! epoch logged after the checkpoint, skipping records the broker already
 //! has; checkpoint; then continue from where the last epoch ended.
 
+mod progress;
+mod swap;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
+use super::control::{Control, Durations};
 use super::deliver::{self, Eos, Rejected, Routing};
 use super::{Chain, ChainOutput, Epoch, RunOptions, Summary};
 use crate::batch::Batch;
+use crate::runtime::Runtime;
 use crate::sink::{
     BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, SinkPosition, end_offsets,
     written_since,
@@ -47,8 +52,16 @@ struct InFlight {
 
 pub(super) struct Runner<'a> {
     spec: &'a PipelineSpec,
+    runtime: Runtime,
     chain: Chain,
     routing: Routing,
+    control: Option<&'a Control>,
+    /// A swapped-in module waiting for its first batch.
+    trial: Option<swap::Trial>,
+    /// Where the current batch's time went.
+    durations: Durations,
+    /// When the last batch finished.
+    last_batch_end: Instant,
     output_names: Vec<String>,
     sink: KafkaSink,
     /// Per configured output, its Parquet sink if it has one.
@@ -70,13 +83,24 @@ pub(super) struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(spec: &'a PipelineSpec, chain: Chain, routing: Routing) -> anyhow::Result<Self> {
+    pub fn new(
+        spec: &'a PipelineSpec,
+        runtime: Runtime,
+        chain: Chain,
+        routing: Routing,
+        control: Option<&'a Control>,
+    ) -> anyhow::Result<Self> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
         let sink = KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?;
         Ok(Self {
             spec,
+            runtime,
             chain,
             routing,
+            control,
+            trial: None,
+            durations: Durations::default(),
+            last_batch_end: Instant::now(),
             summary: Summary {
                 outputs: output_names.iter().map(|n| (n.clone(), 0)).collect(),
                 ..Summary::default()
@@ -116,7 +140,26 @@ impl<'a> Runner<'a> {
         if self.chain.aggregate().is_some() {
             source.set_tick(TICK);
         }
-        while let Some(mut next) = source.next_batch(stop)? {
+        let never = AtomicBool::new(false);
+        let wake = self.control.map_or(&never, Control::woken);
+        self.last_batch_end = Instant::now();
+        loop {
+            if let Some(control) = self.control
+                && wake.load(Ordering::Relaxed)
+            {
+                self.attend(control, &source, stop)?;
+            }
+            let fetch_started = Instant::now();
+            let Some(mut next) = source.next_batch(stop, wake)? else {
+                break;
+            };
+            if next.batch.is_empty() && self.chain.aggregate().is_none() {
+                continue; // woken up by a request
+            }
+            self.durations = Durations {
+                fetch: ms(fetch_started.elapsed()),
+                ..Durations::default()
+            };
             // An empty batch is a tick: processing time passing for the
             // windows. It is an epoch like any other, so a replay sees it.
             self.epoch += 1;
@@ -140,6 +183,7 @@ impl<'a> Runner<'a> {
                 self.positions.insert((o.source, o.partition), o.offset);
             }
             self.in_flight.push_back(InFlight { ack, commit });
+            let waiting = Instant::now();
             while self.in_flight.len() > MAX_IN_FLIGHT {
                 let done = self.in_flight.pop_front().expect("not empty");
                 self.finish(&source, done)?;
@@ -147,10 +191,13 @@ impl<'a> Runner<'a> {
             if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
                 self.checkpoint(Some(&source))?;
             }
+            self.durations.checkpoint = ms(waiting.elapsed());
+            if let Some(control) = self.control {
+                self.publish(control, &source, next.batch.len());
+            }
+            self.last_batch_end = Instant::now();
         }
-        while let Some(done) = self.in_flight.pop_front() {
-            self.finish(&source, done)?;
-        }
+        self.drain(&source)?;
         if self.checkpoints.is_some() && self.saved != Some(self.epoch) {
             self.checkpoint(Some(&source))?;
         }
@@ -292,10 +339,9 @@ impl<'a> Runner<'a> {
         eos: Option<Eos<'_>>,
     ) -> anyhow::Result<Arc<BatchAck>> {
         let started = Instant::now();
-        let out = self
-            .chain
-            .run(batch, now_ms)
-            .context("a step failed; the batch is not committed")?;
+        let out = self.run_chain(batch, now_ms)?;
+        self.durations.transform = ms(started.elapsed());
+        let sinking = Instant::now();
         let rejected = self.write_parquet(&out)?;
         if let Some(c) = &mut self.checkpoints {
             // The epoch must be durable in the log before its outputs leave.
@@ -305,6 +351,7 @@ impl<'a> Runner<'a> {
         let delivered =
             deliver::deliver(&self.sink, &ack, &self.routing, batch, &out, &rejected, eos)
                 .context("cannot queue records for Kafka")?;
+        self.durations.sink = ms(sinking.elapsed());
         self.summary.record(batch, &out, &self.output_names);
         self.summary.dead_lettered += rejected.len() as u64;
         if !rejected.is_empty() {
@@ -382,12 +429,20 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Takes a checkpoint: everything produced so far is acknowledged first.
-    fn checkpoint(&mut self, source: Option<&KafkaSource>) -> anyhow::Result<()> {
+    /// Waits for every batch in flight, committing their offsets.
+    fn drain(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
         while let Some(done) = self.in_flight.pop_front() {
-            let source = source.expect("a batch in flight has a source");
             self.finish(source, done)?;
         }
+        Ok(())
+    }
+
+    /// Takes a checkpoint: everything produced so far is acknowledged first.
+    fn checkpoint(&mut self, source: Option<&KafkaSource>) -> anyhow::Result<()> {
+        if let Some(source) = source {
+            self.drain(source)?;
+        }
+        debug_assert!(self.in_flight.is_empty(), "a batch in flight has a source");
         let started = Instant::now();
         let spec = self.spec;
         let sinks = if self.exactly_once {
@@ -492,6 +547,11 @@ impl Runner<'_> {
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(positions)
     }
+}
+
+/// Milliseconds, to the microsecond.
+fn ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 fn commit_offsets(source: &KafkaSource, offsets: &[NextOffset]) {

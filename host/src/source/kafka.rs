@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::batch::Batch;
@@ -45,11 +47,29 @@ pub struct NextOffset {
     pub offset: i64,
 }
 
+/// Per (topic, partition), the broker's end offset (high watermark).
+type EndOffsets = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
 /// Routes librdkafka's error callback to our log, where reaching the end
-/// of a partition is routine rather than an error.
-struct SourceContext;
+/// of a partition is routine rather than an error, and keeps the end
+/// offsets of its periodic statistics (for lag).
+struct SourceContext {
+    ends: EndOffsets,
+}
 
 impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                // Partition -1 is the client's own; negative offsets mean unknown.
+                if partition >= 0 && p.hi_offset >= 0 {
+                    ends.insert((topic.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
@@ -72,6 +92,7 @@ pub struct KafkaSource {
     /// Return an empty batch after this long without records (see
     /// [`Self::set_tick`]).
     tick: Option<Duration>,
+    ends: EndOffsets,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -128,11 +149,15 @@ impl KafkaSource {
             .set(
                 "fetch.queue.backoff.ms",
                 spec.batch.max_wait.as_millis().clamp(1, 100).to_string(),
-            );
+            )
+            // End offsets for the lag in the progress report.
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &spec.kafka.consumer {
             config.set(k, v.to_string());
         }
-        let consumer: BaseConsumer<SourceContext> = config.create_with_context(SourceContext)?;
+        let ends = EndOffsets::default();
+        let consumer: BaseConsumer<SourceContext> =
+            config.create_with_context(SourceContext { ends: ends.clone() })?;
 
         let mut partitions = Vec::new();
         let mut topics: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
@@ -181,7 +206,14 @@ impl KafkaSource {
             trigger: spec.batch.clone(),
             remaining,
             tick: None,
+            ends,
         })
+    }
+
+    /// The end offsets the client last reported (once a second), per
+    /// (topic, partition).
+    pub fn reported_ends(&self) -> HashMap<(String, i32), i64> {
+        self.ends.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Makes [`Self::next_batch`] return an empty batch after `tick` without
@@ -203,15 +235,20 @@ impl KafkaSource {
     /// or `max_wait` after its first record. `None` once the source is done:
     /// `stop` was set, or (with `--until-caught-up`) every partition reached
     /// its end offset. With a tick set, an empty batch when none arrived
-    /// for that long.
-    pub fn next_batch(&mut self, stop: &AtomicBool) -> Result<Option<SourceBatch>, SourceError> {
+    /// for that long. When `wake` is set, the batch closes at once, and may
+    /// be empty.
+    pub fn next_batch(
+        &mut self,
+        stop: &AtomicBool,
+        wake: &AtomicBool,
+    ) -> Result<Option<SourceBatch>, SourceError> {
         let polling_since = Instant::now();
         let max_bytes = self.trigger.max_bytes.as_u64() as usize;
         let mut batch = Batch::with_capacity(self.trigger.max_records, max_bytes.min(16 << 20));
         let mut commit: BTreeMap<(u16, i32), i64> = BTreeMap::new();
         let mut closes_at: Option<Instant> = None;
         loop {
-            if stop.load(Ordering::Relaxed) || self.caught_up() {
+            if stop.load(Ordering::Relaxed) || self.caught_up() || wake.load(Ordering::Relaxed) {
                 break;
             }
             let timeout = match closes_at {
@@ -259,9 +296,7 @@ impl KafkaSource {
                 break;
             }
         }
-        if batch.is_empty()
-            && (stop.load(Ordering::Relaxed) || self.caught_up() || self.tick.is_none())
-        {
+        if batch.is_empty() && (stop.load(Ordering::Relaxed) || self.caught_up()) {
             return Ok(None);
         }
         Ok(Some(SourceBatch {

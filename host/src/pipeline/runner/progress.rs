@@ -1,0 +1,96 @@
+//! The progress document a controlled run publishes after every batch.
+
+use std::time::SystemTime;
+
+use super::{Runner, ms};
+use crate::pipeline::Step;
+use crate::pipeline::control::{Control, EventTime, Progress, SourceProgress, StateInfo, Totals};
+use crate::source::KafkaSource;
+
+impl Runner<'_> {
+    /// Publishes the progress after a batch of `rows` records.
+    pub(super) fn publish(&self, control: &Control, source: &KafkaSource, rows: usize) {
+        let since_previous = ms(self.last_batch_end.elapsed()) / 1000.0;
+        let mut durations = self.durations;
+        durations.total =
+            durations.fetch + durations.transform + durations.sink + durations.checkpoint;
+        let working = (durations.total - durations.fetch) / 1000.0;
+        let rate = |seconds: f64| {
+            if seconds > 0.0 {
+                (rows as f64 / seconds * 10.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        let windows = self.chain.aggregate().map(|a| a.engine().progress());
+        let ends = source.reported_ends();
+        let mut sources: Vec<SourceProgress> = self
+            .positions
+            .iter()
+            .map(|(&(s, partition), &offset)| {
+                let topic = self.spec.source.topics[s as usize].clone();
+                let end = ends
+                    .get(&(topic.clone(), partition))
+                    .map(|&e| e.max(offset));
+                SourceProgress {
+                    topic,
+                    partition,
+                    offset,
+                    end_offset: end,
+                    lag: end.map(|e| e - offset),
+                }
+            })
+            .collect();
+        sources.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let lag = sources
+            .iter()
+            .map(|s| s.lag)
+            .sum::<Option<i64>>()
+            .filter(|_| !sources.is_empty());
+        let summary = &self.summary;
+        let mut totals = Totals {
+            batches: summary.batches,
+            input_rows: summary.records_in,
+            outputs: summary.outputs.clone(),
+            dead_lettered: summary.dead_lettered,
+            dead_letter_reasons: summary.dead_letter_reasons.clone(),
+            dropped: summary.dropped,
+            late: windows.as_ref().map_or(0, |w| w.late_records),
+            ..Totals::default()
+        };
+        for step in self.chain.steps() {
+            let stats = match step {
+                Step::Transform(t) => t.stats(),
+                Step::Aggregate(a) => a.aggregator().stats(),
+            };
+            totals.traps += stats.traps;
+            totals.deadline_hits += stats.deadline_hits;
+            totals.memory_hits += stats.memory_hits;
+        }
+        let now = SystemTime::now();
+        let progress = Progress {
+            batch_id: self.epoch,
+            timestamp: humantime::format_rfc3339_millis(now).to_string(),
+            num_input_rows: rows as u64,
+            input_rows_per_second: rate(since_previous),
+            processed_rows_per_second: rate(working),
+            duration_ms: durations,
+            event_time: windows.as_ref().map(|w| EventTime {
+                min: w.partitions.iter().map(|p| p.min_event_time).min(),
+                max: w.partitions.iter().map(|p| p.max_event_time).max(),
+                watermark: w.watermark,
+            }),
+            state: windows.as_ref().map(|w| StateInfo {
+                rows: w.state_rows as u64,
+                bytes: w.state_bytes as u64,
+            }),
+            totals,
+            sources,
+            lag,
+        };
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        control.publish(progress, now_ms);
+    }
+}

@@ -1,0 +1,233 @@
+//! Module swaps and pauses, at batch boundaries.
+//!
+//! A swap loads the new module and starts an instance of it (its `init`
+//! runs with the step's config) between two batches; if that fails, the
+//! old instance never stopped. The first batch with records then runs on
+//! the new module as a trial: if the chain fails or the new module faults
+//! on any record (trap, deadline, memory limit, invalid output), the
+//! previous instance is put back, the window state is restored to what it
+//! was before the batch, and the batch runs again on the previous module.
+//! Nothing of the trial run has left the host by then, so no record is
+//! lost or produced twice. With checkpoints, one is taken at the boundary,
+//! so that a recovery never replays epochs of two module versions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{Runner, ms};
+use crate::batch::Batch;
+use crate::pipeline::control::{Control, SwapRequest, SwapState};
+use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, reason_kind, step_module};
+use crate::runtime::{Aggregator, Transform};
+use crate::source::KafkaSource;
+use crate::window::{EngineSnapshot, WindowEngine};
+
+/// How long a paused run sleeps between looks at its requests.
+const PAUSED_POLL: Duration = Duration::from_millis(200);
+
+/// Dead-letter reasons that mean the module itself failed.
+const FAULTS: [&str; 4] = [
+    "trap",
+    "deadline exceeded",
+    "memory limit",
+    "invalid output",
+];
+
+/// The instance a swap replaced.
+#[derive(Debug)]
+enum Previous {
+    Transform(Transform),
+    Aggregator(Aggregator),
+}
+
+/// A swapped-in module waiting for its first batch with records.
+#[derive(Debug)]
+pub(in crate::pipeline) struct Trial {
+    id: u64,
+    step: usize,
+    previous: Previous,
+    previous_info: StepInfo,
+    /// When the previous module's last batch ended.
+    last_old_batch: Instant,
+}
+
+impl Runner<'_> {
+    /// Looks at the control's requests: pauses until resumed (or stopped),
+    /// then starts the next swap, if any.
+    pub(super) fn attend(
+        &mut self,
+        control: &Control,
+        source: &KafkaSource,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        if control.hold(self.trial.is_some()) {
+            // Everything so far acknowledged, committed and checkpointed.
+            self.drain(source)?;
+            if self.checkpoints.is_some() {
+                self.checkpoint(Some(source))?;
+            }
+            tracing::info!(epoch = self.epoch, "pipeline paused");
+            while control.hold(self.trial.is_some()) && !stop.load(Ordering::Relaxed) {
+                control.sleep(PAUSED_POLL);
+            }
+            tracing::info!("pipeline resumed");
+        }
+        if self.trial.is_none()
+            && let Some((id, request)) = control.next_swap()
+        {
+            self.start_swap(control, source, id, &request)?;
+        }
+        Ok(())
+    }
+
+    fn start_swap(
+        &mut self,
+        control: &Control,
+        source: &KafkaSource,
+        id: u64,
+        request: &SwapRequest,
+    ) -> anyhow::Result<()> {
+        let last_old_batch = self.last_batch_end;
+        if self.checkpoints.is_some() {
+            self.checkpoint(Some(source))?;
+        }
+        let step = request.step;
+        let loaded = load_step(self.spec, &self.runtime, step, &request.file);
+        let next = match loaded {
+            Ok(next) => next,
+            Err(e) => {
+                let reason = format!("the new module cannot start: {e:#}");
+                tracing::warn!(step, module = %request.module, %reason, "swap rolled back");
+                control.update_swap(id, |r| {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(reason);
+                });
+                return Ok(());
+            }
+        };
+        let info = StepInfo {
+            name: self.spec.transforms[step].step_name(),
+            module: step_module(&next).name().to_owned(),
+            sha256: step_module(&next).sha256().to_owned(),
+        };
+        let previous = match (next, &mut self.chain.steps_mut()[step]) {
+            (Step::Transform(new), Step::Transform(old)) => {
+                Previous::Transform(std::mem::replace(old, new))
+            }
+            (Step::Aggregate(new), Step::Aggregate(old)) => {
+                Previous::Aggregator(old.swap_aggregator(new.into_aggregator()))
+            }
+            // `load_step` instantiates the kind the spec's step asks for.
+            _ => anyhow::bail!("a swap changed the kind of step {step}"),
+        };
+        let previous_info = std::mem::replace(&mut self.routing.steps[step], info);
+        let mut boundary: Vec<(String, i32, i64)> = self
+            .positions
+            .iter()
+            .map(|(&(s, p), &o)| (self.spec.source.topics[s as usize].clone(), p, o))
+            .collect();
+        boundary.sort();
+        tracing::info!(step, module = %request.module, version = ?request.version, "swapped in; on trial until its first batch");
+        control.update_swap(id, |r| {
+            r.state = SwapState::Trial;
+            r.boundary = boundary;
+        });
+        self.trial = Some(Trial {
+            id,
+            step,
+            previous,
+            previous_info,
+            last_old_batch,
+        });
+        Ok(())
+    }
+
+    /// Runs the chain; the first batch with records after a swap is the
+    /// new module's trial (see the module docs).
+    pub(super) fn run_chain(
+        &mut self,
+        batch: &mut Batch,
+        now_ms: i64,
+    ) -> anyhow::Result<ChainOutput> {
+        let (Some(control), Some(trial)) = (self.control, &self.trial) else {
+            return self.chain_once(batch, now_ms);
+        };
+        if batch.is_empty() {
+            return self.chain_once(batch, now_ms);
+        }
+        let (id, step) = (trial.id, trial.step);
+        let pause_ms = ms(trial.last_old_batch.elapsed());
+        let epoch = self.epoch;
+        control.update_swap(id, |r| {
+            r.first_batch = Some(epoch);
+            r.pause_ms = Some(pause_ms);
+        });
+        let snapshot: Option<EngineSnapshot> =
+            self.chain.aggregate().map(|a| a.engine().snapshot());
+        let verdict = match self.chain.run(batch, now_ms) {
+            Ok(out) => match out
+                .dead_letters
+                .iter()
+                .find(|d| d.step == step && FAULTS.contains(&reason_kind(&d.reason)))
+            {
+                None => Ok(out),
+                Some(d) => Err(format!(
+                    "the new module failed on its first batch: {} (record {} of batch {epoch})",
+                    d.reason, d.origin
+                )),
+            },
+            Err(e) => Err(format!("the new module failed on its first batch: {e:#}")),
+        };
+        let trial = self.trial.take().expect("checked above");
+        match verdict {
+            Ok(out) => {
+                tracing::info!(step, epoch, pause_ms, "swap live");
+                control.update_swap(id, |r| r.state = SwapState::Live);
+                Ok(out)
+            }
+            Err(reason) => {
+                tracing::warn!(step, epoch, %reason, "swap rolled back");
+                self.roll_back(trial, snapshot)?;
+                control.update_swap(id, |r| {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(reason);
+                });
+                self.chain_once(batch, now_ms)
+            }
+        }
+    }
+
+    fn chain_once(&mut self, batch: &mut Batch, now_ms: i64) -> anyhow::Result<ChainOutput> {
+        self.chain
+            .run(batch, now_ms)
+            .context("a step failed; the batch is not committed")
+    }
+
+    /// Puts the previous instance back and the window state as it was.
+    fn roll_back(&mut self, trial: Trial, snapshot: Option<EngineSnapshot>) -> anyhow::Result<()> {
+        match (trial.previous, &mut self.chain.steps_mut()[trial.step]) {
+            (Previous::Transform(old), Step::Transform(current)) => *current = old,
+            (Previous::Aggregator(old), Step::Aggregate(current)) => {
+                current.swap_aggregator(old);
+            }
+            _ => anyhow::bail!("a swap changed the kind of step {}", trial.step),
+        }
+        self.routing.steps[trial.step] = trial.previous_info;
+        if let Some(snapshot) = snapshot {
+            let window = self
+                .spec
+                .transforms
+                .last()
+                .and_then(|t| t.aggregate.clone())
+                .context("the aggregate step has no window spec")?;
+            let engine = WindowEngine::restore(window, snapshot)
+                .context("cannot restore the window state from before the trial batch")?;
+            if let Some(step) = self.chain.aggregate_mut() {
+                step.set_engine(engine);
+            }
+        }
+        Ok(())
+    }
+}
