@@ -6,7 +6,10 @@
 #     toolchain it requires (rustc >= 1.96; ~11 minutes on 2 cores), cached in
 #     $SLUICE_CACHE (default ~/.cache/sluice);
 #   - a Python virtualenv with pyarrow (PyPI), the standard Parquet reader the
-#     tests check Sluice's Parquet files with, in $SLUICE_CACHE/pyarrow-venv.
+#     tests check Sluice's Parquet files with, in $SLUICE_CACHE/pyarrow-venv;
+#   - Debian's chromium and chromium-driver packages (/usr/bin/chromium,
+#     /usr/bin/chromedriver), the headless browser the dashboard test drives,
+#     installed with apt-get (through sudo when not root) if either is missing.
 # Prints the broker binary's path on its last line.
 set -euo pipefail
 
@@ -29,6 +32,20 @@ if ! "$venv/bin/python" -c "import pyarrow, sys; sys.exit(pyarrow.__version__ !=
   mkdir -p "$cache"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION" >&2
+fi
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  log "installing Debian's chromium and chromium-driver (the dashboard test's browser)"
+  apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+  if [ "$(id -u)" -ne 0 ]; then
+    apt=(sudo "${apt[@]}")
+  fi
+  if ! { "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends chromium chromium-driver; } >&2 \
+    || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    log "error: cannot install /usr/bin/chromium and /usr/bin/chromedriver; on Debian, as root, run:"
+    log "  apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver"
+    exit 1
+  fi
 fi
 
 if [ ! -x "$nisshi" ]; then

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod dashboard;
 mod faults;
 mod golden;
 mod parquet;

@@ -16,7 +16,7 @@ use sluice_tests::*;
 const TOKEN: &str = "serve-token";
 
 /// Status and JSON body of `method path`.
-fn call(client: &Client, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+pub(crate) fn call(client: &Client, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
     let reply = client.request(method, path, body).unwrap();
     let json = reply.json().unwrap_or(Value::Null);
     (reply.status, json)
@@ -24,7 +24,7 @@ fn call(client: &Client, method: &str, path: &str, body: Option<&[u8]>) -> (u16,
 
 /// The sample stream's `(key, value)` pairs and the values that are not
 /// heartbeats, sorted.
-fn sample(from: u64, count: u64) -> (Vec<(String, String)>, Vec<String>) {
+pub(crate) fn sample(from: u64, count: u64) -> (Vec<(String, String)>, Vec<String>) {
     let o = SampleOptions {
         count: from + count,
         ..SampleOptions::default()
@@ -47,7 +47,7 @@ fn sample(from: u64, count: u64) -> (Vec<(String, String)>, Vec<String>) {
     (events, kept)
 }
 
-fn produce_pairs(topic: &str, events: &[(String, String)]) {
+pub(crate) fn produce_pairs(topic: &str, events: &[(String, String)]) {
     let pairs: Vec<(&str, &str)> = events
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -75,7 +75,7 @@ fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
     }
 }
 
-fn wait_for_status(server: &Server, name: &str, status: &str) -> Value {
+pub(crate) fn wait_for_status(server: &Server, name: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, doc) = call(

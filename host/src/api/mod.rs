@@ -5,6 +5,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /`, `GET /dashboard` | 200 `text/html`, the live dashboard: one self-contained page (`api/dashboard.html`) polling `GET /v1/pipelines` every second |
 //! | `GET /healthz` | 200 `{"status": "ok"}` |
 //! | `GET /v1/openapi.json` | 200, the OpenAPI 3.1 document |
 //! | `GET /v1/modules` | 200, every module: name, latest version, number of versions |
@@ -52,7 +53,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
@@ -67,6 +68,15 @@ pub const DEFAULT_MAX_UPLOAD: u64 = 32 * 1024 * 1024;
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The live dashboard: one page, its CSS and script inline, that polls
+/// `GET /v1/pipelines` every second.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the dashboard may load: nothing but itself and the API.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
 
 /// Settings of the API.
 #[derive(Debug, Clone)]
@@ -138,6 +148,8 @@ impl AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics::metrics))
@@ -188,6 +200,13 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Strin
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP)],
+        Html(DASHBOARD),
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

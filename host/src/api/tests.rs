@@ -116,7 +116,9 @@ async fn health_and_openapi() {
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in [
-        ("/healthz", &["get"][..]),
+        ("/", &["get"][..]),
+        ("/dashboard", &["get"]),
+        ("/healthz", &["get"]),
         ("/v1/openapi.json", &["get"]),
         ("/v1/modules", &["get"]),
         ("/v1/modules/{name}", &["get", "post", "delete"]),
@@ -135,7 +137,30 @@ async fn health_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 11, "a documented route does not exist");
+    assert_eq!(paths.len(), 13, "a documented route does not exist");
+}
+
+#[tokio::test]
+async fn the_dashboard_is_one_page_polling_the_pipelines() {
+    let f = fixture(ApiConfig {
+        token: Some(TOKEN.into()),
+        ..ApiConfig::default()
+    });
+    for uri in ["/", "/dashboard"] {
+        let (status, headers, body) = send_raw(&f, request(Method::GET, uri, Body::empty())).await;
+        assert_eq!(status, StatusCode::OK, "GET {uri} (reading needs no token)");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+        let page = std::str::from_utf8(&body).unwrap();
+        assert_eq!(page, super::DASHBOARD);
+        assert!(page.starts_with("<!doctype html>\n<html lang=\"en\">"));
+        assert!(
+            page.contains(r#"const API = "/v1/pipelines";"#) && page.contains("fetch(API, "),
+            "the page does not poll /v1/pipelines"
+        );
+        assert!(!page.contains("innerHTML"), "data must go in textContent");
+    }
 }
 
 #[tokio::test]
