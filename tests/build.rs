@@ -14,6 +14,7 @@ const GUESTS: &[&str] = &[
     "user-sessions",
     "faulty-guest",
     "count-sum",
+    "tagger",
 ];
 
 fn main() {

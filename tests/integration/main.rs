@@ -12,4 +12,5 @@ mod pipeline;
 mod runtime;
 mod serve;
 mod server;
+mod swap;
 mod windows;

@@ -13,7 +13,7 @@ use crate::server::Server;
 use sluice_tests::kafka_tools::{SampleOptions, sample_record};
 use sluice_tests::*;
 
-const TOKEN: &str = "serve-token";
+pub(crate) const TOKEN: &str = "serve-token";
 
 /// Status and JSON body of `method path`.
 pub(crate) fn call(client: &Client, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {

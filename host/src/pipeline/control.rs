@@ -163,8 +163,12 @@ pub struct SwapRecord {
     /// over: records before it were run by the previous module.
     pub boundary: Vec<(String, i32, i64)>,
     /// Milliseconds between the end of the last batch run by the previous
-    /// module and the start of the first run by the new one.
+    /// module and the start of the first run by the new one (this includes
+    /// waiting for records, if none were there).
     pub pause_ms: Option<f64>,
+    /// Milliseconds the swap itself took at the boundary: a checkpoint if
+    /// the pipeline takes them, loading the module, starting an instance.
+    pub swap_ms: Option<f64>,
 }
 
 /// Called when a swap went live or was rolled back, on the pipeline's

@@ -72,8 +72,13 @@ pub(super) struct Runner<'a> {
     epoch: u64,
     /// Epoch of the last checkpoint saved by this run.
     saved: Option<u64>,
-    /// Per source partition, the offset after the last record run.
+    /// Per source partition, the offset to resume from (to commit, or to
+    /// checkpoint).
     positions: HashMap<(u16, i32), i64>,
+    /// Per source partition, the offset after the last record run. Ahead
+    /// of `positions` while open windows hold back the commit of their
+    /// records (a pipeline with windows and no checkpoints).
+    read: HashMap<(u16, i32), i64>,
     /// Exactly-once: per sink partition, a lower bound of where records of
     /// epochs after the last checkpoint start (see `sink_positions`).
     sink_ends: HashMap<(String, i32), i64>,
@@ -113,6 +118,7 @@ impl<'a> Runner<'a> {
             epoch: 0,
             saved: None,
             positions: HashMap::new(),
+            read: HashMap::new(),
             sink_ends: HashMap::new(),
             in_flight: VecDeque::new(),
         })
@@ -140,6 +146,7 @@ impl<'a> Runner<'a> {
         if self.chain.aggregate().is_some() {
             source.set_tick(TICK);
         }
+        self.read = self.positions.clone();
         let never = AtomicBool::new(false);
         let wake = self.control.map_or(&never, Control::woken);
         self.last_batch_end = Instant::now();
@@ -174,6 +181,9 @@ impl<'a> Runner<'a> {
                 written: None,
             });
             let ack = self.process(&mut next.batch, now_ms, eos)?;
+            for o in &next.commit {
+                self.read.insert((o.source, o.partition), o.offset);
+            }
             let commit = if checkpointed {
                 next.commit
             } else {

@@ -199,6 +199,7 @@ impl Manager {
             first_batch: None,
             boundary: Vec::new(),
             pause_ms: None,
+            swap_ms: None,
         };
         let request = SwapRequest {
             step: index,

@@ -25,7 +25,7 @@ impl Runner<'_> {
         let windows = self.chain.aggregate().map(|a| a.engine().progress());
         let ends = source.reported_ends();
         let mut sources: Vec<SourceProgress> = self
-            .positions
+            .read
             .iter()
             .map(|(&(s, partition), &offset)| {
                 let topic = self.spec.source.topics[s as usize].clone();

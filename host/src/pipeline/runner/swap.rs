@@ -90,6 +90,7 @@ impl Runner<'_> {
         request: &SwapRequest,
     ) -> anyhow::Result<()> {
         let last_old_batch = self.last_batch_end;
+        let started = Instant::now();
         if self.checkpoints.is_some() {
             self.checkpoint(Some(source))?;
         }
@@ -124,15 +125,17 @@ impl Runner<'_> {
         };
         let previous_info = std::mem::replace(&mut self.routing.steps[step], info);
         let mut boundary: Vec<(String, i32, i64)> = self
-            .positions
+            .read
             .iter()
             .map(|(&(s, p), &o)| (self.spec.source.topics[s as usize].clone(), p, o))
             .collect();
         boundary.sort();
         tracing::info!(step, module = %request.module, version = ?request.version, "swapped in; on trial until its first batch");
+        let swap_ms = ms(started.elapsed());
         control.update_swap(id, |r| {
             r.state = SwapState::Trial;
             r.boundary = boundary;
+            r.swap_ms = Some(swap_ms);
         });
         self.trial = Some(Trial {
             id,
