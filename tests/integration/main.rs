@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod crash;
 mod dashboard;
+mod dev;
 mod faults;
 mod golden;
 mod parquet;

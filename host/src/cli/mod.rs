@@ -2,6 +2,7 @@
 
 mod bench;
 pub mod client;
+mod dev;
 pub mod kafka_tools;
 
 use std::path::PathBuf;
@@ -37,6 +38,13 @@ enum Command {
         /// Drain the source topics up to the end offsets seen at start, commit, and exit 0.
         #[arg(long)]
         until_caught_up: bool,
+    },
+    /// Run one pipeline like `run`, rebuilding its guests (found through
+    /// cargo) when their source files change and swapping each new build in
+    /// without a restart. A failed build leaves the running version alone.
+    Dev {
+        /// The pipeline spec (YAML or JSON), in the guests' cargo workspace.
+        spec: PathBuf,
     },
     /// Check a spec without running it: fields, limits, modules (compiled and
     /// started, with their config). Needs no Kafka.
@@ -136,6 +144,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             spec,
             until_caught_up,
         } => run(&spec, RunOptions { until_caught_up }),
+        Command::Dev { spec } => dev::dev(&spec),
         Command::Validate { spec } => validate(&spec),
         Command::CreateTopics {
             brokers,

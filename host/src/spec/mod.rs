@@ -14,7 +14,7 @@ use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-pub use load::{SpecError, load, parse};
+pub use load::{SpecError, load, load_unbuilt, parse};
 
 /// The name of the output that a transform chain's last step emits to when a
 /// guest does not name one.
