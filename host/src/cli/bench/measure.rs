@@ -147,6 +147,48 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// Peak RSS (MiB) of the host alone: runs the pipeline `spec` (JSON text)
+/// with `sluice run --until-caught-up` in a process of its own, under a
+/// name (and so a consumer group) of its own, and follows the process's
+/// `VmHWM` (its peak resident set) every 10 ms until it ends.
+pub fn host_alone_peak_rss_mib(spec: &str, dir: &std::path::Path) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    let mut doc: serde_json::Value = serde_json::from_str(spec)?;
+    let name = format!("{}-alone", doc["name"].as_str().unwrap_or("bench"));
+    doc["name"] = serde_json::Value::String(name.clone());
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc)?)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--until-caught-up"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start `sluice run` for the host's own memory")?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| parse_status_kib(&s, "VmHWM"))
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(
+        status.success(),
+        "`sluice run` for the host's own memory failed ({status})"
+    );
+    Ok(peak_kib as f64 / 1024.0)
+}
+
 /// The `p`-th percentile (0..=100) of ascending `sorted` values, by the
 /// nearest-rank method: the smallest value with at least `p`% of the values
 /// at or below it. `None` when there are no values.

@@ -147,7 +147,9 @@ macro_rules! progress {
 /// What a throughput row runs.
 enum Work {
     Raw,
-    Pipeline(Box<crate::spec::PipelineSpec>),
+    /// The spec, and its text when the host's own memory is measured too
+    /// (in a `sluice run` process of its own).
+    Pipeline(Box<crate::spec::PipelineSpec>, Option<String>),
 }
 
 fn bench(
@@ -195,7 +197,11 @@ fn bench(
             batch: batch.clone(),
             exactly_once,
         })
-        .map(|s| Work::Pipeline(Box::new(s)))
+        .map(|(spec, text)| {
+            // Exactly-once rows resume from their checkpoints: not run twice.
+            let alone = exactly_once.is_none().then_some(text);
+            Work::Pipeline(Box::new(spec), alone)
+        })
     };
     let plans: Vec<(&str, &str, &Input, Work)> = vec![
         (RAW, "raw", &events, Work::Raw),
@@ -276,15 +282,20 @@ fn bench(
                     ..Row::new(name, input, copied.records, meter.finish())
                 }
             }
-            Work::Pipeline(spec) => {
+            Work::Pipeline(spec, alone) => {
                 let wasm_start_s = throughput::wasm_start_s(&spec)?;
                 progress.take();
                 let meter = Meter::start(args.broker_pid);
                 let summary = throughput::run_pipeline(&spec)?;
                 let row = Row::new(name, input, summary.records_in, meter.finish());
+                let host_rss_mib = match alone {
+                    Some(text) => Some(measure::host_alone_peak_rss_mib(&text, &json_dir)?),
+                    None => None,
+                };
                 Row {
                     wasm_start_s: Some(wasm_start_s),
                     steady_records_per_s: steady(&progress.take(), summary.records_in),
+                    host_rss_mib,
                     ..row.with_summary(summary)
                 }
             }
@@ -369,7 +380,7 @@ fn run_latency(
         &[&input, &output, &dlq],
         args.partitions,
     )?;
-    let spec = setup::spec(&PipelineParams {
+    let (spec, _) = setup::spec(&PipelineParams {
         name: format!("bench-{id}-latency"),
         brokers: &args.brokers,
         consumer: &args.consumer,

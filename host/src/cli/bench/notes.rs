@@ -49,6 +49,12 @@ pub fn notes(report: &Report, args: &BenchArgs) -> Vec<String> {
          of the whole process up to the end of that row"
             .to_owned()
     });
+    notes.push(
+        "host alone peak RSS: after each pipeline row (not the exactly-once one), the same pipeline runs again \
+         with `sluice run --until-caught-up` in a process of its own, under its own consumer group; the figure \
+         is that process's VmHWM, followed every 10 ms"
+            .to_owned(),
+    );
     if report.latency.is_some() {
         notes.push(format!(
             "latency: arrival at the bench's consumer (fetch.wait.max.ms 5) minus the record timestamp, stamped \

@@ -41,6 +41,9 @@ pub struct Row {
     /// Pipelines: the Wasm runtime and module start that the row includes.
     pub wasm_start_s: Option<f64>,
     pub usage: Usage,
+    /// Pipelines: peak RSS of the same pipeline run alone in a `sluice run`
+    /// process (MiB).
+    pub host_rss_mib: Option<f64>,
     /// Pipelines: what `sluice run` would print.
     pub summary: Option<Summary>,
 }
@@ -70,6 +73,7 @@ impl Row {
             steady_vs_raw: None,
             first_record_s: None,
             wasm_start_s: None,
+            host_rss_mib: None,
             usage,
             summary: None,
         }
@@ -210,13 +214,13 @@ impl Report {
 /// The throughput rows as a Markdown table.
 pub fn throughput_table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| row | input | records | out | dead letters | seconds | records/s | MB/s | vs raw | steady records/s | steady vs raw | host CPU s | host CPU µs/record | broker CPU s | peak (start) RSS MiB |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| row | input | records | out | dead letters | seconds | records/s | MB/s | vs raw | steady records/s | steady vs raw | host CPU s | host CPU µs/record | broker CPU s | peak (start) RSS MiB | host alone peak RSS MiB |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.input,
             thousands(r.records),
@@ -233,6 +237,7 @@ pub fn throughput_table(rows: &[Row]) -> String {
             opt(r.usage.cpu_s.map(|c| c * 1e6 / r.records.max(1) as f64), 2),
             opt(r.usage.broker_cpu_s, 1),
             rss(&r.usage),
+            opt(r.host_rss_mib, 0),
         );
     }
     s
@@ -354,6 +359,7 @@ mod tests {
                 },
                 Row {
                     steady_records_per_s: Some(120_000.4),
+                    host_rss_mib: Some(61.4),
                     ..Row::new("filter-heartbeats", &events, 1_000_000, usage(10.0, 9.31))
                         .with_summary(Summary {
                             outputs: [("default".to_owned(), 800_000)].into(),
@@ -374,10 +380,10 @@ mod tests {
             "machine: 2 CPUs (nproc), Test CPU, 23.4 GiB RAM; load average 0.10 0.20 0.30 at start, 1.00 0.50 0.40 at end\n\
              input `bench-x-events` (events): 1,000,000 records, 112.0 MB key+value, produced and acknowledged in 5.00 s\n\
              \n\
-             | row | input | records | out | dead letters | seconds | records/s | MB/s | vs raw | steady records/s | steady vs raw | host CPU s | host CPU µs/record | broker CPU s | peak (start) RSS MiB |\n\
-             |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n\
-             | raw passthrough | events | 1,000,000 | 1,000,000 | 0 | 8.00 | 125,000 | 14.0 | 1.00x | 150,000 | 1.00x | 6.0 | 6.00 | n/a | 95 (40) |\n\
-             | filter-heartbeats | events | 1,000,000 | 800,000 | 0 | 10.00 | 100,000 | 11.2 | 0.80x | 120,000 | 0.80x | 9.3 | 9.31 | n/a | 95 (40) |\n\
+             | row | input | records | out | dead letters | seconds | records/s | MB/s | vs raw | steady records/s | steady vs raw | host CPU s | host CPU µs/record | broker CPU s | peak (start) RSS MiB | host alone peak RSS MiB |\n\
+             |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n\
+             | raw passthrough | events | 1,000,000 | 1,000,000 | 0 | 8.00 | 125,000 | 14.0 | 1.00x | 150,000 | 1.00x | 6.0 | 6.00 | n/a | 95 (40) | n/a |\n\
+             | filter-heartbeats | events | 1,000,000 | 800,000 | 0 | 10.00 | 100,000 | 11.2 | 0.80x | 120,000 | 0.80x | 9.3 | 9.31 | n/a | 95 (40) | 61 |\n\
              \n\
              filter-heartbeats vs raw passthrough: 0.80x over the whole rows (missed), 0.80x steady (missed); bar >= 0.9x\n\
              \n\

@@ -189,8 +189,9 @@ pub struct PipelineParams<'a> {
     pub exactly_once: Option<&'a Path>,
 }
 
-/// Builds and validates a spec, exactly as `sluice run` would from a file.
-pub fn spec(p: &PipelineParams<'_>) -> anyhow::Result<PipelineSpec> {
+/// Builds and validates a spec, exactly as `sluice run` would from a file;
+/// also returns its text.
+pub fn spec(p: &PipelineParams<'_>) -> anyhow::Result<(PipelineSpec, String)> {
     let mut spec = json!({
         "name": p.name,
         "kafka": {
@@ -209,8 +210,9 @@ pub fn spec(p: &PipelineParams<'_>) -> anyhow::Result<PipelineSpec> {
         spec["delivery"] = json!("exactly-once");
     }
     let text = serde_json::to_string_pretty(&spec)?;
-    crate::spec::parse(&text, Path::new("/"))
-        .with_context(|| format!("the bench built an invalid spec:\n{text}"))
+    let spec = crate::spec::parse(&text, Path::new("/"))
+        .with_context(|| format!("the bench built an invalid spec:\n{text}"))?;
+    Ok((spec, text))
 }
 
 fn properties(pairs: &[(String, String)]) -> Value {
@@ -275,7 +277,7 @@ mod tests {
         let module = modules.path().join("event_window_agg.wasm");
         std::fs::write(&module, b"").unwrap();
         let dir = Path::new("/tmp/bench-cp");
-        let spec = spec(&PipelineParams {
+        let (spec, text) = spec(&PipelineParams {
             name: "bench-1a-agg".into(),
             brokers: "127.0.0.1:9092",
             consumer: &[("fetch.queue.backoff.ms".into(), "10".into())],
@@ -288,6 +290,10 @@ mod tests {
             exactly_once: Some(dir),
         })
         .unwrap();
+        assert_eq!(
+            crate::spec::parse(&text, Path::new("/")).unwrap().name,
+            spec.name
+        );
         assert_eq!(spec.batch.max_wait, Duration::from_millis(10));
         assert_eq!(spec.delivery, crate::spec::Delivery::ExactlyOnce);
         assert_eq!(spec.checkpoint.as_ref().unwrap().dir, dir);
