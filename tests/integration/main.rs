@@ -9,6 +9,7 @@ mod dev;
 mod faults;
 mod golden;
 mod parquet;
+mod pause;
 mod pipeline;
 mod runtime;
 mod serve;

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::source::EndOffsets;
+
 /// Upper bounds (ms) of the batch-duration histogram's buckets.
 pub const DURATION_BUCKETS_MS: [f64; 12] = [
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
@@ -207,6 +209,8 @@ struct Inner {
     duration_sum_ms: f64,
     log: Vec<SwapRecord>,
     next_swap: u64,
+    /// The source's end offsets, for the lag.
+    ends: Option<EndOffsets>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -298,8 +302,30 @@ impl Control {
         lock(&self.inner).log.clone()
     }
 
+    /// The progress after the last batch, with the lag as of now (the end
+    /// offsets the client reported last, at most a second ago while the
+    /// run polls).
     pub fn progress(&self) -> Option<Progress> {
-        lock(&self.inner).progress.clone()
+        let inner = lock(&self.inner);
+        let mut progress = inner.progress.clone()?;
+        let ends = inner.ends.clone();
+        drop(inner);
+        if let Some(ends) = ends {
+            let ends = ends.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &mut progress.sources {
+                s.end_offset = ends
+                    .get(&(s.topic.clone(), s.partition))
+                    .map(|&e| e.max(s.offset));
+                s.lag = s.end_offset.map(|e| e - s.offset);
+            }
+            progress.lag = progress
+                .sources
+                .iter()
+                .map(|s| s.lag)
+                .sum::<Option<i64>>()
+                .filter(|_| !progress.sources.is_empty());
+        }
+        Some(progress)
     }
 
     /// Records read per second over the last minute, oldest first, one
@@ -333,6 +359,10 @@ impl Control {
     }
 
     // The run loop's side.
+
+    pub(super) fn watch_ends(&self, ends: EndOffsets) {
+        lock(&self.inner).ends = Some(ends);
+    }
 
     /// Publishes the progress after a batch of `rows` records that took
     /// `total_ms`, finished at `now_ms`.

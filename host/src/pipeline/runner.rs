@@ -147,6 +147,9 @@ impl<'a> Runner<'a> {
             source.set_tick(TICK);
         }
         self.read = self.positions.clone();
+        if let Some(control) = self.control {
+            control.watch_ends(source.reported_ends());
+        }
         let never = AtomicBool::new(false);
         let wake = self.control.map_or(&never, Control::woken);
         self.last_batch_end = Instant::now();
@@ -203,7 +206,7 @@ impl<'a> Runner<'a> {
             }
             self.durations.checkpoint = ms(waiting.elapsed());
             if let Some(control) = self.control {
-                self.publish(control, &source, next.batch.len());
+                self.publish(control, next.batch.len());
             }
             self.last_batch_end = Instant::now();
         }

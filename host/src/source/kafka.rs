@@ -47,8 +47,9 @@ pub struct NextOffset {
     pub offset: i64,
 }
 
-/// Per (topic, partition), the broker's end offset (high watermark).
-type EndOffsets = Arc<Mutex<HashMap<(String, i32), i64>>>;
+/// Per (topic, partition), the broker's end offset (high watermark), as
+/// the client last reported it.
+pub type EndOffsets = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 /// Routes librdkafka's error callback to our log, where reaching the end
 /// of a partition is routine rather than an error, and keeps the end
@@ -210,10 +211,9 @@ impl KafkaSource {
         })
     }
 
-    /// The end offsets the client last reported (once a second), per
-    /// (topic, partition).
-    pub fn reported_ends(&self) -> HashMap<(String, i32), i64> {
-        self.ends.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The end offsets the client reports (once a second, while polled).
+    pub fn reported_ends(&self) -> EndOffsets {
+        self.ends.clone()
     }
 
     /// Makes [`Self::next_batch`] return an empty batch after `tick` without

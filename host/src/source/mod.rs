@@ -5,7 +5,7 @@
 mod kafka;
 mod replay;
 
-pub use kafka::{KafkaSource, NextOffset, SourceBatch, SourceError, source_partitions};
+pub use kafka::{EndOffsets, KafkaSource, NextOffset, SourceBatch, SourceError, source_partitions};
 pub use replay::{ReplayError, ReplaySource};
 
 use rdkafka::Timestamp;

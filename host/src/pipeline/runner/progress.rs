@@ -5,11 +5,10 @@ use std::time::SystemTime;
 use super::{Runner, ms};
 use crate::pipeline::Step;
 use crate::pipeline::control::{Control, EventTime, Progress, SourceProgress, StateInfo, Totals};
-use crate::source::KafkaSource;
 
 impl Runner<'_> {
     /// Publishes the progress after a batch of `rows` records.
-    pub(super) fn publish(&self, control: &Control, source: &KafkaSource, rows: usize) {
+    pub(super) fn publish(&self, control: &Control, rows: usize) {
         let since_previous = ms(self.last_batch_end.elapsed()) / 1000.0;
         let mut durations = self.durations;
         durations.total =
@@ -23,30 +22,19 @@ impl Runner<'_> {
             }
         };
         let windows = self.chain.aggregate().map(|a| a.engine().progress());
-        let ends = source.reported_ends();
         let mut sources: Vec<SourceProgress> = self
             .read
             .iter()
-            .map(|(&(s, partition), &offset)| {
-                let topic = self.spec.source.topics[s as usize].clone();
-                let end = ends
-                    .get(&(topic.clone(), partition))
-                    .map(|&e| e.max(offset));
-                SourceProgress {
-                    topic,
-                    partition,
-                    offset,
-                    end_offset: end,
-                    lag: end.map(|e| e - offset),
-                }
+            .map(|(&(s, partition), &offset)| SourceProgress {
+                topic: self.spec.source.topics[s as usize].clone(),
+                partition,
+                offset,
+                // Filled in when read (see `Control::progress`).
+                end_offset: None,
+                lag: None,
             })
             .collect();
         sources.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        let lag = sources
-            .iter()
-            .map(|s| s.lag)
-            .sum::<Option<i64>>()
-            .filter(|_| !sources.is_empty());
         let summary = &self.summary;
         let mut totals = Totals {
             batches: summary.batches,
@@ -86,7 +74,7 @@ impl Runner<'_> {
             }),
             totals,
             sources,
-            lag,
+            lag: None,
         };
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
