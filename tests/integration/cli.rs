@@ -1,8 +1,15 @@
-//! `sluice validate`: clear errors naming the field, no broker needed.
+//! The `sluice` commands as a user runs them: `sluice validate` (clear
+//! errors naming the field, no broker needed), and `sluice pipeline`
+//! driving a pipeline of a `sluice serve` through the broker.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use sluice_tests::guest;
+use serde_json::{Value, json};
+use sluice_tests::*;
+
+use crate::serve::{TOKEN, call, produce_pairs, sample};
+use crate::server::Server;
 
 /// Writes `yaml` to a spec file and runs `sluice validate` on it.
 fn validate(yaml: &str) -> (bool, String, String) {
@@ -158,4 +165,259 @@ fn aggregate_steps_are_validated() {
             "expected `{expected}` in: {stderr}"
         );
     }
+}
+
+/// Runs `sluice pipeline ...` against `server`, the token in
+/// `$SLUICE_TOKEN`: (exit code, stdout, stderr).
+fn sluice_pipeline(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("pipeline")
+        .args(args)
+        .args(["--server", &server.url])
+        .env("SLUICE_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until pipeline `name` has read `rows` records and `topic` holds
+/// `expected`; returns its status. (With no more input, its progress stays
+/// that of its last batch with records.)
+fn wait_caught_up(
+    server: &Server,
+    name: &str,
+    rows: u64,
+    topic: &str,
+    expected: &[String],
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, doc) = call(
+            &server.client(None),
+            "GET",
+            &format!("/v1/pipelines/{name}"),
+            None,
+        );
+        let progress = &doc["progress"];
+        if progress["totals"]["input_rows"] == rows
+            && sorted_values(&read(topic)).len() >= expected.len()
+        {
+            assert_eq!(sorted_values(&read(topic)), expected);
+            return doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never caught up with {rows} records: {doc}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The ROWS/S cell of `sluice pipeline ls` for status `doc`: its last
+/// batch's rate (it stays while no records come).
+fn rate(doc: &Value) -> String {
+    format!(
+        "{:.1}",
+        doc["progress"]["input_rows_per_second"].as_f64().unwrap()
+    )
+}
+
+/// Checks the LAG cell of a pipeline that read everything: none, or not
+/// known yet (the client reports end offsets about once a second).
+fn assert_caught_up(row: &mut Vec<String>) {
+    let lag = row.pop().unwrap();
+    assert!(lag == "0" || lag == "-", "lag {lag}");
+}
+
+/// The lines of `sluice pipeline ls`, each split into its fields.
+fn ls(server: &Server) -> Vec<Vec<String>> {
+    let (code, stdout, stderr) = sluice_pipeline(server, &["ls"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.len() == lines[0].len()),
+        "the columns are aligned:\n{stdout}"
+    );
+    lines
+        .iter()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn sluice_pipeline_creates_pauses_resumes_swaps_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, clean, dlq) = (unique("cli-in"), unique("cli-clean"), unique("cli-dlq"));
+    create_topics(&[&input, &clean, &dlq], 1);
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    let filter = std::fs::read(guest("filter-heartbeats")).unwrap();
+    let faulty = std::fs::read(guest("faulty-guest")).unwrap();
+    for reply in [
+        client.push("filter-heartbeats", &filter, &[]),
+        client.push(
+            "filter-heartbeats",
+            &with_custom_section(filter.clone(), "sluice-test", b"2"),
+            &[],
+        ),
+        // It needs a `mode`, which the pipeline's step does not give it.
+        client.push(
+            "faulty-guest",
+            &faulty,
+            &[("mode".into(), "passthrough".into())],
+        ),
+    ] {
+        let reply = reply.unwrap();
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+
+    let name = unique("cli");
+    let spec_file = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &spec_file,
+        format!(
+            "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+             batch: {{ max_records: 64, max_wait: 20ms }}\n\
+             transforms:\n  - module: filter-heartbeats@1\n\
+             outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
+            brokers = brokers(),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| sluice_pipeline(&server, args);
+    let ok = |stdout: &str| (0, stdout.to_owned(), String::new());
+    let fails = |stderr: &str| (1, String::new(), format!("error: {stderr}\n"));
+
+    assert_eq!(
+        run(&["create", spec_file.to_str().unwrap()]),
+        ok(&format!("created {name}: running\n"))
+    );
+    let (events, mut expected) = sample(0, 200);
+    produce_pairs(&input, &events);
+    let doc = wait_caught_up(&server, &name, 200, &clean, &expected);
+    let step = "filter-heartbeats=filter-heartbeats@1";
+    let mut lines = ls(&server);
+    assert_caught_up(&mut lines[1]);
+    assert_eq!(
+        lines,
+        [
+            vec![
+                "NAME", "STATUS", "MODULES", "INPUT", "ROWS", "ROWS/S", "LAG"
+            ],
+            vec![&name, "running", step, "200", &rate(&doc)],
+        ]
+    );
+    let (code, stdout, stderr) = run(&["show", &name]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("{\n  \"name\": "),
+        "pretty-printed: {stdout}"
+    );
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["modules"][0]["version"], 1, "{doc}");
+    assert_eq!(doc["progress"]["totals"]["input_rows"], 200, "{doc}");
+
+    assert_eq!(run(&["pause", &name]), ok(&format!("{name}: paused\n")));
+    let doc: Value = serde_json::from_str(&run(&["show", &name]).1).unwrap();
+    assert_eq!(
+        (&doc["status"], &doc["desired"]),
+        (&json!("paused"), &json!("paused"))
+    );
+    assert_eq!(ls(&server)[1][1], "paused");
+    assert_eq!(run(&["resume", &name]), ok(&format!("{name}: running\n")));
+
+    // Idle, the new version is on trial until records come.
+    assert_eq!(
+        run(&["swap", &name, "filter-heartbeats@2"]),
+        ok(
+            "trial: step filter-heartbeats: filter-heartbeats@1 -> filter-heartbeats@2 \
+            (on trial until its first batch with records)\n"
+        )
+    );
+    let (events, more) = sample(200, 100);
+    produce_pairs(&input, &events);
+    expected.extend(more);
+    expected.sort();
+    let doc = wait_caught_up(&server, &name, 300, &clean, &expected);
+    let swap = &doc["swaps"][0];
+    assert_eq!(
+        (&swap["state"], &swap["from_version"], &swap["to_version"]),
+        (&json!("live"), &json!(1), &json!(2)),
+        "{doc}"
+    );
+    let mut row = ls(&server).remove(1);
+    assert_caught_up(&mut row);
+    assert_eq!(
+        row,
+        [
+            &name,
+            "running",
+            "filter-heartbeats=filter-heartbeats@2",
+            "300",
+            &rate(&doc)
+        ]
+    );
+
+    // A module that cannot start with the step's config is rolled back.
+    let reason = "the new module cannot start: transforms[0] (filter-heartbeats): \
+                  the transform rejected its configuration: missing config key `mode`";
+    let (code, stdout, stderr) = run(&["swap", &name, "faulty-guest"]);
+    assert_eq!(
+        (code, stdout, stderr),
+        (
+            1,
+            format!(
+                "rolled-back: step filter-heartbeats: filter-heartbeats@2 -> faulty-guest@1: {reason}\n"
+            ),
+            format!("error: {reason}\n")
+        )
+    );
+    assert_eq!(
+        run(&["swap", &name, "filter-heartbeats@1", "--step", "nope"]),
+        fails(&format!(
+            "step: pipeline `{name}` has no step `nope`; its steps are `filter-heartbeats`"
+        ))
+    );
+    assert_eq!(
+        run(&["swap", &name, "filter-heartbeats@9"]),
+        fails("module: module `filter-heartbeats` has no version 9")
+    );
+
+    assert_eq!(run(&["stop", &name]), ok(&format!("{name}: stopped\n")));
+    assert_eq!(
+        run(&["pause", &name]),
+        fails(&format!("pipeline `{name}` is not running; start it first"))
+    );
+    assert_eq!(
+        run(&["swap", &name, "filter-heartbeats@1"]),
+        ok(&format!(
+            "recorded: step filter-heartbeats: filter-heartbeats@2 -> filter-heartbeats@1 \
+             (from the next start of pipeline `{name}`)\n"
+        ))
+    );
+    assert_eq!(ls(&server)[1][..3], [name.as_str(), "stopped", step]);
+    assert_eq!(run(&["start", &name]), ok(&format!("{name}: running\n")));
+
+    assert_eq!(run(&["rm", &name]), ok(&format!("deleted {name}\n")));
+    assert_eq!(
+        run(&["show", &name]),
+        fails(&format!("no pipeline named `{name}`"))
+    );
+    assert!(
+        run(&["show", "Bad"])
+            .2
+            .starts_with("error: invalid pipeline name `Bad`: use 1 to 63 lower-case letters"),
+    );
+    assert_eq!(run(&["ls"]), ok("no pipelines\n"));
+    server.stop();
 }

@@ -32,18 +32,6 @@ fn tagger(variant: u8) -> Vec<u8> {
     wasm
 }
 
-/// `wasm` with a custom section appended: other bytes, same behaviour.
-fn with_custom_section(mut wasm: Vec<u8>, name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name.as_bytes());
-    section.extend_from_slice(payload);
-    assert!(section.len() < 128, "one-byte LEB128 sizes only");
-    wasm.push(0);
-    wasm.push(section.len() as u8);
-    wasm.extend_from_slice(&section);
-    wasm
-}
-
 /// Per (user, window start): count and sum of the sample events `range`.
 fn expected_counts(o: &SampleOptions, n: u64) -> BTreeMap<(String, i64), (u64, f64)> {
     let mut groups: BTreeMap<(String, i64), (u64, f64)> = BTreeMap::new();

@@ -151,6 +151,19 @@ pub fn brokers() -> &'static str {
     })
 }
 
+/// `wasm` (a component) with a custom section appended: other bytes, the
+/// same behaviour; e.g. a second version of a module.
+pub fn with_custom_section(mut wasm: Vec<u8>, name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name.as_bytes());
+    section.extend_from_slice(payload);
+    assert!(section.len() < 128, "one-byte LEB128 sizes only");
+    wasm.push(0);
+    wasm.push(section.len() as u8);
+    wasm.extend_from_slice(&section);
+    wasm
+}
+
 /// A topic name no other test uses.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

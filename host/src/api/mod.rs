@@ -17,11 +17,14 @@
 //! | `DELETE /v1/modules/{name}/{version}` | 200 `{name, deleted}`; 400, 404, 409 while in use |
 //! | `POST /v1/pipelines` | body: a spec, YAML or JSON, modules as `name[@version]`. 201, the status document, the pipeline started; 400 (the error names the field), 404 unknown module, 409 name taken, 422 wrong module kind |
 //! | `GET /v1/pipelines` | 200, every pipeline's status document |
-//! | `GET /v1/pipelines/{name}` | 200, its status document (status, desired, started_at, error, modules, last_run, spec); 400, 404 |
+//! | `GET /v1/pipelines/{name}` | 200, its status document (status `running`/`paused`/`stopped`/`failed`, desired, started_at, error, modules, last_run, progress, throughput, swaps, spec); 400, 404 |
 //! | `POST /v1/pipelines/{name}/stop` | 200, the status once stopped; 400, 404 |
-//! | `POST /v1/pipelines/{name}/start` | 200, the status once started; 400, 404 |
+//! | `POST /v1/pipelines/{name}/start` | 200, the status once started (a paused one resumes); 400, 404 |
+//! | `POST /v1/pipelines/{name}/pause` | 200, the status once paused after its current batch (acknowledged, committed, checkpointed); 400, 404, 409 not running |
+//! | `POST /v1/pipelines/{name}/resume` | 200, the status once running again; 400, 404, 409 not running |
+//! | `POST /v1/pipelines/{name}/swap` | body `{"module": "name[@version]", "step": "<step>"}` (`step` optional with one step). 200, the status plus `swap`, its record, once applied at a batch boundary (`trial`, then `live`), or with `swap: null` for a pipeline not running (from its next start); 202 still `pending` after 30 s; 400 bad body, unknown step or not a module reference, 404 unknown pipeline, module or version, 422 wrong module kind or the new module could not start or failed its trial batch (rolled back) |
 //! | `DELETE /v1/pipelines/{name}` | 200, the last status; stops it first; 400, 404 |
-//! | `GET /metrics` | 200, Prometheus text: `sluice_modules`, `sluice_pipeline_up`, `sluice_pipeline_module_version` |
+//! | `GET /metrics` | 200, Prometheus text: `sluice_modules`; per pipeline `sluice_pipeline_up`, `sluice_pipeline_paused`, `sluice_pipeline_module_version`, the counters `sluice_records_in_total`, `sluice_records_out_total`, `sluice_dead_letters_total`, `sluice_records_dropped_total`, `sluice_late_records_total`, `sluice_batches_total`, `sluice_guest_traps_total`, `sluice_guest_deadline_hits_total`, `sluice_guest_memory_hits_total`, the histogram `sluice_batch_duration_seconds`, the gauges `sluice_consumer_lag` and, with windows, `sluice_watermark_seconds`, `sluice_state_rows`, `sluice_state_bytes` (see [`metrics`]) |
 //!
 //! Every rejection is a 4xx (or, for a server fault, 5xx) with the JSON body
 //! `{"error": "<message>"}`. When a token is configured, every request that

@@ -128,6 +128,9 @@ async fn health_and_openapi() {
         ("/v1/pipelines/{name}", &["get", "delete"]),
         ("/v1/pipelines/{name}/stop", &["post"]),
         ("/v1/pipelines/{name}/start", &["post"]),
+        ("/v1/pipelines/{name}/pause", &["post"]),
+        ("/v1/pipelines/{name}/resume", &["post"]),
+        ("/v1/pipelines/{name}/swap", &["post"]),
         ("/metrics", &["get"]),
     ] {
         for method in methods {
@@ -137,7 +140,7 @@ async fn health_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 13, "a documented route does not exist");
+    assert_eq!(paths.len(), 16, "a documented route does not exist");
 }
 
 #[tokio::test]

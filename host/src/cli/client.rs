@@ -1,5 +1,7 @@
 //! `sluice module push|ls|rm`: a small client of the control plane's modules
-//! API (`sluice serve`), and the [`Client`] it uses (also used by tests).
+//! API (`sluice serve`), and the [`Client`] it uses (also used by
+//! `sluice pipeline` and by tests), with the `--server`/`--token` options
+//! every client command shares ([`ServerArgs`]).
 //!
 //! Plain HTTP only (the server listens on loopback, or behind a proxy that
 //! terminates TLS). API errors come back as `Err` carrying the server's
@@ -13,15 +15,34 @@ use serde_json::Value;
 
 use crate::api::store::{ModuleRef, validate_name};
 
-/// `sluice module ...`.
+/// The options of every command that talks to a `sluice serve`.
 #[derive(Debug, clap::Args)]
-pub struct ModuleArgs {
+pub struct ServerArgs {
     /// The `sluice serve` to talk to.
     #[arg(long, global = true, default_value = "http://127.0.0.1:7878")]
     server: String,
     /// Bearer token for changes (default: $SLUICE_TOKEN).
     #[arg(long, global = true)]
     token: Option<String>,
+}
+
+impl ServerArgs {
+    /// A client of the server, with `--token` or else `$SLUICE_TOKEN` (an
+    /// empty token is none).
+    pub fn client(self) -> Client {
+        let token = self
+            .token
+            .or_else(|| std::env::var("SLUICE_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        Client::new(&self.server, token)
+    }
+}
+
+/// `sluice module ...`.
+#[derive(Debug, clap::Args)]
+pub struct ModuleArgs {
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: ModuleCommand,
 }
@@ -47,11 +68,7 @@ enum ModuleCommand {
 
 /// Runs `sluice module ...`.
 pub fn run(args: ModuleArgs) -> anyhow::Result<()> {
-    let token = args
-        .token
-        .or_else(|| std::env::var("SLUICE_TOKEN").ok())
-        .filter(|t| !t.is_empty());
-    let client = Client::new(&args.server, token);
+    let client = args.server.client();
     match args.command {
         ModuleCommand::Push { name, file, config } => {
             validate_name(&name)?;
@@ -152,7 +169,8 @@ fn print_versions(v: &Value) {
     }
 }
 
-fn text(v: &Value) -> &str {
+/// A JSON string, or `?`.
+pub(super) fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("?")
 }
 

@@ -4,6 +4,7 @@ mod bench;
 pub mod client;
 mod dev;
 pub mod kafka_tools;
+mod pipeline_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,9 @@ enum Command {
     },
     /// Upload, list and delete the modules of a running `sluice serve`.
     Module(client::ModuleArgs),
+    /// Create, list, pause, resume, swap modules of and delete the pipelines
+    /// of a running `sluice serve`.
+    Pipeline(pipeline_cmd::PipelineArgs),
 }
 
 /// Entry point of the `sluice` binary.
@@ -196,6 +200,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             max_upload,
         } => serve(&data, &listen, token, max_upload),
         Command::Module(args) => client::run(args),
+        Command::Pipeline(args) => pipeline_cmd::run(args),
     }
 }
 
