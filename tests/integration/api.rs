@@ -220,7 +220,7 @@ fn the_cli_pushes_lists_and_removes_and_a_restart_keeps_the_modules() {
     assert_eq!(
         stderr.trim(),
         "error: this server needs a token for changes: send `Authorization: Bearer <token>` \
-         (sluice module: --token or SLUICE_TOKEN)"
+         (the sluice CLI: --token or SLUICE_TOKEN)"
     );
     let (ok, stdout, stderr) = sluice_module(
         &server.url,

@@ -278,3 +278,71 @@ fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
     eprintln!("swaps (swap_ms, pause_ms): {figures:?}");
     server.stop();
 }
+
+#[test]
+fn a_swap_requested_during_a_trial_follows_it_at_the_next_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tagged, out, dlq) = (
+        unique("swap2-in"),
+        unique("swap2-tagged"),
+        unique("swap2-out"),
+        unique("swap2-dlq"),
+    );
+    create_topics(&[&input, &tagged, &out, &dlq], 1);
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    for variant in [b'1', b'2', b'3'] {
+        let (status, body) = call(
+            &client,
+            "POST",
+            "/v1/modules/tagger",
+            Some(&tagger(variant)),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let name = unique("swap2");
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 10, max_wait: 20ms }}\ntransforms:\n  - module: tagger@1\n\
+         outputs:\n  default: {{ topic: {out} }}\n  tagged: {{ topic: {tagged} }}\n\
+         dead_letter: {{ topic: {dlq} }}\n",
+        brokers = brokers(),
+    );
+    let (status, body) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{body}");
+    wait_for_status(&server, &name, "running");
+
+    // Idle: the first swap stays on trial; the second waits behind it.
+    let path = format!("/v1/pipelines/{name}/swap");
+    let (status, reply) = call(&client, "POST", &path, Some(br#"{"module": "tagger@2"}"#));
+    assert_eq!(
+        (status, &reply["swap"]["state"]),
+        (200, &"trial".into()),
+        "{reply}"
+    );
+    let second = {
+        let (url, path) = (server.url.clone(), path.clone());
+        std::thread::spawn(move || {
+            let client = sluice::cli::client::Client::new(&url, Some(TOKEN.to_owned()));
+            let started = Instant::now();
+            let reply = call(&client, "POST", &path, Some(br#"{"module": "tagger@3"}"#));
+            (reply, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    produce(&input, &[("k", "a")]);
+    let ((status, reply), waited) = second.join().unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "the second swap waited {waited:?}"
+    );
+    produce(&input, &[("k", "b")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read(&tagged).len() < 2 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sorted_values(&read(&tagged)), ["a|v2", "b|v3"]);
+    server.stop();
+}

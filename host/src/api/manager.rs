@@ -211,8 +211,11 @@ impl Manager {
     pub fn open(data: &Path, store: Arc<ModuleStore>) -> Result<Self, ManagerError> {
         let dir = data.join("pipelines");
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        // Absolute: the paths of modules and checkpoints written into specs
+        // must not be resolved against the spec's directory again.
+        let data = fs::canonicalize(data).map_err(io_error("resolve", data))?;
         let manager = Self {
-            data: data.to_owned(),
+            data,
             store,
             entries: Mutex::new(BTreeMap::new()),
             usage: Arc::default(),

@@ -8,7 +8,7 @@
 //! - `sluice_pipeline_module_version{step,module,version}`: 1 per step.
 //! - `sluice_records_in_total`, `sluice_records_out_total{output}`,
 //!   `sluice_dead_letters_total{reason}`, `sluice_records_dropped_total`,
-//!   `sluice_late_records_total`.
+//!   `sluice_late_records_total`, `sluice_batches_total`.
 //! - `sluice_batch_duration_seconds`: histogram.
 //! - `sluice_consumer_lag{topic,partition}`: records behind the end offset.
 //! - `sluice_watermark_seconds`, `sluice_state_rows`, `sluice_state_bytes`:

@@ -241,7 +241,7 @@ async fn require_token(
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "this server needs a token for changes: send `Authorization: Bearer <token>` \
-                     (sluice module: --token or SLUICE_TOKEN)",
+                     (the sluice CLI: --token or SLUICE_TOKEN)",
                 ));
             }
             Some(given) if !same_token(given, expected) => {

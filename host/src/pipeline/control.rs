@@ -420,6 +420,30 @@ impl Control {
         next
     }
 
+    /// At the end of a run: swaps that never reached a batch boundary are
+    /// recorded as not done.
+    pub(super) fn cancel_pending(&self) {
+        let ids: Vec<u64> = lock(&self.inner)
+            .swaps
+            .drain(..)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.update_swap(id, |r| {
+                r.state = SwapState::RolledBack;
+                r.reason = Some("the pipeline stopped before the swap took effect".to_owned());
+            });
+        }
+    }
+
+    /// After a trial: wakes the run again if swaps or a pause request
+    /// waited for it.
+    pub(super) fn rearm(&self) {
+        let inner = lock(&self.inner);
+        let waiting = !inner.swaps.is_empty() || inner.pause != inner.paused;
+        self.wake.store(waiting, Ordering::Relaxed);
+    }
+
     /// Updates swap `id`'s record; tells the listener when it went live or
     /// was rolled back.
     pub(super) fn update_swap(&self, id: u64, update: impl FnOnce(&mut SwapRecord)) {

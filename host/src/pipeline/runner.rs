@@ -210,6 +210,7 @@ impl<'a> Runner<'a> {
             }
             self.last_batch_end = Instant::now();
         }
+        self.abandon_trial();
         self.drain(&source)?;
         if self.checkpoints.is_some() && self.saved != Some(self.epoch) {
             self.checkpoint(Some(&source))?;

@@ -75,6 +75,7 @@ impl Runner<'_> {
             tracing::info!("pipeline resumed");
         }
         if self.trial.is_none()
+            && !stop.load(Ordering::Relaxed)
             && let Some((id, request)) = control.next_swap()
         {
             self.start_swap(control, source, id, &request)?;
@@ -184,6 +185,7 @@ impl Runner<'_> {
             Err(e) => Err(format!("the new module failed on its first batch: {e:#}")),
         };
         let trial = self.trial.take().expect("checked above");
+        control.rearm();
         match verdict {
             Ok(out) => {
                 tracing::info!(step, epoch, pause_ms, "swap live");
@@ -232,5 +234,26 @@ impl Runner<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Runner<'_> {
+    /// At the end of a run: a module still on trial never ran a batch, so
+    /// the swap is not confirmed (nor are swaps still waiting); the pipeline
+    /// document keeps the previous version, which the next run starts with.
+    pub(super) fn abandon_trial(&mut self) {
+        let Some(control) = self.control else {
+            return;
+        };
+        control.cancel_pending();
+        if let Some(trial) = self.trial.take() {
+            control.update_swap(trial.id, |r| {
+                r.state = SwapState::RolledBack;
+                r.reason = Some(
+                    "the pipeline stopped before the new module ran a batch; swap again after it starts"
+                        .to_owned(),
+                );
+            });
+        }
     }
 }
