@@ -165,3 +165,92 @@ fn a_trap_in_an_aggregate_fold_dead_letters_only_the_poisoned_records() {
 fn values_of(records: &[TopicRecord]) -> Vec<String> {
     records.iter().map(|r| r.value.clone().unwrap()).collect()
 }
+
+/// An aggregate whose `finish` traps on one key's windows: that window's
+/// accumulator goes to the dead-letter topic with the reason and its
+/// window, the other windows' results are emitted, and the pipeline goes on.
+#[test]
+fn a_trap_in_an_aggregate_finish_dead_letters_the_window() {
+    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
+    create_topics(&[&input, &out, &dlq], 1);
+    // 30 events of 3 users in the first minute, then one two minutes later
+    // that closes it (its own window stays open).
+    let event = |i: u32, t: i64| format!(r#"{{"user_id":"u{}","amount":{i},"t":{t}}}"#, i % 3);
+    let mut values: Vec<(String, i64)> = (0..30u32)
+        .map(|i| (event(i, 1_000 + i64::from(i)), 1_000 + i64::from(i)))
+        .collect();
+    values.push((event(0, 200_000), 200_000));
+    let records = values.iter().map(|(v, t)| {
+        (
+            Some(b"k".to_vec()),
+            Some(v.clone().into_bytes()),
+            Some(*t),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), &input, records).unwrap();
+    let yaml = format!(
+        "name: finish-faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ panic_in_finish_for: u1 }}\n\
+         \x20   aggregate:\n      window: {{ tumbling: 1m }}\n      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
+         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers(),
+        guest("count-sum").display(),
+    );
+    let summary = run_until_caught_up(&spec(&yaml));
+
+    let result = |u: u32| {
+        let users: Vec<u32> = (0..30).filter(|i| i % 3 == u).collect();
+        format!(
+            r#"{{"user_id":"u{u}","window_start":0,"window_end":60000,"count":{},"sum":{}.0}}"#,
+            users.len(),
+            users.iter().sum::<u32>()
+        )
+    };
+    assert_eq!(sorted_values(&read(&out)), [result(0), result(2)]);
+    let dead = read(&dlq);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.key.as_deref(), Some("u1"));
+    assert_eq!(d.timestamp, Some(59_999));
+    let reason = &d.headers["sluice.error"];
+    assert!(
+        reason.starts_with("trap: ") && reason.contains("cannot finish the windows of u1"),
+        "{reason}"
+    );
+    assert_eq!(
+        (
+            d.headers["sluice.window.start"].as_str(),
+            d.headers["sluice.window.end"].as_str(),
+            d.headers["sluice.step"].as_str(),
+        ),
+        ("0", "60000", "count-sum")
+    );
+    // The value is the window's accumulator, as the guest encoded it.
+    let raw = rdkafka_value(&dlq);
+    let acc: count_sum::CountSum = postcard::from_bytes(&raw).unwrap();
+    assert_eq!(format!("{acc:?}"), "CountSum { count: 10, sum: 145.0 }");
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(summary.dead_letter_reasons["trap"], 1, "{summary:?}");
+}
+
+/// The raw value bytes of the only record of `topic`.
+fn rdkafka_value(topic: &str) -> Vec<u8> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("raw"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        // `poll` also returns early after handling other events (a rebalance).
+        if let Some(message) = consumer.poll(std::time::Duration::from_millis(500)) {
+            return message.unwrap().payload().unwrap_or_default().to_vec();
+        }
+    }
+    panic!("no record in {topic} within 30 s");
+}

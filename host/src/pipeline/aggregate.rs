@@ -21,7 +21,20 @@ pub struct AggregateOutput {
     /// `(batch index, reason)`: records the guest could not key, fold, or
     /// that arrived after their window was finalized.
     pub dead_letters: Vec<(u32, String)>,
+    /// Windows the guest could not finish.
+    pub window_dead_letters: Vec<WindowDeadLetter>,
     pub late: u64,
+}
+
+/// A window whose result the guest could not produce: its accumulator goes
+/// to the dead-letter topic with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowDeadLetter {
+    pub key: std::sync::Arc<[u8]>,
+    pub start: i64,
+    pub end: i64,
+    pub accumulator: Vec<u8>,
+    pub reason: String,
 }
 
 /// Why a step could not process a batch; the pipeline stops without
@@ -149,13 +162,25 @@ impl AggregateStep {
         );
         dead_letters.sort_by_key(|(i, _)| *i);
         let results = out.results;
-        for (window, reason) in &results.dead_letters {
-            let w = &out.windows[*window as usize];
-            tracing::warn!(
-                key = %String::from_utf8_lossy(&w.key), start = w.start, end = w.end, %reason,
-                "the aggregate guest could not finish a window; its result is missing"
-            );
-        }
+        let window_dead_letters = results
+            .dead_letters
+            .iter()
+            .zip(out.dead_accumulators)
+            .map(|((window, reason), accumulator)| {
+                let w = &out.windows[*window as usize];
+                tracing::warn!(
+                    key = %String::from_utf8_lossy(&w.key), start = w.start, end = w.end, %reason,
+                    "the aggregate guest could not finish a window; its accumulator goes to the dead-letter topic"
+                );
+                WindowDeadLetter {
+                    key: w.key.clone(),
+                    start: w.start,
+                    end: w.end,
+                    accumulator,
+                    reason: reason.clone(),
+                }
+            })
+            .collect();
         AggregateOutput {
             records: results.records,
             inputs: results.inputs,
@@ -163,6 +188,7 @@ impl AggregateStep {
             output_names: results.output_names,
             windows: out.windows,
             dead_letters,
+            window_dead_letters,
             late: out.late,
         }
     }

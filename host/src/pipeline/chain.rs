@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::aggregate::{AggregateStep, StepError};
+use super::aggregate::{AggregateStep, StepError, WindowDeadLetter};
 use crate::batch::{Batch, Columns};
 use crate::runtime::Transform;
 
@@ -46,6 +46,8 @@ pub struct ChainOutput {
     /// One entry per configured output, in the spec's order.
     pub outputs: Vec<Routed>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Windows an aggregate step could not finish, with the step's index.
+    pub window_dead_letters: Vec<(usize, WindowDeadLetter)>,
     /// Source records that a step dropped on purpose (no output, no dead
     /// letter).
     pub dropped: u64,
@@ -218,6 +220,8 @@ impl Chain {
                 reason,
             });
         }
+        out.window_dead_letters
+            .extend(result.window_dead_letters.into_iter().map(|w| (step, w)));
         let named: Vec<Option<usize>> = result
             .output_names
             .iter()

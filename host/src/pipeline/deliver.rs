@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 
 use super::chain::ChainOutput;
-use crate::batch::{Batch, RecordRef};
+use crate::batch::{Batch, Columns, RecordRef};
 use crate::sink::{BatchAck, EOS_HEADER, KafkaSink, eos_id, headers};
 
 /// Where each step's dead letters came from, for their headers.
@@ -59,8 +59,9 @@ pub struct Delivered {
 }
 
 /// Queues every output and dead-letter record of one batch under `ack`:
-/// outputs in spec order, then the chain's dead letters, then records a
-/// sink rejected. With `eos`, each record carries its id and the ones
+/// outputs in spec order, then the chain's dead letters (records, then
+/// windows a guest could not finish: key, accumulator and window), then
+/// records a sink rejected. With `eos`, each record carries its id and the ones
 /// already written are skipped; the order is the numbering, so it must not
 /// depend on anything but the batch.
 pub fn deliver(
@@ -108,6 +109,27 @@ pub fn deliver(
             ("sluice.source.offset", offset.as_bytes()),
         ];
         sender.send(&routing.dead_letter_topic, record, &extra)?;
+    }
+    for (step, window) in &out.window_dead_letters {
+        let step = &routing.steps[*step];
+        let (start, end) = (window.start.to_string(), window.end.to_string());
+        let extra: [(&str, &[u8]); 7] = [
+            ("sluice.error", window.reason.as_bytes()),
+            ("sluice.pipeline", routing.pipeline.as_bytes()),
+            ("sluice.step", step.name.as_bytes()),
+            ("sluice.module", step.module.as_bytes()),
+            ("sluice.module.sha256", step.sha256.as_bytes()),
+            ("sluice.window.start", start.as_bytes()),
+            ("sluice.window.end", end.as_bytes()),
+        ];
+        let mut record = Columns::default();
+        record.push(
+            Some(&window.key),
+            Some(&window.accumulator),
+            Some(window.end - 1),
+            [],
+        );
+        sender.send(&routing.dead_letter_topic, record.get(0), &extra)?;
     }
     for r in rejected {
         let record = out.outputs[r.output].records.get(r.record as usize);

@@ -30,7 +30,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use serde::Serialize;
 
-pub use aggregate::{AggregateOutput, AggregateStep, StepError};
+pub use aggregate::{AggregateOutput, AggregateStep, StepError, WindowDeadLetter};
 pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Routed, Step};
 pub use checkpoint::{Checkpoint, SourcePosition};
 pub use control::{
@@ -204,6 +204,13 @@ impl Summary {
                 .or_default() += 1;
         }
         self.dropped += out.dropped;
+        self.dead_lettered += out.window_dead_letters.len() as u64;
+        for (_, w) in &out.window_dead_letters {
+            *self
+                .dead_letter_reasons
+                .entry(reason_kind(&w.reason).to_owned())
+                .or_default() += 1;
+        }
     }
 }
 

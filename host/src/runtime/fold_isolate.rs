@@ -1,7 +1,9 @@
-//! Fault isolation for an aggregate's `fold`: a record that makes the guest
-//! trap, run out of time or memory, or fail the whole call is dead-lettered
-//! with the reason, and the rest of the batch is folded as if it were not
-//! there.
+//! Fault isolation for an aggregate's `fold` and `finish`: a record that
+//! makes `fold` trap, run out of time or memory, or fail the whole call is
+//! dead-lettered with the reason, and the rest of the batch is folded as if
+//! it were not there; a window that makes `finish` fail is reported as a
+//! dead letter of the window (its accumulator goes to the dead-letter
+//! topic), and the other windows' results are emitted.
 //!
 //! `fold` refers to records of the batch the guest holds from `extract`, and
 //! a faulted instance is replaced, so each retry first hands the same batch
@@ -11,7 +13,11 @@
 //! half's results, so every group still sees its records in order. A half
 //! that faults is split again, down to single records, which are the ones
 //! dead-lettered. This costs about `2 log2(n)` extra calls per faulty record
-//! and nothing when no fault happens, like the transform path.
+//! and nothing when no fault happens, like the transform path. `finish` is
+//! bisected the same way over its windows.
+//!
+//! `merge` is passed through: a fault there still stops the step (there is
+//! no accumulator to carry on with for the merged window).
 
 use super::aggregate::{Aggregator, fold_from_wit, fold_to_wit};
 use crate::batch::Batch;
@@ -21,8 +27,8 @@ use crate::window::{
 };
 
 /// The window engine's view of an aggregate guest during one batch: `fold`
-/// faults are isolated record by record; `merge` and `finish` are passed
-/// through (a fault there still stops the step).
+/// faults are isolated record by record, `finish` faults window by window;
+/// `merge` is passed through (a fault there still stops the step).
 pub struct BatchCalls<'a> {
     pub aggregator: &'a mut Aggregator,
     /// The batch the guest holds (what its last `extract` was given).
@@ -100,6 +106,118 @@ impl BatchCalls<'_> {
     }
 }
 
+impl BatchCalls<'_> {
+    /// Finishes `request` (its groups are `base..` of the whole request)
+    /// into `out`, isolating the windows that fault.
+    fn finish_isolated(
+        &mut self,
+        request: FinishRequest,
+        base: u32,
+        out: &mut StepOutput,
+    ) -> Result<(), AggregateError> {
+        let error = match self.aggregator.finish_calls(request.clone()) {
+            Ok(part) => {
+                append(out, part, base);
+                return Ok(());
+            }
+            Err(AggregateError::Poisoned) => return Err(AggregateError::Poisoned),
+            Err(e) => e,
+        };
+        self.recover()?;
+        self.finish_split(request, base, error, out)
+    }
+
+    /// After `request` failed with `error`: one window is dead-lettered,
+    /// more are split in two.
+    fn finish_split(
+        &mut self,
+        request: FinishRequest,
+        base: u32,
+        error: AggregateError,
+        out: &mut StepOutput,
+    ) -> Result<(), AggregateError> {
+        match request.window_starts.len() {
+            0 => Err(error),
+            1 => {
+                let reason = match error {
+                    AggregateError::Guest(reason) => reason,
+                    AggregateError::Invalid(what) => format!("invalid output: {what}"),
+                    AggregateError::Poisoned => return Err(error),
+                };
+                out.dead_letters.push((base, reason));
+                Ok(())
+            }
+            n => {
+                let (first, second) = split_finish(request, n / 2);
+                self.finish_isolated(first, base, out)?;
+                self.finish_isolated(second, base + (n / 2) as u32, out)
+            }
+        }
+    }
+}
+
+/// Appends `part` (the output for groups `base..`) to `out`.
+fn append(out: &mut StepOutput, part: StepOutput, base: u32) {
+    for (j, record) in part.records.iter().enumerate() {
+        out.records.push_ref(record, None);
+        out.inputs.push(part.inputs[j] + base);
+        let target = match part.targets[j] {
+            0 => 0,
+            k => {
+                let name = &part.output_names[k as usize - 1];
+                match out.output_names.iter().position(|n| n == name) {
+                    Some(i) => i as u32 + 1,
+                    None => {
+                        out.output_names.push(name.clone());
+                        out.output_names.len() as u32
+                    }
+                }
+            }
+        };
+        out.targets.push(target);
+    }
+    out.dead_letters.extend(
+        part.dead_letters
+            .into_iter()
+            .map(|(g, reason)| (g + base, reason)),
+    );
+}
+
+/// Splits a finish request's groups at `mid`.
+fn split_finish(request: FinishRequest, mid: usize) -> (FinishRequest, FinishRequest) {
+    let key_cut = request.key_offsets[mid];
+    let acc_cut = request.accumulators.offsets[mid];
+    let first = FinishRequest {
+        keys: request.keys[..key_cut as usize].to_vec(),
+        key_offsets: request.key_offsets[..=mid].to_vec(),
+        window_starts: request.window_starts[..mid].to_vec(),
+        window_ends: request.window_ends[..mid].to_vec(),
+        accumulators: window::Accumulators {
+            data: request.accumulators.data[..acc_cut as usize].to_vec(),
+            offsets: request.accumulators.offsets[..=mid].to_vec(),
+        },
+        final_: request.final_[..mid].to_vec(),
+    };
+    let second = FinishRequest {
+        keys: request.keys[key_cut as usize..].to_vec(),
+        key_offsets: request.key_offsets[mid..]
+            .iter()
+            .map(|o| o - key_cut)
+            .collect(),
+        window_starts: request.window_starts[mid..].to_vec(),
+        window_ends: request.window_ends[mid..].to_vec(),
+        accumulators: window::Accumulators {
+            data: request.accumulators.data[acc_cut as usize..].to_vec(),
+            offsets: request.accumulators.offsets[mid..]
+                .iter()
+                .map(|o| o - acc_cut)
+                .collect(),
+        },
+        final_: request.final_[mid..].to_vec(),
+    };
+    (first, second)
+}
+
 /// Splits a request's records at `mid`: both halves keep every group; the
 /// second one's accumulators are to be replaced by the first one's results.
 fn split(request: FoldRequest, mid: usize) -> (FoldRequest, FoldRequest) {
@@ -157,13 +275,61 @@ impl AggregateCalls for BatchCalls<'_> {
     }
 
     fn finish(&mut self, request: FinishRequest) -> Result<StepOutput, AggregateError> {
-        self.aggregator.finish_calls(request)
+        // A copy to split if the call fails: keys and accumulators of the
+        // windows due, small next to the call itself.
+        let first = match self.aggregator.finish_calls(request.clone()) {
+            Ok(output) => return Ok(output),
+            Err(AggregateError::Poisoned) => return Err(AggregateError::Poisoned),
+            Err(e) => e,
+        };
+        tracing::warn!(
+            reason = %first,
+            windows = request.window_starts.len(),
+            "aggregate guest fault in finish; isolating the windows that cause it"
+        );
+        self.recover()?;
+        let mut out = StepOutput::default();
+        self.finish_split(request, 0, first, &mut out)?;
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_finish_cuts_every_column_at_the_same_window() {
+        let mut accumulators = window::Accumulators::default();
+        for acc in [&b"a"[..], b"bb", b"ccc"] {
+            accumulators.push(acc);
+        }
+        let request = FinishRequest {
+            keys: b"k1k22k333".to_vec(),
+            key_offsets: vec![0, 2, 5, 9],
+            window_starts: vec![0, 10, 20],
+            window_ends: vec![10, 20, 30],
+            accumulators,
+            final_: vec![1, 0, 1],
+        };
+        let (a, b) = split_finish(request, 1);
+        assert_eq!(
+            (a.keys, a.key_offsets, a.window_starts, a.final_),
+            (b"k1".to_vec(), vec![0, 2], vec![0], vec![1])
+        );
+        assert_eq!(
+            (a.accumulators.data, a.accumulators.offsets),
+            (b"a".to_vec(), vec![0, 1])
+        );
+        assert_eq!(
+            (b.keys, b.key_offsets, b.window_ends, b.final_),
+            (b"k22k333".to_vec(), vec![0, 3, 7], vec![20, 30], vec![0, 1])
+        );
+        assert_eq!(
+            (b.accumulators.data, b.accumulators.offsets),
+            (b"bbccc".to_vec(), vec![0, 2, 5])
+        );
+    }
 
     #[test]
     fn split_keeps_groups_and_order() {

@@ -131,6 +131,7 @@ impl WindowEngine {
                 Acc::Merged(m) => request.accumulators.push(merged.get(*m)),
             }
         }
+        let accumulators = request.accumulators.clone();
         let results = calls.finish(request)?;
         let n = windows.len();
         if results.inputs.iter().any(|&i| i as usize >= n)
@@ -149,6 +150,11 @@ impl WindowEngine {
                 "finish returned records and input indices of different lengths".to_owned(),
             ));
         }
+        out.dead_accumulators = results
+            .dead_letters
+            .iter()
+            .map(|(g, _)| accumulators.get(*g as usize).to_vec())
+            .collect();
         out.results = results;
         fill_defaults(&mut out.results, &windows);
         out.windows = windows

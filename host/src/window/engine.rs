@@ -104,6 +104,9 @@ pub struct WindowOutput {
     pub dead_letters: Vec<(u32, String)>,
     /// Late records in this batch.
     pub late: u64,
+    /// The accumulator of each window in `results.dead_letters` (windows
+    /// the guest could not finish), in that order.
+    pub dead_accumulators: Vec<Vec<u8>>,
 }
 
 /// Event-time progress and state size, for progress reports.

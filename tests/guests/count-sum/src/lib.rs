@@ -58,6 +58,8 @@ pub struct CountSumAgg {
     /// With `panic_on_amount`: `fold` panics on a record with this amount
     /// (a data-dependent bug, for the host's fault-isolation tests).
     panic_on: Option<f64>,
+    /// With `panic_in_finish_for`: `finish` panics on this user's windows.
+    panic_in_finish_for: Option<String>,
 }
 
 #[sluice_sdk::aggregate]
@@ -67,7 +69,7 @@ impl Aggregate for CountSumAgg {
     fn init(config: &Config) -> Result<Self, Error> {
         if let Some(key) = config
             .keys()
-            .find(|&k| k != "parse_once" && k != "panic_on_amount")
+            .find(|&k| !["parse_once", "panic_on_amount", "panic_in_finish_for"].contains(&k))
         {
             return Err(format!("unknown config key `{key}`").into());
         }
@@ -88,6 +90,7 @@ impl Aggregate for CountSumAgg {
         Ok(CountSumAgg {
             amounts: parse_once.then(Vec::new),
             panic_on,
+            panic_in_finish_for: config.get("panic_in_finish_for").map(str::to_owned),
         })
     }
 
@@ -128,8 +131,12 @@ impl Aggregate for CountSumAgg {
         acc: &CountSum,
         out: &mut Emitter<'_>,
     ) -> Result<(), Error> {
+        let user_id = window.key_str()?;
+        if self.panic_in_finish_for.as_deref() == Some(user_id) {
+            panic!("cannot finish the windows of {user_id}");
+        }
         out.emit_json(&Summary {
-            user_id: window.key_str()?,
+            user_id,
             window_start: window.start,
             window_end: window.end,
             count: acc.count,
