@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::serve::{call, produce_pairs, sample, wait_for_status};
+use crate::serve::{Served, call, produce_pairs, sample, serve_filter};
 use crate::server::Server;
 use sluice_tests::*;
-
-const TOKEN: &str = "dashboard-token";
 
 /// A binary: `$var`, else Debian's (installed by `deploy/local/setup.sh`).
 fn binary(var: &str, default: &str) -> PathBuf {
@@ -274,33 +272,15 @@ fn points(page: &Value) -> Vec<(f64, f64)> {
 #[test]
 fn the_dashboard_follows_a_pipeline_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, clean, dlq) = (
-        unique("dashboard-in"),
-        unique("dashboard-clean"),
-        unique("dashboard-dlq"),
-    );
-    create_topics(&[&input, &clean, &dlq], 3);
-    let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    let filter = fs::read(guest("filter-heartbeats")).unwrap();
-    let (status, module) = call(
-        &client,
-        "POST",
-        "/v1/modules/filter-heartbeats",
-        Some(&filter),
-    );
-    assert_eq!(status, 201, "{module}");
-    let name = unique("dashboard");
-    let spec = format!(
-        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
-         batch: {{ max_records: 64, max_wait: 20ms }}\n\
-         transforms:\n  - module: filter-heartbeats@1\n\
-         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
-        brokers = brokers(),
-    );
-    let (status, doc) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
-    assert_eq!(status, 201, "{doc}");
-    wait_for_status(&server, &name, "running");
+    let Served {
+        server,
+        client,
+        name,
+        input,
+        clean: _,
+        dlq: _,
+        module,
+    } = serve_filter(dir.path(), "dashboard", 3);
 
     let dashboard = Dashboard {
         browser: Browser::start().unwrap(),

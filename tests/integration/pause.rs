@@ -2,12 +2,11 @@
 //! it is paused wait in the topic (nothing is read), the pause survives a
 //! server restart, and resuming processes them, each exactly once.
 
-use std::fs;
 use std::time::Duration;
 
 use sluice_tests::*;
 
-use crate::serve::{TOKEN, call, produce_pairs, sample, wait_for_status};
+use crate::serve::{Served, TOKEN, call, produce_pairs, sample, serve_filter, wait_for_status};
 use crate::server::Server;
 
 /// The sorted values of `topic` once it holds `n` records.
@@ -25,30 +24,18 @@ fn wait_for(topic: &str, n: usize) -> Vec<String> {
 #[test]
 fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, clean, dlq) = (
-        unique("pause-in"),
-        unique("pause-clean"),
-        unique("pause-dlq"),
-    );
-    create_topics(&[&input, &clean, &dlq], 2);
+    let Served {
+        server,
+        client,
+        name,
+        input,
+        clean,
+        dlq,
+        module: _,
+    } = serve_filter(dir.path(), "pause", 2);
     let (first, mut expected) = sample(0, 200);
     let (second, expected_second) = sample(200, 150);
     produce_pairs(&input, &first);
-
-    let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    let filter = fs::read(guest("filter-heartbeats")).unwrap();
-    let (status, body) = call(&client, "POST", "/v1/modules/filter", Some(&filter));
-    assert_eq!(status, 201, "{body}");
-    let name = unique("pause");
-    let spec = format!(
-        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
-         batch: {{ max_records: 50, max_wait: 20ms }}\ntransforms:\n  - module: filter\n\
-         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
-        brokers = brokers(),
-    );
-    let (status, body) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
-    assert_eq!(status, 201, "{body}");
     assert_eq!(wait_for(&clean, expected.len()), expected);
 
     let (status, doc) = call(

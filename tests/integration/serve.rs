@@ -4,6 +4,7 @@
 //! in `host/src/api/pipeline_tests.rs`.)
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -55,6 +56,69 @@ pub(crate) fn produce_pairs(topic: &str, events: &[(String, String)]) {
     produce(topic, &pairs);
 }
 
+/// A `sluice serve` with the token [`TOKEN`], `filter-heartbeats` pushed as
+/// version 1, and a pipeline running it from `input` to `clean` (dead
+/// letters to `dlq`), three new topics of `partitions` partitions each.
+pub(crate) struct Served {
+    pub server: Server,
+    pub client: Client,
+    pub name: String,
+    pub input: String,
+    pub clean: String,
+    pub dlq: String,
+    /// The module version's metadata, as the upload answered it.
+    pub module: Value,
+}
+
+/// Starts [`Served`] in `dir`; names start with `prefix`.
+pub(crate) fn serve_filter(dir: &Path, prefix: &str, partitions: i32) -> Served {
+    let (input, clean, dlq) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-clean")),
+        unique(&format!("{prefix}-dlq")),
+    );
+    create_topics(&[&input, &clean, &dlq], partitions);
+    let server = Server::start(dir, &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    let filter = fs::read(guest("filter-heartbeats")).unwrap();
+    let (status, module) = call(
+        &client,
+        "POST",
+        "/v1/modules/filter-heartbeats",
+        Some(&filter),
+    );
+    assert_eq!(status, 201, "{module}");
+    let name = unique(prefix);
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 64, max_wait: 20ms }}\n\
+         transforms:\n  - module: filter-heartbeats@1\n\
+         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers = brokers(),
+    );
+    let (status, doc) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{doc}");
+    assert_eq!(
+        doc["modules"],
+        json!([{
+            "step": "filter-heartbeats",
+            "module": "filter-heartbeats",
+            "version": 1,
+            "sha256": module["sha256"],
+        }])
+    );
+    wait_for_status(&server, &name, "running");
+    Served {
+        server,
+        client,
+        name,
+        input,
+        clean,
+        dlq,
+        module,
+    }
+}
+
 /// Waits until `topic` holds as many records as `expected`, then compares.
 fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -100,47 +164,19 @@ pub(crate) fn wait_for_status(server: &Server, name: &str, status: &str) -> Valu
 #[test]
 fn a_pipeline_runs_stops_starts_and_survives_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, clean, dlq) = (
-        unique("serve-in"),
-        unique("serve-clean"),
-        unique("serve-dlq"),
-    );
-    create_topics(&[&input, &clean, &dlq], 3);
+    let Served {
+        server,
+        client,
+        name,
+        input,
+        clean,
+        dlq,
+        module: _,
+    } = serve_filter(dir.path(), "serve", 3);
     let (first, mut expected) = sample(0, 300);
     let (second, expected_second) = sample(300, 200);
     assert!(expected.len() < 280, "the sample must contain heartbeats");
     produce_pairs(&input, &first);
-
-    let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    let filter = fs::read(guest("filter-heartbeats")).unwrap();
-    let (status, module) = call(
-        &client,
-        "POST",
-        "/v1/modules/filter-heartbeats",
-        Some(&filter),
-    );
-    assert_eq!(status, 201, "{module}");
-
-    let name = unique("serve");
-    let spec = format!(
-        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
-         batch: {{ max_records: 64, max_wait: 20ms }}\n\
-         transforms:\n  - module: filter-heartbeats@1\n\
-         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
-        brokers = brokers(),
-    );
-    let (status, doc) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
-    assert_eq!(status, 201, "{doc}");
-    assert_eq!(
-        doc["modules"],
-        json!([{
-            "step": "filter-heartbeats",
-            "module": "filter-heartbeats",
-            "version": 1,
-            "sha256": module["sha256"],
-        }])
-    );
 
     wait_for_records(&server, &clean, &expected);
     let doc = wait_for_status(&server, &name, "running");

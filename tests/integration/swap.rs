@@ -32,6 +32,31 @@ fn tagger(variant: u8) -> Vec<u8> {
     wasm
 }
 
+/// New topics `<prefix>-<suffix>`, `partitions` each.
+fn topics<const N: usize>(prefix: &str, suffixes: [&str; N], partitions: i32) -> [String; N] {
+    let names = suffixes.map(|s| unique(&format!("{prefix}-{s}")));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    create_topics(&refs, partitions);
+    names
+}
+
+/// A `sluice serve` with the tagger pushed once per variant, in order
+/// (variant `variants[i]` is version `i + 1`).
+fn serve_taggers(dir: &std::path::Path, variants: &[u8]) -> (Server, sluice::cli::client::Client) {
+    let server = Server::start(dir, &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    for &variant in variants {
+        let (status, body) = call(
+            &client,
+            "POST",
+            "/v1/modules/tagger",
+            Some(&tagger(variant)),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    (server, client)
+}
+
 /// Per (user, window start): count and sum of the sample events `range`.
 fn expected_counts(o: &SampleOptions, n: u64) -> BTreeMap<(String, i64), (u64, f64)> {
     let mut groups: BTreeMap<(String, i64), (u64, f64)> = BTreeMap::new();
@@ -49,24 +74,8 @@ fn expected_counts(o: &SampleOptions, n: u64) -> BTreeMap<(String, i64), (u64, f
 #[test]
 fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, tagged, counts, dlq) = (
-        unique("swap-in"),
-        unique("swap-tagged"),
-        unique("swap-counts"),
-        unique("swap-dlq"),
-    );
-    create_topics(&[&input, &tagged, &counts, &dlq], 3);
-    let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    for variant in [b'1', b'2', b'3', b'4', b'X', b'5'] {
-        let (status, body) = call(
-            &client,
-            "POST",
-            "/v1/modules/tagger",
-            Some(&tagger(variant)),
-        );
-        assert_eq!(status, 201, "{body}");
-    }
+    let [input, tagged, counts, dlq] = topics("swap", ["in", "tagged", "counts", "dlq"], 3);
+    let (server, client) = serve_taggers(dir.path(), b"1234X5");
     let count_sum = fs::read(guest("count-sum")).unwrap();
     let count_sum_2 = with_custom_section(count_sum.clone(), "sluice-test", b"2");
     for wasm in [&count_sum, &count_sum_2] {
@@ -282,24 +291,8 @@ fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
 #[test]
 fn a_swap_requested_during_a_trial_follows_it_at_the_next_boundary() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, tagged, out, dlq) = (
-        unique("swap2-in"),
-        unique("swap2-tagged"),
-        unique("swap2-out"),
-        unique("swap2-dlq"),
-    );
-    create_topics(&[&input, &tagged, &out, &dlq], 1);
-    let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    for variant in [b'1', b'2', b'3'] {
-        let (status, body) = call(
-            &client,
-            "POST",
-            "/v1/modules/tagger",
-            Some(&tagger(variant)),
-        );
-        assert_eq!(status, 201, "{body}");
-    }
+    let [input, tagged, out, dlq] = topics("swap2", ["in", "tagged", "out", "dlq"], 1);
+    let (server, client) = serve_taggers(dir.path(), b"123");
     let name = unique("swap2");
     let spec = format!(
         "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
