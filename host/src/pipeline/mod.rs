@@ -66,9 +66,25 @@ pub struct Summary {
     /// or `rejected` for a guest's own dead letters).
     pub dead_letter_reasons: BTreeMap<String, u64>,
     pub dropped: u64,
+    /// Where the run's time went.
+    pub time: TimeSpent,
     /// Event-time progress of the aggregate step, if the pipeline has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<crate::window::Progress>,
+}
+
+/// Milliseconds a run spent in each stage of its batches (see
+/// [`control::Durations`]), summed over the run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeSpent {
+    /// Waiting for and reading records.
+    pub fetch_ms: u64,
+    /// The transform chain (Wasm and windows).
+    pub transform_ms: u64,
+    /// Handing results to the sinks.
+    pub sink_ms: u64,
+    /// Waiting for acknowledgements, and checkpoints.
+    pub checkpoint_ms: u64,
 }
 
 /// Loads every step's module and starts an instance of it, running `init`

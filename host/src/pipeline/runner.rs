@@ -10,6 +10,7 @@
 //! has; checkpoint; then continue from where the last epoch ended.
 
 mod progress;
+mod send;
 mod swap;
 
 use std::collections::{HashMap, VecDeque};
@@ -54,7 +55,7 @@ pub(super) struct Runner<'a> {
     spec: &'a PipelineSpec,
     runtime: Runtime,
     chain: Chain,
-    routing: Routing,
+    routing: Arc<Routing>,
     control: Option<&'a Control>,
     /// A swapped-in module waiting for its first batch.
     trial: Option<swap::Trial>,
@@ -62,8 +63,12 @@ pub(super) struct Runner<'a> {
     durations: Durations,
     /// When the last batch finished.
     last_batch_end: Instant,
+    /// Microseconds spent fetching, transforming, sinking, waiting.
+    time_us: [u64; 4],
     output_names: Vec<String>,
-    sink: KafkaSink,
+    sink: Arc<KafkaSink>,
+    /// Hands batches to `sink` on a thread of its own.
+    send: send::SendStage,
     /// Per configured output, its Parquet sink if it has one.
     parquet: Vec<Option<ParquetSink>>,
     checkpoints: Option<Checkpoints>,
@@ -96,22 +101,26 @@ impl<'a> Runner<'a> {
         control: Option<&'a Control>,
     ) -> anyhow::Result<Self> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
-        let sink = KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?;
+        let sink =
+            Arc::new(KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?);
+        let send = send::SendStage::start(sink.clone(), &spec.name)?;
         Ok(Self {
             spec,
             runtime,
             chain,
-            routing,
+            routing: Arc::new(routing),
             control,
             trial: None,
             durations: Durations::default(),
             last_batch_end: Instant::now(),
+            time_us: [0; 4],
             summary: Summary {
                 outputs: output_names.iter().map(|n| (n.clone(), 0)).collect(),
                 ..Summary::default()
             },
             output_names,
             sink,
+            send,
             parquet: Vec::new(),
             checkpoints: None,
             exactly_once: spec.delivery == Delivery::ExactlyOnce,
@@ -160,7 +169,7 @@ impl<'a> Runner<'a> {
                 self.attend(control, &source, stop)?;
             }
             let fetch_started = Instant::now();
-            let Some(mut next) = source.next_batch(stop, wake)? else {
+            let Some(next) = source.next_batch(stop, wake)? else {
                 break;
             };
             if next.batch.is_empty() && self.chain.aggregate().is_none() {
@@ -183,7 +192,8 @@ impl<'a> Runner<'a> {
                 epoch: self.epoch,
                 written: None,
             });
-            let ack = self.process(&mut next.batch, now_ms, eos)?;
+            let records = next.batch.len();
+            let ack = self.process(next.batch, now_ms, eos)?;
             for o in &next.commit {
                 self.read.insert((o.source, o.partition), o.offset);
             }
@@ -205,8 +215,9 @@ impl<'a> Runner<'a> {
                 self.checkpoint(Some(&source))?;
             }
             self.durations.checkpoint = ms(waiting.elapsed());
+            self.add_time();
             if let Some(control) = self.control {
-                self.publish(control, next.batch.len());
+                self.publish(control, records);
             }
             self.last_batch_end = Instant::now();
         }
@@ -318,7 +329,7 @@ impl<'a> Runner<'a> {
         let mut replay = ReplaySource::new(self.spec, &descriptors)?;
         let mut produced = 0;
         for (n, epoch) in epochs {
-            let mut batch = replay
+            let batch = replay
                 .read(epoch)
                 .with_context(|| format!("cannot re-read epoch {n}"))?;
             self.epoch = *n;
@@ -326,8 +337,8 @@ impl<'a> Runner<'a> {
                 epoch: *n,
                 written: Some(&written),
             });
-            let ack = self.process(&mut batch, epoch.now_ms, eos)?;
             produced += batch.len();
+            let ack = self.process(batch, epoch.now_ms, eos)?;
             ack.wait()
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("a replayed batch could not be delivered")?;
@@ -345,15 +356,17 @@ impl<'a> Runner<'a> {
         self.checkpoint(None)
     }
 
-    /// Runs one batch through the chain and hands the results to the sinks.
+    /// Runs one batch through the chain and hands the results to the sinks:
+    /// to the send stage, or (re-executing with ids already written to
+    /// skip) to the producer directly.
     fn process(
         &mut self,
-        batch: &mut Batch,
+        mut batch: Batch,
         now_ms: i64,
         eos: Option<Eos<'_>>,
     ) -> anyhow::Result<Arc<BatchAck>> {
         let started = Instant::now();
-        let out = self.run_chain(batch, now_ms)?;
+        let out = self.run_chain(&mut batch, now_ms)?;
         self.durations.transform = ms(started.elapsed());
         let sinking = Instant::now();
         let rejected = self.write_parquet(&out)?;
@@ -361,12 +374,7 @@ impl<'a> Runner<'a> {
             // The epoch must be durable in the log before its outputs leave.
             c.wait_logged()?;
         }
-        let ack = BatchAck::new();
-        let delivered =
-            deliver::deliver(&self.sink, &ack, &self.routing, batch, &out, &rejected, eos)
-                .context("cannot queue records for Kafka")?;
-        self.durations.sink = ms(sinking.elapsed());
-        self.summary.record(batch, &out, &self.output_names);
+        self.summary.record(&batch, &out, &self.output_names);
         self.summary.dead_lettered += rejected.len() as u64;
         if !rejected.is_empty() {
             *self
@@ -379,7 +387,6 @@ impl<'a> Runner<'a> {
             epoch = self.epoch,
             records = batch.len(),
             dead_lettered = out.dead_letters.len() + rejected.len(),
-            skipped = delivered.skipped,
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch processed"
         );
@@ -394,6 +401,40 @@ impl<'a> Runner<'a> {
             );
             self.summary.windows = Some(progress);
         }
+        let ack = match eos {
+            Some(
+                eos @ Eos {
+                    written: Some(_), ..
+                },
+            ) => {
+                let ack = BatchAck::new();
+                let delivered = deliver::deliver(
+                    &self.sink,
+                    &ack,
+                    &self.routing,
+                    &batch,
+                    &out,
+                    &rejected,
+                    Some(eos),
+                )
+                .context("cannot queue records for Kafka")?;
+                tracing::debug!(skipped = delivered.skipped, "batch re-executed");
+                ack
+            }
+            _ => {
+                let ack = BatchAck::unsealed();
+                self.send.send(send::Job {
+                    batch,
+                    out,
+                    rejected,
+                    routing: self.routing.clone(),
+                    epoch: eos.map(|e| e.epoch),
+                    ack: ack.clone(),
+                })?;
+                ack
+            }
+        };
+        self.durations.sink = ms(sinking.elapsed());
         Ok(ack)
     }
 
@@ -560,6 +601,25 @@ impl Runner<'_> {
             .collect();
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(positions)
+    }
+}
+
+impl Runner<'_> {
+    /// Adds the batch's durations to the summary's.
+    fn add_time(&mut self) {
+        let (d, t) = (self.durations, &mut self.time_us);
+        for (sum, ms) in t
+            .iter_mut()
+            .zip([d.fetch, d.transform, d.sink, d.checkpoint])
+        {
+            *sum += (ms * 1000.0) as u64;
+        }
+        self.summary.time = crate::pipeline::TimeSpent {
+            fetch_ms: t[0] / 1000,
+            transform_ms: t[1] / 1000,
+            sink_ms: t[2] / 1000,
+            checkpoint_ms: t[3] / 1000,
+        };
     }
 }
 

@@ -41,6 +41,19 @@ impl BatchAck {
         Arc::default()
     }
 
+    /// An acknowledgement that stays open, whatever the deliveries, until
+    /// [`Self::seal`]: for records queued by another thread.
+    pub fn unsealed() -> Arc<Self> {
+        let ack = Self::new();
+        ack.started();
+        ack
+    }
+
+    /// Every record is queued (or, with `failure`, could not be).
+    pub fn seal(&self, failure: Option<String>) {
+        self.finished(failure);
+    }
+
     fn started(&self) {
         self.pending.fetch_add(1, Ordering::AcqRel);
     }

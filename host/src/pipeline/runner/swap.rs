@@ -11,6 +11,7 @@
 //! lost or produced twice. With checkpoints, one is taken at the boundary,
 //! so that a recovery never replays epochs of two module versions.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -124,7 +125,8 @@ impl Runner<'_> {
             // `load_step` instantiates the kind the spec's step asks for.
             _ => anyhow::bail!("a swap changed the kind of step {step}"),
         };
-        let previous_info = std::mem::replace(&mut self.routing.steps[step], info);
+        let previous_info =
+            std::mem::replace(&mut Arc::make_mut(&mut self.routing).steps[step], info);
         let mut boundary: Vec<(String, i32, i64)> = self
             .read
             .iter()
@@ -219,7 +221,7 @@ impl Runner<'_> {
             }
             _ => anyhow::bail!("a swap changed the kind of step {}", trial.step),
         }
-        self.routing.steps[trial.step] = trial.previous_info;
+        Arc::make_mut(&mut self.routing).steps[trial.step] = trial.previous_info;
         if let Some(snapshot) = snapshot {
             let window = self
                 .spec
