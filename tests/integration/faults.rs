@@ -254,3 +254,96 @@ fn rdkafka_value(topic: &str) -> Vec<u8> {
     }
     panic!("no record in {topic} within 30 s");
 }
+
+/// Hopping windows of 2 minutes every minute merge two one-minute panes per
+/// window. A `merge` that traps on one user's panes sends that window's
+/// pane accumulators to the dead-letter topic; every other window's result
+/// is emitted, including that user's other windows.
+#[test]
+fn a_trap_in_an_aggregate_merge_dead_letters_the_window_s_panes() {
+    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
+    create_topics(&[&input, &out, &dlq], 1);
+    let event = |user: &str, amount: u32| format!(r#"{{"user_id":"{user}","amount":{amount}}}"#);
+    let values = [
+        (event("u0", 1), 1_000),
+        (event("u1", 5), 2_000),
+        (event("u0", 2), 61_000),
+        (event("u1", 777), 62_000),
+        (event("u2", 3), 400_000), // closes every window before
+    ];
+    let records = values.iter().map(|(v, t)| {
+        (
+            Some(b"k".to_vec()),
+            Some(v.clone().into_bytes()),
+            Some(*t),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), &input, records).unwrap();
+    let yaml = format!(
+        "name: merge-faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ panic_in_merge_on_sum: 777 }}\n\
+         \x20   aggregate:\n      window: {{ hopping: {{ size: 2m, slide: 1m }} }}\n\
+         \x20     watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
+         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        brokers(),
+        guest("count-sum").display(),
+    );
+    let summary = run_until_caught_up(&spec(&yaml));
+
+    let result = |user: &str, start: i64, count: u32, sum: u32| {
+        format!(
+            r#"{{"user_id":"{user}","window_start":{start},"window_end":{},"count":{count},"sum":{sum}.0}}"#,
+            start + 120_000
+        )
+    };
+    let mut expected = vec![
+        result("u0", -60_000, 1, 1),
+        result("u0", 0, 2, 3),
+        result("u0", 60_000, 1, 2),
+        result("u1", -60_000, 1, 5),
+        result("u1", 60_000, 1, 777),
+    ];
+    expected.sort();
+    assert_eq!(sorted_values(&read(&out)), expected);
+    let dead = read(&dlq);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.key.as_deref(), Some("u1"));
+    let reason = &d.headers["sluice.error"];
+    assert!(
+        reason.starts_with("trap: ") && reason.contains("cannot merge a pane of sum 777"),
+        "{reason}"
+    );
+    assert_eq!(
+        (
+            d.headers["sluice.window.start"].as_str(),
+            d.headers["sluice.window.end"].as_str(),
+        ),
+        ("0", "120000")
+    );
+    // The value holds both panes' accumulators; the header says where each starts.
+    let raw = rdkafka_value(&dlq);
+    let offsets: Vec<usize> = d.headers["sluice.accumulator.offsets"]
+        .split(',')
+        .map(|o| o.parse().unwrap())
+        .collect();
+    assert_eq!(offsets.len(), 2);
+    let panes: Vec<String> = [&raw[offsets[0]..offsets[1]], &raw[offsets[1]..]]
+        .iter()
+        .map(|bytes| {
+            format!(
+                "{:?}",
+                postcard::from_bytes::<count_sum::CountSum>(bytes).unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        panes,
+        [
+            "CountSum { count: 1, sum: 5.0 }",
+            "CountSum { count: 1, sum: 777.0 }"
+        ]
+    );
+    assert_eq!(summary.dead_lettered, 1);
+}

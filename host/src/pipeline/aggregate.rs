@@ -33,7 +33,11 @@ pub struct WindowDeadLetter {
     pub key: std::sync::Arc<[u8]>,
     pub start: i64,
     pub end: i64,
+    /// The window's accumulator, or, when the guest could not merge them,
+    /// its accumulators one after the other (see `parts`).
     pub accumulator: Vec<u8>,
+    /// Where each accumulator in `accumulator` starts, when there are several.
+    pub parts: Vec<u32>,
     pub reason: String,
 }
 
@@ -177,9 +181,26 @@ impl AggregateStep {
                     start: w.start,
                     end: w.end,
                     accumulator,
+                    parts: Vec::new(),
                     reason: reason.clone(),
                 }
             })
+            .chain(out.failed.into_iter().map(|f| {
+                tracing::warn!(
+                    key = %String::from_utf8_lossy(&f.key), start = f.start, end = f.end, reason = %f.reason,
+                    "the aggregate guest could not merge a window's accumulators; they go to the dead-letter topic"
+                );
+                let mut parts = f.accumulators.offsets;
+                parts.pop();
+                WindowDeadLetter {
+                    key: f.key,
+                    start: f.start,
+                    end: f.end,
+                    accumulator: f.accumulators.data,
+                    parts,
+                    reason: f.reason,
+                }
+            }))
             .collect();
         AggregateOutput {
             records: results.records,

@@ -113,7 +113,13 @@ pub fn deliver(
     for (step, window) in &out.window_dead_letters {
         let step = &routing.steps[*step];
         let (start, end) = (window.start.to_string(), window.end.to_string());
-        let extra: [(&str, &[u8]); 7] = [
+        let parts = window
+            .parts
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut extra: Vec<(&str, &[u8])> = vec![
             ("sluice.error", window.reason.as_bytes()),
             ("sluice.pipeline", routing.pipeline.as_bytes()),
             ("sluice.step", step.name.as_bytes()),
@@ -122,6 +128,10 @@ pub fn deliver(
             ("sluice.window.start", start.as_bytes()),
             ("sluice.window.end", end.as_bytes()),
         ];
+        if !parts.is_empty() {
+            // Several accumulators, one after the other: where each starts.
+            extra.push(("sluice.accumulator.offsets", parts.as_bytes()));
+        }
         let mut record = Columns::default();
         record.push(
             Some(&window.key),

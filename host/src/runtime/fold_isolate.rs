@@ -16,19 +16,21 @@
 //! and nothing when no fault happens, like the transform path. `finish` is
 //! bisected the same way over its windows.
 //!
-//! `merge` is passed through: a fault there still stops the step (there is
-//! no accumulator to carry on with for the merged window).
+//! `merge` is bisected over its groups too; a group that fails is reported
+//! to the window engine, which dead-letters the accumulators it could not
+//! merge (the window, or the sessions, leave the state).
 
 use super::aggregate::{Aggregator, fold_from_wit, fold_to_wit};
 use crate::batch::Batch;
 use crate::runtime::StepOutput;
 use crate::window::{
     self, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult, MergeRequest,
+    MergeResult,
 };
 
 /// The window engine's view of an aggregate guest during one batch: `fold`
-/// faults are isolated record by record, `finish` faults window by window;
-/// `merge` is passed through (a fault there still stops the step).
+/// faults are isolated record by record, `merge` and `finish` faults group
+/// by group.
 pub struct BatchCalls<'a> {
     pub aggregator: &'a mut Aggregator,
     /// The batch the guest holds (what its last `extract` was given).
@@ -139,12 +141,7 @@ impl BatchCalls<'_> {
         match request.window_starts.len() {
             0 => Err(error),
             1 => {
-                let reason = match error {
-                    AggregateError::Guest(reason) => reason,
-                    AggregateError::Invalid(what) => format!("invalid output: {what}"),
-                    AggregateError::Poisoned => return Err(error),
-                };
-                out.dead_letters.push((base, reason));
+                out.dead_letters.push((base, reason(error)?));
                 Ok(())
             }
             n => {
@@ -154,6 +151,94 @@ impl BatchCalls<'_> {
             }
         }
     }
+}
+
+impl BatchCalls<'_> {
+    /// Merges `request` (its groups are `base..` of the whole request) into
+    /// `out`, isolating the groups that fault.
+    fn merge_part(
+        &mut self,
+        request: MergeRequest,
+        base: u32,
+        out: &mut MergeResult,
+    ) -> Result<(), AggregateError> {
+        let groups = request.group_offsets.len() - 1;
+        let error = match self.aggregator.merge_calls(request.clone()) {
+            Ok(merged) => match merged.check(groups) {
+                Ok(()) => {
+                    for acc in merged.iter() {
+                        out.accumulators.push(acc);
+                    }
+                    return Ok(());
+                }
+                Err(e) => AggregateError::Invalid(format!("merge: {e}")),
+            },
+            Err(AggregateError::Poisoned) => return Err(AggregateError::Poisoned),
+            Err(e) => e,
+        };
+        self.recover()?;
+        self.merge_split(request, base, error, out)
+    }
+
+    /// After `request` failed with `error`: one group is reported, more are
+    /// split in two.
+    fn merge_split(
+        &mut self,
+        request: MergeRequest,
+        base: u32,
+        error: AggregateError,
+        out: &mut MergeResult,
+    ) -> Result<(), AggregateError> {
+        match request.group_offsets.len() - 1 {
+            0 => Err(error),
+            1 => {
+                out.failed.push((base, reason(error)?));
+                out.accumulators.push(&[]);
+                Ok(())
+            }
+            n => {
+                let (first, second) = split_merge(request, n / 2);
+                self.merge_part(first, base, out)?;
+                self.merge_part(second, base + (n / 2) as u32, out)
+            }
+        }
+    }
+}
+
+/// The dead-letter reason for a failed call (a poisoned engine is not one).
+fn reason(error: AggregateError) -> Result<String, AggregateError> {
+    match error {
+        AggregateError::Guest(reason) => Ok(reason),
+        AggregateError::Invalid(what) => Ok(format!("invalid output: {what}")),
+        AggregateError::Poisoned => Err(error),
+    }
+}
+
+/// Splits a merge request's groups at `mid`.
+fn split_merge(request: MergeRequest, mid: usize) -> (MergeRequest, MergeRequest) {
+    let cut = request.group_offsets[mid];
+    let data_cut = request.accumulators.offsets[cut as usize];
+    let first = MergeRequest {
+        accumulators: window::Accumulators {
+            data: request.accumulators.data[..data_cut as usize].to_vec(),
+            offsets: request.accumulators.offsets[..=cut as usize].to_vec(),
+        },
+        group_offsets: request.group_offsets[..=mid].to_vec(),
+    };
+    let second = MergeRequest {
+        accumulators: window::Accumulators {
+            data: request.accumulators.data[data_cut as usize..].to_vec(),
+            offsets: request.accumulators.offsets[cut as usize..]
+                .iter()
+                .map(|o| o - data_cut)
+                .collect(),
+        },
+        group_offsets: request.group_offsets[mid..]
+            .iter()
+            .map(|o| o - cut)
+            .collect(),
+    };
+    (first, second)
 }
 
 /// Appends `part` (the output for groups `base..`) to `out`.
@@ -274,6 +359,29 @@ impl AggregateCalls for BatchCalls<'_> {
         self.aggregator.merge_calls(request)
     }
 
+    fn merge_isolated(&mut self, request: MergeRequest) -> Result<MergeResult, AggregateError> {
+        // A copy to split if the call fails (accumulators only).
+        let first = match self.aggregator.merge_calls(request.clone()) {
+            Ok(accumulators) => {
+                return Ok(MergeResult {
+                    accumulators,
+                    failed: Vec::new(),
+                });
+            }
+            Err(AggregateError::Poisoned) => return Err(AggregateError::Poisoned),
+            Err(e) => e,
+        };
+        tracing::warn!(
+            reason = %first,
+            groups = request.group_offsets.len() - 1,
+            "aggregate guest fault in merge; isolating the windows that cause it"
+        );
+        self.recover()?;
+        let mut out = MergeResult::default();
+        self.merge_split(request, 0, first, &mut out)?;
+        Ok(out)
+    }
+
     fn finish(&mut self, request: FinishRequest) -> Result<StepOutput, AggregateError> {
         // A copy to split if the call fails: keys and accumulators of the
         // windows due, small next to the call itself.
@@ -328,6 +436,29 @@ mod tests {
         assert_eq!(
             (b.accumulators.data, b.accumulators.offsets),
             (b"bbccc".to_vec(), vec![0, 2, 5])
+        );
+    }
+
+    #[test]
+    fn split_merge_cuts_groups_and_their_accumulators() {
+        let mut accumulators = window::Accumulators::default();
+        for acc in [&b"a"[..], b"bb", b"c", b"dd", b"e"] {
+            accumulators.push(acc);
+        }
+        let request = MergeRequest {
+            accumulators,
+            group_offsets: vec![0, 2, 3, 5],
+        };
+        let (a, b) = split_merge(request, 1);
+        assert_eq!(a.group_offsets, vec![0, 2]);
+        assert_eq!(
+            a.accumulators.iter().collect::<Vec<_>>(),
+            [&b"a"[..], b"bb"]
+        );
+        assert_eq!(b.group_offsets, vec![0, 1, 3]);
+        assert_eq!(
+            b.accumulators.iter().collect::<Vec<_>>(),
+            [&b"c"[..], b"dd", b"e"]
         );
     }
 

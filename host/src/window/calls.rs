@@ -144,6 +144,27 @@ impl Default for FinishRequest {
     }
 }
 
+/// What a `merge` with fault isolation made of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeResult {
+    /// One per group; empty for the groups in `failed`.
+    pub accumulators: Accumulators,
+    /// `(group, reason)` of the groups the guest could not merge.
+    pub failed: Vec<(u32, String)>,
+}
+
+/// A window whose result cannot be computed: the guest could not merge its
+/// accumulators. They go to the dead-letter topic instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedWindow {
+    pub key: std::sync::Arc<[u8]>,
+    pub start: i64,
+    pub end: i64,
+    /// The accumulators that were to be merged, in order.
+    pub accumulators: Accumulators,
+    pub reason: String,
+}
+
 /// A failed aggregate call. Not retryable on the same engine: see the
 /// module docs (the engine is poisoned).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +186,14 @@ pub enum AggregateError {
 pub trait AggregateCalls {
     fn fold(&mut self, request: FoldRequest) -> Result<FoldResult, AggregateError>;
     fn merge(&mut self, request: MergeRequest) -> Result<Accumulators, AggregateError>;
+    /// Like `merge`, but a group the guest cannot merge may be reported in
+    /// the result instead of failing the call. By default, it fails it.
+    fn merge_isolated(&mut self, request: MergeRequest) -> Result<MergeResult, AggregateError> {
+        self.merge(request).map(|accumulators| MergeResult {
+            accumulators,
+            failed: Vec::new(),
+        })
+    }
     /// `inputs` of the result are group indices of the request.
     fn finish(&mut self, request: FinishRequest) -> Result<StepOutput, AggregateError>;
 }

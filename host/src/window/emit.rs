@@ -102,11 +102,17 @@ impl WindowEngine {
         });
         let merged = if merge.group_offsets.len() > 1 {
             let groups = merge.group_offsets.len() - 1;
-            let merged = calls.merge(merge)?;
+            // The panes' accumulators, for the windows the guest cannot merge.
+            let inputs = merge.clone();
+            let merged = calls.merge_isolated(merge)?;
             merged
+                .accumulators
                 .check(groups)
                 .map_err(|e| AggregateError::Invalid(format!("merge: {e}")))?;
-            merged
+            if !merged.failed.is_empty() {
+                self.drop_unmerged(&mut windows, &mut accs, &inputs, &merged.failed, out);
+            }
+            merged.accumulators
         } else {
             Accumulators::default()
         };
@@ -167,6 +173,53 @@ impl WindowEngine {
             })
             .collect();
         Ok(())
+    }
+}
+
+impl WindowEngine {
+    /// Takes the windows whose panes the guest could not merge out of the
+    /// ones to finish, into `out.failed` with their panes' accumulators.
+    fn drop_unmerged(
+        &mut self,
+        windows: &mut Vec<(i64, i64, Key, bool)>,
+        accs: &mut Vec<Acc>,
+        inputs: &MergeRequest,
+        failed: &[(u32, String)],
+        out: &mut WindowOutput,
+    ) {
+        let mut kept = Vec::with_capacity(windows.len());
+        let mut kept_accs = Vec::with_capacity(accs.len());
+        for (window, acc) in windows.drain(..).zip(accs.drain(..)) {
+            let failure = match &acc {
+                Acc::Merged(m) => failed.iter().find(|(g, _)| *g as usize == *m),
+                Acc::Own(_) => None,
+            };
+            let Some((g, reason)) = failure else {
+                kept.push(window);
+                kept_accs.push(acc);
+                continue;
+            };
+            let (end, start, key, is_final) = window;
+            if is_final {
+                // As for a window that is finished: its first pane goes.
+                self.state.remove(&key, start);
+            }
+            let range = inputs.group_offsets[*g as usize] as usize
+                ..inputs.group_offsets[*g as usize + 1] as usize;
+            let mut accumulators = Accumulators::default();
+            for i in range {
+                accumulators.push(inputs.accumulators.get(i));
+            }
+            out.failed.push(super::calls::FailedWindow {
+                key,
+                start,
+                end,
+                accumulators,
+                reason: reason.clone(),
+            });
+        }
+        *windows = kept;
+        *accs = kept_accs;
     }
 }
 

@@ -107,6 +107,8 @@ pub struct WindowOutput {
     /// The accumulator of each window in `results.dead_letters` (windows
     /// the guest could not finish), in that order.
     pub dead_accumulators: Vec<Vec<u8>>,
+    /// Windows (or sessions) whose accumulators the guest could not merge.
+    pub failed: Vec<super::calls::FailedWindow>,
 }
 
 /// Event-time progress and state size, for progress reports.

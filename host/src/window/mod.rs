@@ -92,8 +92,8 @@ mod watermark;
 mod tests;
 
 pub use calls::{
-    Accumulators, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult,
-    MergeRequest,
+    Accumulators, AggregateCalls, AggregateError, FailedWindow, FinishRequest, FoldRequest,
+    FoldResult, MergeRequest, MergeResult,
 };
 pub use engine::{BatchKeys, Progress, WindowEngine, WindowOutput, WindowRef};
 pub use snapshot::{EngineSnapshot, RestoreError};

@@ -85,11 +85,14 @@ impl WindowEngine {
         }
 
         let folded = Self::fold_call(calls, fold, batch.len(), out)?;
+        let mut inputs = None;
         let merged = if merge.group_offsets.len() > 1 {
             let request = with_fold_results(merge, &plans, &folded);
             let groups = request.group_offsets.len() - 1;
-            let merged = calls.merge(request)?;
+            inputs = Some(request.clone());
+            let merged = calls.merge_isolated(request)?;
             merged
+                .accumulators
                 .check(groups)
                 .map_err(|e| AggregateError::Invalid(format!("merge: {e}")))?;
             Some(merged)
@@ -110,7 +113,28 @@ impl WindowEngine {
                 }
             }
             let acc = match (plan.merge, &merged) {
-                (Some(m), Some(merged)) => merged.get(m),
+                (Some(m), Some(merged)) => {
+                    if let Some((_, reason)) = merged.failed.iter().find(|(f, _)| *f as usize == m)
+                    {
+                        // The sessions cannot be joined: they leave the state
+                        // for the dead-letter topic, the new records' fold
+                        // result first.
+                        let inputs = inputs.as_ref().expect("set with `merged`");
+                        let mut accumulators = super::calls::Accumulators::default();
+                        for i in inputs.group_offsets[m]..inputs.group_offsets[m + 1] {
+                            accumulators.push(inputs.accumulators.get(i as usize));
+                        }
+                        out.failed.push(super::calls::FailedWindow {
+                            key: key.clone(),
+                            start: plan.start,
+                            end: plan.end,
+                            accumulators,
+                            reason: reason.clone(),
+                        });
+                        continue;
+                    }
+                    merged.accumulators.get(m)
+                }
                 _ => folded.get(g),
             };
             let (key, first) = self.state.upsert(&key, plan.start, plan.end, acc, &held);

@@ -39,6 +39,8 @@ pub(super) struct Guest {
     values: Vec<i64>,
     pub(super) log: Vec<String>,
     fail_fold: bool,
+    /// Reports every merge group as failed (as fault isolation does).
+    fail_merge: bool,
 }
 
 impl AggregateCalls for Guest {
@@ -81,6 +83,23 @@ impl AggregateCalls for Guest {
                 .map(|i| dec(r.accumulators.get(i as usize)))
                 .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
             out.push(&enc(n, sum));
+        }
+        Ok(out)
+    }
+
+    fn merge_isolated(&mut self, r: MergeRequest) -> Result<MergeResult, AggregateError> {
+        if !self.fail_merge {
+            return self.merge(r).map(|accumulators| MergeResult {
+                accumulators,
+                failed: Vec::new(),
+            });
+        }
+        self.log
+            .push(format!("merge {:?} fails", groups(&r.group_offsets)));
+        let mut out = MergeResult::default();
+        for g in 0..r.group_offsets.len() - 1 {
+            out.accumulators.push(&[]);
+            out.failed.push((g as u32, "boom".to_owned()));
         }
         Ok(out)
     }
@@ -565,6 +584,36 @@ fn sessions_merge_when_a_record_bridges_them() {
             "late: window [2026-01-01T00:00:30.000Z, 2026-01-01T00:01:00.000Z) was already finalized"
                 .to_owned()
         )]
+    );
+}
+
+/// Sessions the guest cannot merge leave the state for the dead-letter
+/// topic: the new records' fold result first, then the other session.
+#[test]
+fn sessions_that_cannot_be_merged_are_reported_with_their_accumulators() {
+    let mut r = Run::new(SESSION);
+    r.batch(0, &[("u1", 0, 0, 1), ("u1", 20, 0, 2), ("u2", 5, 0, 4)]);
+    r.batch(100, &[("u1", 80, 0, 8)]);
+    r.guest.fail_merge = true;
+    let out = r.process(200, &[("u1", 50, 0, 32)]);
+    assert_eq!(
+        out.failed
+            .iter()
+            .map(|f| (
+                String::from_utf8_lossy(&f.key).into_owned(),
+                (f.start - T0) / 1000,
+                (f.end - T0) / 1000,
+                f.accumulators.iter().map(dec).collect::<Vec<_>>(),
+                f.reason.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![("u1".to_owned(), 0, 110, vec![(3, 35), (1, 8)], "boom")]
+    );
+    assert_eq!(r.engine.state_rows(), 1, "only u2's session is left");
+    r.guest.fail_merge = false;
+    assert_eq!(
+        r.batch(300, &[("u3", 200, 0, 64)]).results,
+        vec!["u2 [5s,35s) n=1 sum=4 final"]
     );
 }
 

@@ -60,6 +60,9 @@ pub struct CountSumAgg {
     panic_on: Option<f64>,
     /// With `panic_in_finish_for`: `finish` panics on this user's windows.
     panic_in_finish_for: Option<String>,
+    /// With `panic_in_merge_on_sum`: `merge` panics when the accumulator
+    /// merged in has this sum.
+    panic_in_merge_on_sum: Option<f64>,
 }
 
 #[sluice_sdk::aggregate]
@@ -67,10 +70,15 @@ impl Aggregate for CountSumAgg {
     type Acc = CountSum;
 
     fn init(config: &Config) -> Result<Self, Error> {
-        if let Some(key) = config
-            .keys()
-            .find(|&k| !["parse_once", "panic_on_amount", "panic_in_finish_for"].contains(&k))
-        {
+        if let Some(key) = config.keys().find(|&k| {
+            ![
+                "parse_once",
+                "panic_on_amount",
+                "panic_in_finish_for",
+                "panic_in_merge_on_sum",
+            ]
+            .contains(&k)
+        }) {
             return Err(format!("unknown config key `{key}`").into());
         }
         let parse_once = match config.get("parse_once") {
@@ -91,6 +99,13 @@ impl Aggregate for CountSumAgg {
             amounts: parse_once.then(Vec::new),
             panic_on,
             panic_in_finish_for: config.get("panic_in_finish_for").map(str::to_owned),
+            panic_in_merge_on_sum: match config.get("panic_in_merge_on_sum") {
+                None => None,
+                Some(v) => Some(
+                    v.parse()
+                        .map_err(|_| format!("panic_in_merge_on_sum: `{v}` is not a number"))?,
+                ),
+            },
         })
     }
 
@@ -121,6 +136,9 @@ impl Aggregate for CountSumAgg {
     }
 
     fn merge(&mut self, acc: &mut CountSum, other: CountSum) {
+        if self.panic_in_merge_on_sum == Some(other.sum) {
+            panic!("cannot merge a pane of sum {}", other.sum);
+        }
         acc.count += other.count;
         acc.sum += other.sum;
     }
