@@ -1,5 +1,5 @@
-//! `/v1/pipelines`: create, list, show, stop, start and delete pipelines
-//! run by this server's [`Manager`](super::manager::Manager).
+//! `/v1/pipelines`: create, list, show, stop, start, pause, resume, swap
+//! modules of, and delete the pipelines run by this server's [`Manager`].
 //!
 //! - `POST /v1/pipelines`: the body is a spec, YAML or JSON, as `sluice run`
 //!   reads it, except that a transform's `module` is `name` or
