@@ -119,7 +119,7 @@ impl BatchCalls<'_> {
     ) -> Result<(), AggregateError> {
         let error = match self.aggregator.finish_calls(request.clone()) {
             Ok(part) => {
-                append(out, part, base);
+                super::isolate::merge(out, part, |g| g + base);
                 return Ok(());
             }
             Err(AggregateError::Poisoned) => return Err(AggregateError::Poisoned),
@@ -239,33 +239,6 @@ fn split_merge(request: MergeRequest, mid: usize) -> (MergeRequest, MergeRequest
             .collect(),
     };
     (first, second)
-}
-
-/// Appends `part` (the output for groups `base..`) to `out`.
-fn append(out: &mut StepOutput, part: StepOutput, base: u32) {
-    for (j, record) in part.records.iter().enumerate() {
-        out.records.push_ref(record, None);
-        out.inputs.push(part.inputs[j] + base);
-        let target = match part.targets[j] {
-            0 => 0,
-            k => {
-                let name = &part.output_names[k as usize - 1];
-                match out.output_names.iter().position(|n| n == name) {
-                    Some(i) => i as u32 + 1,
-                    None => {
-                        out.output_names.push(name.clone());
-                        out.output_names.len() as u32
-                    }
-                }
-            }
-        };
-        out.targets.push(target);
-    }
-    out.dead_letters.extend(
-        part.dead_letters
-            .into_iter()
-            .map(|(g, reason)| (g + base, reason)),
-    );
 }
 
 /// Splits a finish request's groups at `mid`.

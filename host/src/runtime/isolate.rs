@@ -66,7 +66,7 @@ impl Transform {
     ) -> Result<(), InstantiateError> {
         let mut sub = batch.select(indices);
         match self.call(&mut sub) {
-            Ok(Ok(part)) => merge(output, part, indices),
+            Ok(Ok(part)) => merge(output, part, |i| indices[i as usize]),
             Ok(Err(message)) => {
                 let reason = guest_error(&message);
                 output
@@ -95,14 +95,14 @@ fn all_dead(len: usize, message: &str) -> StepOutput {
     }
 }
 
-/// Appends the output of a sub-batch, mapping its indices back through
-/// `indices` and re-interning its output names.
-fn merge(into: &mut StepOutput, part: StepOutput, indices: &[u32]) {
+/// Appends the output of a sub-batch (or of a part of a request), mapping
+/// its input indices back with `index` and re-interning its output names.
+pub(super) fn merge(into: &mut StepOutput, part: StepOutput, index: impl Fn(u32) -> u32) {
     // Part-local target -> merged target, interned on first use.
     let mut targets: Vec<Option<u32>> = vec![None; part.output_names.len()];
     for (i, record) in part.records.iter().enumerate() {
         into.records.push_ref(record, None);
-        into.inputs.push(indices[part.inputs[i] as usize]);
+        into.inputs.push(index(part.inputs[i]));
         let target = match part.targets[i] {
             0 => 0,
             k => *targets[k as usize - 1].get_or_insert_with(|| {
@@ -121,7 +121,7 @@ fn merge(into: &mut StepOutput, part: StepOutput, indices: &[u32]) {
     into.dead_letters.extend(
         part.dead_letters
             .into_iter()
-            .map(|(i, reason)| (indices[i as usize], reason)),
+            .map(|(i, reason)| (index(i), reason)),
     );
 }
 
@@ -150,11 +150,11 @@ mod tests {
         merge(
             &mut out,
             part(&["a", "b"], vec![0, 1], vec![1, 0], &["alerts"]),
-            &[3, 5],
+            |i| [3, 5][i as usize],
         );
         let mut second = part(&["c"], vec![0], vec![2], &["x", "alerts"]);
         second.dead_letters.push((1, "bad".into()));
-        merge(&mut out, second, &[7, 9]);
+        merge(&mut out, second, |i| [7, 9][i as usize]);
         assert_eq!(out.inputs, vec![3, 5, 7]);
         assert_eq!(out.output_names, vec!["alerts".to_string()]);
         assert_eq!(out.targets, vec![1, 0, 1]);
