@@ -2,6 +2,7 @@
 //! dead-lettered, with the reason; everything else is delivered and the
 //! pipeline keeps going.
 
+use sluice::pipeline::Summary;
 use sluice_tests::*;
 
 struct Case {
@@ -91,13 +92,42 @@ fn records_sent_to_an_unknown_output_are_dead_lettered() {
     );
 }
 
+/// Runs count-sum with `config` over `window` (a `window:` value) on
+/// `values` (value, record timestamp), until caught up. Returns the summary
+/// and the output and dead-letter topics.
+fn run_count_sum(
+    config: &str,
+    window: &str,
+    values: &[(String, i64)],
+) -> (Summary, String, String) {
+    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
+    create_topics(&[&input, &out, &dlq], 1);
+    let records = values.iter().map(|(v, t)| {
+        (
+            Some(b"k".to_vec()),
+            Some(v.clone().into_bytes()),
+            Some(*t),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), &input, records).unwrap();
+    let yaml = format!(
+        "name: {}\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ {config} }}\n\
+         \x20   aggregate:\n      window: {window}\n      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
+         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        unique("agg-faults"),
+        brokers(),
+        guest("count-sum").display(),
+    );
+    (run_until_caught_up(&spec(&yaml)), out, dlq)
+}
+
 /// An aggregate whose `fold` panics on some records: those are
 /// dead-lettered with the trap and its panic message; every window is
 /// computed from the remaining records, and the pipeline keeps going.
 #[test]
 fn a_trap_in_an_aggregate_fold_dead_letters_only_the_poisoned_records() {
-    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
-    create_topics(&[&input, &out, &dlq], 1);
     // 30 events of 3 users in the first minute; every 7th has the unlucky
     // amount; then one event two minutes later closes the first window.
     let event = |i: u32, t: i64, amount: f64| {
@@ -110,24 +140,7 @@ fn a_trap_in_an_aggregate_fold_dead_letters_only_the_poisoned_records() {
         })
         .collect();
     values.push((event(0, 200_000, 1.0), 200_000));
-    let records = values.iter().map(|(v, t)| {
-        (
-            Some(b"k".to_vec()),
-            Some(v.clone().into_bytes()),
-            Some(*t),
-            vec![],
-        )
-    });
-    kafka_tools::produce(brokers(), &input, records).unwrap();
-    let yaml = format!(
-        "name: agg-faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
-         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ panic_on_amount: 13.13 }}\n\
-         \x20   aggregate:\n      window: {{ tumbling: 1m }}\n      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
-         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
-        brokers(),
-        guest("count-sum").display(),
-    );
-    let summary = run_until_caught_up(&spec(&yaml));
+    let (summary, out, dlq) = run_count_sum("panic_on_amount: 13.13", "{ tumbling: 1m }", &values);
 
     let poisoned: Vec<u32> = (0..30).filter(|i| i % 7 == 3).collect();
     let dead = read(&dlq);
@@ -171,8 +184,6 @@ fn values_of(records: &[TopicRecord]) -> Vec<String> {
 /// window, the other windows' results are emitted, and the pipeline goes on.
 #[test]
 fn a_trap_in_an_aggregate_finish_dead_letters_the_window() {
-    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
-    create_topics(&[&input, &out, &dlq], 1);
     // 30 events of 3 users in the first minute, then one two minutes later
     // that closes it (its own window stays open).
     let event = |i: u32, t: i64| format!(r#"{{"user_id":"u{}","amount":{i},"t":{t}}}"#, i % 3);
@@ -180,24 +191,7 @@ fn a_trap_in_an_aggregate_finish_dead_letters_the_window() {
         .map(|i| (event(i, 1_000 + i64::from(i)), 1_000 + i64::from(i)))
         .collect();
     values.push((event(0, 200_000), 200_000));
-    let records = values.iter().map(|(v, t)| {
-        (
-            Some(b"k".to_vec()),
-            Some(v.clone().into_bytes()),
-            Some(*t),
-            vec![],
-        )
-    });
-    kafka_tools::produce(brokers(), &input, records).unwrap();
-    let yaml = format!(
-        "name: finish-faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
-         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ panic_in_finish_for: u1 }}\n\
-         \x20   aggregate:\n      window: {{ tumbling: 1m }}\n      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
-         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
-        brokers(),
-        guest("count-sum").display(),
-    );
-    let summary = run_until_caught_up(&spec(&yaml));
+    let (summary, out, dlq) = run_count_sum("panic_in_finish_for: u1", "{ tumbling: 1m }", &values);
 
     let result = |u: u32| {
         let users: Vec<u32> = (0..30).filter(|i| i % 3 == u).collect();
@@ -261,35 +255,19 @@ fn rdkafka_value(topic: &str) -> Vec<u8> {
 /// is emitted, including that user's other windows.
 #[test]
 fn a_trap_in_an_aggregate_merge_dead_letters_the_window_s_panes() {
-    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
-    create_topics(&[&input, &out, &dlq], 1);
     let event = |user: &str, amount: u32| format!(r#"{{"user_id":"{user}","amount":{amount}}}"#);
-    let values = [
+    let values = vec![
         (event("u0", 1), 1_000),
         (event("u1", 5), 2_000),
         (event("u0", 2), 61_000),
         (event("u1", 777), 62_000),
         (event("u2", 3), 400_000), // closes every window before
     ];
-    let records = values.iter().map(|(v, t)| {
-        (
-            Some(b"k".to_vec()),
-            Some(v.clone().into_bytes()),
-            Some(*t),
-            vec![],
-        )
-    });
-    kafka_tools::produce(brokers(), &input, records).unwrap();
-    let yaml = format!(
-        "name: merge-faults\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
-         batch: {{ max_records: 100 }}\ntransforms:\n  - module: {}\n    config: {{ panic_in_merge_on_sum: 777 }}\n\
-         \x20   aggregate:\n      window: {{ hopping: {{ size: 2m, slide: 1m }} }}\n\
-         \x20     watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
-         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
-        brokers(),
-        guest("count-sum").display(),
+    let (summary, out, dlq) = run_count_sum(
+        "panic_in_merge_on_sum: 777",
+        "{ hopping: { size: 2m, slide: 1m } }",
+        &values,
     );
-    let summary = run_until_caught_up(&spec(&yaml));
 
     let result = |user: &str, start: i64, count: u32, sum: u32| {
         format!(

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -42,7 +42,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod files;
 mod swap;
+
+use files::{io_error, persist};
 
 use super::store::{Kind, ModuleRef, ModuleStore, StoreError, validate_name};
 use crate::pipeline::{Control as RunControl, Progress, RunOptions, Sample, Summary, SwapRecord};
@@ -632,12 +635,6 @@ impl Manager {
     }
 }
 
-fn persist(data: &Path, stored: &Stored) -> Result<(), ManagerError> {
-    let json = serde_json::to_vec_pretty(stored).expect("a pipeline document serializes");
-    let file = data.join("pipelines").join(format!("{}.json", stored.name));
-    write_atomic(&file, &json)
-}
-
 /// Records that pipeline `name` uses `modules` (and nothing else).
 fn hold(usage: &Usage, name: &str, modules: &[StepModule]) {
     let held = modules
@@ -769,35 +766,4 @@ fn run(spec: &PipelineSpec, stop: &AtomicBool, control: &RunControl, live: &Mute
             live.error = Some(format!("the pipeline panicked: {message}"));
         }
     }
-}
-
-fn io_error(what: &str, path: &Path) -> impl FnOnce(io::Error) -> ManagerError {
-    let what = format!("{what} {}", path.display());
-    move |source| ManagerError::Io { what, source }
-}
-
-/// Temp file, fsync, rename, fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
-    use std::io::Write;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().expect("pipeline files have a parent");
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("write", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_error("rename into place", path))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("fsync", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
