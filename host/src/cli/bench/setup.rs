@@ -81,10 +81,22 @@ pub fn produce_events(
     topic: &str,
     options: &SampleOptions,
 ) -> anyhow::Result<Input> {
+    produce_input(brokers, topic, options, "events", sample_record)
+}
+
+/// Produces record `n` of `make` for every `n` of the sample stream, with
+/// the sample's record timestamps, and waits until all are acknowledged.
+fn produce_input(
+    brokers: &str,
+    topic: &str,
+    options: &SampleOptions,
+    kind: &'static str,
+    make: fn(&SampleOptions, u64) -> (String, Vec<u8>),
+) -> anyhow::Result<Input> {
     let started = Instant::now();
     let mut bytes = 0u64;
     let records = (0..options.count).map(|n| {
-        let (key, value) = sample_record(options, n);
+        let (key, value) = make(options, n);
         bytes += (key.len() + value.len()) as u64;
         (
             Some(key.into_bytes()),
@@ -95,7 +107,7 @@ pub fn produce_events(
     });
     let records = kafka_tools::produce(brokers, topic, records)?;
     Ok(Input {
-        kind: "events",
+        kind,
         topic: topic.to_owned(),
         records,
         bytes,
@@ -126,26 +138,7 @@ pub fn produce_readings(
     topic: &str,
     options: &SampleOptions,
 ) -> anyhow::Result<Input> {
-    let started = Instant::now();
-    let mut bytes = 0u64;
-    let records = (0..options.count).map(|n| {
-        let (key, value) = sample_reading(options, n);
-        bytes += (key.len() + value.len()) as u64;
-        (
-            Some(key.into_bytes()),
-            Some(value),
-            Some(options.start_ms + n as i64 * 100),
-            vec![],
-        )
-    });
-    let records = kafka_tools::produce(brokers, topic, records)?;
-    Ok(Input {
-        kind: "readings",
-        topic: topic.to_owned(),
-        records,
-        bytes,
-        produce_s: started.elapsed().as_secs_f64(),
-    })
+    produce_input(brokers, topic, options, "readings", sample_reading)
 }
 
 /// Deletes topics; a broker that refuses is reported, not fatal.
