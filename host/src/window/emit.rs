@@ -7,13 +7,13 @@ use super::assign::{panes_of_window, windows_of_pane};
 use super::calls::{Accumulators, AggregateCalls, AggregateError, FinishRequest, MergeRequest};
 use super::engine::{WindowEngine, WindowOutput, WindowRef};
 use super::spec::{OutputMode, Shape};
-use super::state::Key;
+use super::state::{AccBytes, Key};
 use crate::batch::{HAS_KEY, HAS_TIMESTAMP};
 use crate::runtime::StepOutput;
 
 /// Where the accumulator of a window to finish comes from.
 enum Acc {
-    Own(Vec<u8>),
+    Own(AccBytes),
     Merged(usize),
 }
 

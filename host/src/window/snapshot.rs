@@ -176,7 +176,7 @@ impl WindowEngine {
                     key: key.to_vec(),
                     start: row.start,
                     end: row.end,
-                    acc: row.acc.clone(),
+                    acc: row.acc.to_vec(),
                     held,
                 }
             })
@@ -185,9 +185,10 @@ impl WindowEngine {
         let timers = self
             .state
             .all_timers()
+            .into_iter()
             .map(|(end, start, key)| SnapshotTimer {
-                end: *end,
-                start: *start,
+                end,
+                start,
                 key: key.to_vec(),
             })
             .collect();

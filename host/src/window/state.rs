@@ -4,25 +4,46 @@
 //! Layout: `rows` maps a key to its open rows, sorted by start (a key has
 //! few: one or two tumbling windows, `size / slide` panes, a few sessions),
 //! so a lookup by borrowed key bytes is one hash probe and sessions of a key
-//! are found by a short scan. `timers` orders windows not yet final by
-//! (end, start, key): finalization pops from its front, never scanning the
-//! rest, and the pop order is the output order. `held` counts, per
+//! are found by a short scan. `timers` groups windows not yet final by
+//! (end, start), in order, with a hash set of keys per group: finalization
+//! pops groups from the front, never scanning the rest, and sorts a popped
+//! group's keys, so the output is ordered by (end, start, key) while a new
+//! window costs a hash insert rather than key comparisons in a tree. `held` counts, per
 //! partition, the rows whose lowest offset is each value, so the lowest
 //! offset still needed is the first entry (see [`HeldIndex`]). Keys are
-//! shared (`Arc`) between `rows` and `timers`; the map's value keeps a
-//! handle on its own key, so that one probe by borrowed bytes yields both
-//! the rows and the shared key.
+//! shared (`Arc`) between `rows` and `timers`; one probe by borrowed bytes
+//! yields both a key's rows and its shared key.
 //!
 //! "Changed in this batch" is a batch stamp on the row rather than a flag,
 //! so nothing has to visit the changed rows again to clear it.
+//!
+//! Allocation is what a row costs most: a key's rows, a row's accumulator
+//! (when small, as a count and a sum are) and its held offsets (when from
+//! one partition, as usual) live inline, so a new row allocates only its
+//! shared key. Keys are hashed with foldhash (randomly seeded per map).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::mem::size_of;
 use std::sync::Arc;
+
+use hashbrown::hash_map::EntryRef;
+use smallvec::SmallVec;
 
 use super::PartitionId;
 
 pub(super) type Key = Arc<[u8]>;
+
+/// Accumulator bytes; up to 24 inline.
+pub(super) type AccBytes = SmallVec<[u8; 24]>;
+
+/// A row's lowest offset per partition; one inline.
+pub(super) type Held = SmallVec<[(PartitionId, i64); 1]>;
+
+type Hasher = foldhash::fast::RandomState;
+type KeySet = HashSet<Key, Hasher>;
+
+/// The open rows of one key, sorted by start.
+type KeyRows = SmallVec<[Row; 1]>;
 
 /// A window not yet final: (end, start, key), in output order.
 pub(super) type Timer = (i64, i64, Key);
@@ -33,74 +54,127 @@ pub(super) struct Row {
     pub start: i64,
     /// Window end; for a hopping pane, the end of the last window using it.
     pub end: i64,
-    pub acc: Vec<u8>,
+    pub acc: AccBytes,
     /// The batch stamp (see [`State::next_batch`]) of the row's last
     /// change; 0 if none.
     changed: u64,
     /// Lowest source offset folded in, per partition.
-    pub held: Vec<(PartitionId, i64)>,
-}
-
-/// The open rows of one key, and the shared key itself.
-#[derive(Debug)]
-struct KeyRows {
-    key: Key,
-    rows: Vec<Row>,
+    pub held: Held,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct State {
-    rows: HashMap<Key, KeyRows>,
-    timers: BTreeSet<Timer>,
-    held: HashMap<PartitionId, HeldIndex>,
+    rows: hashbrown::HashMap<Key, KeyRows, Hasher>,
+    /// Windows not yet final, by (end, start); a group's keys are put in
+    /// order only when it is popped.
+    timers: BTreeMap<(i64, i64), KeySet>,
+    timer_count: usize,
+    held: HashMap<PartitionId, HeldIndex, Hasher>,
     /// Stamp of the current batch, minus one.
     batch: u64,
     row_count: usize,
     acc_bytes: usize,
     key_bytes: usize,
-    held_entries: usize,
+    /// Heap bytes of the keys' rows beyond the map's slots (see
+    /// [`heap_bytes`]).
+    heap_bytes: usize,
+}
+
+/// Estimated allocator overhead of one allocation.
+const ALLOC: usize = 16;
+
+/// Heap bytes a key's rows hold beyond the map slot (which has one row
+/// inline): rows, accumulators and held lists that outgrew their inline
+/// room. Accumulator bytes themselves are counted apart.
+fn heap_bytes(rows: &SmallVec<[Row; 1]>) -> usize {
+    let list = if rows.spilled() {
+        rows.capacity() * size_of::<Row>() + ALLOC
+    } else {
+        0
+    };
+    let own: usize = rows
+        .iter()
+        .map(|r| {
+            let acc = if r.acc.spilled() { ALLOC } else { 0 };
+            let held = if r.held.spilled() {
+                r.held.capacity() * size_of::<(PartitionId, i64)>() + ALLOC
+            } else {
+                0
+            };
+            acc + held
+        })
+        .sum();
+    list + own
 }
 
 /// The lowest offsets that open rows hold in one partition, with how many
 /// rows hold each, sorted by offset.
 ///
-/// A row holds the first offset of the partition folded into it, and
-/// records of a partition arrive in offset order, so a new entry nearly
-/// always goes at the back (the general case is a binary search and an
-/// insert). Releasing is a binary search; an entry whose count drops to
-/// zero is dropped at once from either end, lazily elsewhere: dead entries
-/// are compacted away once they outnumber live ones, so the front is always
+/// A row holds the first offset of the partition folded into it. Records
+/// of a partition arrive in offset order, but a batch's rows are folded in
+/// key order: an offset above every entry goes at the back, any other waits
+/// in `pending` until the next release merges them all in at once (linear,
+/// where inserting each in place would move the entries behind it).
+/// Releasing is a binary search; an entry whose count drops to zero is
+/// dropped at once from either end, lazily elsewhere: dead entries are
+/// compacted away once they outnumber live ones, so the front is always
 /// live and the index stays within twice its live entries.
 #[derive(Debug, Default)]
 struct HeldIndex {
     entries: VecDeque<(i64, u32)>,
     /// Entries with a zero count.
     dead: usize,
+    /// Offsets added below the back of `entries`, not merged in yet.
+    pending: Vec<i64>,
 }
 
 impl HeldIndex {
     fn add(&mut self, offset: i64) {
-        let i = match self.entries.back() {
-            None => None,
-            Some(&(last, _)) if last < offset => None,
-            Some(&(last, _)) if last == offset => Some(Ok(self.entries.len() - 1)),
-            Some(_) => Some(self.entries.binary_search_by_key(&offset, |e| e.0)),
-        };
-        match i {
-            None => self.entries.push_back((offset, 1)),
-            Some(Err(i)) => self.entries.insert(i, (offset, 1)),
-            Some(Ok(i)) => {
-                let n = &mut self.entries[i].1;
-                if *n == 0 {
-                    self.dead -= 1;
-                }
-                *n += 1;
-            }
+        match self.entries.back_mut() {
+            // The back entry is live (see `release`).
+            Some(last) if last.0 == offset => last.1 += 1,
+            Some(last) if last.0 > offset => self.pending.push(offset),
+            _ => self.entries.push_back((offset, 1)),
         }
     }
 
+    /// Merges `pending` into `entries`, dropping dead entries.
+    fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        fn push(merged: &mut VecDeque<(i64, u32)>, offset: i64, n: u32) {
+            match merged.back_mut() {
+                Some(last) if last.0 == offset => last.1 += n,
+                _ => merged.push_back((offset, n)),
+            }
+        }
+        self.pending.sort_unstable();
+        let mut merged = VecDeque::with_capacity(self.entries.len() + self.pending.len());
+        let mut pending = self.pending.drain(..).peekable();
+        for (offset, n) in self.entries.drain(..) {
+            while let Some(p) = pending.next_if(|&p| p <= offset) {
+                push(&mut merged, p, 1);
+            }
+            if n > 0 {
+                push(&mut merged, offset, n);
+            }
+        }
+        for p in pending {
+            push(&mut merged, p, 1);
+        }
+        self.entries = merged;
+        self.dead = 0;
+    }
+
     fn release(&mut self, offset: i64) {
-        let Ok(i) = self.entries.binary_search_by_key(&offset, |e| e.0) else {
+        self.settle();
+        // Windows mostly close in the order their records came.
+        let found = match self.entries.front() {
+            Some(&(first, _)) if first == offset => Ok(0),
+            _ => self.entries.binary_search_by_key(&offset, |e| e.0),
+        };
+        let Ok(i) = found else {
             return;
         };
         let n = &mut self.entries[i].1;
@@ -127,11 +201,16 @@ impl HeldIndex {
     }
 
     fn lowest(&self) -> Option<i64> {
-        self.entries.front().map(|e| e.0)
+        let pending = self.pending.iter().min().copied();
+        match (self.entries.front(), pending) {
+            (Some(&(first, _)), Some(p)) => Some(first.min(p)),
+            (Some(&(first, _)), None) => Some(first),
+            (None, p) => p,
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.pending.is_empty()
     }
 }
 
@@ -150,11 +229,11 @@ impl State {
     }
 
     pub(super) fn rows_of(&self, key: &[u8]) -> &[Row] {
-        self.rows.get(key).map_or(&[], |k| k.rows.as_slice())
+        self.rows.get(key).map_or(&[], |rows| rows.as_slice())
     }
 
     pub(super) fn row(&self, key: &[u8], start: i64) -> Option<&Row> {
-        let rows = &self.rows.get(key)?.rows;
+        let rows = self.rows.get(key)?;
         rows.binary_search_by_key(&start, |r| r.start)
             .ok()
             .map(|i| &rows[i])
@@ -162,8 +241,8 @@ impl State {
 
     /// The shared key for `key`: the existing one, or a new one.
     pub(super) fn intern(&self, key: &[u8]) -> Key {
-        match self.rows.get(key) {
-            Some(k) => k.key.clone(),
+        match self.rows.get_key_value(key) {
+            Some((shared, _)) => shared.clone(),
             None => Key::from(key),
         }
     }
@@ -180,15 +259,17 @@ impl State {
         acc: &[u8],
         held: &[(PartitionId, i64)],
     ) -> (Key, bool) {
-        let KeyRows { key: shared, rows } = match self.rows.get_mut(key) {
-            Some(k) => k,
-            None => {
-                let shared = Key::from(key);
+        let (shared, rows, heap_before) = match self.rows.entry_ref(key) {
+            EntryRef::Occupied(e) => {
+                let shared = e.key().clone();
+                let rows = e.into_mut();
+                let before = heap_bytes(rows);
+                (shared, rows, before)
+            }
+            EntryRef::Vacant(e) => {
                 self.key_bytes += key.len();
-                self.rows.entry(shared.clone()).or_insert(KeyRows {
-                    key: shared,
-                    rows: Vec::with_capacity(1),
-                })
+                let e = e.insert_entry(KeyRows::new());
+                (e.key().clone(), e.into_mut(), 0)
             }
         };
         let i = match rows.binary_search_by_key(&start, |r| r.start) {
@@ -199,9 +280,9 @@ impl State {
                     Row {
                         start,
                         end,
-                        acc: Vec::new(),
+                        acc: AccBytes::new(),
                         changed: 0,
-                        held: Vec::with_capacity(held.len()),
+                        held: Held::new(),
                     },
                 );
                 self.row_count += 1;
@@ -210,11 +291,8 @@ impl State {
         };
         let row = &mut rows[i];
         self.acc_bytes = self.acc_bytes - row.acc.len() + acc.len();
-        if row.acc.len() != acc.len() {
-            row.acc = acc.to_vec();
-        } else {
-            row.acc.copy_from_slice(acc);
-        }
+        row.acc.clear();
+        row.acc.extend_from_slice(acc);
         for &(p, offset) in held {
             match row.held.iter_mut().find(|(q, _)| *q == p) {
                 Some((_, o)) if *o <= offset => {}
@@ -225,7 +303,6 @@ impl State {
                 }
                 None => {
                     row.held.push((p, offset));
-                    self.held_entries += 1;
                     self.held.entry(p).or_default().add(offset);
                 }
             }
@@ -233,10 +310,11 @@ impl State {
         let stamp = self.batch + 1;
         let first = row.changed != stamp;
         row.changed = stamp;
-        (shared.clone(), first)
+        self.heap_bytes = self.heap_bytes + heap_bytes(rows) - heap_before;
+        (shared, first)
     }
 
-    fn release(held: &mut HashMap<PartitionId, HeldIndex>, p: PartitionId, offset: i64) {
+    fn release(held: &mut HashMap<PartitionId, HeldIndex, Hasher>, p: PartitionId, offset: i64) {
         let Some(index) = held.get_mut(&p) else {
             return;
         };
@@ -248,16 +326,22 @@ impl State {
 
     /// Removes (key, start), with its held offsets (not its timer).
     pub(super) fn remove(&mut self, key: &[u8], start: i64) -> Option<Row> {
-        let rows = &mut self.rows.get_mut(key)?.rows;
+        let EntryRef::Occupied(mut entry) = self.rows.entry_ref(key) else {
+            return None;
+        };
+        let rows = entry.get_mut();
         let i = rows.binary_search_by_key(&start, |r| r.start).ok()?;
+        let heap_before = heap_bytes(rows);
         let row = rows.remove(i);
         if rows.is_empty() {
-            self.rows.remove(key);
+            entry.remove();
             self.key_bytes -= key.len();
+            self.heap_bytes -= heap_before;
+        } else {
+            self.heap_bytes = self.heap_bytes + heap_bytes(rows) - heap_before;
         }
         self.row_count -= 1;
         self.acc_bytes -= row.acc.len();
-        self.held_entries -= row.held.len();
         for &(p, offset) in &row.held {
             Self::release(&mut self.held, p, offset);
         }
@@ -265,18 +349,43 @@ impl State {
     }
 
     pub(super) fn add_timer(&mut self, timer: Timer) {
-        self.timers.insert(timer);
+        let (end, start, key) = timer;
+        // A new group starts with room for the groups' average (many
+        // keys per window for tumbling windows, about one for sessions).
+        let hint = self.timer_count / self.timers.len().max(1);
+        let keys = self
+            .timers
+            .entry((end, start))
+            .or_insert_with(|| KeySet::with_capacity_and_hasher(hint, Hasher::default()));
+        if keys.insert(key) {
+            self.timer_count += 1;
+        }
     }
 
     pub(super) fn remove_timer(&mut self, timer: &Timer) {
-        self.timers.remove(timer);
+        let (end, start, key) = timer;
+        let Some(keys) = self.timers.get_mut(&(*end, *start)) else {
+            return;
+        };
+        if keys.remove(key) {
+            self.timer_count -= 1;
+        }
+        if keys.is_empty() {
+            self.timers.remove(&(*end, *start));
+        }
     }
 
     /// Removes and returns, in order, the timers with `end <= limit`.
     pub(super) fn pop_due(&mut self, limit: i64) -> Vec<Timer> {
         let mut due = Vec::new();
-        while self.timers.first().is_some_and(|t| t.0 <= limit) {
-            due.extend(self.timers.pop_first());
+        while let Some(entry) = self.timers.first_entry()
+            && entry.key().0 <= limit
+        {
+            let ((end, start), keys) = entry.remove_entry();
+            self.timer_count -= keys.len();
+            let from = due.len();
+            due.extend(keys.into_iter().map(|key| (end, start, key)));
+            due[from..].sort_unstable_by(|a, b| a.2.cmp(&b.2));
         }
         due
     }
@@ -284,13 +393,19 @@ impl State {
     /// Every open row with its key, in no particular order (snapshots).
     pub(super) fn all_rows(&self) -> impl Iterator<Item = (&[u8], &Row)> + '_ {
         self.rows
-            .values()
-            .flat_map(|k| k.rows.iter().map(move |r| (&*k.key, r)))
+            .iter()
+            .flat_map(|(key, rows)| rows.iter().map(move |r| (&**key, r)))
     }
 
     /// Every timer, in (end, start, key) order (snapshots).
-    pub(super) fn all_timers(&self) -> impl Iterator<Item = &Timer> + '_ {
-        self.timers.iter()
+    pub(super) fn all_timers(&self) -> Vec<(i64, i64, &[u8])> {
+        let mut all = Vec::with_capacity(self.timer_count);
+        for (&(end, start), keys) in &self.timers {
+            let from = all.len();
+            all.extend(keys.iter().map(|key| (end, start, &**key)));
+            all[from..].sort_unstable_by(|a, b| a.2.cmp(b.2));
+        }
+        all
     }
 
     /// Per partition, the lowest offset any open row holds.
@@ -310,35 +425,38 @@ impl State {
     }
 
     pub(super) fn timers(&self) -> usize {
-        self.timers.len()
+        self.timer_count
     }
 
-    /// Estimated host bytes per row beyond the accumulator bytes: the row,
-    /// its key's map entry and bytes (shared by the key's rows), its timers
-    /// (for hopping, windows per pane), its held offsets with their index
-    /// entries (as allocated, dead ones included). B-tree nodes are assumed
-    /// two-thirds full, the hash map seven eighths, an allocation to cost 16
-    /// bytes of allocator overhead.
+    /// Estimated host bytes per row beyond the accumulator bytes: its key's
+    /// map slot (with one row inline), the key's bytes and allocation
+    /// (shared by the key's rows), what outgrew the inline room (see
+    /// [`heap_bytes`]), its timers (for hopping, windows per pane) and the
+    /// held offsets' index entries (as allocated, dead ones included).
+    /// B-tree nodes are assumed two-thirds full, the hash map seven eighths,
+    /// an allocation to cost 16 bytes of allocator overhead.
     pub(super) fn overhead_bytes_per_row(&self) -> usize {
         if self.row_count == 0 {
             return 0;
         }
-        const ALLOC: usize = 16;
         let btree = |entry: usize| entry * 3 / 2;
         let keys = self.rows.len();
-        let key_entry = (size_of::<(Key, KeyRows)>() + 1) * 8 / 7 + ALLOC * 2 + 16; // + Arc counts
+        let key_entry = (size_of::<(Key, KeyRows)>() + 1) * 8 / 7 + ALLOC + 16; // + Arc counts
         let index: usize = self
             .held
             .values()
-            .map(|i| i.entries.capacity() * size_of::<(i64, u32)>() + ALLOC)
+            .map(|i| {
+                i.entries.capacity() * size_of::<(i64, u32)>()
+                    + i.pending.capacity() * size_of::<i64>()
+                    + ALLOC
+            })
             .sum();
-        let total = self.row_count * size_of::<Row>()
-            + keys * key_entry
+        let total = keys * key_entry
             + self.key_bytes
-            + self.timers.len() * btree(size_of::<Timer>())
-            + self.held_entries * size_of::<(PartitionId, i64)>()
-            + index
-            + self.row_count * ALLOC * 2; // accumulator and held allocations
+            + self.heap_bytes
+            + self.timers.len() * btree(size_of::<((i64, i64), KeySet)>())
+            + self.timer_count * (size_of::<Key>() + 1) * 8 / 7
+            + index;
         total.div_ceil(self.row_count)
     }
 }
@@ -390,8 +508,8 @@ mod tests {
         assert_eq!(h.lowest(), Some(15));
         h.release(15);
         assert_eq!(h.lowest(), Some(20));
-        h.add(30); // revives the dead entry
-        assert_eq!(h.dead, 0);
+        h.add(30); // revives the dead entry (once merged in)
+        assert_eq!(h.pending, [30]);
         h.release(20);
         h.release(30);
         assert_eq!(h.lowest(), Some(40));
