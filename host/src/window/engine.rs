@@ -291,6 +291,7 @@ impl WindowEngine {
         let watermark = self.watermarks.advance(now);
         let limit = self.limit(watermark);
         self.emit(calls, limit, &changed, &mut out)?;
+        self.state.settle();
         out.dead_letters.sort_by_key(|d| d.0);
         Ok(out)
     }

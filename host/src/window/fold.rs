@@ -9,7 +9,7 @@ use super::assign::windows_of_pane;
 use super::calls::{Accumulators, AggregateCalls, AggregateError, FoldRequest};
 use super::engine::{BatchKeys, WindowEngine, WindowOutput};
 use super::spec::OutputMode;
-use super::state::{Key, hold};
+use super::state::{Key, hold, prefix};
 
 /// A record to fold: its index, group start (pane or own session start)
 /// and event time, and the first bytes and length of its key, which decide
@@ -26,14 +26,11 @@ pub(super) struct Item {
 impl Item {
     pub(super) fn new(batch: &BatchKeys<'_>, rec: u32, start: i64, t: i64) -> Self {
         let key = batch.key(rec);
-        let mut first = [0; 8];
-        let n = key.len().min(8);
-        first[..n].copy_from_slice(&key[..n]);
         Self {
             rec,
             start,
             t,
-            prefix: u64::from_be_bytes(first),
+            prefix: prefix(key),
             len: u32::try_from(key.len()).unwrap_or(u32::MAX),
         }
     }
@@ -148,6 +145,7 @@ impl WindowEngine {
                 changed.push((key.clone(), start));
             }
             if fresh[g] == 1 {
+                let key = key.clone();
                 for s in windows_of_pane(start, size, slide) {
                     let end = s.saturating_add(size);
                     if limit.is_none_or(|l| end > l) {

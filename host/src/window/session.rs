@@ -137,7 +137,7 @@ impl WindowEngine {
                 }
                 _ => folded.get(g),
             };
-            let (key, first) = self.state.upsert(&key, plan.start, plan.end, acc, &held);
+            let first = self.state.upsert(&key, plan.start, plan.end, acc, &held).1;
             if first {
                 changed.push((key.clone(), plan.start));
             }

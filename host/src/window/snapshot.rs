@@ -256,6 +256,7 @@ impl WindowEngine {
                 .state
                 .upsert(&row.key, row.start, row.end, &row.acc, &held);
         }
+        engine.state.settle();
         for t in &snapshot.timers {
             let key = engine.state.intern(&t.key);
             engine.state.add_timer((t.end, t.start, key));

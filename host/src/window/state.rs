@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::mem::size_of;
 use std::sync::Arc;
 
-use hashbrown::hash_map::EntryRef;
+use hashbrown::hash_map::{EntryRef, RawEntryMut};
 use smallvec::SmallVec;
 
 use super::PartitionId;
@@ -110,71 +110,110 @@ fn heap_bytes(rows: &SmallVec<[Row; 1]>) -> usize {
 /// The lowest offsets that open rows hold in one partition, with how many
 /// rows hold each, sorted by offset.
 ///
-/// A row holds the first offset of the partition folded into it. Records
-/// of a partition arrive in offset order, but a batch's rows are folded in
-/// key order: an offset above every entry goes at the back, any other waits
-/// in `pending` until the next release merges them all in at once (linear,
-/// where inserting each in place would move the entries behind it).
-/// Releasing is a binary search; an entry whose count drops to zero is
-/// dropped at once from either end, lazily elsewhere: dead entries are
-/// compacted away once they outnumber live ones, so the front is always
-/// live and the index stays within twice its live entries.
-#[derive(Debug, Default)]
+/// A row holds the first offset of the partition folded into it. Changes
+/// are noted as they come and applied by [`HeldIndex::settle`], once per
+/// batch: a batch creates and finalizes rows in key order, not offset
+/// order, and applying its changes sorted is cheaper than a binary search
+/// (and, for an add, moving the entries behind it) for each. Added offsets
+/// are above every entry unless the source rewound, so they are appended
+/// (else merged in, in one pass). Released ones are applied in one pass
+/// over the entries when they are many next to them, else one binary
+/// search each, an emptied entry then staying in place as a dead one until
+/// dead ones outnumber live ones. An entry at either end is never dead, so
+/// the front is the lowest offset held.
+#[derive(Debug, Default, Clone)]
 struct HeldIndex {
     entries: VecDeque<(i64, u32)>,
     /// Entries with a zero count.
     dead: usize,
-    /// Offsets added below the back of `entries`, not merged in yet.
-    pending: Vec<i64>,
+    /// Offsets added and released since the last settle.
+    added: Vec<i64>,
+    released: Vec<i64>,
 }
 
 impl HeldIndex {
     fn add(&mut self, offset: i64) {
-        match self.entries.back_mut() {
-            // The back entry is live (see `release`).
-            Some(last) if last.0 == offset => last.1 += 1,
-            Some(last) if last.0 > offset => self.pending.push(offset),
-            _ => self.entries.push_back((offset, 1)),
+        self.added.push(offset);
+    }
+
+    fn release(&mut self, offset: i64) {
+        self.released.push(offset);
+    }
+
+    fn is_settled(&self) -> bool {
+        self.added.is_empty() && self.released.is_empty()
+    }
+
+    /// Applies the adds, then the releases, since the last settle.
+    fn settle(&mut self) {
+        if !self.added.is_empty() {
+            self.apply_added();
+        }
+        if !self.released.is_empty() {
+            self.apply_released();
         }
     }
 
-    /// Merges `pending` into `entries`, dropping dead entries.
-    fn settle(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
+    fn apply_added(&mut self) {
         fn push(merged: &mut VecDeque<(i64, u32)>, offset: i64, n: u32) {
             match merged.back_mut() {
                 Some(last) if last.0 == offset => last.1 += n,
                 _ => merged.push_back((offset, n)),
             }
         }
-        self.pending.sort_unstable();
-        let mut merged = VecDeque::with_capacity(self.entries.len() + self.pending.len());
-        let mut pending = self.pending.drain(..).peekable();
+        self.added.sort_unstable();
+        if self
+            .entries
+            .back()
+            .is_none_or(|last| last.0 <= self.added[0])
+        {
+            for p in self.added.drain(..) {
+                push(&mut self.entries, p, 1);
+            }
+            return;
+        }
+        let mut merged = VecDeque::with_capacity(self.entries.len() + self.added.len());
+        let mut added = self.added.drain(..).peekable();
         for (offset, n) in self.entries.drain(..) {
-            while let Some(p) = pending.next_if(|&p| p <= offset) {
+            while let Some(p) = added.next_if(|&p| p <= offset) {
                 push(&mut merged, p, 1);
             }
             if n > 0 {
                 push(&mut merged, offset, n);
             }
         }
-        for p in pending {
+        for p in added {
             push(&mut merged, p, 1);
         }
         self.entries = merged;
         self.dead = 0;
     }
 
-    fn release(&mut self, offset: i64) {
-        self.settle();
-        // Windows mostly close in the order their records came.
-        let found = match self.entries.front() {
-            Some(&(first, _)) if first == offset => Ok(0),
-            _ => self.entries.binary_search_by_key(&offset, |e| e.0),
-        };
-        let Ok(i) = found else {
+    fn apply_released(&mut self) {
+        let mut released = std::mem::take(&mut self.released);
+        if released.len() * 8 >= self.entries.len() {
+            released.sort_unstable();
+            let mut pending = released.drain(..).peekable();
+            self.entries.retain_mut(|(offset, n)| {
+                while let Some(r) = pending.next_if(|&r| r <= *offset) {
+                    if r == *offset {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                *n > 0
+            });
+            self.dead = 0;
+        } else {
+            for offset in released.drain(..) {
+                self.release_one(offset);
+            }
+        }
+        // Keeps the room for the next batch.
+        self.released = released;
+    }
+
+    fn release_one(&mut self, offset: i64) {
+        let Ok(i) = self.entries.binary_search_by_key(&offset, |e| e.0) else {
             return;
         };
         let n = &mut self.entries[i].1;
@@ -200,18 +239,24 @@ impl HeldIndex {
         }
     }
 
+    /// The lowest offset held (settling a copy if need be).
     fn lowest(&self) -> Option<i64> {
-        let pending = self.pending.iter().min().copied();
-        match (self.entries.front(), pending) {
-            (Some(&(first, _)), Some(p)) => Some(first.min(p)),
-            (Some(&(first, _)), None) => Some(first),
-            (None, p) => p,
+        if self.is_settled() {
+            return self.entries.front().map(|e| e.0);
         }
+        let mut settled = self.clone();
+        settled.settle();
+        settled.entries.front().map(|e| e.0)
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.pending.is_empty()
-    }
+/// A key's first eight bytes, big-endian and zero-padded: keys whose
+/// prefixes differ compare as their prefixes do.
+pub(super) fn prefix(key: &[u8]) -> u64 {
+    let mut first = [0; 8];
+    let n = key.len().min(8);
+    first[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(first)
 }
 
 /// Lowers `held`'s entry for `p` to `offset`, adding it if missing.
@@ -249,8 +294,9 @@ impl State {
 
     /// Sets the accumulator of (key, start), creating the row with `end` if
     /// needed, lowers its held offsets to `held` and marks it changed.
-    /// Returns the shared key, and true if the row had not changed before
-    /// in this batch (so the caller lists it once).
+    /// Returns the shared key (cloned only where the caller keeps it), and
+    /// true if the row had not changed before in this batch (so the caller
+    /// lists it once).
     pub(super) fn upsert(
         &mut self,
         key: &[u8],
@@ -258,18 +304,17 @@ impl State {
         end: i64,
         acc: &[u8],
         held: &[(PartitionId, i64)],
-    ) -> (Key, bool) {
-        let (shared, rows, heap_before) = match self.rows.entry_ref(key) {
-            EntryRef::Occupied(e) => {
-                let shared = e.key().clone();
-                let rows = e.into_mut();
+    ) -> (&Key, bool) {
+        let (shared, rows, heap_before) = match self.rows.raw_entry_mut().from_key(key) {
+            RawEntryMut::Occupied(e) => {
+                let (shared, rows) = e.into_key_value();
                 let before = heap_bytes(rows);
-                (shared, rows, before)
+                (&*shared, rows, before)
             }
-            EntryRef::Vacant(e) => {
+            RawEntryMut::Vacant(e) => {
                 self.key_bytes += key.len();
-                let e = e.insert_entry(KeyRows::new());
-                (e.key().clone(), e.into_mut(), 0)
+                let (shared, rows) = e.insert(Key::from(key), KeyRows::new());
+                (&*shared, rows, 0)
             }
         };
         let i = match rows.binary_search_by_key(&start, |r| r.start) {
@@ -315,13 +360,17 @@ impl State {
     }
 
     fn release(held: &mut HashMap<PartitionId, HeldIndex, Hasher>, p: PartitionId, offset: i64) {
-        let Some(index) = held.get_mut(&p) else {
-            return;
-        };
-        index.release(offset);
-        if index.is_empty() {
-            held.remove(&p);
+        if let Some(index) = held.get_mut(&p) {
+            index.release(offset);
         }
+    }
+
+    /// Applies the batch's changes to the held offsets (see [`HeldIndex`]).
+    pub(super) fn settle(&mut self) {
+        self.held.retain(|_, index| {
+            index.settle();
+            !index.entries.is_empty()
+        });
     }
 
     /// Removes (key, start), with its held offsets (not its timer).
@@ -383,9 +432,10 @@ impl State {
         {
             let ((end, start), keys) = entry.remove_entry();
             self.timer_count -= keys.len();
-            let from = due.len();
-            due.extend(keys.into_iter().map(|key| (end, start, key)));
-            due[from..].sort_unstable_by(|a, b| a.2.cmp(&b.2));
+            // Most comparisons are settled by the keys' first bytes.
+            let mut group: Vec<(u64, Key)> = keys.into_iter().map(|k| (prefix(&k), k)).collect();
+            group.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            due.extend(group.into_iter().map(|(_, key)| (end, start, key)));
         }
         due
     }
@@ -447,8 +497,8 @@ impl State {
             .values()
             .map(|i| {
                 i.entries.capacity() * size_of::<(i64, u32)>()
-                    + i.pending.capacity() * size_of::<i64>()
-                    + ALLOC
+                    + (i.added.capacity() + i.released.capacity()) * size_of::<i64>()
+                    + ALLOC * 3
             })
             .sum();
         let total = keys * key_entry
@@ -478,7 +528,7 @@ mod tests {
         assert!(s.upsert(a, 0, 10, b"xxx", &[]).1);
         assert!(Arc::ptr_eq(
             &s.intern(a),
-            &s.upsert(a, 0, 10, b"xxx", &[]).0
+            s.upsert(a, 0, 10, b"xxx", &[]).0
         ));
         assert_eq!(s.held_offsets(), HashMap::from([((0, 0), 3), ((0, 1), 7)]));
         assert_eq!((s.rows(), s.acc_bytes()), (3, 6));
@@ -489,6 +539,7 @@ mod tests {
         s.remove(b"a", 10).unwrap();
         assert!(s.held_offsets().is_empty());
         assert_eq!((s.rows(), s.acc_bytes(), s.key_bytes), (0, 0, 0));
+        s.settle();
         assert!(s.rows.is_empty() && s.held.is_empty());
     }
 
@@ -498,27 +549,40 @@ mod tests {
         for o in [10, 20, 20, 30, 40] {
             h.add(o);
         }
-        // Out of order (after a rewind): inserted in place.
+        h.settle();
+        // Out of order (after a rewind): merged in place.
         h.add(15);
         assert_eq!(h.lowest(), Some(10));
+        h.settle();
+        assert_eq!(h.entries, [(10, 1), (15, 1), (20, 2), (30, 1), (40, 1)]);
+        // Releases many next to the entries: applied in one pass.
         h.release(20);
-        h.release(30); // dead, in the middle
-        assert_eq!((h.entries.len(), h.dead), (5, 1));
+        h.release(30);
+        h.settle();
+        assert_eq!(h.entries, [(10, 1), (15, 1), (20, 1), (40, 1)]);
         h.release(10);
         assert_eq!(h.lowest(), Some(15));
         h.release(15);
+        h.settle();
         assert_eq!(h.lowest(), Some(20));
-        h.add(30); // revives the dead entry (once merged in)
-        assert_eq!(h.pending, [30]);
+        h.add(30); // below the back: merged in
+        h.settle();
+        assert_eq!((h.entries.len(), h.dead), (3, 0));
         h.release(20);
         h.release(30);
+        h.settle();
         assert_eq!(h.lowest(), Some(40));
         h.release(40);
-        assert!(h.is_empty() && h.dead == 0);
-        // Releasing what is not held changes nothing.
+        h.settle();
+        assert!(h.entries.is_empty() && h.dead == 0);
+        // Releasing what is not held changes nothing; an add and a release
+        // of the same offset in one batch cancel out.
         h.add(1);
+        h.add(5);
         h.release(2);
-        assert_eq!(h.lowest(), Some(1));
+        h.release(5);
+        h.settle();
+        assert_eq!(h.entries, [(1, 1)]);
     }
 
     #[test]
@@ -527,16 +591,39 @@ mod tests {
         for o in 0..1000 {
             h.add(o);
         }
-        // Everything but the oldest and the newest dies, out of order.
+        h.settle();
+        // Everything but the oldest and the newest dies, out of order and
+        // one at a time: by binary search, dead in the middle.
         for o in (1..999).rev() {
             h.release(o);
+            h.settle();
             assert!(h.dead <= 16 || h.dead <= h.entries.len() / 2);
         }
         assert_eq!(h.lowest(), Some(0));
         assert!(h.entries.len() < 40, "{}", h.entries.len());
         h.release(0);
+        h.settle();
         assert_eq!(h.lowest(), Some(999));
         assert_eq!((h.entries.len(), h.dead), (1, 0));
+    }
+
+    #[test]
+    fn held_index_applies_many_releases_in_one_pass() {
+        let mut h = HeldIndex::default();
+        // A batch's rows, added in key order, not offset order.
+        for o in [7, 3, 9, 1, 5, 3] {
+            h.add(o);
+        }
+        assert_eq!(h.lowest(), Some(1));
+        h.settle();
+        assert_eq!(h.entries, [(1, 1), (3, 2), (5, 1), (7, 1), (9, 1)]);
+        for o in [9, 3, 1, 4] {
+            h.release(o);
+        }
+        assert_eq!(h.lowest(), Some(3));
+        h.settle();
+        assert_eq!((h.entries.len(), h.dead), (3, 0));
+        assert_eq!(h.entries, [(3, 1), (5, 1), (7, 1)]);
     }
 
     #[test]
