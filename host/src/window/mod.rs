@@ -56,13 +56,14 @@
 //! # State and cost
 //!
 //! One row per open (key, window), or (key, pane) for hopping windows, in a
-//! hash map by key of small start-sorted vectors, plus a `BTreeSet` timer
-//! index of open windows ordered by (end, start, key): finalization pops its
-//! front and never scans the rest, and the pop order is the output order.
-//! Per batch of `n` records touching `g` groups: `O(n log n)` to sort the
-//! records by (key, group, time), `O(g)` hash lookups and accumulator copies
-//! into the fold request, `O(f log s)` to finalize `f` windows out of `s`
-//! open ones, `O(p)` over partitions for the watermark. Hopping windows
+//! hash map by key of small start-sorted vectors, plus a timer index of
+//! open windows grouped by (end, start), each group a hash set of keys:
+//! finalization pops groups from the front, never scanning the rest, and
+//! sorts a popped group's keys, so the output is ordered by (end, start,
+//! key). Per batch of `n` records touching `g` groups: `O(n log n)` to sort
+//! the records by (key, group, time), `O(g)` hash lookups and accumulator
+//! copies into the fold request, `O(f log f)` to finalize `f` windows
+//! (whatever the number open), `O(p)` over partitions for the watermark. Hopping windows
 //! multiply timers and merged accumulators by `size / slide` (at most
 //! [`MAX_PANES_PER_WINDOW`]). See `state.rs` for the layout.
 //!

@@ -526,10 +526,7 @@ mod tests {
         // A new batch: the row may be listed as changed again.
         s.next_batch();
         assert!(s.upsert(a, 0, 10, b"xxx", &[]).1);
-        assert!(Arc::ptr_eq(
-            &s.intern(a),
-            s.upsert(a, 0, 10, b"xxx", &[]).0
-        ));
+        assert!(Arc::ptr_eq(&s.intern(a), s.upsert(a, 0, 10, b"xxx", &[]).0));
         assert_eq!(s.held_offsets(), HashMap::from([((0, 0), 3), ((0, 1), 7)]));
         assert_eq!((s.rows(), s.acc_bytes()), (3, 6));
         s.remove(b"b", 0).unwrap();
