@@ -8,10 +8,10 @@
 //! (end, start), in order, with a hash set of keys per group: finalization
 //! pops groups from the front, never scanning the rest, and sorts a popped
 //! group's keys, so the output is ordered by (end, start, key) while a new
-//! window costs a hash insert rather than key comparisons in a tree. `held` counts, per
-//! partition, the rows whose lowest offset is each value, so the lowest
-//! offset still needed is the first entry (see [`HeldIndex`]). Keys are
-//! shared (`Arc`) between `rows` and `timers`; one probe by borrowed bytes
+//! window costs a hash insert rather than key comparisons in a tree.
+//! `held` counts, per partition, the rows whose lowest offset is each
+//! value, so the lowest offset still needed is the first entry (see
+//! [`HeldIndex`]). Keys are shared (`Arc`) between `rows` and `timers`; one probe by borrowed bytes
 //! yields both a key's rows and its shared key.
 //!
 //! "Changed in this batch" is a batch stamp on the row rather than a flag,
@@ -86,7 +86,7 @@ const ALLOC: usize = 16;
 /// Heap bytes a key's rows hold beyond the map slot (which has one row
 /// inline): rows, accumulators and held lists that outgrew their inline
 /// room. Accumulator bytes themselves are counted apart.
-fn heap_bytes(rows: &SmallVec<[Row; 1]>) -> usize {
+fn heap_bytes(rows: &KeyRows) -> usize {
     let list = if rows.spilled() {
         rows.capacity() * size_of::<Row>() + ALLOC
     } else {
