@@ -137,7 +137,10 @@ impl WindowEngine {
                 }
                 _ => folded.get(g),
             };
-            let first = self.state.upsert(&key, plan.start, plan.end, acc, &held).1;
+            // The map's key: `key` is not it if the merged sessions were
+            // the key's only rows (their removal dropped its entry).
+            let (shared, first) = self.state.upsert(&key, plan.start, plan.end, acc, &held);
+            let key = shared.clone();
             if first {
                 changed.push((key.clone(), plan.start));
             }

@@ -587,6 +587,23 @@ fn sessions_merge_when_a_record_bridges_them() {
     );
 }
 
+/// When a key's only sessions merge, its map entry goes and comes back:
+/// the new session's timer still shares the key's one allocation.
+#[test]
+fn a_merged_session_shares_its_key_with_its_timer() {
+    let mut r = Run::new(SESSION);
+    r.batch(0, &[("u1", 0, 0, 1), ("u1", 40, 0, 2)]);
+    assert_eq!(r.engine.state_rows(), 2);
+    // 20 s bridges [0, 30) and [40, 70): u1's only two sessions.
+    r.batch(100, &[("u1", 20, 0, 4)]);
+    assert_eq!(r.engine.state_rows(), 1);
+    let shared = r.engine.state.intern(b"u1");
+    let due = r.engine.state.pop_due(i64::MAX);
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].0, due[0].1), (s(70), s(0)));
+    assert!(std::sync::Arc::ptr_eq(&shared, &due[0].2));
+}
+
 /// Sessions the guest cannot merge leave the state for the dead-letter
 /// topic: the new records' fold result first, then the other session.
 #[test]
