@@ -259,6 +259,14 @@ pub(super) fn prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(first)
 }
 
+/// `keys` (all distinct) in bytewise order. Most comparisons are settled by
+/// the keys' first bytes.
+fn in_key_order<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> impl Iterator<Item = K> {
+    let mut sorted: Vec<(u64, K)> = keys.into_iter().map(|k| (prefix(k.as_ref()), k)).collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_ref().cmp(b.1.as_ref())));
+    sorted.into_iter().map(|(_, key)| key)
+}
+
 /// Lowers `held`'s entry for `p` to `offset`, adding it if missing.
 pub(super) fn hold(held: &mut Vec<(PartitionId, i64)>, p: PartitionId, offset: i64) {
     match held.iter_mut().find(|(q, _)| *q == p) {
@@ -432,10 +440,7 @@ impl State {
         {
             let ((end, start), keys) = entry.remove_entry();
             self.timer_count -= keys.len();
-            // Most comparisons are settled by the keys' first bytes.
-            let mut group: Vec<(u64, Key)> = keys.into_iter().map(|k| (prefix(&k), k)).collect();
-            group.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-            due.extend(group.into_iter().map(|(_, key)| (end, start, key)));
+            due.extend(in_key_order(keys).map(|key| (end, start, key)));
         }
         due
     }
@@ -451,9 +456,7 @@ impl State {
     pub(super) fn all_timers(&self) -> Vec<(i64, i64, &[u8])> {
         let mut all = Vec::with_capacity(self.timer_count);
         for (&(end, start), keys) in &self.timers {
-            let from = all.len();
-            all.extend(keys.iter().map(|key| (end, start, &**key)));
-            all[from..].sort_unstable_by(|a, b| a.2.cmp(b.2));
+            all.extend(in_key_order(keys.iter().map(|key| &**key)).map(|key| (end, start, key)));
         }
         all
     }
