@@ -285,3 +285,72 @@ fn a_restarted_sluice_run_resumes_from_committed_offsets() {
         values_where(&all, |k| k != Some("heartbeat"))
     );
 }
+
+/// The group's committed offsets of `topic`'s partitions 0..partitions,
+/// summed (a partition without a commit counts 0).
+fn committed_total(group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw().filter(|&o| o >= 0))
+        .sum()
+}
+
+#[test]
+fn a_running_pipeline_commits_acknowledged_offsets_while_idle() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let t = topics(2);
+    let group = unique("group");
+    let yaml = pipeline_yaml(&t, &step("filter-heartbeats"), "{ max_records: 40 }").replace(
+        &format!("source: {{ topics: [{}] }}", t.input),
+        &format!(
+            "source: {{ topics: [{}], group: {group}, commit_interval: 200ms }}",
+            t.input
+        ),
+    );
+    let spec = spec(&yaml);
+    assert_eq!(spec.source.commit_interval, Duration::from_millis(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = stop.clone();
+    let run = std::thread::spawn(move || {
+        sluice::pipeline::run(&spec, sluice::pipeline::RunOptions::default(), &stopper)
+    });
+    let all = sample(300, 0);
+    produce_sample(&t.input, &all);
+
+    // No record arrives after the last batch: the commit of what is left
+    // comes from the idle pipeline, not from a later batch or the stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut committed = 0;
+    while committed < 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        committed = committed_total(&group, &t.input, 2);
+    }
+    assert!(!run.is_finished(), "the pipeline stopped on its own");
+    assert_eq!(
+        committed, 300,
+        "every acknowledged offset committed while running"
+    );
+    stop.store(true, Ordering::Relaxed);
+    run.join().unwrap().unwrap();
+    assert_eq!(
+        sorted_values(&read(&t.clean)),
+        values_where(&all, |k| k != Some("heartbeat"))
+    );
+}

@@ -5,8 +5,9 @@
 //! - A batch's source offsets are committed (to the consumer group, or in a
 //!   checkpoint) only after every output and dead-letter record of that
 //!   batch was acknowledged by the broker, and batches are committed in
-//!   order. A crash therefore re-delivers at most the uncommitted batches;
-//!   it never skips one.
+//!   order (together, at most every `source.commit_interval`). A crash
+//!   therefore re-delivers at most the uncommitted batches; it never skips
+//!   one.
 //! - Exactly-once: each batch (epoch) is described in the epoch log before
 //!   any of its outputs is produced; after a crash the epochs since the last
 //!   checkpoint run again identically and records already in Kafka are not

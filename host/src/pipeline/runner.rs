@@ -13,7 +13,7 @@ mod progress;
 mod send;
 mod swap;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use crate::sink::{
     BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, SinkPosition, end_offsets,
     written_since,
 };
-use crate::source::{KafkaSource, NextOffset, ReplaySource, source_partitions};
+use crate::source::{CommitMode, KafkaSource, NextOffset, ReplaySource, source_partitions};
 use crate::spec::{Delivery, PipelineSpec};
 use crate::window::WindowEngine;
 
@@ -38,6 +38,8 @@ use crate::window::WindowEngine;
 /// processing time pass in its window engine (idle partitions stop holding
 /// the watermark back, and windows that became due are emitted).
 const TICK: Duration = Duration::from_secs(1);
+/// The shortest idle wake-up for commits.
+const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// How many batches may be produced and not yet acknowledged. More than
 /// one, so that the producer's linger and the broker's round trip never
@@ -89,6 +91,8 @@ pub(super) struct Runner<'a> {
     sink_ends: HashMap<(String, i32), i64>,
     /// Batches produced but not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
+    /// Offsets of acknowledged batches, to commit (without checkpoints).
+    commits: PendingCommits,
     pub summary: Summary,
 }
 
@@ -103,6 +107,7 @@ impl<'a> Runner<'a> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
         let sink =
             Arc::new(KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?);
+        sink.start(&spec.dead_letter.topic);
         let send = send::SendStage::start(sink.clone(), &spec.name)?;
         Ok(Self {
             spec,
@@ -130,6 +135,7 @@ impl<'a> Runner<'a> {
             read: HashMap::new(),
             sink_ends: HashMap::new(),
             in_flight: VecDeque::new(),
+            commits: PendingCommits::new(spec.source.commit_interval),
         })
     }
 
@@ -154,6 +160,9 @@ impl<'a> Runner<'a> {
         );
         if self.chain.aggregate().is_some() {
             source.set_tick(TICK);
+        } else if !checkpointed {
+            // Wake up while idle, to commit what was acknowledged since.
+            source.set_tick(self.spec.source.commit_interval.clamp(MIN_TICK, TICK));
         }
         self.read = self.positions.clone();
         if let Some(control) = self.control {
@@ -172,8 +181,9 @@ impl<'a> Runner<'a> {
             let Some(next) = source.next_batch(stop, wake)? else {
                 break;
             };
+            self.finish_acknowledged(&source)?;
             if next.batch.is_empty() && self.chain.aggregate().is_none() {
-                continue; // woken up by a request
+                continue; // woken up by a request, or a tick
             }
             self.durations = Durations {
                 fetch: ms(fetch_started.elapsed()),
@@ -471,24 +481,39 @@ impl<'a> Runner<'a> {
         Ok(rejected)
     }
 
-    /// Waits for a batch's deliveries, then (without checkpoints) commits
-    /// its offsets.
-    fn finish(&self, source: &KafkaSource, done: InFlight) -> anyhow::Result<()> {
+    /// Waits for a batch's deliveries; then, without checkpoints, its
+    /// offsets are due for the next commit.
+    fn finish(&mut self, source: &KafkaSource, done: InFlight) -> anyhow::Result<()> {
         done.ack
             .wait()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("a batch could not be delivered; its offsets are not committed")?;
         if self.checkpoints.is_none() {
-            commit_offsets(source, &done.commit);
+            self.commits.add(&done.commit);
+            if let Some(offsets) = self.commits.take_if_due() {
+                commit_offsets(source, &offsets, CommitMode::Async);
+            }
         }
         Ok(())
     }
 
-    /// Waits for every batch in flight, committing their offsets.
+    /// Finishes the oldest batches as long as they are acknowledged,
+    /// without waiting.
+    fn finish_acknowledged(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
+        while self.in_flight.front().is_some_and(|b| b.ack.is_done()) {
+            let done = self.in_flight.pop_front().expect("not empty");
+            self.finish(source, done)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every batch in flight, then commits every acknowledged
+    /// offset and waits for the broker's answer.
     fn drain(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
         while let Some(done) = self.in_flight.pop_front() {
             self.finish(source, done)?;
         }
+        commit_offsets(source, &self.commits.take(), CommitMode::Sync);
         Ok(())
     }
 
@@ -560,7 +585,7 @@ impl<'a> Runner<'a> {
                     offset,
                 })
                 .collect();
-            commit_offsets(source, &offsets);
+            commit_offsets(source, &offsets, CommitMode::Sync);
         }
         tracing::debug!(
             epoch = self.epoch,
@@ -628,13 +653,95 @@ fn ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
-fn commit_offsets(source: &KafkaSource, offsets: &[NextOffset]) {
+/// Acknowledged offsets not yet committed: batches are acknowledged every
+/// few milliseconds, and a commit per batch would be a round trip to the
+/// group coordinator per batch (on this machine it took more time than the
+/// rest of a batch's work).
+struct PendingCommits {
+    /// Per (source, partition), the offset after the last acknowledged
+    /// record (later batches replace earlier ones, in batch order).
+    offsets: BTreeMap<(u16, i32), i64>,
+    interval: Duration,
+    last: Instant,
+}
+
+impl PendingCommits {
+    fn new(interval: Duration) -> Self {
+        Self {
+            offsets: BTreeMap::new(),
+            interval,
+            last: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, offsets: &[NextOffset]) {
+        for o in offsets {
+            self.offsets.insert((o.source, o.partition), o.offset);
+        }
+    }
+
+    /// The offsets to commit now, if the interval since the last commit
+    /// has passed.
+    fn take_if_due(&mut self) -> Option<Vec<NextOffset>> {
+        (self.last.elapsed() >= self.interval && !self.offsets.is_empty()).then(|| self.take())
+    }
+
+    /// Every offset not yet committed.
+    fn take(&mut self) -> Vec<NextOffset> {
+        self.last = Instant::now();
+        std::mem::take(&mut self.offsets)
+            .into_iter()
+            .map(|((source, partition), offset)| NextOffset {
+                source,
+                partition,
+                offset,
+            })
+            .collect()
+    }
+}
+
+fn commit_offsets(source: &KafkaSource, offsets: &[NextOffset], mode: CommitMode) {
     if offsets.is_empty() {
         return;
     }
-    if let Err(e) = source.commit(offsets) {
+    if let Err(e) = source.commit(offsets, mode) {
         // Still safe: the next commit covers these offsets, or the records
         // are re-delivered to whoever owns the partition next.
         tracing::warn!(error = %e, "offset commit failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(source: u16, partition: i32, offset: i64) -> NextOffset {
+        NextOffset {
+            source,
+            partition,
+            offset,
+        }
+    }
+
+    #[test]
+    fn pending_commits_keep_each_partitions_latest_offset_until_due() {
+        let mut commits = PendingCommits::new(Duration::from_secs(3600));
+        commits.add(&[offset(0, 1, 10), offset(0, 0, 5)]);
+        commits.add(&[offset(0, 1, 12), offset(1, 0, 3)]);
+        assert_eq!(commits.take_if_due(), None, "the interval has not passed");
+        assert_eq!(
+            commits.take(),
+            [offset(0, 0, 5), offset(0, 1, 12), offset(1, 0, 3)]
+        );
+        assert_eq!(commits.take(), []);
+    }
+
+    #[test]
+    fn pending_commits_are_due_after_the_interval_and_only_when_any() {
+        let mut commits = PendingCommits::new(Duration::ZERO);
+        assert_eq!(commits.take_if_due(), None, "nothing to commit");
+        commits.add(&[offset(0, 2, 7)]);
+        assert_eq!(commits.take_if_due(), Some(vec![offset(0, 2, 7)]));
+        assert_eq!(commits.take_if_due(), None);
     }
 }

@@ -14,6 +14,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 use crate::spec::KafkaSpec;
 
+/// How long the producer's start waits for an answer to one metadata
+/// request.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Producer defaults tuned for throughput with idempotent, acknowledged
 /// writes; any of them can be overridden in `kafka.producer`.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
@@ -73,6 +77,12 @@ impl BatchAck {
     fn wake(&self) {
         *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.signal.notify_all();
+    }
+
+    /// Whether every record sent under this ack is acknowledged (or one
+    /// failed): [`Self::wait`] would not block.
+    pub fn is_done(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
     }
 
     /// Blocks until every record sent under this ack is acknowledged, or one
@@ -163,6 +173,36 @@ impl KafkaSink {
             })?,
             acked,
         })
+    }
+
+    /// Gets the producer going in the background, so that the first
+    /// batch's records are not held waiting for it. An idempotent
+    /// librdkafka producer delivers nothing before it has a producer id,
+    /// which it asks for when a metadata answer arrives, else on a 500 ms
+    /// timer once a broker is up: a new pipeline's first acknowledgements
+    /// came 0.6-1 s after its start here. Two metadata requests for
+    /// `topic` (the first can arrive before the connection is ready for
+    /// the id) took that to ~0.15 s.
+    pub fn start(self: &Arc<Self>, topic: &str) {
+        let sink = Arc::downgrade(self);
+        let topic = topic.to_owned();
+        let started = std::thread::Builder::new()
+            .name("sluice-producer-start".into())
+            .spawn(move || {
+                for _ in 0..2 {
+                    let Some(sink) = sink.upgrade() else { return };
+                    if let Err(e) = sink
+                        .producer
+                        .client()
+                        .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+                    {
+                        tracing::debug!(error = %e, "producer start: no metadata yet");
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::debug!(error = %e, "producer start: no thread; the producer starts on its own");
+        }
     }
 
     /// Per topic partition written to, the offset after the last record

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+pub use rdkafka::consumer::CommitMode;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -81,7 +82,15 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {}
+impl ConsumerContext for SourceContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Still safe: a later commit covers these offsets, or the
+            // records are re-delivered to whoever owns the partition next.
+            tracing::warn!(error = %e, offsets = ?offsets.to_topic_map(), "offset commit failed");
+        }
+    }
+}
 
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
@@ -333,8 +342,10 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Commits the offsets of a finished batch, synchronously.
-    pub fn commit(&self, offsets: &[NextOffset]) -> Result<(), KafkaError> {
+    /// Commits offsets to the consumer group. `Async` returns at once (a
+    /// failure is logged when the broker answers); `Sync` waits for the
+    /// answer.
+    pub fn commit(&self, offsets: &[NextOffset], mode: CommitMode) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
         for &NextOffset {
             source,
@@ -348,7 +359,7 @@ impl KafkaSource {
                 Offset::Offset(offset),
             )?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync)
+        self.consumer.commit(&tpl, mode)
     }
 }
 

@@ -5,7 +5,9 @@
 mod kafka;
 mod replay;
 
-pub use kafka::{EndOffsets, KafkaSource, NextOffset, SourceBatch, SourceError, source_partitions};
+pub use kafka::{
+    CommitMode, EndOffsets, KafkaSource, NextOffset, SourceBatch, SourceError, source_partitions,
+};
 pub use replay::{ReplayError, ReplaySource};
 
 use rdkafka::Timestamp;

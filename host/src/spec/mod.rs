@@ -41,8 +41,9 @@ pub struct PipelineSpec {
     pub dead_letter: DeadLetterSpec,
     /// Periodic, atomic snapshots of offsets, window state and sink state;
     /// a restart resumes from the newest valid one. Absent: no checkpoints
-    /// (offsets are committed to the consumer group after each batch, held
-    /// back behind open windows).
+    /// (offsets are committed to the consumer group once their batches are
+    /// acknowledged, every `source.commit_interval`, held back behind open
+    /// windows).
     #[serde(default)]
     pub checkpoint: Option<CheckpointSpec>,
     /// `at-least-once` (default) or `exactly-once` (needs `checkpoint`).
@@ -120,6 +121,22 @@ pub struct SourceSpec {
     /// Where to start when the group has no committed offset.
     #[serde(default)]
     pub start: StartFrom,
+    /// How often the offsets of acknowledged batches are committed to the
+    /// group (asynchronously; and on a clean stop). After a crash, the
+    /// records of up to this long, plus the batches awaiting
+    /// acknowledgement, are processed again. Unused with checkpoints (the
+    /// checkpoint holds the offsets).
+    #[serde(
+        default = "SourceSpec::default_commit_interval",
+        with = "humantime_serde"
+    )]
+    pub commit_interval: Duration,
+}
+
+impl SourceSpec {
+    fn default_commit_interval() -> Duration {
+        Duration::from_secs(1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
