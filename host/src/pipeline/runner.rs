@@ -380,10 +380,6 @@ impl<'a> Runner<'a> {
         self.durations.transform = ms(started.elapsed());
         let sinking = Instant::now();
         let rejected = self.write_parquet(&out)?;
-        if let Some(c) = &mut self.checkpoints {
-            // The epoch must be durable in the log before its outputs leave.
-            c.wait_logged()?;
-        }
         self.summary.record(&batch, &out, &self.output_names);
         self.summary.dead_lettered += rejected.len() as u64;
         if !rejected.is_empty() {
@@ -417,6 +413,10 @@ impl<'a> Runner<'a> {
                     written: Some(_), ..
                 },
             ) => {
+                if let Some(c) = &mut self.checkpoints {
+                    // The epoch must be durable in the log before its outputs leave.
+                    c.wait_logged()?;
+                }
                 let ack = BatchAck::new();
                 let delivered = deliver::deliver(
                     &self.sink,
@@ -440,6 +440,8 @@ impl<'a> Runner<'a> {
                     routing: self.routing.clone(),
                     epoch: eos.map(|e| e.epoch),
                     ack: ack.clone(),
+                    // The send stage waits until the epoch is durable.
+                    logged: eos.and(self.checkpoints.as_ref()).map(Checkpoints::durable),
                 })?;
                 ack
             }

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use crate::batch::Batch;
 use crate::pipeline::ChainOutput;
+use crate::pipeline::checkpoint::Durable;
 use crate::pipeline::deliver::{self, Eos, Rejected, Routing};
 use crate::sink::{BatchAck, KafkaSink};
 
@@ -31,6 +32,9 @@ pub(super) struct Job {
     pub epoch: Option<u64>,
     /// Opened with [`BatchAck::unsealed`]; sealed once every record is queued.
     pub ack: Arc<BatchAck>,
+    /// Exactly-once: the epoch log, which must hold the epoch before any of
+    /// its records leaves.
+    pub logged: Option<Arc<Durable>>,
 }
 
 pub(super) struct SendStage {
@@ -79,6 +83,12 @@ impl Drop for SendStage {
 
 fn run(sink: &KafkaSink, queue: &Receiver<Job>) {
     for job in queue {
+        if let (Some(logged), Some(epoch)) = (&job.logged, job.epoch)
+            && let Err(e) = logged.wait_for(epoch)
+        {
+            job.ack.seal(Some(format!("{e:#}")));
+            continue;
+        }
         let eos = job.epoch.map(|epoch| Eos {
             epoch,
             written: None,
