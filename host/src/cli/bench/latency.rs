@@ -251,8 +251,8 @@ fn generate(
         linger_ms,
     } = load;
     let (topic, rate, seconds, users) = (topic.as_str(), *rate, *seconds, *users);
-    // A small linger, so that the generator itself adds little latency (but
-    // below ~5 ms librdkafka's broker thread gets busy; see --help).
+    // A small linger, so that the generator itself adds little latency
+    // (below ~5 ms librdkafka's broker thread spins; see --help).
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
