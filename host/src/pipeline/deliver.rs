@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
+use smallvec::SmallVec;
 
 use super::chain::ChainOutput;
 use crate::batch::{Batch, Columns, RecordRef};
-use crate::sink::{BatchAck, EOS_HEADER, KafkaSink, eos_id, headers};
+use crate::sink::{BatchAck, EOS_HEADER, KafkaSink, headers, write_eos_id};
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -80,6 +81,7 @@ pub fn deliver(
         eos,
         seq: 0,
         delivered: Delivered::default(),
+        id: String::new(),
     };
     for (routed, (_, topic)) in out.outputs.iter().zip(&routing.outputs) {
         let Some(topic) = topic else { continue };
@@ -160,6 +162,8 @@ struct Sender<'a> {
     eos: Option<Eos<'a>>,
     seq: u32,
     delivered: Delivered,
+    /// The current record's exactly-once id.
+    id: String,
 }
 
 impl Sender<'_> {
@@ -171,8 +175,8 @@ impl Sender<'_> {
     ) -> Result<(), KafkaError> {
         let seq = self.seq;
         self.seq += 1;
-        let id;
-        let mut all: Vec<(&str, &[u8])>;
+        // On the stack: at most the 8 headers of a dead letter, plus the id.
+        let mut all: SmallVec<[(&str, &[u8]); 9]>;
         let extra = match self.eos {
             None => extra,
             Some(eos) => {
@@ -180,9 +184,9 @@ impl Sender<'_> {
                     self.delivered.skipped += 1;
                     return Ok(());
                 }
-                id = eos_id(self.pipeline, eos.epoch, seq);
-                all = extra.to_vec();
-                all.push((EOS_HEADER, id.as_bytes()));
+                write_eos_id(&mut self.id, self.pipeline, eos.epoch, seq);
+                all = SmallVec::from_slice(extra);
+                all.push((EOS_HEADER, self.id.as_bytes()));
                 &all[..]
             }
         };

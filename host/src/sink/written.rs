@@ -38,9 +38,12 @@ pub struct SinkPosition {
     pub offset: i64,
 }
 
-/// The exactly-once id of record `seq` of `epoch`.
-pub fn eos_id(pipeline: &str, epoch: u64, seq: u32) -> String {
-    format!("{pipeline}/{epoch}/{seq}")
+/// Writes the exactly-once id of record `seq` of `epoch` into `id`
+/// (replacing what it held: one buffer serves every record of a batch).
+pub fn write_eos_id(id: &mut String, pipeline: &str, epoch: u64, seq: u32) {
+    use std::fmt::Write;
+    id.clear();
+    let _ = write!(id, "{pipeline}/{epoch}/{seq}");
 }
 
 fn parse_eos_id(pipeline: &str, value: &[u8]) -> Option<(u64, u32)> {
@@ -142,7 +145,8 @@ mod tests {
 
     #[test]
     fn ids_roundtrip_and_other_pipelines_are_ignored() {
-        let id = eos_id("orders", 12, 7);
+        let mut id = "left over".to_owned();
+        write_eos_id(&mut id, "orders", 12, 7);
         assert_eq!(id, "orders/12/7");
         assert_eq!(parse_eos_id("orders", id.as_bytes()), Some((12, 7)));
         assert_eq!(parse_eos_id("order", id.as_bytes()), None);
