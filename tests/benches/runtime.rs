@@ -23,8 +23,6 @@
 //! Run: `cargo bench -p sluice-tests --bench runtime`; append `-- NAME...` to run
 //! only the cases whose name contains one of the NAMEs.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +35,7 @@ use sluice::runtime::{Labels, Runtime, StepOutput, Transform};
 use sluice::spec::Limits;
 use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch, OutputBatch};
 use sluice_sdk::__private::{process_columns, process_columns_fn};
+use sluice_tests::bench::{cpu_model, loadavg, nproc, render, workspace_root};
 
 const WARMUP: Duration = Duration::from_millis(1000);
 const SAMPLE: Duration = Duration::from_millis(200);
@@ -493,7 +492,6 @@ fn to_wit(batch: &Batch) -> InputBatch {
 }
 
 fn table(outcomes: &[Outcome]) -> String {
-    let mut out = String::new();
     let header = [
         "case",
         "records",
@@ -528,35 +526,8 @@ fn table(outcomes: &[Outcome]) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut line = |cells: &[&str]| {
-        for (c, cell) in cells.iter().enumerate() {
-            // Text columns left-aligned, figures right-aligned.
-            if c == 0 || c == 8 {
-                let _ = write!(out, "{cell:<w$}  ", w = widths[c]);
-            } else {
-                let _ = write!(out, "{cell:>w$}  ", w = widths[c]);
-            }
-        }
-        let trimmed = out.trim_end().len();
-        out.truncate(trimmed);
-        out.push('\n');
-    };
-    line(&header);
-    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-    line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
-    for row in &rows {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    out
+    // Text columns left-aligned, figures right-aligned.
+    render(&header, &rows, &[0, 8])
 }
 
 fn rate(ns_per_record: f64) -> String {
@@ -583,33 +554,4 @@ fn outcome_json(o: &Outcome) -> Value {
         "bar": if pass.is_some() { Value::from(bar) } else { Value::Null },
         "pass": pass,
     })
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(0, usize::from)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is inside the workspace")
-        .to_path_buf()
 }

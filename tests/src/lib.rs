@@ -14,6 +14,8 @@ pub use sluice::cli::kafka_tools::{self, TopicRecord};
 use sluice::pipeline::{RunOptions, Summary};
 use sluice::spec::PipelineSpec;
 
+pub mod bench;
+
 /// Path of a guest component built by `build.rs`, e.g. `guest("strategy-map")`.
 pub fn guest(name: &str) -> PathBuf {
     Path::new(env!("SLUICE_GUEST_DIR")).join(format!("{}.wasm", name.replace('-', "_")))

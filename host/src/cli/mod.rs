@@ -6,6 +6,9 @@ mod dev;
 pub mod kafka_tools;
 mod pipeline_cmd;
 
+/// Facts about the machine, for the figures of every benchmark.
+pub use bench::{Machine, loadavg};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -52,6 +52,8 @@ mod report;
 mod setup;
 mod throughput;
 
+pub use measure::{Machine, loadavg};
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::cli::kafka_tools::{self, SampleOptions};
-use measure::{Machine, Meter};
+use measure::Meter;
 use report::{LatencyRow, RAW, Report, Row};
 use setup::{Input, Modules, PipelineParams};
 use throughput::{BatchProgress, steady_rate};

@@ -1,5 +1,5 @@
 //! Per user and window: how many events and the sum of their amounts. The
-//! smallest useful aggregate, for the window benchmarks (`tests/benches/windows.rs`).
+//! smallest useful aggregate, for the window benchmarks (`tests/benches/windows/`).
 //!
 //! Input values are the sample events `{event_id, user_id, event_type,
 //! timestamp, amount}`; only `user_id` (the key, borrowed) and `amount` are

@@ -37,26 +37,24 @@
 //! Run: `cargo bench -p sluice-tests --bench windows`; append `-- NAME...` to
 //! run only the scenarios whose name contains one of the NAMEs.
 
-use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use count_sum::CountSumAgg;
 use serde_json::{Value, json};
 use sluice::batch::{Batch, Columns};
 use sluice::cli::kafka_tools::{SampleOptions, sample_record};
 use sluice::pipeline::AggregateStep;
 use sluice::runtime::{Labels, Module, Runtime, StepOutput};
 use sluice::spec::Limits;
-use sluice::window::{
-    self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowOutput, WindowSpec,
-};
-use sluice_sdk::__private::aggregate::types as wit;
-use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
-use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch, OutputBatch};
+use sluice::window::{self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowSpec};
+use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch};
+use sluice_tests::bench::{cpu_model, loadavg, nproc, render, workspace_root};
+
+mod native;
+
+use native::{native_pass, native_phases};
 
 const RECORDS: u64 = 1_000_000;
 const USERS: u64 = 10_000;
@@ -434,195 +432,6 @@ fn wasm_phases(module: &Module, spec: &WindowSpec, input: &mut Input) -> anyhow:
     Ok(phases)
 }
 
-// -------------------------------------------------------------- native side
-
-/// The guest crate's aggregate behind the SDK glue the wasm exports run,
-/// as the engine's `AggregateCalls`: the runtime's adapter minus the
-/// boundary.
-struct Native {
-    state: AggregateState<CountSumAgg>,
-}
-
-impl Native {
-    fn new() -> Self {
-        let mut state = AggregateState::new();
-        init(&mut state, Vec::new()).expect("count-sum takes no config");
-        Self { state }
-    }
-}
-
-fn to_wit_accs(a: window::Accumulators) -> wit::Accumulators {
-    wit::Accumulators {
-        data: a.data,
-        offsets: a.offsets,
-    }
-}
-
-fn from_wit_accs(a: wit::Accumulators) -> window::Accumulators {
-    window::Accumulators {
-        data: a.data,
-        offsets: a.offsets,
-    }
-}
-
-impl AggregateCalls for Native {
-    fn fold(&mut self, r: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
-        let request = wit::FoldRequest {
-            accumulators: to_wit_accs(r.accumulators),
-            fresh: r.fresh,
-            records: r.records,
-            group_offsets: r.group_offsets,
-        };
-        let result = fold(&mut self.state, &request).map_err(AggregateError::Guest)?;
-        Ok(window::FoldResult {
-            accumulators: from_wit_accs(result.accumulators),
-            dead_letters: result
-                .dead_letters
-                .into_iter()
-                .map(|d| (d.input, d.reason))
-                .collect(),
-        })
-    }
-
-    fn merge(&mut self, r: window::MergeRequest) -> Result<window::Accumulators, AggregateError> {
-        let request = wit::MergeRequest {
-            accumulators: to_wit_accs(r.accumulators),
-            group_offsets: r.group_offsets,
-        };
-        merge(&mut self.state, &request)
-            .map(from_wit_accs)
-            .map_err(AggregateError::Guest)
-    }
-
-    fn finish(&mut self, r: window::FinishRequest) -> Result<StepOutput, AggregateError> {
-        let request = wit::FinishRequest {
-            keys: r.keys,
-            key_offsets: r.key_offsets,
-            window_starts: r.window_starts,
-            window_ends: r.window_ends,
-            accumulators: to_wit_accs(r.accumulators),
-            final_: r.final_,
-        };
-        let out = finish(&mut self.state, &request).map_err(AggregateError::Guest)?;
-        Ok(step_output(out))
-    }
-}
-
-fn step_output(out: OutputBatch) -> StepOutput {
-    let c = out.records;
-    StepOutput {
-        records: Columns {
-            keys: c.keys,
-            key_offsets: c.key_offsets,
-            values: c.values,
-            value_offsets: c.value_offsets,
-            flags: c.flags,
-            timestamps: c.timestamps,
-            header_offsets: c.header_offsets,
-            header_names: c.header_names,
-            header_name_offsets: c.header_name_offsets,
-            header_values: c.header_values,
-            header_value_offsets: c.header_value_offsets,
-        },
-        inputs: out.inputs,
-        targets: out.targets,
-        output_names: out.output_names,
-        dead_letters: out
-            .dead_letters
-            .into_iter()
-            .map(|d| (d.input, d.reason))
-            .collect(),
-    }
-}
-
-/// One batch natively: extract, then the engine through the native calls.
-fn native_batch(
-    native: &mut Native,
-    engine: &mut WindowEngine,
-    wit_batch: InputBatch,
-    batch: &Batch,
-    now: i64,
-) -> (WindowOutput, usize) {
-    let keyed = extract(&mut native.state, wit_batch).expect("well-formed batch");
-    let mut skip = vec![false; batch.len()];
-    for d in &keyed.dead_letters {
-        skip[d.input as usize] = true;
-    }
-    let keys = BatchKeys {
-        keys: &keyed.keys,
-        key_offsets: &keyed.key_offsets,
-        event_times: &keyed.event_times,
-        skip: &skip,
-        sources: &batch.sources,
-        partitions: &batch.partitions,
-        offsets: &batch.offsets,
-    };
-    let out = engine.process(native, keys, now).expect("native aggregate");
-    (out, keyed.dead_letters.len())
-}
-
-fn native_pass(spec: &WindowSpec, input: &Input, digest: bool) -> Pass {
-    // The batches as the guest receives them (extract takes them by value).
-    let wit_batches: Vec<InputBatch> = input.batches.iter().map(to_wit).collect();
-    let mut native = Native::new();
-    let mut engine = WindowEngine::new(spec.clone()).expect("valid spec");
-    let mut pass = Pass::default();
-    let mut hasher = DefaultHasher::new();
-    let start = Instant::now();
-    for ((wit_batch, batch), &now) in wit_batches.into_iter().zip(&input.batches).zip(&input.now) {
-        let (out, dead) = native_batch(&mut native, &mut engine, black_box(wit_batch), batch, now);
-        pass.results += out.results.records.len() as u64;
-        pass.dead_letters += (dead + out.dead_letters.len()) as u64;
-        if digest {
-            hash_results(
-                &mut hasher,
-                &out.results.records,
-                &out.results.inputs,
-                &out.windows,
-            );
-        }
-        pass.observe(&engine);
-    }
-    pass.elapsed = start.elapsed();
-    pass.digest = hasher.finish();
-    pass.rows_at_end = engine.state_rows();
-    pass
-}
-
-fn native_phases(spec: &WindowSpec, input: &Input) -> Phases {
-    let wit_batches: Vec<InputBatch> = input.batches.iter().map(to_wit).collect();
-    let mut native = Native::new();
-    let mut engine = WindowEngine::new(spec.clone()).expect("valid spec");
-    let mut phases = Phases::default();
-    let start = Instant::now();
-    for ((wit_batch, batch), &now) in wit_batches.into_iter().zip(&input.batches).zip(&input.now) {
-        let t0 = Instant::now();
-        let keyed = extract(&mut native.state, wit_batch).expect("well-formed batch");
-        phases.extract += t0.elapsed();
-        let skip = vec![false; batch.len()];
-        let keys = BatchKeys {
-            keys: &keyed.keys,
-            key_offsets: &keyed.key_offsets,
-            event_times: &keyed.event_times,
-            skip: &skip,
-            sources: &batch.sources,
-            partitions: &batch.partitions,
-            offsets: &batch.offsets,
-        };
-        let before = phases.calls();
-        let t1 = Instant::now();
-        let mut timed = Timed {
-            inner: &mut native,
-            phases: &mut phases,
-        };
-        black_box(engine.process(&mut timed, keys, now).expect("native"));
-        let in_process = t1.elapsed();
-        phases.engine += in_process - (phases.calls() - before);
-    }
-    phases.total = start.elapsed();
-    phases
-}
-
 // ------------------------------------------------------------------ shared
 
 /// Times every call through `inner`.
@@ -797,72 +606,10 @@ fn phase_table(outcomes: &[Outcome]) -> String {
     render(&header, &rows, &[0, 1])
 }
 
-/// A plain-text table; columns in `left` are left-aligned, others right.
-fn render(header: &[&str], rows: &[Vec<String>], left: &[usize]) -> String {
-    let mut out = String::new();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut line = |cells: &[&str]| {
-        for (c, cell) in cells.iter().enumerate() {
-            if left.contains(&c) {
-                let _ = write!(out, "{cell:<w$}  ", w = widths[c]);
-            } else {
-                let _ = write!(out, "{cell:>w$}  ", w = widths[c]);
-            }
-        }
-        let trimmed = out.trim_end().len();
-        out.truncate(trimmed);
-        out.push('\n');
-    };
-    line(header);
-    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-    line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
-    for row in rows {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    out
-}
-
 fn rate(per_s: f64) -> String {
     if per_s >= 1e6 {
         format!("{:.2} M", per_s / 1e6)
     } else {
         format!("{:.0} k", per_s / 1e3)
     }
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(0, usize::from)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is inside the workspace")
-        .to_path_buf()
 }

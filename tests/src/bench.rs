@@ -1,0 +1,73 @@
+//! What the benchmarks share: facts about the machine they ran on, and
+//! their plain-text tables.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use sluice::cli::{Machine, loadavg};
+
+/// The CPUs this process may use.
+pub fn nproc() -> usize {
+    Machine::read().nproc
+}
+
+/// The CPU's model name, from `/proc/cpuinfo`.
+pub fn cpu_model() -> String {
+    Machine::read().cpu
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_path_buf()
+}
+
+/// A plain-text table; columns in `left` are left-aligned, others right.
+pub fn render<R: AsRef<[String]>>(header: &[&str], rows: &[R], left: &[usize]) -> String {
+    let mut out = String::new();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref()[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut line = |cells: &[&str]| {
+        for (c, cell) in cells.iter().enumerate() {
+            if left.contains(&c) {
+                let _ = write!(out, "{cell:<w$}  ", w = widths[c]);
+            } else {
+                let _ = write!(out, "{cell:>w$}  ", w = widths[c]);
+            }
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(header);
+    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+    line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+    for row in rows {
+        line(&row.as_ref().iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn render_aligns_text_left_and_figures_right() {
+        let rows = vec![
+            vec!["filter".to_owned(), "1.5".to_owned()],
+            vec!["map".to_owned(), "12.25".to_owned()],
+        ];
+        assert_eq!(
+            super::render(&["case", "ns"], &rows, &[0]),
+            "case       ns\n------  -----\nfilter    1.5\nmap     12.25\n"
+        );
+    }
+}
