@@ -33,9 +33,9 @@ use sluice::batch::Batch;
 use sluice::cli::kafka_tools::{SampleOptions, sample_record};
 use sluice::runtime::{Labels, Runtime, StepOutput, Transform};
 use sluice::spec::Limits;
-use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch, OutputBatch};
+use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 use sluice_sdk::__private::{process_columns, process_columns_fn};
-use sluice_tests::bench::{cpu_model, loadavg, nproc, render, workspace_root};
+use sluice_tests::bench::{cpu_model, loadavg, nproc, render, to_wit, workspace_root};
 
 const WARMUP: Duration = Duration::from_millis(1000);
 const SAMPLE: Duration = Duration::from_millis(200);
@@ -467,28 +467,6 @@ fn push(batch: &mut Batch, i: usize, key: &[u8], value: &[u8], ts: i64) {
     batch.partitions.push((i % 4) as i32);
     batch.offsets.push(i as i64);
     batch.sources.push(0);
-}
-
-/// The batch as the guest receives it.
-fn to_wit(batch: &Batch) -> InputBatch {
-    let c = batch.records.clone();
-    InputBatch {
-        records: WitColumns {
-            keys: c.keys,
-            key_offsets: c.key_offsets,
-            values: c.values,
-            value_offsets: c.value_offsets,
-            flags: c.flags,
-            timestamps: c.timestamps,
-            header_offsets: c.header_offsets,
-            header_names: c.header_names,
-            header_name_offsets: c.header_name_offsets,
-            header_values: c.header_values,
-            header_value_offsets: c.header_value_offsets,
-        },
-        partitions: batch.partitions.clone(),
-        offsets: batch.offsets.clone(),
-    }
 }
 
 fn table(outcomes: &[Outcome]) -> String {

@@ -4,6 +4,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sluice::batch::Batch;
+use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch};
+
 pub use sluice::cli::{Machine, loadavg};
 
 /// The CPUs this process may use.
@@ -22,6 +25,29 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("the tests crate is inside the workspace")
         .to_path_buf()
+}
+
+/// A host batch as a guest receives it (the SDK's view of the WIT types),
+/// for driving a guest crate natively.
+pub fn to_wit(batch: &Batch) -> InputBatch {
+    let c = batch.records.clone();
+    InputBatch {
+        records: WitColumns {
+            keys: c.keys,
+            key_offsets: c.key_offsets,
+            values: c.values,
+            value_offsets: c.value_offsets,
+            flags: c.flags,
+            timestamps: c.timestamps,
+            header_offsets: c.header_offsets,
+            header_names: c.header_names,
+            header_name_offsets: c.header_name_offsets,
+            header_values: c.header_values,
+            header_value_offsets: c.header_value_offsets,
+        },
+        partitions: batch.partitions.clone(),
+        offsets: batch.offsets.clone(),
+    }
 }
 
 /// A plain-text table; columns in `left` are left-aligned, others right.

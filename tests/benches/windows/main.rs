@@ -49,7 +49,6 @@ use sluice::pipeline::AggregateStep;
 use sluice::runtime::{Labels, Module, Runtime, StepOutput};
 use sluice::spec::Limits;
 use sluice::window::{self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowSpec};
-use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch};
 use sluice_tests::bench::{cpu_model, loadavg, nproc, render, workspace_root};
 
 mod native;
@@ -509,28 +508,6 @@ fn sample_input() -> Input {
     }
     assert!(batch.is_empty(), "RECORDS is a multiple of BATCH");
     Input { batches, now }
-}
-
-/// The batch as the guest receives it.
-fn to_wit(batch: &Batch) -> InputBatch {
-    let c = batch.records.clone();
-    InputBatch {
-        records: WitColumns {
-            keys: c.keys,
-            key_offsets: c.key_offsets,
-            values: c.values,
-            value_offsets: c.value_offsets,
-            flags: c.flags,
-            timestamps: c.timestamps,
-            header_offsets: c.header_offsets,
-            header_names: c.header_names,
-            header_name_offsets: c.header_name_offsets,
-            header_values: c.header_values,
-            header_value_offsets: c.header_value_offsets,
-        },
-        partitions: batch.partitions.clone(),
-        offsets: batch.offsets.clone(),
-    }
 }
 
 fn table(outcomes: &[Outcome]) -> String {

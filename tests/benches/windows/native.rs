@@ -16,7 +16,9 @@ use sluice_sdk::__private::aggregate::types as wit;
 use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 
-use super::{Input, Pass, Phases, Timed, hash_results, to_wit};
+use sluice_tests::bench::to_wit;
+
+use super::{Input, Pass, Phases, Timed, hash_results};
 
 /// The guest crate's aggregate behind the SDK glue the wasm exports run,
 /// as the engine's `AggregateCalls`: the runtime's adapter minus the
