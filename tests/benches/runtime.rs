@@ -35,7 +35,9 @@ use sluice::runtime::{Labels, Runtime, StepOutput, Transform};
 use sluice::spec::Limits;
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 use sluice_sdk::__private::{process_columns, process_columns_fn};
-use sluice_tests::bench::{cpu_model, loadavg, nproc, render, to_wit, workspace_root};
+use sluice_tests::bench::{
+    announce, cpu_model, loadavg, name_filters, nproc, render, to_wit, workspace_root,
+};
 
 const WARMUP: Duration = Duration::from_millis(1000);
 const SAMPLE: Duration = Duration::from_millis(200);
@@ -209,20 +211,7 @@ const CASES: &[Case] = &[
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
-    let load_before = loadavg();
-    println!("Sluice runtime benchmark: wasm vs native");
-    println!("machine: {} CPUs (nproc), {}", nproc(), cpu_model());
-    println!("load average at start: {load_before}");
-    let busy = load_before
-        .split_whitespace()
-        .next()
-        .and_then(|l| l.parse::<f64>().ok())
-        .is_some_and(|l| l >= nproc() as f64 / 2.0);
-    if busy {
-        println!(
-            "warning: the machine is busy; figures will be noisier and slower than on an idle one"
-        );
-    }
+    let load_before = announce("Sluice runtime benchmark: wasm vs native");
     println!(
         "method: per case {} s warm-up per side, then {SAMPLES} alternating samples of ~{} ms per side; median ns/record",
         WARMUP.as_secs_f64(),
@@ -230,12 +219,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
 
-    // `cargo bench -- filter` runs only the cases whose name contains `filter`
-    // (cargo itself passes `--bench`, hence the flags are skipped).
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // `cargo bench -- filter` runs only the cases whose name contains `filter`.
+    let only = name_filters();
     let runtime = Runtime::new()?;
     let mut outcomes = Vec::new();
     for case in CASES {

@@ -19,6 +19,36 @@ pub fn cpu_model() -> String {
     Machine::read().cpu
 }
 
+/// Prints a benchmark's title, the machine and its load average, with a
+/// warning when the machine is busy; returns the load average at the
+/// start.
+pub fn announce(title: &str) -> String {
+    let load = loadavg();
+    println!("{title}");
+    println!("machine: {} CPUs (nproc), {}", nproc(), cpu_model());
+    println!("load average at start: {load}");
+    let busy = load
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .is_some_and(|l| l >= nproc() as f64 / 2.0);
+    if busy {
+        println!(
+            "warning: the machine is busy; figures will be noisier and slower than on an idle one"
+        );
+    }
+    load
+}
+
+/// The names given after `cargo bench --bench X --`: run only what matches
+/// one of them (cargo itself passes `--bench`, hence flags are skipped).
+pub fn name_filters() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect()
+}
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -48,8 +48,12 @@ use sluice::cli::kafka_tools::{SampleOptions, sample_record};
 use sluice::pipeline::AggregateStep;
 use sluice::runtime::{Labels, Module, Runtime, StepOutput};
 use sluice::spec::Limits;
-use sluice::window::{self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowSpec};
-use sluice_tests::bench::{cpu_model, loadavg, nproc, render, workspace_root};
+use sluice::window::{
+    self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowOutput, WindowSpec,
+};
+use sluice_tests::bench::{
+    announce, cpu_model, loadavg, name_filters, nproc, render, workspace_root,
+};
 
 mod native;
 
@@ -136,6 +140,26 @@ impl Phases {
         self.fold + self.merge + self.finish
     }
 
+    /// Runs one batch through the engine: the guest calls' time goes to
+    /// their phases, the rest of `process` to `engine`.
+    fn process(
+        &mut self,
+        engine: &mut WindowEngine,
+        calls: &mut impl AggregateCalls,
+        keys: BatchKeys<'_>,
+        now: i64,
+    ) -> Result<WindowOutput, AggregateError> {
+        let before = self.calls();
+        let started = Instant::now();
+        let mut timed = Timed {
+            inner: calls,
+            phases: self,
+        };
+        let out = engine.process(&mut timed, keys, now);
+        self.engine += started.elapsed() - (self.calls() - before);
+        out
+    }
+
     fn ns(d: Duration) -> f64 {
         d.as_nanos() as f64 / RECORDS as f64
     }
@@ -205,28 +229,12 @@ impl Outcome {
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
-    let load_before = loadavg();
-    println!("Sluice window benchmark: count/sum aggregate, wasm vs native");
-    println!("machine: {} CPUs (nproc), {}", nproc(), cpu_model());
-    println!("load average at start: {load_before}");
-    let busy = load_before
-        .split_whitespace()
-        .next()
-        .and_then(|l| l.parse::<f64>().ok())
-        .is_some_and(|l| l >= nproc() as f64 / 2.0);
-    if busy {
-        println!(
-            "warning: the machine is busy; figures will be noisier and slower than on an idle one"
-        );
-    }
+    let load_before = announce("Sluice window benchmark: count/sum aggregate, wasm vs native");
     println!(
         "method: {RECORDS} sample events, {USERS} users, {BATCH}-record batches; per scenario and side 1 warm-up pass, {PASSES} alternating timed passes (median records/s), 1 phase-timing pass"
     );
 
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let only = name_filters();
     let building = Instant::now();
     let input = sample_input();
     println!(
@@ -396,6 +404,26 @@ fn wasm_pass(
     Ok(pass)
 }
 
+/// The engine's view of a batch, with the keys and event times that
+/// `extract` gave; `skip` empty, or one entry per record.
+fn batch_keys<'a>(
+    keys: &'a [u8],
+    key_offsets: &'a [u32],
+    event_times: &'a [i64],
+    skip: &'a [bool],
+    batch: &'a Batch,
+) -> BatchKeys<'a> {
+    BatchKeys {
+        keys,
+        key_offsets,
+        event_times,
+        skip,
+        sources: &batch.sources,
+        partitions: &batch.partitions,
+        offsets: &batch.offsets,
+    }
+}
+
 /// The pieces of `AggregateStep::process`, each timed.
 fn wasm_phases(module: &Module, spec: &WindowSpec, input: &mut Input) -> anyhow::Result<Phases> {
     let mut aggregator = aggregator(module)?;
@@ -407,25 +435,14 @@ fn wasm_phases(module: &Module, spec: &WindowSpec, input: &mut Input) -> anyhow:
         let extracted = aggregator.extract(batch)?;
         phases.extract += t0.elapsed();
         assert!(extracted.kept.is_none() && extracted.dead_letters.is_empty());
-        let skip = vec![false; batch.len()];
-        let keys = BatchKeys {
-            keys: &extracted.keys,
-            key_offsets: &extracted.key_offsets,
-            event_times: &extracted.event_times,
-            skip: &skip,
-            sources: &batch.sources,
-            partitions: &batch.partitions,
-            offsets: &batch.offsets,
-        };
-        let before = phases.calls();
-        let t1 = Instant::now();
-        let mut timed = Timed {
-            inner: &mut aggregator,
-            phases: &mut phases,
-        };
-        black_box(engine.process(&mut timed, keys, now)?);
-        let in_process = t1.elapsed();
-        phases.engine += in_process - (phases.calls() - before);
+        let keys = batch_keys(
+            &extracted.keys,
+            &extracted.key_offsets,
+            &extracted.event_times,
+            &[],
+            batch,
+        );
+        black_box(phases.process(&mut engine, &mut aggregator, keys, now)?);
     }
     phases.total = start.elapsed();
     Ok(phases)

@@ -10,7 +10,7 @@ use count_sum::CountSumAgg;
 use sluice::batch::{Batch, Columns};
 use sluice::runtime::StepOutput;
 use sluice::window::{
-    self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowOutput, WindowSpec,
+    self, AggregateCalls, AggregateError, WindowEngine, WindowOutput, WindowSpec,
 };
 use sluice_sdk::__private::aggregate::types as wit;
 use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
@@ -18,7 +18,7 @@ use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 
 use sluice_tests::bench::to_wit;
 
-use super::{Input, Pass, Phases, Timed, hash_results};
+use super::{Input, Pass, Phases, batch_keys, hash_results};
 
 /// The guest crate's aggregate behind the SDK glue the wasm exports run,
 /// as the engine's `AggregateCalls`: the runtime's adapter minus the
@@ -132,15 +132,13 @@ fn native_batch(
     for d in &keyed.dead_letters {
         skip[d.input as usize] = true;
     }
-    let keys = BatchKeys {
-        keys: &keyed.keys,
-        key_offsets: &keyed.key_offsets,
-        event_times: &keyed.event_times,
-        skip: &skip,
-        sources: &batch.sources,
-        partitions: &batch.partitions,
-        offsets: &batch.offsets,
-    };
+    let keys = batch_keys(
+        &keyed.keys,
+        &keyed.key_offsets,
+        &keyed.event_times,
+        &skip,
+        batch,
+    );
     let out = engine.process(native, keys, now).expect("native aggregate");
     (out, keyed.dead_letters.len())
 }
@@ -183,25 +181,18 @@ pub(super) fn native_phases(spec: &WindowSpec, input: &Input) -> Phases {
         let t0 = Instant::now();
         let keyed = extract(&mut native.state, wit_batch).expect("well-formed batch");
         phases.extract += t0.elapsed();
-        let skip = vec![false; batch.len()];
-        let keys = BatchKeys {
-            keys: &keyed.keys,
-            key_offsets: &keyed.key_offsets,
-            event_times: &keyed.event_times,
-            skip: &skip,
-            sources: &batch.sources,
-            partitions: &batch.partitions,
-            offsets: &batch.offsets,
-        };
-        let before = phases.calls();
-        let t1 = Instant::now();
-        let mut timed = Timed {
-            inner: &mut native,
-            phases: &mut phases,
-        };
-        black_box(engine.process(&mut timed, keys, now).expect("native"));
-        let in_process = t1.elapsed();
-        phases.engine += in_process - (phases.calls() - before);
+        let keys = batch_keys(
+            &keyed.keys,
+            &keyed.key_offsets,
+            &keyed.event_times,
+            &[],
+            batch,
+        );
+        black_box(
+            phases
+                .process(&mut engine, &mut native, keys, now)
+                .expect("native"),
+        );
     }
     phases.total = start.elapsed();
     phases
