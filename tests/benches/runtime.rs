@@ -15,9 +15,16 @@
 //! at 1,000-record batches (faulty-guest `noop`: wasm minus native, the cost
 //! the boundary adds when the guest does nothing).
 //!
-//! Method: per case, warm both sides up, then alternate wasm and native
-//! samples of about 200 ms each (so that background load hits both alike);
-//! the figure is the median ns per record over the samples. Figures also go
+//! Cases with a ratio bar also time a third side, reported and never judged:
+//! the same guest on a runtime compiled without deadline checks
+//! (`Runtime::without_deadlines`, which pipelines never use). Enforcing
+//! deadlines makes wasmtime check the epoch at every function entry and loop
+//! back-edge of the guest; the difference between the two wasm figures is
+//! what those checks cost.
+//!
+//! Method: per case, warm every side up, then alternate the sides' samples
+//! of about 200 ms each (so that background load hits them alike); the
+//! figure is the median ns per record over the samples. Figures also go
 //! to `target/bench/runtime.json` under the workspace root.
 //!
 //! Run: `cargo bench -p sluice-tests --bench runtime`; append `-- NAME...` to run
@@ -117,12 +124,21 @@ struct Outcome {
     outputs: usize,
     wasm: Stats,
     native: Stats,
+    /// The guest on the runtime without deadline checks (ratio cases only).
+    unchecked: Option<Stats>,
 }
 
 impl Outcome {
     /// Relative throughput of wasm: native time over wasm time.
     fn ratio(&self) -> f64 {
         self.native.median / self.wasm.median
+    }
+
+    /// The ratio without deadline checks, if measured.
+    fn unchecked_ratio(&self) -> Option<f64> {
+        self.unchecked
+            .as_ref()
+            .map(|u| self.native.median / u.median)
     }
 
     /// What the boundary adds per record.
@@ -222,12 +238,13 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench -- filter` runs only the cases whose name contains `filter`.
     let only = name_filters();
     let runtime = Runtime::new()?;
+    let unchecked = Runtime::without_deadlines()?;
     let mut outcomes = Vec::new();
     for case in CASES {
         if !only.is_empty() && !only.iter().any(|o| case.name.contains(o.as_str())) {
             continue;
         }
-        let outcome = run_case(&runtime, case)?;
+        let outcome = run_case(&runtime, &unchecked, case)?;
         println!(
             "  {:<21} {:>6} records ({:>5} out): wasm {:>6.1} ns/rec (±{:.1}%), native {:>6.1} ns/rec (±{:.1}%)",
             case.name,
@@ -238,6 +255,15 @@ fn main() -> anyhow::Result<()> {
             outcome.native.median,
             outcome.native.spread() * 100.0,
         );
+        if let Some(u) = &outcome.unchecked {
+            println!(
+                "  {:<21} {:>6} records: wasm without deadline checks {:>6.1} ns/rec (±{:.1}%)",
+                case.name,
+                case.records,
+                u.median,
+                u.spread() * 100.0,
+            );
+        }
         outcomes.push(outcome);
     }
     let load_after = loadavg();
@@ -247,6 +273,9 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "ratio = native ns / wasm ns (relative wasm throughput); overhead = wasm ns - native ns per record"
+    );
+    println!(
+        "unchecked = the ratio on a runtime without deadline checks (what pipelines never run; not judged)"
     );
     println!("load average at end: {load_after}");
 
@@ -274,7 +303,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_case(runtime: &Runtime, case: &'static Case) -> anyhow::Result<Outcome> {
+fn run_case(
+    runtime: &Runtime,
+    unchecked_runtime: &Runtime,
+    case: &'static Case,
+) -> anyhow::Result<Outcome> {
     let mut batch = match case.input {
         Input::SampleEvents => sample_events(case.records),
         Input::Readings => readings(case.records),
@@ -282,42 +315,82 @@ fn run_case(runtime: &Runtime, case: &'static Case) -> anyhow::Result<Outcome> {
     let input = to_wit(&batch);
 
     let mut wasm = instantiate(runtime, case)?;
+    let mut unchecked = match case.bar {
+        Bar::MinRatio(_) => Some(instantiate(unchecked_runtime, case)?),
+        _ => None,
+    };
     let mut native = native(case)?;
 
-    // Both sides must agree before their times are compared.
-    let wasm_out = wasm.process(&mut batch)?;
+    // Every side must agree before their times are compared.
     let native_out = native(&input);
-    check_same(case, &wasm_out, &native_out);
-
-    let mut run_wasm = || {
-        black_box(wasm.process(black_box(&mut batch)).expect("no fault"));
-    };
-    let mut run_native = || {
-        black_box(native(black_box(&input)));
-    };
-    let wasm_iters = calibrate(&mut run_wasm);
-    let native_iters = calibrate(&mut run_native);
-
-    let (mut wasm_ns, mut native_ns) = (Vec::new(), Vec::new());
-    for _ in 0..SAMPLES {
-        wasm_ns.push(sample(&mut run_wasm, wasm_iters, case.records));
-        native_ns.push(sample(&mut run_native, native_iters, case.records));
+    check_same(case, &wasm.process(&mut batch.clone())?, &native_out);
+    if let Some(unchecked) = &mut unchecked {
+        check_same(case, &unchecked.process(&mut batch.clone())?, &native_out);
     }
+
+    let mut wasm_batch = batch.clone();
+    let mut sides: Vec<Side<'_>> = Vec::new();
+    sides.push(Side::new(Box::new(|| {
+        black_box(wasm.process(black_box(&mut wasm_batch)).expect("no fault"));
+    })));
+    sides.push(Side::new(Box::new(|| {
+        black_box(native(black_box(&input)));
+    })));
+    if let Some(unchecked) = &mut unchecked {
+        sides.push(Side::new(Box::new(|| {
+            black_box(unchecked.process(black_box(&mut batch)).expect("no fault"));
+        })));
+    }
+    for side in &mut sides {
+        side.iters = calibrate(&mut side.run);
+    }
+    for _ in 0..SAMPLES {
+        for side in &mut sides {
+            side.ns
+                .push(sample(&mut side.run, side.iters, case.records));
+        }
+    }
+    let mut stats = sides
+        .into_iter()
+        .map(|side| Stats::from_samples(side.ns, side.iters))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let (wasm_stats, native_stats) = (stats.next().expect("wasm"), stats.next().expect("native"));
+    let unchecked_stats = stats.next();
+
     // A fault (e.g. a deadline hit on an overloaded machine) would have timed
     // fault isolation rather than the guest.
-    let stats = wasm.stats();
+    let faults = wasm.stats();
     anyhow::ensure!(
-        stats.traps + stats.deadline_hits + stats.memory_hits == 0,
-        "{} at {} records: the guest faulted while being timed: {stats:?}",
+        faults.traps + faults.deadline_hits + faults.memory_hits == 0,
+        "{} at {} records: the guest faulted while being timed: {faults:?}",
         case.name,
         case.records
     );
     Ok(Outcome {
         case,
         outputs: native_out.inputs.len(),
-        wasm: Stats::from_samples(wasm_ns, wasm_iters),
-        native: Stats::from_samples(native_ns, native_iters),
+        wasm: wasm_stats,
+        native: native_stats,
+        unchecked: unchecked_stats,
     })
+}
+
+/// One timed way of running a case.
+struct Side<'a> {
+    run: Box<dyn FnMut() + 'a>,
+    iters: u64,
+    ns: Vec<f64>,
+}
+
+impl<'a> Side<'a> {
+    fn new(run: Box<dyn FnMut() + 'a>) -> Self {
+        Self {
+            run,
+            iters: 0,
+            ns: Vec::with_capacity(SAMPLES),
+        }
+    }
 }
 
 /// Runs `f` for the warm-up time; returns iterations for one sample.
@@ -466,8 +539,9 @@ fn table(outcomes: &[Outcome]) -> String {
         "overhead ns/rec",
         "bar",
         "result",
+        "unchecked",
     ];
-    let rows: Vec<[String; 10]> = outcomes
+    let rows: Vec<[String; 11]> = outcomes
         .iter()
         .map(|o| {
             let (bar, pass) = o.verdict();
@@ -486,6 +560,8 @@ fn table(outcomes: &[Outcome]) -> String {
                     Some(false) => "MISS".to_owned(),
                     None => "-".to_owned(),
                 },
+                o.unchecked_ratio()
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
             ]
         })
         .collect();
@@ -513,6 +589,8 @@ fn outcome_json(o: &Outcome) -> Value {
         "wasm": o.wasm.json(),
         "native": o.native.json(),
         "ratio_native_over_wasm_time": o.ratio(),
+        "wasm_without_deadline_checks": o.unchecked.as_ref().map(Stats::json),
+        "ratio_without_deadline_checks": o.unchecked_ratio(),
         "overhead_ns_per_record": o.overhead_ns(),
         "bar": if pass.is_some() { Value::from(bar) } else { Value::Null },
         "pass": pass,

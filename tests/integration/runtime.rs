@@ -107,3 +107,38 @@ fn one_batch_is_one_call_and_a_fault_costs_only_its_bisection() {
     assert_eq!(t.stats().restarts, 5);
     assert_eq!(batch.len(), 16, "the batch is handed back intact");
 }
+
+#[test]
+fn a_runtime_without_deadline_checks_gives_the_same_output() {
+    use sluice::cli::kafka_tools::{SampleOptions, sample_record};
+    let options = SampleOptions::default();
+    let mut batch = Batch::with_capacity(200, 200 * 120);
+    let mut expected = Vec::new();
+    for n in 0..200u32 {
+        let (key, value) = sample_record(&options, n.into());
+        let event: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        if event["event_type"] != "heartbeat" {
+            expected.push(n);
+        }
+        batch
+            .records
+            .push(Some(key.as_bytes()), Some(&value), Some(n.into()), []);
+        batch.partitions.push(0);
+        batch.offsets.push(n.into());
+        batch.sources.push(0);
+    }
+    assert!(expected.len() > 100 && expected.len() < 200, "{expected:?}");
+    let bytes = std::fs::read(guest("filter-heartbeats")).unwrap();
+    let mut run = |rt: Runtime| {
+        let module = rt.load("filter-heartbeats", &bytes).unwrap();
+        let mut t = module
+            .instantiate(labels(), Limits::default(), Vec::new())
+            .unwrap();
+        let out = t.process(&mut batch).unwrap();
+        (out.inputs, out.records.values, out.records.value_offsets)
+    };
+    let checked = run(Runtime::new().unwrap());
+    let unchecked = run(Runtime::without_deadlines().unwrap());
+    assert_eq!(checked.0, expected);
+    assert_eq!(checked, unchecked);
+}

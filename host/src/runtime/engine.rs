@@ -30,8 +30,21 @@ impl Runtime {
     /// Builds the engine and linker, and starts the epoch ticker thread (it
     /// stops when the last clone of the engine is dropped).
     pub fn new() -> anyhow::Result<Self> {
+        Self::build(true)
+    }
+
+    /// A runtime whose compiled code has no deadline checks, so a guest that
+    /// loops never returns. Only for measuring what enforcing deadlines
+    /// costs (the runtime benchmark reports it); never for running pipelines.
+    pub fn without_deadlines() -> anyhow::Result<Self> {
+        Self::build(false)
+    }
+
+    fn build(deadlines: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(deadlines);
         match wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
             Ok(cache) => {
                 config.cache(Some(cache));
@@ -44,16 +57,18 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
         bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
 
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })?;
+        if deadlines {
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })?;
+        }
         Ok(Self {
             engine,
             linker: Arc::new(linker),
