@@ -44,11 +44,13 @@ const TMP_SUFFIX: &str = ".tmp";
 /// [`Io`]: CheckpointError::Io
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("cannot {action} {path}: {source}")]
+    /// The I/O error is part of the message rather than a `source`, so
+    /// that an error chain does not print it twice.
+    #[error("cannot {action} {path}: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("checkpoint store {dir}: keep must be at least 1")]
     ZeroKeep { dir: PathBuf },
@@ -96,10 +98,10 @@ pub(super) fn io_err(
     path: &Path,
 ) -> impl FnOnce(io::Error) -> CheckpointError {
     let path = path.to_path_buf();
-    move |source| CheckpointError::Io {
+    move |error| CheckpointError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 

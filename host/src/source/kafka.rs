@@ -24,8 +24,10 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot reach Kafka at {brokers}: {source}")]
-    Unreachable { brokers: String, source: KafkaError },
+    /// (The cause is part of the message, not a `source`: a chain prints it
+    /// once.)
+    #[error("cannot reach Kafka at {brokers}: {error}")]
+    Unreachable { brokers: String, error: KafkaError },
     #[error("topic `{0}` does not exist (Sluice does not create topics; create it first)")]
     MissingTopic(String),
     #[error(transparent)]
@@ -371,9 +373,9 @@ fn topic_partitions<C: ConsumerContext>(
 ) -> Result<Vec<i32>, SourceError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(|source| SourceError::Unreachable {
+        .map_err(|error| SourceError::Unreachable {
             brokers: brokers.to_owned(),
-            source,
+            error,
         })?;
     metadata
         .topics()

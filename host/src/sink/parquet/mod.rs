@@ -113,19 +113,20 @@ pub enum ParquetError {
     /// The spec, or the state recovered from a checkpoint, is unusable.
     #[error("{0}")]
     Spec(String),
-    /// A file-system operation failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    /// A file-system operation failed. (The causes are part of the
+    /// messages rather than `source`s, so that a chain prints them once.)
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The Parquet encoder failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {error}", path.display())]
     Encode {
         op: &'static str,
         path: PathBuf,
-        source: ::parquet::errors::ParquetError,
+        error: ::parquet::errors::ParquetError,
     },
     /// A file to publish is under neither its temp nor its final name.
     #[error("cannot publish {}: neither it nor its temp file {} exists", to.display(), from.display())]
@@ -136,19 +137,19 @@ pub enum ParquetError {
 }
 
 impl ParquetError {
-    fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+    fn io(op: &'static str, path: &Path, error: std::io::Error) -> Self {
         Self::Io {
             op,
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 
-    fn encode(op: &'static str, path: &Path, source: ::parquet::errors::ParquetError) -> Self {
+    fn encode(op: &'static str, path: &Path, error: ::parquet::errors::ParquetError) -> Self {
         Self::Encode {
             op,
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 
