@@ -247,3 +247,92 @@ fn a_pipeline_runs_stops_starts_and_survives_a_server_restart() {
     assert_eq!(status, 200, "no pipeline uses it any more");
     server.stop();
 }
+
+#[test]
+fn a_failed_pipeline_is_restarted_and_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, clean, dlq) = (
+        unique("restart-in"),
+        unique("restart-clean"),
+        unique("restart-dlq"),
+    );
+    create_topics(&[&input, &clean, &dlq], 2);
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    let filter = fs::read(guest("filter-heartbeats")).unwrap();
+    let (status, module) = call(
+        &client,
+        "POST",
+        "/v1/modules/filter-heartbeats",
+        Some(&filter),
+    );
+    assert_eq!(status, 201, "{module}");
+
+    // A file where the checkpoint directory goes: every run fails at its
+    // start until the file is gone.
+    let name = unique("restart");
+    let pipeline_dir = dir.path().join("data/pipelines").join(&name);
+    fs::create_dir_all(&pipeline_dir).unwrap();
+    let blocker = pipeline_dir.join("ckpt");
+    fs::write(&blocker, b"in the way").unwrap();
+
+    let (events, expected) = sample(0, 200);
+    produce_pairs(&input, &events);
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 64, max_wait: 20ms }}\n\
+         transforms:\n  - module: filter-heartbeats@1\n\
+         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n\
+         checkpoint: {{ dir: ckpt, interval: 1s }}\n",
+        brokers = brokers(),
+    );
+    let (status, doc) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{doc}");
+    let failed = wait_for_status(&server, &name, "failed");
+    let error = failed["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("create checkpoint directory"), "{failed}");
+    assert!(failed["next_restart_at"].is_string(), "{failed}");
+
+    fs::remove_file(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let running = loop {
+        let (_, doc) = call(&client, "GET", &format!("/v1/pipelines/{name}"), None);
+        if doc["status"] == "running" && doc["restarts"].as_u64() >= Some(1) {
+            break doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never restarted: {doc}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for_records(&server, &clean, &expected);
+    assert!(read(&dlq).is_empty());
+
+    // The outputs can be read before the batch's progress is published.
+    let doc = loop {
+        let (_, doc) = call(&client, "GET", &format!("/v1/pipelines/{name}"), None);
+        if doc["progress"]["totals"]["input_rows"] == 200 {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "{doc}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (&doc["status"], &doc["restarts"], &doc["next_restart_at"]),
+        (&json!("running"), &running["restarts"], &Value::Null),
+        "{doc}"
+    );
+    assert_eq!(doc["error"], error.as_str(), "the restart keeps the reason");
+    let metrics = client.request("GET", "/metrics", None).unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains(&format!(
+            "sluice_pipeline_restarts_total{{pipeline=\"{name}\"}} {}\n",
+            running["restarts"]
+        )),
+        "{text}"
+    );
+    server.stop();
+}

@@ -26,17 +26,22 @@
 //! - At most one run per pipeline: starting, stopping and deleting hold the
 //!   pipeline's `control` lock, stopping joins the run's thread.
 //! - A run that fails or panics leaves `failed` and its error; the server
-//!   goes on. The desired state stays `running`, so a restart of the server
-//!   tries again.
+//!   goes on. The desired state stays `running` (or `paused`), and the
+//!   supervisor ([`Manager::supervise`]) starts the pipeline again after a
+//!   back-off: 1 s, doubling per failure in a row up to 60 s; a run that
+//!   lasted 10 minutes, or a start by a user, begins the count again. A
+//!   restart never races a user: it is decided under the pipeline's
+//!   `control` lock, against the desired state that `stop` and `delete`
+//!   change under the same lock, and not at all once the server shuts down.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,6 +57,23 @@ use crate::pipeline::{Control as RunControl, Progress, RunOptions, Sample, Summa
 use crate::spec::{PipelineSpec, SpecError};
 
 const FORMAT: u32 = 1;
+
+/// The first automatic restart of a failed pipeline waits this long...
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+/// ...each further failure in a row doubles the wait, up to this...
+const RESTART_MAX: Duration = Duration::from_secs(60);
+/// ...and a run that lasted this long starts the count again.
+const RESTART_RESET: Duration = Duration::from_secs(600);
+/// How often the supervisor looks for restarts that are due.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+
+/// The wait before the restart that follows `failures` failed runs in a row.
+fn restart_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RESTART_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RESTART_MAX)
+}
 
 /// Why a pipeline operation failed. The messages are shown to API users.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +169,42 @@ struct Live {
     stopped_at: Option<String>,
     error: Option<String>,
     last_run: Option<Summary>,
+    /// When the current (or last) run started.
+    run_since: Option<Instant>,
+    /// Failed runs in a row: the back-off's exponent.
+    failures: u32,
+    /// When a failed pipeline is due to be restarted (and the same as text).
+    retry_at: Option<(Instant, String)>,
+    /// Automatic restarts since the server started.
+    restarts: u32,
+}
+
+impl Live {
+    /// Records a failed run (or start) and schedules the restart.
+    fn fail(&mut self, error: String) {
+        let lasted = self.run_since.map(|since| since.elapsed());
+        self.failures = if lasted.is_some_and(|d| d >= RESTART_RESET) {
+            1
+        } else {
+            self.failures + 1
+        };
+        let delay = restart_delay(self.failures);
+        self.status = Status::Failed;
+        self.error = Some(error);
+        self.retry_at = Some((
+            Instant::now() + delay,
+            humantime::format_rfc3339_seconds(SystemTime::now() + delay).to_string(),
+        ));
+    }
+}
+
+/// Who starts a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// A user, the creation of the pipeline or the server's start.
+    Requested,
+    /// The supervisor, after a failed run.
+    Restart,
 }
 
 /// A pipeline as the API shows it.
@@ -160,8 +218,13 @@ pub struct PipelineStatus {
     pub started_at: Option<String>,
     /// When the last run ended.
     pub stopped_at: Option<String>,
-    /// Why the last run failed.
+    /// Why the last run failed. An automatic restart keeps it, so that a
+    /// running pipeline shows why it was restarted.
     pub error: Option<String>,
+    /// Automatic restarts since the server started.
+    pub restarts: u32,
+    /// When a failed pipeline is restarted next (not when it should stop).
+    pub next_restart_at: Option<String>,
     pub modules: Vec<StepModule>,
     /// What the last finished run did.
     pub last_run: Option<Summary>,
@@ -196,6 +259,8 @@ pub struct Manager {
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Pipeline -> the module versions it holds (see the module docs).
     usage: Arc<Usage>,
+    /// Set by [`Manager::shutdown`]: no run starts any more.
+    closing: AtomicBool,
 }
 
 type Usage = Mutex<BTreeMap<String, Vec<(String, u32)>>>;
@@ -222,6 +287,7 @@ impl Manager {
             store,
             entries: Mutex::new(BTreeMap::new()),
             usage: Arc::default(),
+            closing: AtomicBool::new(false),
         };
         let mut entries = BTreeMap::new();
         for file in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
@@ -264,7 +330,7 @@ impl Manager {
     pub fn restore(&self) {
         for (name, entry) in self.all() {
             if lock(&entry.doc).desired != Desired::Stopped {
-                match self.start_entry(&entry) {
+                match self.start_entry(&entry, Start::Requested) {
                     Ok(()) => tracing::info!("pipeline {name}: restored"),
                     Err(e) => tracing::warn!("pipeline {name}: cannot restore: {e}"),
                 }
@@ -321,7 +387,7 @@ impl Manager {
         drop(entries);
         tracing::info!("pipeline {name}: created");
         // A start failure is recorded in the status.
-        let _ = self.start_entry(&entry);
+        let _ = self.start_entry(&entry, Start::Requested);
         Ok(entry.status())
     }
 
@@ -350,14 +416,16 @@ impl Manager {
     }
 
     /// Starts a stopped or failed pipeline (a running one is left running,
-    /// a paused one resumes).
+    /// a paused one resumes). A start by a user begins the restart back-off
+    /// again.
     pub fn start(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         let entry = self.entry(name)?;
-        if lock(&entry.doc).desired == Desired::Paused {
+        let running = entry.running(&lock(&entry.control)).is_some();
+        if running && lock(&entry.doc).desired == Desired::Paused {
             return self.resume(name);
         }
         self.set_desired(&entry, Desired::Running)?;
-        self.start_entry(&entry)?;
+        self.start_entry(&entry, Start::Requested)?;
         Ok(entry.status())
     }
 
@@ -394,9 +462,44 @@ impl Manager {
         Ok(entry.status())
     }
 
+    /// Restarts, from now on, the failed pipelines that should run, each
+    /// when its back-off has passed (see the module docs). The thread ends
+    /// with the manager or at [`Manager::shutdown`].
+    pub fn supervise(self: &Arc<Self>) -> io::Result<JoinHandle<()>> {
+        let manager: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("sluice-supervisor".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(SUPERVISE_EVERY);
+                    let Some(manager) = manager.upgrade() else {
+                        return;
+                    };
+                    if manager.closing.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    manager.restart_due(Instant::now());
+                }
+            })
+    }
+
+    /// Starts the failed pipelines whose restart is due at `now`.
+    fn restart_due(&self, now: Instant) {
+        for (name, entry) in self.all() {
+            let due = {
+                let live = lock(&entry.live);
+                live.status == Status::Failed && live.retry_at.as_ref().is_some_and(|r| r.0 <= now)
+            } && lock(&entry.doc).desired != Desired::Stopped;
+            if due && let Err(e) = self.start_entry(&entry, Start::Restart) {
+                tracing::warn!("pipeline {name}: restart failed: {e}");
+            }
+        }
+    }
+
     /// Stops every run (their desired state is kept, so the next server
     /// brings them back).
     pub fn shutdown(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         let entries = self.all();
         for (_, entry) in &entries {
             lock(&entry.control).stop.store(true, Ordering::Relaxed);
@@ -421,13 +524,22 @@ impl Manager {
             .ok_or_else(|| ManagerError::NotFound(name.to_owned()))
     }
 
-    fn start_entry(&self, entry: &Arc<Entry>) -> Result<(), ManagerError> {
+    fn start_entry(&self, entry: &Arc<Entry>, start: Start) -> Result<(), ManagerError> {
         let mut control = lock(&entry.control);
-        if control.deleted {
+        if control.deleted && start == Start::Requested {
             return Err(ManagerError::NotFound(lock(&entry.doc).name.clone()));
         }
         if control.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());
+        }
+        if start == Start::Restart {
+            // Decided under `control`, which `stop`, `delete` and `shutdown`
+            // take too: a restart cannot undo any of them.
+            let wanted = lock(&entry.doc).desired != Desired::Stopped;
+            let failed = lock(&entry.live).status == Status::Failed;
+            if !wanted || !failed || control.deleted || self.closing.load(Ordering::Relaxed) {
+                return Ok(());
+            }
         }
         entry.halt(&mut control);
         let (name, value, modules) = {
@@ -438,8 +550,11 @@ impl Manager {
             Ok((spec, _)) => spec,
             Err(e) => {
                 let mut live = lock(&entry.live);
-                live.status = Status::Failed;
-                live.error = Some(e.to_string());
+                if start == Start::Requested {
+                    live.failures = 0;
+                }
+                live.run_since = None;
+                live.fail(e.to_string());
                 return Err(e);
             }
         };
@@ -454,7 +569,21 @@ impl Manager {
             live.status = Status::Running;
             live.started_at = Some(now());
             live.stopped_at = None;
-            live.error = None;
+            live.run_since = Some(Instant::now());
+            live.retry_at = None;
+            match start {
+                Start::Requested => {
+                    live.error = None;
+                    live.failures = 0;
+                }
+                Start::Restart => {
+                    live.restarts += 1;
+                    tracing::info!(
+                        "pipeline {name}: restarting after {} failed run(s) in a row",
+                        live.failures
+                    );
+                }
+            }
         }
         let live = entry.live.clone();
         let flag = stop.clone();
@@ -654,6 +783,10 @@ impl Entry {
                 stopped_at: None,
                 error: None,
                 last_run: None,
+                run_since: None,
+                failures: 0,
+                retry_at: None,
+                restarts: 0,
             })),
             control: Mutex::new(Control {
                 stop: Arc::new(AtomicBool::new(false)),
@@ -701,6 +834,11 @@ impl Entry {
             started_at: live.started_at,
             stopped_at: live.stopped_at,
             error: live.error,
+            restarts: live.restarts,
+            next_restart_at: live
+                .retry_at
+                .filter(|_| live.status == Status::Failed && doc.desired != Desired::Stopped)
+                .map(|r| r.1),
             modules: doc.modules,
             last_run: live.last_run,
             progress: run.as_ref().and_then(|r| r.progress()),
@@ -751,9 +889,12 @@ fn run(spec: &PipelineSpec, stop: &AtomicBool, control: &RunControl, live: &Mute
             live.last_run = Some(summary);
         }
         Ok(Err(e)) => {
-            tracing::error!("pipeline {}: failed: {e:#}", spec.name);
-            live.status = Status::Failed;
-            live.error = Some(format!("{e:#}"));
+            live.fail(format!("{e:#}"));
+            tracing::error!(
+                "pipeline {}: failed: {e:#} (restart at {})",
+                spec.name,
+                live.retry_at.as_ref().map_or("-", |r| r.1.as_str())
+            );
         }
         Err(panic) => {
             let message = panic
@@ -761,9 +902,64 @@ fn run(spec: &PipelineSpec, stop: &AtomicBool, control: &RunControl, live: &Mute
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            tracing::error!("pipeline {}: panicked: {message}", spec.name);
-            live.status = Status::Failed;
-            live.error = Some(format!("the pipeline panicked: {message}"));
+            live.fail(format!("the pipeline panicked: {message}"));
+            tracing::error!(
+                "pipeline {}: panicked: {message} (restart at {})",
+                spec.name,
+                live.retry_at.as_ref().map_or("-", |r| r.1.as_str())
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    fn live() -> Live {
+        Entry::new(Stored {
+            format: FORMAT,
+            name: "p".into(),
+            spec: Value::Null,
+            modules: Vec::new(),
+            desired: Desired::Running,
+            created_at: now(),
+        })
+        .live
+        .lock()
+        .unwrap()
+        .clone()
+    }
+
+    #[test]
+    fn the_back_off_doubles_from_one_second_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=9).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(restart_delay(u32::MAX), RESTART_MAX);
+    }
+
+    #[test]
+    fn failures_in_a_row_grow_the_wait_and_a_long_run_starts_over() {
+        let mut live = live();
+        let before = Instant::now();
+        live.run_since = Some(before);
+        live.fail("boom".into());
+        live.fail("boom".into());
+        live.fail("boom".into());
+        assert_eq!(live.failures, 3);
+        assert_eq!(live.status, Status::Failed);
+        assert_eq!(live.error.as_deref(), Some("boom"));
+        let (at, text) = live.retry_at.clone().unwrap();
+        assert!(
+            at >= before + Duration::from_secs(4) && at <= Instant::now() + Duration::from_secs(4)
+        );
+        assert!(humantime::parse_rfc3339(&text).is_ok(), "{text}");
+
+        // A run that lasted the reset period fails as if it were the first.
+        live.run_since = Instant::now().checked_sub(RESTART_RESET);
+        live.fail("later".into());
+        assert_eq!(live.failures, 1);
+        let (at, _) = live.retry_at.unwrap();
+        assert!(at <= Instant::now() + RESTART_FIRST);
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! - `sluice_pipeline_up`: 1 while it runs (paused included), else 0;
 //!   `sluice_pipeline_paused`: 1 while paused.
+//! - `sluice_pipeline_restarts_total`: automatic restarts after failed runs,
+//!   since the server started.
 //! - `sluice_pipeline_module_version{step,module,version}`: 1 per step.
 //! - `sluice_records_in_total`, `sluice_records_out_total{output}`,
 //!   `sluice_dead_letters_total{reason}`, `sluice_records_dropped_total`,
@@ -79,6 +81,21 @@ pub fn render(state: &AppState) -> String {
             &p.name,
             &[],
             u8::from(p.status == Status::Paused),
+        );
+    }
+    family(
+        &mut out,
+        "sluice_pipeline_restarts_total",
+        "counter",
+        "Automatic restarts of the pipeline after a failed run, since the server started.",
+    );
+    for p in &pipelines {
+        sample(
+            &mut out,
+            "sluice_pipeline_restarts_total",
+            &p.name,
+            &[],
+            p.restarts,
         );
     }
     family(

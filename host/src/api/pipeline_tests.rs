@@ -53,6 +53,14 @@ fn open() -> Fixture {
     start(tempfile::tempdir().unwrap(), None)
 }
 
+/// A fixture whose manager restarts failed pipelines, as `sluice serve`'s
+/// does. (The others do not, so that a failed run stays failed.)
+fn open_supervised() -> Fixture {
+    let f = open();
+    f.state.pipelines.as_ref().unwrap().supervise().unwrap();
+    f
+}
+
 impl Fixture {
     /// Stops the runs and frees the data directory, as a server exit does.
     fn restart(self) -> Fixture {
@@ -442,6 +450,9 @@ async fn metrics_are_prometheus_text() {
          # HELP sluice_pipeline_paused 1 while the pipeline is paused.\n\
          # TYPE sluice_pipeline_paused gauge\n\
          sluice_pipeline_paused{pipeline=\"orders\"} 0\n\
+         # HELP sluice_pipeline_restarts_total Automatic restarts of the pipeline after a failed run, since the server started.\n\
+         # TYPE sluice_pipeline_restarts_total counter\n\
+         sluice_pipeline_restarts_total{pipeline=\"orders\"} 0\n\
          # HELP sluice_pipeline_module_version The module version each step of a pipeline runs.\n\
          # TYPE sluice_pipeline_module_version gauge\n\
          sluice_pipeline_module_version{pipeline=\"orders\",step=\"filter\",module=\"filter\",version=\"1\"} 1\n\
@@ -519,6 +530,8 @@ async fn the_pipeline_routes_are_documented() {
             "started_at",
             "stopped_at",
             "error",
+            "restarts",
+            "next_restart_at",
             "modules",
             "last_run",
             "progress",
@@ -709,4 +722,80 @@ async fn a_pipeline_of_several_steps_needs_the_step_named() {
             "step: pipeline `chain` has 2 steps; say which to swap: `first`, `filter`"
         )
     );
+}
+
+/// Polls the pipeline until `done` holds for its document.
+async fn wait_until(f: &Fixture, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, doc) = send(f, Method::GET, &format!("/v1/pipelines/{name}"), "").await;
+        assert_eq!(code, StatusCode::OK, "{doc}");
+        if done(&doc) {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {doc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_pipeline_is_restarted_with_back_off_until_stopped() {
+    let f = open_supervised();
+    seed(&f, "filter", b"not a component", Kind::Transform);
+    let (status, doc) = send(
+        &f,
+        Method::POST,
+        "/v1/pipelines",
+        &spec("flaky", "filter@1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+
+    // Every run fails (the module cannot load); each failure schedules the
+    // next start, 1 s after the first failure, then 2 s, ...
+    let first = wait_for(&f, "flaky", "failed").await;
+    let failed_at = Instant::now();
+    assert_eq!(first["restarts"], 0, "{first}");
+    assert!(first["next_restart_at"].is_string(), "{first}");
+    let message = first["error"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("transforms[0] (filter): "), "{message}");
+
+    let doc = wait_until(&f, "flaky", "restarted once", |d| d["restarts"] == 1).await;
+    let waited = failed_at.elapsed();
+    assert!(
+        (Duration::from_millis(800)..Duration::from_secs(5)).contains(&waited),
+        "restarted after {waited:?}: {doc}"
+    );
+    let second = wait_until(&f, "flaky", "failed again", |d| {
+        d["restarts"] == 1 && d["status"] == "failed"
+    })
+    .await;
+    let failed_again_at = Instant::now();
+    assert_eq!(second["error"], message.as_str(), "{second}");
+
+    let doc = wait_until(&f, "flaky", "restarted twice", |d| d["restarts"] == 2).await;
+    let waited = failed_again_at.elapsed();
+    assert!(
+        (Duration::from_millis(1800)..Duration::from_secs(8)).contains(&waited),
+        "the second restart came after {waited:?}, not after the doubled back-off: {doc}"
+    );
+
+    let (code, metrics) = send_text(&f, Method::GET, "/metrics", "", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("sluice_pipeline_restarts_total{pipeline=\"flaky\"} 2\n"),
+        "{metrics}"
+    );
+
+    // A stopped pipeline is not restarted.
+    let (status, doc) = send(&f, Method::POST, "/v1/pipelines/flaky/stop", "").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(doc["desired"], "stopped");
+    assert!(doc["next_restart_at"].is_null(), "{doc}");
+    let restarts = doc["restarts"].clone();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (_, later) = send(&f, Method::GET, "/v1/pipelines/flaky", "").await;
+    assert_ne!(later["status"], "running", "{later}");
+    assert_eq!(later["restarts"], restarts, "{later}");
 }

@@ -236,6 +236,9 @@ fn serve(
             .with_context(|| format!("cannot open the pipelines in {}", data.display()))?,
     );
     manager.restore();
+    manager
+        .supervise()
+        .context("cannot start the pipeline supervisor")?;
     let state = state.with_pipelines(manager.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
