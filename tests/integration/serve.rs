@@ -78,16 +78,7 @@ pub(crate) fn serve_filter(dir: &Path, prefix: &str, partitions: i32) -> Served 
         unique(&format!("{prefix}-dlq")),
     );
     create_topics(&[&input, &clean, &dlq], partitions);
-    let server = Server::start(dir, &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    let filter = fs::read(guest("filter-heartbeats")).unwrap();
-    let (status, module) = call(
-        &client,
-        "POST",
-        "/v1/modules/filter-heartbeats",
-        Some(&filter),
-    );
-    assert_eq!(status, 201, "{module}");
+    let (server, client, module) = serve_with_filter_module(dir);
     let name = unique(prefix);
     let spec = format!(
         "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
@@ -119,6 +110,22 @@ pub(crate) fn serve_filter(dir: &Path, prefix: &str, partitions: i32) -> Served 
     }
 }
 
+/// A `sluice serve` in `dir` with the token [`TOKEN`] and
+/// `filter-heartbeats` pushed as version 1 (the upload's answer).
+fn serve_with_filter_module(dir: &Path) -> (Server, Client, Value) {
+    let server = Server::start(dir, &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    let filter = fs::read(guest("filter-heartbeats")).unwrap();
+    let (status, module) = call(
+        &client,
+        "POST",
+        "/v1/modules/filter-heartbeats",
+        Some(&filter),
+    );
+    assert_eq!(status, 201, "{module}");
+    (server, client, module)
+}
+
 /// Waits until `topic` holds as many records as `expected`, then compares.
 fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -140,6 +147,11 @@ fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
 }
 
 pub(crate) fn wait_for_status(server: &Server, name: &str, status: &str) -> Value {
+    wait_for_doc(server, name, status, |doc| doc["status"] == status)
+}
+
+/// Polls `GET /v1/pipelines/{name}` until `done` holds for the document.
+fn wait_for_doc(server: &Server, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, doc) = call(
@@ -149,12 +161,12 @@ pub(crate) fn wait_for_status(server: &Server, name: &str, status: &str) -> Valu
             None,
         );
         assert_eq!(code, 200, "{doc}");
-        if doc["status"] == status {
+        if done(&doc) {
             return doc;
         }
         assert!(
             Instant::now() < deadline,
-            "never {status}: {doc}\n{}",
+            "never {what}: {doc}\n{}",
             server.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -257,16 +269,7 @@ fn a_failed_pipeline_is_restarted_and_delivers_everything() {
         unique("restart-dlq"),
     );
     create_topics(&[&input, &clean, &dlq], 2);
-    let server = Server::start(dir.path(), &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
-    let filter = fs::read(guest("filter-heartbeats")).unwrap();
-    let (status, module) = call(
-        &client,
-        "POST",
-        "/v1/modules/filter-heartbeats",
-        Some(&filter),
-    );
-    assert_eq!(status, 201, "{module}");
+    let (server, client, _) = serve_with_filter_module(dir.path());
 
     // A file where the checkpoint directory goes: every run fails at its
     // start until the file is gone.
@@ -294,31 +297,16 @@ fn a_failed_pipeline_is_restarted_and_delivers_everything() {
     assert!(failed["next_restart_at"].is_string(), "{failed}");
 
     fs::remove_file(&blocker).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let running = loop {
-        let (_, doc) = call(&client, "GET", &format!("/v1/pipelines/{name}"), None);
-        if doc["status"] == "running" && doc["restarts"].as_u64() >= Some(1) {
-            break doc;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never restarted: {doc}\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let running = wait_for_doc(&server, &name, "restarted", |doc| {
+        doc["status"] == "running" && doc["restarts"].as_u64() >= Some(1)
+    });
     wait_for_records(&server, &clean, &expected);
     assert!(read(&dlq).is_empty());
 
     // The outputs can be read before the batch's progress is published.
-    let doc = loop {
-        let (_, doc) = call(&client, "GET", &format!("/v1/pipelines/{name}"), None);
-        if doc["progress"]["totals"]["input_rows"] == 200 {
-            break doc;
-        }
-        assert!(Instant::now() < deadline, "{doc}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let doc = wait_for_doc(&server, &name, "done with the input", |doc| {
+        doc["progress"]["totals"]["input_rows"] == 200
+    });
     assert_eq!(
         (&doc["status"], &doc["restarts"], &doc["next_restart_at"]),
         (&json!("running"), &running["restarts"], &Value::Null),

@@ -122,16 +122,7 @@ fn error(json: &Value) -> &str {
 
 /// Polls `GET /v1/pipelines/{name}` until its status is `status`.
 async fn wait_for(f: &Fixture, name: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, doc) = send(f, Method::GET, &format!("/v1/pipelines/{name}"), "").await;
-        assert_eq!(code, StatusCode::OK, "{doc}");
-        if doc["status"] == status {
-            return doc;
-        }
-        assert!(Instant::now() < deadline, "never {status}: {doc}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(f, name, status, |doc| doc["status"] == status).await
 }
 
 #[tokio::test]
@@ -724,7 +715,7 @@ async fn a_pipeline_of_several_steps_needs_the_step_named() {
     );
 }
 
-/// Polls the pipeline until `done` holds for its document.
+/// Polls `GET /v1/pipelines/{name}` until `done` holds for the document.
 async fn wait_until(f: &Fixture, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
