@@ -1,6 +1,7 @@
 //! Pausing a served pipeline through the broker: records that arrive while
-//! it is paused wait in the topic (nothing is read), the pause survives a
-//! server restart, and resuming processes them, each exactly once.
+//! it is paused wait in the topic (nothing is read, the lag shows them), the
+//! pause survives a server restart, and resuming processes them, each
+//! exactly once.
 
 use std::time::Duration;
 
@@ -51,9 +52,22 @@ fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
     );
     assert_eq!(doc["progress"]["totals"]["input_rows"], 200, "{doc}");
 
-    // Records arriving now wait, across a restart of the server.
+    // Records arriving now wait, across a restart of the server. The
+    // client is still polled while paused, so the lag shows them.
     produce_pairs(&input, &second);
-    std::thread::sleep(Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, doc) = call(&client, "GET", &format!("/v1/pipelines/{name}"), None);
+        assert_eq!(doc["status"], "paused", "{doc}");
+        if doc["progress"]["lag"] == 150 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag of a paused pipeline is not current: {doc}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     server.stop();
     let server = Server::start(dir.path(), &["--token", TOKEN]);
     let client = server.client(Some(TOKEN));

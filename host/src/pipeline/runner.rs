@@ -175,7 +175,7 @@ impl<'a> Runner<'a> {
             if let Some(control) = self.control
                 && wake.load(Ordering::Relaxed)
             {
-                self.attend(control, &source, stop)?;
+                self.attend(control, &mut source, stop)?;
             }
             let fetch_started = Instant::now();
             let Some(next) = source.next_batch(stop, wake)? else {

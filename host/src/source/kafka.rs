@@ -2,7 +2,7 @@
 //! micro-batches. Offsets are never committed automatically: the pipeline
 //! commits a batch's offsets after its outputs are acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use rdkafka::config::ClientConfig;
 pub use rdkafka::consumer::CommitMode;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -21,6 +21,10 @@ use crate::spec::{BatchSpec, PipelineSpec, StartFrom};
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one poll may block when no batch is open.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// While paused: how often the end offsets are asked for, and how long
+/// one answer may take.
+const ENDS_WHILE_PAUSED: Duration = Duration::from_secs(1);
+const ENDS_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -105,6 +109,14 @@ pub struct KafkaSource {
     /// [`Self::set_tick`]).
     tick: Option<Duration>,
     ends: EndOffsets,
+    /// While the pipeline is paused: the partitions fetching was stopped
+    /// for (see [`Self::pause`]).
+    paused: HashSet<(String, i32)>,
+    /// Records that arrived while paused, from partitions assigned during
+    /// the pause: the next batches start with them.
+    held: VecDeque<OwnedMessage>,
+    /// When the end offsets were last asked for while paused.
+    ends_asked: Option<Instant>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -219,6 +231,9 @@ impl KafkaSource {
             remaining,
             tick: None,
             ends,
+            paused: HashSet::new(),
+            held: VecDeque::new(),
+            ends_asked: None,
         })
     }
 
@@ -236,6 +251,84 @@ impl KafkaSource {
 
     pub fn topics(&self) -> &[String] {
         &self.topics
+    }
+
+    /// For a pause of the pipeline: stops fetching from every assigned
+    /// partition. Records fetched but not yet handed out are fetched again
+    /// on [`Self::resume`] (librdkafka resumes a paused partition at the
+    /// position after the last record the application received).
+    pub fn pause(&mut self) -> Result<(), SourceError> {
+        let assignment = self.consumer.assignment()?;
+        self.consumer.pause(&assignment)?;
+        self.paused = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        Ok(())
+    }
+
+    /// While paused, serves the client without consuming, so that the group
+    /// keeps the consumer (`max.poll.interval.ms`) and rebalances happen,
+    /// and once a second asks the broker for the end offsets (a paused
+    /// partition fetches nothing, so the statistics no longer report them):
+    /// the lag stays current. A partition assigned during the pause
+    /// delivers until it is paused too: its first records are held for the
+    /// next batch.
+    pub fn poll_paused(&mut self) {
+        if self
+            .ends_asked
+            .is_none_or(|at| at.elapsed() >= ENDS_WHILE_PAUSED)
+        {
+            self.ends_asked = Some(Instant::now());
+            let mut ends = Vec::with_capacity(self.paused.len());
+            for (topic, partition) in &self.paused {
+                match self
+                    .consumer
+                    .fetch_watermarks(topic, *partition, ENDS_TIMEOUT)
+                {
+                    Ok((_, high)) => ends.push(((topic.clone(), *partition), high)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %topic, partition, "no end offset while paused")
+                    }
+                }
+            }
+            self.ends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(ends);
+        }
+        while let Some(polled) = self.consumer.poll(Duration::ZERO) {
+            let message = match polled {
+                Ok(message) => message.detach(),
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)");
+                    continue;
+                }
+            };
+            let partition = (message.topic().to_owned(), message.partition());
+            if !self.paused.contains(&partition) {
+                let mut tpl = TopicPartitionList::with_capacity(1);
+                tpl.add_partition(&partition.0, partition.1);
+                // Paused once only: pausing again would move its fetch
+                // position past the records held here.
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(error = %e, topic = %partition.0, partition = partition.1, "cannot pause a partition assigned while paused");
+                }
+                self.paused.insert(partition);
+            }
+            self.held.push_back(message);
+        }
+    }
+
+    /// Fetches again from every assigned partition after [`Self::pause`].
+    pub fn resume(&mut self) -> Result<(), SourceError> {
+        let assignment = self.consumer.assignment()?;
+        self.consumer.resume(&assignment)?;
+        self.paused.clear();
+        self.ends_asked = None;
+        Ok(())
     }
 
     fn caught_up(&self) -> bool {
@@ -258,8 +351,23 @@ impl KafkaSource {
         let mut batch = Batch::with_capacity(self.trigger.max_records, max_bytes.min(16 << 20));
         let mut commit: BTreeMap<(u16, i32), i64> = BTreeMap::new();
         let mut closes_at: Option<Instant> = None;
+        while batch.len() < self.trigger.max_records
+            && let Some(message) = self.held.pop_front()
+        {
+            Self::take(
+                &self.topics,
+                &mut self.remaining,
+                &mut batch,
+                &mut commit,
+                &message,
+            );
+            closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
+        }
         loop {
             if stop.load(Ordering::Relaxed) || self.caught_up() || wake.load(Ordering::Relaxed) {
+                break;
+            }
+            if batch.len() >= self.trigger.max_records {
                 break;
             }
             let timeout = match closes_at {
@@ -269,21 +377,13 @@ impl KafkaSource {
             match self.consumer.poll(timeout) {
                 None => {}
                 Some(Ok(message)) => {
-                    let source = self
-                        .topics
-                        .iter()
-                        .position(|t| t == message.topic())
-                        .unwrap_or(0) as u16;
-                    let (partition, offset) = (message.partition(), message.offset());
-                    super::push_message(&mut batch, source, &message);
-                    commit.insert((source, partition), offset + 1);
-                    if let Some(remaining) = &mut self.remaining
-                        && remaining
-                            .get(&(source, partition))
-                            .is_some_and(|&end| offset + 1 >= end)
-                    {
-                        remaining.remove(&(source, partition));
-                    }
+                    Self::take(
+                        &self.topics,
+                        &mut self.remaining,
+                        &mut batch,
+                        &mut commit,
+                        &message,
+                    );
                     closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
                     if batch.len() >= self.trigger.max_records
                         || batch.records.data_bytes() >= max_bytes
@@ -321,6 +421,32 @@ impl KafkaSource {
                 })
                 .collect(),
         }))
+    }
+
+    /// Adds a consumed record to the batch, its offset to the batch's
+    /// commit, and (with `--until-caught-up`) notes its partition done at
+    /// its end offset. (Not a method: a polled record borrows the consumer.)
+    fn take(
+        topics: &[String],
+        remaining: &mut Option<HashMap<(u16, i32), i64>>,
+        batch: &mut Batch,
+        commit: &mut BTreeMap<(u16, i32), i64>,
+        message: &impl Message,
+    ) {
+        let source = topics
+            .iter()
+            .position(|t| t == message.topic())
+            .unwrap_or(0) as u16;
+        let (partition, offset) = (message.partition(), message.offset());
+        super::push_message(batch, source, message);
+        commit.insert((source, partition), offset + 1);
+        if let Some(remaining) = remaining
+            && remaining
+                .get(&(source, partition))
+                .is_some_and(|&end| offset + 1 >= end)
+        {
+            remaining.remove(&(source, partition));
+        }
     }
 
     /// A partition at its end reports EOF; its position then tells whether it

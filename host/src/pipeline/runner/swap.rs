@@ -60,7 +60,7 @@ impl Runner<'_> {
     pub(super) fn attend(
         &mut self,
         control: &Control,
-        source: &KafkaSource,
+        source: &mut KafkaSource,
         stop: &AtomicBool,
     ) -> anyhow::Result<()> {
         if control.hold(self.trial.is_some()) {
@@ -69,10 +69,15 @@ impl Runner<'_> {
             if self.checkpoints.is_some() {
                 self.checkpoint(Some(source))?;
             }
+            // The client is still polled, without fetching: the group keeps
+            // the consumer however long the pause, and the lag stays current.
+            source.pause()?;
             tracing::info!(epoch = self.epoch, "pipeline paused");
             while control.hold(self.trial.is_some()) && !stop.load(Ordering::Relaxed) {
                 control.sleep(PAUSED_POLL);
+                source.poll_paused();
             }
+            source.resume()?;
             tracing::info!("pipeline resumed");
         }
         if self.trial.is_none()
