@@ -43,7 +43,7 @@ use sluice::spec::Limits;
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 use sluice_sdk::__private::{process_columns, process_columns_fn};
 use sluice_tests::bench::{
-    announce, cpu_model, loadavg, name_filters, nproc, render, to_wit, workspace_root,
+    announce, cpu_model, loadavg, name_filters, nproc, render, to_wit, write_report,
 };
 
 const WARMUP: Duration = Duration::from_millis(1000);
@@ -295,12 +295,7 @@ fn main() -> anyhow::Result<()> {
         "cases": outcomes.iter().map(outcome_json).collect::<Vec<_>>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
-    let path = workspace_root().join("target/bench/runtime.json");
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("figures written to {}", path.display());
-    println!("total time {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
+    write_report("runtime.json", &report, started)
 }
 
 fn run_case(

@@ -57,6 +57,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Writes a bench's figures to `target/bench/<file>` under the workspace
+/// root and says where, with the bench's total time since `started`.
+pub fn write_report(
+    file: &str,
+    report: &serde_json::Value,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let path = workspace_root().join("target/bench").join(file);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")?;
+    println!("figures written to {}", path.display());
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// A host batch as a guest receives it (the SDK's view of the WIT types),
 /// for driving a guest crate natively.
 pub fn to_wit(batch: &Batch) -> InputBatch {

@@ -52,7 +52,7 @@ use sluice::window::{
     self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowOutput, WindowSpec,
 };
 use sluice_tests::bench::{
-    announce, cpu_model, loadavg, name_filters, nproc, render, workspace_root,
+    announce, cpu_model, loadavg, name_filters, nproc, render, write_report,
 };
 
 mod native;
@@ -312,12 +312,7 @@ fn main() -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
-    let path = workspace_root().join("target/bench/windows.json");
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("figures written to {}", path.display());
-    println!("total time {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
+    write_report("windows.json", &report, started)
 }
 
 fn run_scenario(
