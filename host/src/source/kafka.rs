@@ -65,17 +65,27 @@ struct SourceContext {
     ends: EndOffsets,
 }
 
+/// Records end offsets. They only move forward: the statistics keep
+/// reporting a paused partition's last fetched end, older than the one
+/// asked for while paused.
+fn raise_ends(ends: &EndOffsets, seen: impl IntoIterator<Item = ((String, i32), i64)>) {
+    let mut ends = ends.lock().unwrap_or_else(|e| e.into_inner());
+    for (partition, end) in seen {
+        let known = ends.entry(partition).or_insert(end);
+        *known = (*known).max(end);
+    }
+}
+
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
-        for (topic, t) in statistics.topics {
-            for (partition, p) in t.partitions {
+        let seen = statistics.topics.into_iter().flat_map(|(topic, t)| {
+            t.partitions
+                .into_iter()
                 // Partition -1 is the client's own; negative offsets mean unknown.
-                if partition >= 0 && p.hi_offset >= 0 {
-                    ends.insert((topic.clone(), partition), p.hi_offset);
-                }
-            }
-        }
+                .filter(|(partition, p)| *partition >= 0 && p.hi_offset >= 0)
+                .map(move |(partition, p)| ((topic.clone(), partition), p.hi_offset))
+        });
+        raise_ends(&self.ends, seen);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -293,10 +303,7 @@ impl KafkaSource {
                     }
                 }
             }
-            self.ends
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(ends);
+            raise_ends(&self.ends, ends);
         }
         while let Some(polled) = self.consumer.poll(Duration::ZERO) {
             let message = match polled {
@@ -566,4 +573,22 @@ fn end_offsets(
         "draining until caught up with the end offsets seen at start"
     );
     Ok(remaining)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_offsets_only_move_forward() {
+        let ends = EndOffsets::default();
+        let p0 = ("events".to_owned(), 0);
+        let p1 = ("events".to_owned(), 1);
+        raise_ends(&ends, [(p0.clone(), 100), (p1.clone(), 7)]);
+        // A paused partition's statistics still say 100 after 250 was asked for.
+        raise_ends(&ends, [(p0.clone(), 250)]);
+        raise_ends(&ends, [(p0.clone(), 100), (p1.clone(), 9)]);
+        let ends = ends.lock().unwrap().clone();
+        assert_eq!(ends, HashMap::from([(p0, 250), (p1, 9)]));
+    }
 }
