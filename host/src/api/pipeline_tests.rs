@@ -39,7 +39,7 @@ fn start(data: tempfile::TempDir, token: Option<&str>) -> Fixture {
         ..ApiConfig::default()
     };
     let state = AppState::new(store, runtime(), config);
-    let manager = Arc::new(Manager::open(data.path(), state.store.clone()).unwrap());
+    let manager = Arc::new(Manager::open(data.path(), state.store.clone(), &[]).unwrap());
     manager.restore();
     let state = state.with_pipelines(manager);
     Fixture {
