@@ -260,10 +260,22 @@ impl Manager {
         // Absolute: the paths of modules and checkpoints written into specs
         // must not be resolved against the spec's directory again.
         let data = fs::canonicalize(data).map_err(io_error("resolve", data))?;
-        let allowed = allowed
+        let allowed: Vec<PathBuf> = allowed
             .iter()
             .map(|dir| fs::canonicalize(dir).map_err(io_error("resolve", dir)))
             .collect::<Result<_, _>>()?;
+        // Inside the data directory, pipelines could reach each other's
+        // files and the module store.
+        if let Some(dir) = allowed
+            .iter()
+            .find(|dir| dir.starts_with(&data) || data.starts_with(dir))
+        {
+            return Err(ManagerError::Invalid(format!(
+                "allowed directory {}: must be outside the data directory {} (and not contain it)",
+                dir.display(),
+                data.display()
+            )));
+        }
         let manager = Self {
             data,
             allowed,
