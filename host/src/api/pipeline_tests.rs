@@ -802,7 +802,7 @@ fn allowed_directories_must_be_outside_the_data_directory() {
         data_dir.join("pipelines"),
         PathBuf::from("/"),
     ] {
-        let e = Manager::open(data.path(), store.clone(), &[allowed.clone()])
+        let e = Manager::open(data.path(), store.clone(), std::slice::from_ref(&allowed))
             .err()
             .unwrap()
             .to_string();
