@@ -80,6 +80,23 @@ fn errors_name_the_field() {
 }
 
 #[test]
+fn kafka_properties_that_break_the_guarantee_are_refused() {
+    let module = guest("strategy-map");
+    let yaml = spec_with(&format!("  - module: {}", module.display())).replace(
+        "brokers: \"127.0.0.1:1\"",
+        "brokers: \"127.0.0.1:1\", consumer: { enable.auto.commit: true }",
+    );
+    let (ok, _, stderr) = validate(&yaml);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: kafka.consumer.enable.auto.commit: must be false: it would break the pipeline's \
+         delivery guarantee (Sluice stores and commits an offset only once the batch's outputs \
+         are acknowledged; an automatic one would skip records after a crash)"
+    );
+}
+
+#[test]
 fn modules_are_checked_and_started() {
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");

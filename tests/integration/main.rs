@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod confine;
 mod crash;
 mod dashboard;
 mod dev;

@@ -7,6 +7,11 @@
 //! <data>/pipelines/<name>/.modules/<version>/<module>.wasm   hard links to the store's blobs
 //! ```
 //!
+//! A spec's paths are confined ([`crate::spec::Confinement`]): below its
+//! pipeline's directory, or inside a directory the operator allowed
+//! (`sluice serve --allow-dir`); never elsewhere in `<data>`. Its
+//! modules are store references, never paths on the server.
+//!
 //! A spec is the file `sluice run` reads, except that a transform's
 //! `module` is `name` or `name@version` of the module store. A plain `name`
 //! is resolved to the latest version when the pipeline is created, and that
@@ -55,7 +60,7 @@ use files::{io_error, persist};
 
 use super::store::{Kind, ModuleRef, ModuleStore, StoreError, validate_name};
 use crate::pipeline::{Control as RunControl, Progress, RunOptions, Sample, Summary, SwapRecord};
-use crate::spec::{PipelineSpec, SpecError};
+use crate::spec::{Confinement, PipelineSpec, SpecError};
 
 const FORMAT: u32 = 1;
 
@@ -220,6 +225,8 @@ struct Entry {
 /// the async runtime.
 pub struct Manager {
     data: PathBuf,
+    /// Directories outside `data` where specs may put files (canonical).
+    allowed: Vec<PathBuf>,
     store: Arc<ModuleStore>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Pipeline -> the module versions it holds (see the module docs).
@@ -240,15 +247,38 @@ fn now() -> String {
 
 impl Manager {
     /// Opens `<data>/pipelines` (creating it) and loads every pipeline,
-    /// without starting any: see [`Manager::restore`].
-    pub fn open(data: &Path, store: Arc<ModuleStore>) -> Result<Self, ManagerError> {
+    /// without starting any: see [`Manager::restore`]. Specs may put files
+    /// (checkpoints, Parquet) only in their pipeline's directory and in the
+    /// `allowed` directories, which must exist.
+    pub fn open(
+        data: &Path,
+        store: Arc<ModuleStore>,
+        allowed: &[PathBuf],
+    ) -> Result<Self, ManagerError> {
         let dir = data.join("pipelines");
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
         // Absolute: the paths of modules and checkpoints written into specs
         // must not be resolved against the spec's directory again.
         let data = fs::canonicalize(data).map_err(io_error("resolve", data))?;
+        let allowed: Vec<PathBuf> = allowed
+            .iter()
+            .map(|dir| fs::canonicalize(dir).map_err(io_error("resolve", dir)))
+            .collect::<Result<_, _>>()?;
+        // Inside the data directory, pipelines could reach each other's
+        // files and the module store.
+        if let Some(dir) = allowed
+            .iter()
+            .find(|dir| dir.starts_with(&data) || data.starts_with(dir))
+        {
+            return Err(ManagerError::Invalid(format!(
+                "allowed directory {}: must be outside the data directory {} (and not contain it)",
+                dir.display(),
+                data.display()
+            )));
+        }
         let manager = Self {
             data,
+            allowed,
             store,
             entries: Mutex::new(BTreeMap::new()),
             usage: Arc::default(),
@@ -318,12 +348,17 @@ impl Manager {
             .map_err(|e| SpecError::new("spec", format!("not a YAML or JSON document: {e}")))?;
         let name = match value.get("name") {
             Some(Value::String(name)) => name.clone(),
-            // Let the spec parser describe what is wrong.
+            // Let the spec parser describe what is wrong (confined: it
+            // must not look at the paths the spec names).
             _ => {
-                return Err(crate::spec::parse(text, &self.data).err().map_or_else(
-                    || SpecError::new("name", "must be a string").into(),
-                    ManagerError::from,
-                ));
+                let confinement =
+                    Confinement::new(self.data.join("pipelines"), self.allowed.clone());
+                return Err(crate::spec::parse_confined(text, &confinement)
+                    .err()
+                    .map_or_else(
+                        || SpecError::new("name", "must be a string").into(),
+                        ManagerError::from,
+                    ));
             }
         };
         if validate_name(&name).is_err() {
@@ -617,7 +652,9 @@ impl Manager {
                 });
             }
             let text = serde_json::to_string(&value).expect("a JSON value serializes");
-            let spec = crate::spec::parse(&text, &self.data.join("pipelines").join(name))?;
+            let confinement =
+                Confinement::new(self.data.join("pipelines").join(name), self.allowed.clone());
+            let spec = crate::spec::parse_confined(&text, &confinement)?;
             Ok((spec, modules))
         })();
         if result.is_err() {

@@ -4,6 +4,7 @@
 //! test of how a failed run is reported. Pipelines that really run, through
 //! the broker and a restarted server, are in `tests/integration/serve.rs`.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ fn start(data: tempfile::TempDir, token: Option<&str>) -> Fixture {
         ..ApiConfig::default()
     };
     let state = AppState::new(store, runtime(), config);
-    let manager = Arc::new(Manager::open(data.path(), state.store.clone()).unwrap());
+    let manager = Arc::new(Manager::open(data.path(), state.store.clone(), &[]).unwrap());
     manager.restore();
     let state = state.with_pipelines(manager);
     Fixture {
@@ -789,4 +790,31 @@ async fn a_failed_pipeline_is_restarted_with_back_off_until_stopped() {
     let (_, later) = send(&f, Method::GET, "/v1/pipelines/flaky", "").await;
     assert_ne!(later["status"], "running", "{later}");
     assert_eq!(later["restarts"], restarts, "{later}");
+}
+
+#[test]
+fn allowed_directories_must_be_outside_the_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(ModuleStore::open(data.path()).unwrap());
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    for allowed in [
+        data_dir.clone(),
+        data_dir.join("pipelines"),
+        PathBuf::from("/"),
+    ] {
+        let e = Manager::open(data.path(), store.clone(), std::slice::from_ref(&allowed))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "allowed directory {}: must be outside the data directory {} (and not contain it)",
+                allowed.display(),
+                data_dir.display()
+            )
+        );
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    Manager::open(data.path(), store, &[elsewhere.path().to_path_buf()]).unwrap();
 }

@@ -112,6 +112,11 @@ enum Command {
         /// Largest module accepted.
         #[arg(long, default_value = "32MiB")]
         max_upload: bytesize::ByteSize,
+        /// A directory (besides the pipeline's own, under DIR/pipelines)
+        /// where specs may put checkpoints and Parquet files by absolute
+        /// path. Repeatable.
+        #[arg(long = "allow-dir", value_name = "DIR")]
+        allow_dir: Vec<PathBuf>,
     },
     /// Upload, list and delete the modules of a running `sluice serve`.
     Module(client::ModuleArgs),
@@ -201,7 +206,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             listen,
             token,
             max_upload,
-        } => serve(&data, &listen, token, max_upload),
+            allow_dir,
+        } => serve(&data, &listen, token, max_upload, &allow_dir),
         Command::Module(args) => client::run(args),
         Command::Pipeline(args) => pipeline_cmd::run(args),
     }
@@ -212,6 +218,7 @@ fn serve(
     listen: &str,
     token: Option<String>,
     max_upload: bytesize::ByteSize,
+    allow_dir: &[PathBuf],
 ) -> anyhow::Result<()> {
     if token.as_deref() == Some("") {
         anyhow::bail!("--token must not be empty");
@@ -232,7 +239,7 @@ fn serve(
     };
     let state = AppState::new(store, Runtime::new()?, config);
     let manager = std::sync::Arc::new(
-        api::manager::Manager::open(data, state.store.clone())
+        api::manager::Manager::open(data, state.store.clone(), allow_dir)
             .with_context(|| format!("cannot open the pipelines in {}", data.display()))?,
     );
     manager.restore();

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{DEFAULT_OUTPUT, PipelineSpec};
+use super::{Confinement, DEFAULT_OUTPUT, PipelineSpec};
 
 /// A spec that cannot be used, with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,15 +39,46 @@ pub fn load(path: &Path) -> Result<PipelineSpec, SpecError> {
 pub fn load_unbuilt(path: &Path) -> Result<PipelineSpec, SpecError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| SpecError::new("spec", format!("cannot read {}: {e}", path.display())))?;
-    parse_with(&text, path.parent().unwrap_or(Path::new(".")), false)
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_with(
+        &text,
+        Paths::Trusted {
+            base,
+            check_modules: false,
+        },
+    )
 }
 
-/// Parses and validates a spec. Relative module paths are joined to `base`.
+/// Parses and validates a spec an operator wrote. Relative paths are
+/// joined to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<PipelineSpec, SpecError> {
-    parse_with(text, base, true)
+    parse_with(
+        text,
+        Paths::Trusted {
+            base,
+            check_modules: true,
+        },
+    )
 }
 
-fn parse_with(text: &str, base: &Path, check_modules: bool) -> Result<PipelineSpec, SpecError> {
+/// Parses and validates a spec sent to the server: every path must lie
+/// where `confinement` allows, and module files are not looked at (the
+/// server resolved them to its store).
+pub fn parse_confined(text: &str, confinement: &Confinement) -> Result<PipelineSpec, SpecError> {
+    parse_with(text, Paths::Confined(confinement))
+}
+
+/// How a spec's paths are resolved.
+enum Paths<'a> {
+    /// Taken as written, relative ones joined to `base`.
+    Trusted {
+        base: &'a Path,
+        check_modules: bool,
+    },
+    Confined(&'a Confinement),
+}
+
+fn parse_with(text: &str, paths: Paths<'_>) -> Result<PipelineSpec, SpecError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let mut spec: PipelineSpec = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -68,6 +99,24 @@ fn parse_with(text: &str, base: &Path, check_modules: bool) -> Result<PipelineSp
         };
         SpecError::new(field, message)
     })?;
+    let check_modules = match paths {
+        Paths::Trusted {
+            base,
+            check_modules,
+        } => {
+            resolve_trusted(&mut spec, base);
+            check_modules
+        }
+        Paths::Confined(confinement) => {
+            resolve_confined(&mut spec, confinement)?;
+            false
+        }
+    };
+    validate(&spec, check_modules)?;
+    Ok(spec)
+}
+
+fn resolve_trusted(spec: &mut PipelineSpec, base: &Path) {
     for t in &mut spec.transforms {
         if t.module.is_relative() {
             t.module = base.join(&t.module);
@@ -85,8 +134,21 @@ fn parse_with(text: &str, base: &Path, check_modules: bool) -> Result<PipelineSp
             p.path = base.join(&p.path);
         }
     }
-    validate(&spec, check_modules)?;
-    Ok(spec)
+}
+
+fn resolve_confined(spec: &mut PipelineSpec, confinement: &Confinement) -> Result<(), SpecError> {
+    for (i, t) in spec.transforms.iter_mut().enumerate() {
+        t.module = confinement.module(&format!("transforms[{i}].module"), &t.module)?;
+    }
+    if let Some(c) = &mut spec.checkpoint {
+        c.dir = confinement.place("checkpoint.dir", &c.dir)?;
+    }
+    for (name, output) in &mut spec.outputs {
+        if let Some(p) = &mut output.parquet {
+            p.path = confinement.place(&format!("outputs.{name}.parquet.path"), &p.path)?;
+        }
+    }
+    Ok(())
 }
 
 const MAX_BATCH_RECORDS: usize = 1_000_000;
@@ -103,6 +165,7 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
             "must list at least one host:port",
         ));
     }
+    super::kafka_props::check_all(&spec.kafka)?;
     if spec.source.topics.is_empty() {
         return Err(SpecError::new(
             "source.topics",
@@ -417,6 +480,67 @@ dead_letter: { topic: dlq }
             err(&GOOD.replace("topic: alerts", "topic: 'a/b'")),
             "outputs.alerts.topic: `a/b` is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"
         );
+    }
+
+    #[test]
+    fn kafka_properties_are_checked_in_every_mode() {
+        let e = err(&GOOD.replace(
+            "producer: { linger.ms: 5 }",
+            "producer: { linger.ms: 5, acks: 1 }",
+        ));
+        assert!(
+            e.starts_with("kafka.producer.acks: must be `all` (or -1): "),
+            "{e}"
+        );
+        let data = tempfile::tempdir().unwrap();
+        let c = Confinement::new(data.path().join("pipelines/demo"), vec![]);
+        let yaml = GOOD
+            .replace("  - module: m.wasm\n", "  - module: .modules/1/m.wasm\n")
+            .replace("producer: { linger.ms: 5 }", "consumer: { group.id: g }");
+        assert_eq!(
+            parse_confined(&yaml, &c).unwrap_err().to_string(),
+            "kafka.consumer.group.id: not allowed: set it in `source.group`"
+        );
+    }
+
+    #[test]
+    fn confined_specs_keep_their_paths_inside_and_never_probe_modules() {
+        let data = tempfile::tempdir().unwrap();
+        let base = data.path().join("pipelines/demo");
+        let c = Confinement::new(&base, vec![]);
+        let yaml = GOOD.replace("  - module: m.wasm\n", "  - module: .modules/1/m.wasm\n")
+            + "checkpoint: { dir: ckpt }\n";
+        // The module file does not exist: a confined parse does not look.
+        let spec = parse_confined(&yaml, &c).unwrap();
+        assert_eq!(spec.transforms[0].module, base.join(".modules/1/m.wasm"));
+        assert_eq!(spec.checkpoint.unwrap().dir, base.join("ckpt"));
+        let outside = "must be inside the pipeline's directory (a relative path without `..` \
+                       that does not start with `.`) or inside a directory the server allows \
+                       (sluice serve --allow-dir)";
+        assert_eq!(
+            parse_confined(&yaml.replace("dir: ckpt", "dir: /tmp/x"), &c)
+                .unwrap_err()
+                .to_string(),
+            format!("checkpoint.dir: {outside}")
+        );
+        let parquet = yaml.replace(
+            "default: { topic: clean }",
+            "default: { parquet: { path: ../../pq } }",
+        );
+        assert_eq!(
+            parse_confined(&parquet, &c).unwrap_err().to_string(),
+            format!("outputs.default.parquet.path: {outside}")
+        );
+        let module = "must be `name` or `name@version` of a module pushed to this server \
+                      (sluice module push)";
+        for path in ["/etc/passwd", "/nonexistent"] {
+            assert_eq!(
+                parse_confined(&yaml.replace(".modules/1/m.wasm", path), &c)
+                    .unwrap_err()
+                    .to_string(),
+                format!("transforms[0].module: {module}")
+            );
+        }
     }
 
     #[test]

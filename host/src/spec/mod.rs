@@ -4,7 +4,14 @@
 //! file; every error names the field it is about, e.g.
 //! `transforms[1].limits.deadline: ...`. The spec is passed down explicitly to
 //! the stages that need a part of it; there is no global configuration.
+//!
+//! Specs an operator runs are trusted with paths; specs sent to
+//! `sluice serve` are parsed with a [`Confinement`] (see `confine.rs`).
+//! librdkafka properties pass an allow-list in every mode (see
+//! `kafka_props.rs`).
 
+mod confine;
+mod kafka_props;
 mod load;
 
 use std::path::PathBuf;
@@ -14,7 +21,8 @@ use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-pub use load::{SpecError, load, load_unbuilt, parse};
+pub use confine::Confinement;
+pub use load::{SpecError, load, load_unbuilt, parse, parse_confined};
 
 /// The name of the output that a transform chain's last step emits to when a
 /// guest does not name one.
@@ -103,10 +111,12 @@ pub enum Delivery {
 pub struct KafkaSpec {
     /// Bootstrap servers, comma-separated (`host:port,host:port`).
     pub brokers: String,
-    /// Extra librdkafka consumer properties; they override Sluice's defaults.
+    /// Extra librdkafka consumer properties; they override Sluice's
+    /// defaults. Only those on the allow-list (see `kafka_props.rs`).
     #[serde(default)]
     pub consumer: IndexMap<String, Scalar>,
-    /// Extra librdkafka producer properties; they override Sluice's defaults.
+    /// Extra librdkafka producer properties; they override Sluice's
+    /// defaults. Only those on the allow-list (see `kafka_props.rs`).
     #[serde(default)]
     pub producer: IndexMap<String, Scalar>,
 }
