@@ -38,12 +38,15 @@
 //! `init` run. Storage is [`store::ModuleStore`]; pipelines are run by
 //! [`manager::Manager`].
 
+pub mod guard;
 pub mod manager;
 pub mod metrics;
 pub mod modules;
 pub mod pipelines;
 pub mod store;
 
+#[cfg(test)]
+mod guard_tests;
 #[cfg(test)]
 mod pipeline_tests;
 #[cfg(test)]
@@ -90,6 +93,9 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// When set, changes need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Host names the server answers to besides the loopback names
+    /// (`127.0.0.1`, `[::1]`, `localhost`); see [`guard`].
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -98,6 +104,7 @@ impl Default for ApiConfig {
             max_upload: DEFAULT_MAX_UPLOAD,
             limits: Limits::default(),
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -170,9 +177,14 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route (see GET /v1/openapi.json)",
             )
         })
+        .layer(axum::middleware::from_fn(guard::content_type))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
         ))
         .with_state(state)
 }
@@ -197,7 +209,7 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Strin
     }
     Err(format!(
         "refusing to listen on {addr} without a token: anyone who can reach it could upload code. \
-         Pass --token (or set SLUICE_TOKEN), or listen on 127.0.0.1"
+         Pass --token-file (or set SLUICE_TOKEN), or listen on 127.0.0.1"
     ))
 }
 
@@ -241,7 +253,7 @@ async fn require_token(
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "this server needs a token for changes: send `Authorization: Bearer <token>` \
-                     (the sluice CLI: --token or SLUICE_TOKEN)",
+                     (the sluice CLI: SLUICE_TOKEN or --token-file)",
                 ));
             }
             Some(given) if !same_token(given, expected) => {

@@ -103,7 +103,10 @@ async fn send_text(
     body: &str,
     token: Option<&str>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut request = Request::builder().method(method).uri(uri);
+    let mut request = Request::builder().method(method.clone()).uri(uri);
+    if let Some(content_type) = super::guard::content_type_for(&method, uri) {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }

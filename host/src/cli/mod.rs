@@ -105,10 +105,16 @@ enum Command {
         /// Address to listen on; anything but loopback needs a token.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
-        /// Bearer token that every change (POST, PUT, DELETE) must carry
-        /// (default: $SLUICE_TOKEN). Reads stay open.
-        #[arg(long)]
-        token: Option<String>,
+        /// File holding the bearer token that every change (POST, PUT,
+        /// DELETE) must carry, on its first line; only its owner may read it
+        /// (mode 600). Default: $SLUICE_TOKEN. Reads stay open.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// A host name the server also answers to (repeatable), besides
+        /// 127.0.0.1, [::1] and localhost: the `Host` of any other request
+        /// is refused (421), against DNS rebinding.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
         /// Largest module accepted.
         #[arg(long, default_value = "32MiB")]
         max_upload: bytesize::ByteSize,
@@ -199,9 +205,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             data,
             listen,
-            token,
+            token_file,
+            allow_hosts,
             max_upload,
-        } => serve(&data, &listen, token, max_upload),
+        } => serve(
+            &data,
+            &listen,
+            token_file.as_deref(),
+            allow_hosts,
+            max_upload,
+        ),
         Command::Module(args) => client::run(args),
         Command::Pipeline(args) => pipeline_cmd::run(args),
     }
@@ -210,24 +223,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn serve(
     data: &std::path::Path,
     listen: &str,
-    token: Option<String>,
+    token_file: Option<&std::path::Path>,
+    mut allow_hosts: Vec<String>,
     max_upload: bytesize::ByteSize,
 ) -> anyhow::Result<()> {
-    if token.as_deref() == Some("") {
-        anyhow::bail!("--token must not be empty");
-    }
-    let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()));
+    let token = match token_file {
+        Some(path) => Some(client::read_token_file(path)?),
+        None => std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
     let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(listen)
         .with_context(|| format!("--listen {listen}: not an address"))?
         .collect();
     for addr in &addrs {
         api::check_exposure(*addr, token.as_deref()).map_err(anyhow::Error::msg)?;
     }
+    // Listening beyond loopback (with a token): the name it listens by is
+    // one the server answers to.
+    if let Some(name) = listen.rsplit_once(':').map(|(host, _)| host)
+        && !addrs.iter().all(|a| a.ip().is_loopback())
+        && !name.is_empty()
+        && !addrs
+            .iter()
+            .any(|a| a.ip().is_unspecified() && name.parse::<std::net::IpAddr>().is_ok())
+    {
+        allow_hosts.push(name.to_owned());
+    }
     let store = api::store::ModuleStore::open(data)
         .with_context(|| format!("cannot open the module store in {}", data.display()))?;
     let config = ApiConfig {
         max_upload: max_upload.as_u64(),
         token,
+        allowed_hosts: allow_hosts,
         ..ApiConfig::default()
     };
     let state = AppState::new(store, Runtime::new()?, config);
