@@ -8,6 +8,7 @@ mod dashboard;
 mod dev;
 mod faults;
 mod golden;
+mod guard;
 mod parquet;
 mod pause;
 mod pipeline;
