@@ -224,6 +224,10 @@ pub struct Manager {
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Pipeline -> the module versions it holds (see the module docs).
     usage: Arc<Usage>,
+    /// Pipeline -> the versions of its swaps not yet resolved (pending or
+    /// on trial), held besides `usage` until the run reports them live or
+    /// rolled back: a run on trial may still go on with either version.
+    trials: Arc<Usage>,
     /// Set by [`Manager::shutdown`]: no run starts any more.
     closing: AtomicBool,
 }
@@ -252,6 +256,7 @@ impl Manager {
             store,
             entries: Mutex::new(BTreeMap::new()),
             usage: Arc::default(),
+            trials: Arc::default(),
             closing: AtomicBool::new(false),
         };
         let mut entries = BTreeMap::new();
@@ -303,13 +308,22 @@ impl Manager {
         }
     }
 
-    /// The pipelines using `module@version`.
+    /// The pipelines using `module@version`: running it, or swapping to it.
     pub fn users(&self, module: &str, version: u32) -> Vec<String> {
-        lock(&self.usage)
+        let uses =
+            |held: &Vec<(String, u32)>| held.iter().any(|(m, v)| m == module && *v == version);
+        let mut users: Vec<String> = lock(&self.usage)
             .iter()
-            .filter(|(_, held)| held.iter().any(|(m, v)| m == module && *v == version))
+            .filter(|(_, held)| uses(held))
             .map(|(name, _)| name.clone())
-            .collect()
+            .collect();
+        for (name, held) in lock(&self.trials).iter() {
+            if uses(held) && !users.contains(name) {
+                users.push(name.clone());
+            }
+        }
+        users.sort();
+        users
     }
 
     /// Creates a pipeline from a spec (YAML or JSON) and starts it.
@@ -403,6 +417,7 @@ impl Manager {
         }
         self.set_desired(&entry, Desired::Stopped)?;
         entry.halt(&mut control);
+        self.forget_trials(name);
         drop(control);
         tracing::info!("pipeline {name}: stopped");
         Ok(entry.status())
@@ -477,6 +492,8 @@ impl Manager {
             let doc = lock(&entry.doc);
             (doc.name.clone(), doc.spec.clone(), doc.modules.clone())
         };
+        // The run that had swaps pending, if any, is over.
+        self.forget_trials(&name);
         let spec = match self.resolve(&name, &value, Some(&modules)) {
             Ok((spec, _)) => spec,
             Err(e) => {
@@ -673,6 +690,7 @@ impl Manager {
 
     fn release(&self, name: &str) {
         lock(&self.usage).remove(name);
+        lock(&self.trials).remove(name);
     }
 
     fn set_desired(&self, entry: &Entry, desired: Desired) -> Result<(), ManagerError> {
