@@ -11,8 +11,11 @@
 //! `module` is `name` or `name@version` of the module store. A plain `name`
 //! is resolved to the latest version when the pipeline is created, and that
 //! version is recorded: restarts and `start` run the same bytes. A step
-//! without a `name` is named after its module. Deleting a pipeline keeps
-//! its directory (checkpoints, Parquet files). The status document shows
+//! without a `name` is named after its module. Deleting a pipeline removes
+//! its directory with everything in it (checkpoints, staged files, Parquet
+//! output written under it), so a pipeline created later under the same
+//! name starts from scratch; the Kafka consumer group's committed offsets
+//! are the broker's and stay. The status document shows
 //! the spec as given, except for the values of secret-looking Kafka
 //! properties (`sasl.password`, ...), since reading needs no token.
 //!
@@ -433,7 +436,14 @@ impl Manager {
         entry.halt(&mut control);
         let path = self.file(name);
         fs::remove_file(&path).map_err(io_error("delete", &path))?;
-        let _ = fs::remove_dir_all(self.modules_dir(name));
+        // Its checkpoints and outputs go with it: a pipeline created later
+        // under the same name must not resume from them.
+        let dir = self.data.join("pipelines").join(name);
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("pipeline {name}: cannot remove {}: {e}", dir.display());
+        }
         control.deleted = true;
         drop(control);
         lock(&self.entries).remove(name);

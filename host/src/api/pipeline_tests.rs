@@ -793,3 +793,29 @@ async fn a_failed_pipeline_is_restarted_with_back_off_until_stopped() {
     assert_ne!(later["status"], "running", "{later}");
     assert_eq!(later["restarts"], restarts, "{later}");
 }
+
+#[tokio::test]
+async fn deleting_a_pipeline_removes_its_directory_so_the_name_starts_afresh() {
+    let f = open();
+    seed(&f, "filter", b"not a component", Kind::Transform);
+    let (status, doc) = send(&f, Method::POST, "/v1/pipelines", &spec("orders", "filter")).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    // What a run leaves: a checkpoint and an output file.
+    let dir = f.data.path().join("pipelines/orders");
+    std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+    std::fs::write(dir.join("checkpoint/epochs.log"), b"epoch 7").unwrap();
+    std::fs::write(dir.join("out.parquet"), b"rows").unwrap();
+
+    let (status, doc) = send(&f, Method::DELETE, "/v1/pipelines/orders", "").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(!dir.exists(), "{} is left", dir.display());
+
+    let (status, doc) = send(&f, Method::POST, "/v1/pipelines", &spec("orders", "filter")).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".modules"]);
+}
