@@ -13,6 +13,7 @@ mod parquet;
 mod pause;
 mod pipeline;
 mod runtime;
+mod secrets;
 mod serve;
 mod server;
 mod swap;

@@ -250,7 +250,7 @@ impl Manager {
     /// without starting any: see [`Manager::restore`].
     pub fn open(data: &Path, store: Arc<ModuleStore>) -> Result<Self, ManagerError> {
         let dir = data.join("pipelines");
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        crate::api::store::private_dir(&dir).map_err(io_error("create", &dir))?;
         // Absolute: the paths of modules and checkpoints written into specs
         // must not be resolved against the spec's directory again.
         let data = fs::canonicalize(data).map_err(io_error("resolve", data))?;
@@ -685,7 +685,7 @@ impl Manager {
                 .data
                 .join("modules/blobs")
                 .join(format!("{sha256}.wasm"));
-            fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+            crate::api::store::private_dir(&dir).map_err(io_error("create", &dir))?;
             let _ = fs::remove_file(&file);
             fs::hard_link(&blob, &file)
                 .or_else(|_| fs::copy(&blob, &file).map(drop))
@@ -811,23 +811,33 @@ impl Entry {
     }
 }
 
-/// The spec with the values of secret-looking Kafka properties replaced by
-/// `"<redacted>"`: reading the API needs no token.
-fn redacted(mut spec: Value) -> Value {
-    const SECRET: [&str; 6] = [
-        "password",
-        "secret",
-        "jaas",
-        "token",
-        "oauthbearer.config",
-        "key.pem",
-    ];
+/// The spec with its secrets replaced by `"<redacted>"`: the values of
+/// secret-looking Kafka properties and transform config keys, and config
+/// values marked `{ secret: "..." }` (shown `{ secret: "<redacted>" }`).
+/// Reading the API needs no token.
+pub fn redacted(mut spec: Value) -> Value {
+    use crate::spec::{SECRET_KEYS, is_secret_config, marked_secret};
+    const REDACTED: &str = "<redacted>";
     for side in ["consumer", "producer"] {
         if let Some(Value::Object(properties)) = spec.pointer_mut(&format!("/kafka/{side}")) {
             for (key, value) in properties.iter_mut() {
                 let key = key.to_ascii_lowercase();
-                if SECRET.iter().any(|s| key.contains(s)) {
-                    *value = Value::String("<redacted>".into());
+                if SECRET_KEYS.iter().any(|s| key.contains(s)) {
+                    *value = Value::String(REDACTED.into());
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(steps)) = spec.get_mut("transforms") {
+        for step in steps {
+            let Some(Value::Object(config)) = step.get_mut("config") else {
+                continue;
+            };
+            for (key, value) in config.iter_mut() {
+                if marked_secret(value).is_some() {
+                    *value = serde_json::json!({ "secret": REDACTED });
+                } else if is_secret_config(key, value) {
+                    *value = Value::String(REDACTED.into());
                 }
             }
         }

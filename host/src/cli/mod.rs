@@ -227,6 +227,9 @@ fn serve(
     mut allow_hosts: Vec<String>,
     max_upload: bytesize::ByteSize,
 ) -> anyhow::Result<()> {
+    // Everything the server writes (pipeline documents, modules,
+    // checkpoints, outputs) is this user's alone: specs carry secrets.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let token = match token_file {
         Some(path) => Some(client::read_token_file(path)?),
         None => std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()),
