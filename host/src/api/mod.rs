@@ -46,6 +46,8 @@ pub mod pipelines;
 pub mod store;
 
 #[cfg(test)]
+mod budget_tests;
+#[cfg(test)]
 mod guard_tests;
 #[cfg(test)]
 mod pipeline_tests;
@@ -96,6 +98,24 @@ pub struct ApiConfig {
     /// Host names the server answers to besides the loopback names
     /// (`127.0.0.1`, `[::1]`, `localhost`); see [`guard`].
     pub allowed_hosts: Vec<String>,
+    /// Most pipelines the server holds (507 past it).
+    pub max_pipelines: usize,
+    /// Most module versions the store holds, all modules together (507
+    /// past it).
+    pub max_module_versions: usize,
+    /// Most uploads checked (compiled, `init` run) at once (503 with
+    /// `Retry-After` past it).
+    pub max_checks: usize,
+}
+
+/// Default of [`ApiConfig::max_pipelines`].
+pub const DEFAULT_MAX_PIPELINES: usize = 100;
+/// Default of [`ApiConfig::max_module_versions`].
+pub const DEFAULT_MAX_MODULE_VERSIONS: usize = 1000;
+
+/// Default of [`ApiConfig::max_checks`]: half the cores, at least one.
+pub fn default_max_checks() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 impl Default for ApiConfig {
@@ -105,6 +125,9 @@ impl Default for ApiConfig {
             limits: Limits::default(),
             token: None,
             allowed_hosts: Vec::new(),
+            max_pipelines: DEFAULT_MAX_PIPELINES,
+            max_module_versions: DEFAULT_MAX_MODULE_VERSIONS,
+            max_checks: default_max_checks(),
         }
     }
 }
@@ -121,6 +144,8 @@ pub struct AppState {
     pub users: ModuleUsers,
     /// The pipelines this server runs; `None`: the pipeline routes answer 404.
     pub pipelines: Option<Arc<Manager>>,
+    /// One permit per upload being checked ([`ApiConfig::max_checks`]).
+    pub checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -130,6 +155,7 @@ impl AppState {
         Self {
             store: Arc::new(store),
             runtime,
+            checks: Arc::new(tokio::sync::Semaphore::new(config.max_checks.max(1))),
             config: Arc::new(config),
             users: Arc::new(|_: &str, _: u32| Vec::new()),
             pipelines: None,
@@ -321,6 +347,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -115,6 +115,17 @@ enum Command {
         /// is refused (421), against DNS rebinding.
         #[arg(long = "allow-host", value_name = "NAME")]
         allow_hosts: Vec<String>,
+        /// Most pipelines the server holds; creating more is refused (507).
+        #[arg(long, default_value_t = api::DEFAULT_MAX_PIPELINES)]
+        max_pipelines: usize,
+        /// Most module versions the store holds, all modules together;
+        /// uploading more is refused (507).
+        #[arg(long, default_value_t = api::DEFAULT_MAX_MODULE_VERSIONS)]
+        max_module_versions: usize,
+        /// Most uploads checked (compiled, init tried) at once; more are
+        /// told to retry (503). Default: half the cores, at least 1.
+        #[arg(long)]
+        max_checks: Option<usize>,
         /// Largest module accepted.
         #[arg(long, default_value = "32MiB")]
         max_upload: bytesize::ByteSize,
@@ -208,13 +219,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             token_file,
             allow_hosts,
             max_upload,
-        } => serve(
-            &data,
-            &listen,
-            token_file.as_deref(),
-            allow_hosts,
-            max_upload,
-        ),
+            max_pipelines,
+            max_module_versions,
+            max_checks,
+        } => {
+            let limits = ApiConfig {
+                max_upload: max_upload.as_u64(),
+                max_pipelines,
+                max_module_versions,
+                max_checks: max_checks.unwrap_or_else(api::default_max_checks).max(1),
+                ..ApiConfig::default()
+            };
+            serve(&data, &listen, token_file.as_deref(), allow_hosts, limits)
+        }
         Command::Module(args) => client::run(args),
         Command::Pipeline(args) => pipeline_cmd::run(args),
     }
@@ -225,7 +242,7 @@ fn serve(
     listen: &str,
     token_file: Option<&std::path::Path>,
     mut allow_hosts: Vec<String>,
-    max_upload: bytesize::ByteSize,
+    limits: ApiConfig,
 ) -> anyhow::Result<()> {
     // Everything the server writes (pipeline documents, modules,
     // checkpoints, outputs) is this user's alone: specs carry secrets.
@@ -254,10 +271,9 @@ fn serve(
     let store = api::store::ModuleStore::open(data)
         .with_context(|| format!("cannot open the module store in {}", data.display()))?;
     let config = ApiConfig {
-        max_upload: max_upload.as_u64(),
         token,
         allowed_hosts: allow_hosts,
-        ..ApiConfig::default()
+        ..limits
     };
     let state = AppState::new(store, Runtime::new()?, config);
     let manager = std::sync::Arc::new(
