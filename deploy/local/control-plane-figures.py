@@ -37,8 +37,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http(base, method, path, body=None):
-    request = urllib.request.Request(base + path, data=body, method=method)
+def http(base, method, path, body=None, content_type="application/json"):
+    """The server takes a body only with its route's content type."""
+    headers = {"Content-Type": content_type} if body is not None else {}
+    request = urllib.request.Request(base + path, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request) as reply:
             return reply.status, json.loads(reply.read() or b"null")
@@ -111,11 +113,12 @@ def main():
                            check=True, stdout=subprocess.DEVNULL)
             wasm = open(os.path.join(GUESTS, module.replace("-", "_") + ".wasm"), "rb").read()
             started = time.monotonic()
-            status, body = http(base, "POST", f"/v1/modules/{module}", wasm)
+            status, body = http(base, "POST", f"/v1/modules/{module}", wasm, "application/wasm")
             assert status == 201, body
             uploaded = time.monotonic()
             status, body = http(base, "POST", "/v1/pipelines",
-                                spec(module, brokers, module, f"{module}-in", f"{module}-out", aggregate))
+                                spec(module, brokers, module, f"{module}-in", f"{module}-out", aggregate),
+                                "application/yaml")
             assert status == 201, body
             wait(f"{module}'s first batch", lambda: (http(base, "GET", f"/v1/pipelines/{module}")[1]
                                                     .get("progress") or {}).get("totals", {}).get("input_rows"))
@@ -127,8 +130,9 @@ def main():
         wasm = open(os.path.join(GUESTS, "strategy_map.wasm"), "rb").read()
         second = wasm + b"\x00\x0d\x0bsluice-swap2"  # a custom section: other bytes, same code
         for body in (wasm, second):
-            http(base, "POST", "/v1/modules/map", body)
-        status, body = http(base, "POST", "/v1/pipelines", spec("load", brokers, "map@1", "load-in", "load-out"))
+            http(base, "POST", "/v1/modules/map", body, "application/wasm")
+        status, body = http(base, "POST", "/v1/pipelines", spec("load", brokers, "map@1", "load-in", "load-out"),
+                        "application/yaml")
         assert status == 201, body
         producer = subprocess.Popen([SLUICE, "sample", "--brokers", brokers, "--topic", "load-in",
                                      "--count", "5000000"], stdout=subprocess.DEVNULL)

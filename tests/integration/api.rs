@@ -220,12 +220,27 @@ fn the_cli_pushes_lists_and_removes_and_a_restart_keeps_the_modules() {
     assert_eq!(
         stderr.trim(),
         "error: this server needs a token for changes: send `Authorization: Bearer <token>` \
-         (the sluice CLI: --token or SLUICE_TOKEN)"
+         (the sluice CLI: SLUICE_TOKEN or --token-file)"
     );
+    // The client reads the token from a file only its owner may read.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let token_file = token_file.to_str().unwrap();
     let (ok, stdout, stderr) = sluice_module(
         &server.url,
         None,
-        &["push", "filter-heartbeats", file, "--token", TOKEN],
+        &[
+            "push",
+            "filter-heartbeats",
+            file,
+            "--token-file",
+            token_file,
+        ],
     );
     assert!(ok, "{stderr}");
     assert!(

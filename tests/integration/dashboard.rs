@@ -24,7 +24,7 @@ fn binary(var: &str, default: &str) -> PathBuf {
 
 /// A headless Chromium in a WebDriver session of its own chromedriver.
 /// Dropping it ends the session (Chromium quits) and kills chromedriver.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     agent: ureq::Agent,
     /// `http://127.0.0.1:<port>/session/<id>`, once the session exists.
@@ -34,7 +34,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn start() -> anyhow::Result<Self> {
+    pub(crate) fn start() -> anyhow::Result<Self> {
         let chromium = binary("SLUICE_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = binary("SLUICE_CHROMEDRIVER", "/usr/bin/chromedriver");
         for path in [&chromium, &chromedriver] {
@@ -149,7 +149,7 @@ impl Browser {
         self.session.as_deref().expect("a session")
     }
 
-    fn goto(&self, url: &str) {
+    pub(crate) fn goto(&self, url: &str) {
         let session = self.session();
         self.send(
             "POST",
@@ -160,7 +160,7 @@ impl Browser {
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page.
-    fn run(&self, script: &str, args: Value) -> Value {
+    pub(crate) fn run(&self, script: &str, args: Value) -> Value {
         let session = self.session();
         self.send(
             "POST",

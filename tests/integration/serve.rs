@@ -72,13 +72,23 @@ pub(crate) struct Served {
 
 /// Starts [`Served`] in `dir`; names start with `prefix`.
 pub(crate) fn serve_filter(dir: &Path, prefix: &str, partitions: i32) -> Served {
+    serve_filter_with(dir, prefix, partitions, Some(TOKEN))
+}
+
+/// [`serve_filter`] with the server's token `token` (`None`: none).
+pub(crate) fn serve_filter_with(
+    dir: &Path,
+    prefix: &str,
+    partitions: i32,
+    token: Option<&str>,
+) -> Served {
     let (input, clean, dlq) = (
         unique(&format!("{prefix}-in")),
         unique(&format!("{prefix}-clean")),
         unique(&format!("{prefix}-dlq")),
     );
     create_topics(&[&input, &clean, &dlq], partitions);
-    let (server, client, module) = serve_with_filter_module(dir);
+    let (server, client, module) = serve_with_filter_module(dir, token);
     let name = unique(prefix);
     let spec = format!(
         "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
@@ -110,11 +120,14 @@ pub(crate) fn serve_filter(dir: &Path, prefix: &str, partitions: i32) -> Served 
     }
 }
 
-/// A `sluice serve` in `dir` with the token [`TOKEN`] and
+/// A `sluice serve` in `dir` with the token `token` (if any) and
 /// `filter-heartbeats` pushed as version 1 (the upload's answer).
-fn serve_with_filter_module(dir: &Path) -> (Server, Client, Value) {
-    let server = Server::start(dir, &["--token", TOKEN]);
-    let client = server.client(Some(TOKEN));
+fn serve_with_filter_module(dir: &Path, token: Option<&str>) -> (Server, Client, Value) {
+    let server = match token {
+        Some(token) => Server::start(dir, &["--token", token]),
+        None => Server::start(dir, &[]),
+    };
+    let client = server.client(token);
     let filter = fs::read(guest("filter-heartbeats")).unwrap();
     let (status, module) = call(
         &client,
@@ -269,7 +282,7 @@ fn a_failed_pipeline_is_restarted_and_delivers_everything() {
         unique("restart-dlq"),
     );
     create_topics(&[&input, &clean, &dlq], 2);
-    let (server, client, _) = serve_with_filter_module(dir.path());
+    let (server, client, _) = serve_with_filter_module(dir.path(), Some(TOKEN));
 
     // A file where the checkpoint directory goes: every run fails at its
     // start until the file is gone.

@@ -19,8 +19,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `sluice serve` with extra `args` (e.g. `--token T`).
+    /// Starts `sluice serve` with extra `args`. A `--token T` among them is
+    /// given the way an operator gives it, as `SLUICE_TOKEN` (the server
+    /// takes no token on its command line, where `ps` would show it).
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut token = None;
+        let mut rest = Vec::new();
+        let mut given = args.iter();
+        while let Some(arg) = given.next() {
+            match *arg {
+                "--token" => token = given.next().copied(),
+                arg => rest.push(arg),
+            }
+        }
+        Self::start_with_env(dir, &rest, token.map(|t| ("SLUICE_TOKEN", t)))
+    }
+
+    /// Starts `sluice serve` with `args` and, if given, one environment
+    /// variable.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: Option<(&str, &str)>) -> Self {
         let log = dir.join("server.log");
         let log_file = OpenOptions::new()
             .create(true)
@@ -34,6 +51,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("SLUICE_TOKEN")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

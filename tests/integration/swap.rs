@@ -339,3 +339,92 @@ fn a_swap_requested_during_a_trial_follows_it_at_the_next_boundary() {
     assert_eq!(sorted_values(&read(&tagged)), ["a|v2", "b|v3"]);
     server.stop();
 }
+
+#[test]
+fn versions_on_trial_or_waiting_stay_held_until_their_swaps_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let [input, tagged, out, dlq] = topics("swap3", ["in", "tagged", "out", "dlq"], 1);
+    let (server, client) = serve_taggers(dir.path(), b"1234");
+    let name = unique("swap3");
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 10, max_wait: 20ms }}\ntransforms:\n  - module: tagger@1\n\
+         outputs:\n  default: {{ topic: {out} }}\n  tagged: {{ topic: {tagged} }}\n\
+         dead_letter: {{ topic: {dlq} }}\n",
+        brokers = brokers(),
+    );
+    let (status, body) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{body}");
+    wait_for_status(&server, &name, "running");
+
+    // Idle: version 2 stays on trial, and the swap to 3 waits behind it.
+    let path = format!("/v1/pipelines/{name}/swap");
+    let (status, reply) = call(&client, "POST", &path, Some(br#"{"module": "tagger@2"}"#));
+    assert_eq!(
+        (status, &reply["swap"]["state"]),
+        (200, &"trial".into()),
+        "{reply}"
+    );
+    let second = {
+        let (url, path) = (server.url.clone(), path.clone());
+        std::thread::spawn(move || {
+            let client = sluice::cli::client::Client::new(&url, Some(TOKEN.to_owned()));
+            call(&client, "POST", &path, Some(br#"{"module": "tagger@3"}"#))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // 1: what a failed trial falls back to; 2: on trial; 3: waiting. Only 4
+    // is free.
+    for version in 1..=3 {
+        let (status, body) = call(
+            &client,
+            "DELETE",
+            &format!("/v1/modules/tagger/{version}"),
+            None,
+        );
+        assert_eq!(status, 409, "tagger@{version}: {body}");
+        assert_eq!(
+            body["error"],
+            format!(
+                "module `tagger@{version}` is used by pipeline(s) {name}; remove it from them first"
+            ),
+        );
+    }
+    let (status, body) = call(&client, "DELETE", "/v1/modules/tagger/4", None);
+    assert_eq!(status, 200, "{body}");
+
+    // One record: 2 goes live, 3 goes on trial; the next makes 3 live.
+    produce(&input, &[("k", "a")]);
+    let (status, reply) = second.join().unwrap();
+    assert_eq!(status, 200, "{reply}");
+    produce(&input, &[("k", "b")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read(&tagged).len() < 2 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sorted_values(&read(&tagged)), ["a|v2", "b|v3"]);
+    // Resolved: 1 and 2 are free, 3 runs; a restart finds it.
+    for version in [1, 2] {
+        let (status, body) = call(
+            &client,
+            "DELETE",
+            &format!("/v1/modules/tagger/{version}"),
+            None,
+        );
+        assert_eq!(status, 200, "tagger@{version}: {body}");
+    }
+    let (status, body) = call(&client, "DELETE", "/v1/modules/tagger/3", None);
+    assert_eq!(status, 409, "{body}");
+    let (status, doc) = call(&client, "POST", &format!("/v1/pipelines/{name}/stop"), None);
+    assert_eq!((status, &doc["status"]), (200, &"stopped".into()), "{doc}");
+    let (status, doc) = call(
+        &client,
+        "POST",
+        &format!("/v1/pipelines/{name}/start"),
+        None,
+    );
+    assert_eq!((status, &doc["status"]), (200, &"running".into()), "{doc}");
+    assert_eq!(doc["modules"][0]["version"], 3, "{doc}");
+    server.stop();
+}

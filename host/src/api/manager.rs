@@ -16,8 +16,11 @@
 //! `module` is `name` or `name@version` of the module store. A plain `name`
 //! is resolved to the latest version when the pipeline is created, and that
 //! version is recorded: restarts and `start` run the same bytes. A step
-//! without a `name` is named after its module. Deleting a pipeline keeps
-//! its directory (checkpoints, Parquet files). The status document shows
+//! without a `name` is named after its module. Deleting a pipeline removes
+//! its directory with everything in it (checkpoints, staged files, Parquet
+//! output written under it), so a pipeline created later under the same
+//! name starts from scratch; the Kafka consumer group's committed offsets
+//! are the broker's and stay. The status document shows
 //! the spec as given, except for the values of secret-looking Kafka
 //! properties (`sasl.password`, ...), since reading needs no token.
 //!
@@ -231,6 +234,10 @@ pub struct Manager {
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Pipeline -> the module versions it holds (see the module docs).
     usage: Arc<Usage>,
+    /// Pipeline -> the versions of its swaps not yet resolved (pending or
+    /// on trial), held besides `usage` until the run reports them live or
+    /// rolled back: a run on trial may still go on with either version.
+    trials: Arc<Usage>,
     /// Set by [`Manager::shutdown`]: no run starts any more.
     closing: AtomicBool,
 }
@@ -256,7 +263,7 @@ impl Manager {
         allowed: &[PathBuf],
     ) -> Result<Self, ManagerError> {
         let dir = data.join("pipelines");
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        crate::api::store::private_dir(&dir).map_err(io_error("create", &dir))?;
         // Absolute: the paths of modules and checkpoints written into specs
         // must not be resolved against the spec's directory again.
         let data = fs::canonicalize(data).map_err(io_error("resolve", data))?;
@@ -282,6 +289,7 @@ impl Manager {
             store,
             entries: Mutex::new(BTreeMap::new()),
             usage: Arc::default(),
+            trials: Arc::default(),
             closing: AtomicBool::new(false),
         };
         let mut entries = BTreeMap::new();
@@ -333,13 +341,22 @@ impl Manager {
         }
     }
 
-    /// The pipelines using `module@version`.
+    /// The pipelines using `module@version`: running it, or swapping to it.
     pub fn users(&self, module: &str, version: u32) -> Vec<String> {
-        lock(&self.usage)
+        let uses =
+            |held: &Vec<(String, u32)>| held.iter().any(|(m, v)| m == module && *v == version);
+        let mut users: Vec<String> = lock(&self.usage)
             .iter()
-            .filter(|(_, held)| held.iter().any(|(m, v)| m == module && *v == version))
+            .filter(|(_, held)| uses(held))
             .map(|(name, _)| name.clone())
-            .collect()
+            .collect();
+        for (name, held) in lock(&self.trials).iter() {
+            if uses(held) && !users.contains(name) {
+                users.push(name.clone());
+            }
+        }
+        users.sort();
+        users
     }
 
     /// Creates a pipeline from a spec (YAML or JSON) and starts it.
@@ -438,6 +455,7 @@ impl Manager {
         }
         self.set_desired(&entry, Desired::Stopped)?;
         entry.halt(&mut control);
+        self.forget_trials(name);
         drop(control);
         tracing::info!("pipeline {name}: stopped");
         Ok(entry.status())
@@ -453,7 +471,14 @@ impl Manager {
         entry.halt(&mut control);
         let path = self.file(name);
         fs::remove_file(&path).map_err(io_error("delete", &path))?;
-        let _ = fs::remove_dir_all(self.modules_dir(name));
+        // Its checkpoints and outputs go with it: a pipeline created later
+        // under the same name must not resume from them.
+        let dir = self.data.join("pipelines").join(name);
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("pipeline {name}: cannot remove {}: {e}", dir.display());
+        }
         control.deleted = true;
         drop(control);
         lock(&self.entries).remove(name);
@@ -512,6 +537,8 @@ impl Manager {
             let doc = lock(&entry.doc);
             (doc.name.clone(), doc.spec.clone(), doc.modules.clone())
         };
+        // The run that had swaps pending, if any, is over.
+        self.forget_trials(&name);
         let spec = match self.resolve(&name, &value, Some(&modules)) {
             Ok((spec, _)) => spec,
             Err(e) => {
@@ -695,7 +722,7 @@ impl Manager {
                 .data
                 .join("modules/blobs")
                 .join(format!("{sha256}.wasm"));
-            fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+            crate::api::store::private_dir(&dir).map_err(io_error("create", &dir))?;
             let _ = fs::remove_file(&file);
             fs::hard_link(&blob, &file)
                 .or_else(|_| fs::copy(&blob, &file).map(drop))
@@ -710,6 +737,7 @@ impl Manager {
 
     fn release(&self, name: &str) {
         lock(&self.usage).remove(name);
+        lock(&self.trials).remove(name);
     }
 
     fn set_desired(&self, entry: &Entry, desired: Desired) -> Result<(), ManagerError> {
@@ -820,23 +848,33 @@ impl Entry {
     }
 }
 
-/// The spec with the values of secret-looking Kafka properties replaced by
-/// `"<redacted>"`: reading the API needs no token.
-fn redacted(mut spec: Value) -> Value {
-    const SECRET: [&str; 6] = [
-        "password",
-        "secret",
-        "jaas",
-        "token",
-        "oauthbearer.config",
-        "key.pem",
-    ];
+/// The spec with its secrets replaced by `"<redacted>"`: the values of
+/// secret-looking Kafka properties and transform config keys, and config
+/// values marked `{ secret: "..." }` (shown `{ secret: "<redacted>" }`).
+/// Reading the API needs no token.
+pub fn redacted(mut spec: Value) -> Value {
+    use crate::spec::{SECRET_KEYS, is_secret_config, marked_secret};
+    const REDACTED: &str = "<redacted>";
     for side in ["consumer", "producer"] {
         if let Some(Value::Object(properties)) = spec.pointer_mut(&format!("/kafka/{side}")) {
             for (key, value) in properties.iter_mut() {
                 let key = key.to_ascii_lowercase();
-                if SECRET.iter().any(|s| key.contains(s)) {
-                    *value = Value::String("<redacted>".into());
+                if SECRET_KEYS.iter().any(|s| key.contains(s)) {
+                    *value = Value::String(REDACTED.into());
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(steps)) = spec.get_mut("transforms") {
+        for step in steps {
+            let Some(Value::Object(config)) = step.get_mut("config") else {
+                continue;
+            };
+            for (key, value) in config.iter_mut() {
+                if marked_secret(value).is_some() {
+                    *value = serde_json::json!({ "secret": REDACTED });
+                } else if is_secret_config(key, value) {
+                    *value = Value::String(REDACTED.into());
                 }
             }
         }

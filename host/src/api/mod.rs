@@ -9,27 +9,41 @@
 //! | `GET /healthz` | 200 `{"status": "ok"}` |
 //! | `GET /v1/openapi.json` | 200, the OpenAPI 3.1 document |
 //! | `GET /v1/modules` | 200, every module: name, latest version, number of versions |
-//! | `POST /v1/modules/{name}` | body: the component's bytes; `?config.<key>=<value>` configures the trial `init`. 201 new version, 200 identical to the latest version; 400 bad name or not wasm, 413 too large, 422 not a Sluice component or its `init` failed |
+//! | `POST /v1/modules/{name}` | body: the component's bytes, `Content-Type: application/wasm` (or `application/octet-stream`); `?config.<key>=<value>` configures the trial `init`. 201 new version, 200 identical to the latest version; 400 bad name or not wasm, 413 too large, 415 other content type, 422 not a Sluice component or its `init` failed, 503 (`Retry-After`) `--max-checks` uploads being checked already, 507 `--max-module-versions` reached |
 //! | `GET /v1/modules/{name}` | 200, every version with hash, size, kind and the pipelines using it; 404 |
 //! | `GET /v1/modules/{name}/{version}` | 200, one version's metadata; 400, 404 |
 //! | `GET /v1/modules/{name}/{version}/wasm` | 200 `application/wasm`, the bytes; 400, 404 |
 //! | `DELETE /v1/modules/{name}` | 200 `{name, deleted}`, every version; 404, 409 while a pipeline uses one |
 //! | `DELETE /v1/modules/{name}/{version}` | 200 `{name, deleted}`; 400, 404, 409 while in use |
-//! | `POST /v1/pipelines` | body: a spec, YAML or JSON, modules as `name[@version]`. 201, the status document, the pipeline started; 400 (the error names the field), 404 unknown module, 409 name taken, 422 wrong module kind |
+//! | `POST /v1/pipelines` | body: a spec, YAML or JSON (`Content-Type` `application/yaml`, `application/json`, `application/x-yaml` or `text/yaml`), modules as `name[@version]`. 201, the status document, the pipeline started; 400 (the error names the field), 404 unknown module, 409 name taken, 415 other content type, 422 wrong module kind, 507 `--max-pipelines` reached |
 //! | `GET /v1/pipelines` | 200, every pipeline's status document |
 //! | `GET /v1/pipelines/{name}` | 200, its status document (status `running`/`paused`/`stopped`/`failed`, desired, started_at, error, modules, last_run, progress, throughput, swaps, spec); 400, 404 |
 //! | `POST /v1/pipelines/{name}/stop` | 200, the status once stopped; 400, 404 |
 //! | `POST /v1/pipelines/{name}/start` | 200, the status once started (a paused one resumes); 400, 404 |
 //! | `POST /v1/pipelines/{name}/pause` | 200, the status once paused after its current batch (acknowledged, committed, checkpointed); 400, 404, 409 not running |
 //! | `POST /v1/pipelines/{name}/resume` | 200, the status once running again; 400, 404, 409 not running |
-//! | `POST /v1/pipelines/{name}/swap` | body `{"module": "name[@version]", "step": "<step>"}` (`step` optional with one step). 200, the status plus `swap`, its record, once applied at a batch boundary (`trial`, then `live`), or with `swap: null` for a pipeline not running (from its next start); 202 still `pending` after 30 s; 400 bad body, unknown step or not a module reference, 404 unknown pipeline, module or version, 422 wrong module kind or the new module could not start or failed its trial batch (rolled back) |
-//! | `DELETE /v1/pipelines/{name}` | 200, the last status; stops it first; 400, 404 |
+//! | `POST /v1/pipelines/{name}/swap` | body (`application/json`) `{"module": "name[@version]", "step": "<step>"}` (`step` optional with one step). 200, the status plus `swap`, its record, once applied at a batch boundary (`trial`, then `live`), or with `swap: null` for a pipeline not running (from its next start); 202 still `pending` after 30 s; 400 bad body, unknown step or not a module reference, 404 unknown pipeline, module or version, 422 wrong module kind or the new module could not start or failed its trial batch (rolled back) |
+//! | `DELETE /v1/pipelines/{name}` | 200, the last status; stops it first, then removes `<data>/pipelines/<name>/` with its checkpoints, staged files and Parquet output written under it (the name starts afresh if created again); 400, 404 |
 //! | `GET /metrics` | 200, Prometheus text: `sluice_modules`; per pipeline `sluice_pipeline_up`, `sluice_pipeline_paused`, `sluice_pipeline_module_version`, the counters `sluice_records_in_total`, `sluice_records_out_total`, `sluice_dead_letters_total`, `sluice_records_dropped_total`, `sluice_late_records_total`, `sluice_batches_total`, `sluice_guest_traps_total`, `sluice_guest_deadline_hits_total`, `sluice_guest_memory_hits_total`, the histogram `sluice_batch_duration_seconds`, the gauges `sluice_consumer_lag` and, with windows, `sluice_watermark_seconds`, `sluice_state_rows`, `sluice_state_bytes` (see [`metrics`]) |
 //!
 //! Every rejection is a 4xx (or, for a server fault, 5xx) with the JSON body
-//! `{"error": "<message>"}`. When a token is configured, every request that
-//! changes something (anything but GET, HEAD and OPTIONS) needs
+//! `{"error": "<message>"}`. When a token is configured (`sluice serve
+//! --token-file PATH` or `SLUICE_TOKEN`, never the command line), every
+//! request that changes something (anything but GET, HEAD and OPTIONS) needs
 //! `Authorization: Bearer <token>`, else 401; reading stays open.
+//!
+//! Before that, on every route ([`guard`]): a `Host` that is not a loopback
+//! name or one given with `--allow-host` is 421 (DNS rebinding); an `Origin`
+//! other than the server's own, or `Sec-Fetch-Site: cross-site`/`same-site`,
+//! is 403; after the token check, a change whose body has another content
+//! type than its route takes is 415 (the bodiless changes take none, or
+//! `application/json`). No response carries CORS headers, and `OPTIONS` is
+//! 405: a page on another origin cannot change anything, token or not.
+//!
+//! Status documents show the spec with its secrets redacted: secret-looking
+//! Kafka properties and transform config keys, and config values marked
+//! `{ secret: "..." }`. Everything the server writes under its data
+//! directory is readable by its user only (0600 files, 0700 directories).
 //!
 //! Uploads are streamed against the size limit (413 as soon as the declared
 //! length or the bytes received pass it, without reading further), then
@@ -38,12 +52,17 @@
 //! `init` run. Storage is [`store::ModuleStore`]; pipelines are run by
 //! [`manager::Manager`].
 
+pub mod guard;
 pub mod manager;
 pub mod metrics;
 pub mod modules;
 pub mod pipelines;
 pub mod store;
 
+#[cfg(test)]
+mod budget_tests;
+#[cfg(test)]
+mod guard_tests;
 #[cfg(test)]
 mod pipeline_tests;
 #[cfg(test)]
@@ -90,6 +109,27 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// When set, changes need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Host names the server answers to besides the loopback names
+    /// (`127.0.0.1`, `[::1]`, `localhost`); see [`guard`].
+    pub allowed_hosts: Vec<String>,
+    /// Most pipelines the server holds (507 past it).
+    pub max_pipelines: usize,
+    /// Most module versions the store holds, all modules together (507
+    /// past it).
+    pub max_module_versions: usize,
+    /// Most uploads checked (compiled, `init` run) at once (503 with
+    /// `Retry-After` past it).
+    pub max_checks: usize,
+}
+
+/// Default of [`ApiConfig::max_pipelines`].
+pub const DEFAULT_MAX_PIPELINES: usize = 100;
+/// Default of [`ApiConfig::max_module_versions`].
+pub const DEFAULT_MAX_MODULE_VERSIONS: usize = 1000;
+
+/// Default of [`ApiConfig::max_checks`]: half the cores, at least one.
+pub fn default_max_checks() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 impl Default for ApiConfig {
@@ -98,6 +138,10 @@ impl Default for ApiConfig {
             max_upload: DEFAULT_MAX_UPLOAD,
             limits: Limits::default(),
             token: None,
+            allowed_hosts: Vec::new(),
+            max_pipelines: DEFAULT_MAX_PIPELINES,
+            max_module_versions: DEFAULT_MAX_MODULE_VERSIONS,
+            max_checks: default_max_checks(),
         }
     }
 }
@@ -114,6 +158,8 @@ pub struct AppState {
     pub users: ModuleUsers,
     /// The pipelines this server runs; `None`: the pipeline routes answer 404.
     pub pipelines: Option<Arc<Manager>>,
+    /// One permit per upload being checked ([`ApiConfig::max_checks`]).
+    pub checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -123,6 +169,7 @@ impl AppState {
         Self {
             store: Arc::new(store),
             runtime,
+            checks: Arc::new(tokio::sync::Semaphore::new(config.max_checks.max(1))),
             config: Arc::new(config),
             users: Arc::new(|_: &str, _: u32| Vec::new()),
             pipelines: None,
@@ -170,9 +217,14 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route (see GET /v1/openapi.json)",
             )
         })
+        .layer(axum::middleware::from_fn(guard::content_type))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
         ))
         .with_state(state)
 }
@@ -197,7 +249,7 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Strin
     }
     Err(format!(
         "refusing to listen on {addr} without a token: anyone who can reach it could upload code. \
-         Pass --token (or set SLUICE_TOKEN), or listen on 127.0.0.1"
+         Pass --token-file (or set SLUICE_TOKEN), or listen on 127.0.0.1"
     ))
 }
 
@@ -241,7 +293,7 @@ async fn require_token(
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "this server needs a token for changes: send `Authorization: Bearer <token>` \
-                     (the sluice CLI: --token or SLUICE_TOKEN)",
+                     (the sluice CLI: SLUICE_TOKEN or --token-file)",
                 ));
             }
             Some(given) if !same_token(given, expected) => {
@@ -309,6 +361,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -188,11 +188,34 @@ async fn upload(
     {
         return Ok((StatusCode::OK, Json(info(&state, &name, latest))));
     }
+    let stored: usize = state.store.list().iter().map(|(_, v)| v.len()).sum();
+    let max = state.config.max_module_versions;
+    if stored >= max {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "this server holds at most {max} module versions (sluice serve \
+                 --max-module-versions) and has {stored}: delete unused versions first"
+            ),
+        ));
+    }
+    // Compiling and trying `init` is the costly part: a bounded number at
+    // once, the others told to come back.
+    let Ok(permit) = state.checks.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this server is checking {} uploads already; retry in a moment",
+                state.config.max_checks
+            ),
+        ));
+    };
     let worker = state.clone();
     let module = name.clone();
     let (meta, created) = blocking(move || {
-        let checked = check(&worker, &module, &bytes, config)?;
-        Ok(worker.store.add(&module, &bytes, checked)?)
+        let checked = check(&worker, &module, &bytes, config);
+        drop(permit);
+        Ok(worker.store.add(&module, &bytes, checked?)?)
     })
     .await?;
     let meta = info(&state, &name, meta);

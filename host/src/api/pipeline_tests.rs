@@ -104,7 +104,10 @@ async fn send_text(
     body: &str,
     token: Option<&str>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut request = Request::builder().method(method).uri(uri);
+    let mut request = Request::builder().method(method.clone()).uri(uri);
+    if let Some(content_type) = super::guard::content_type_for(&method, uri) {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -817,4 +820,79 @@ fn allowed_directories_must_be_outside_the_data_directory() {
     }
     let elsewhere = tempfile::tempdir().unwrap();
     Manager::open(data.path(), store, &[elsewhere.path().to_path_buf()]).unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_pipeline_removes_its_directory_so_the_name_starts_afresh() {
+    let f = open();
+    seed(&f, "filter", b"not a component", Kind::Transform);
+    let (status, doc) = send(&f, Method::POST, "/v1/pipelines", &spec("orders", "filter")).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    // What a run leaves: a checkpoint and an output file.
+    let dir = f.data.path().join("pipelines/orders");
+    std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+    std::fs::write(dir.join("checkpoint/epochs.log"), b"epoch 7").unwrap();
+    std::fs::write(dir.join("out.parquet"), b"rows").unwrap();
+
+    let (status, doc) = send(&f, Method::DELETE, "/v1/pipelines/orders", "").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(!dir.exists(), "{} is left", dir.display());
+
+    let (status, doc) = send(&f, Method::POST, "/v1/pipelines", &spec("orders", "filter")).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".modules"]);
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_in_reads_and_documents_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = open();
+    seed(&f, "filter", b"one", Kind::Transform);
+    let yaml = spec("vault", "filter")
+        .replace(
+            "config: { field: event_type }",
+            "config: { field: event_type, API_Key: k1, db_password: k2, url: { secret: k3 }, \
+             n: 3 }",
+        )
+        .replace(
+            "brokers: \"127.0.0.1:1\" }",
+            "brokers: \"127.0.0.1:1\", producer: { ssl.key.password: k4, linger.ms: 5 } }",
+        );
+    let (status, doc) = send(&f, Method::POST, "/v1/pipelines", &yaml).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    let config = json!({
+        "field": "event_type",
+        "API_Key": "<redacted>",
+        "db_password": "<redacted>",
+        "url": { "secret": "<redacted>" },
+        "n": 3,
+    });
+    assert_eq!(doc["spec"]["transforms"][0]["config"], config);
+    assert_eq!(
+        doc["spec"]["kafka"]["producer"],
+        json!({ "ssl.key.password": "<redacted>", "linger.ms": 5 })
+    );
+    let (_, list) = send(&f, Method::GET, "/v1/pipelines", "").await;
+    assert_eq!(
+        list["pipelines"][0]["spec"]["transforms"][0]["config"],
+        config
+    );
+    // The document keeps them, for this user only.
+    let file = f.data.path().join("pipelines/vault.json");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("k3"));
+    for (path, mode) in [
+        (file, 0o600),
+        (f.data.path().join("pipelines"), 0o700),
+        (f.data.path().join("pipelines/vault"), 0o700),
+        (f.data.path().join("modules"), 0o700),
+        (f.data.path().join("modules/index.json"), 0o600),
+    ] {
+        let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "{}", path.display());
+    }
 }

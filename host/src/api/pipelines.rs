@@ -111,6 +111,17 @@ async fn create(
             "spec: the request body is empty: send the pipeline spec, YAML or JSON",
         ));
     }
+    let held = manager(&state)?.list().len();
+    let max = state.config.max_pipelines;
+    if held >= max {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "this server holds at most {max} pipelines (sluice serve --max-pipelines): \
+                 delete one first"
+            ),
+        ));
+    }
     let created = blocking(&state, move |m| m.create(&text)).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

@@ -198,9 +198,9 @@ impl ModuleStore {
     pub fn open(data: &Path) -> Result<Self, StoreError> {
         let dir = data.join("modules");
         let blobs = dir.join("blobs");
-        fs::create_dir_all(&blobs).map_err(StoreError::io("create", &blobs))?;
+        private_dir(&blobs).map_err(StoreError::io("create", &blobs))?;
         let lock_path = dir.join(".lock");
-        let lock = fs::File::create(&lock_path).map_err(StoreError::io("create", &lock_path))?;
+        let lock = private_file(&lock_path).map_err(StoreError::io("create", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
@@ -469,7 +469,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = fs::File::create(&tmp).map_err(StoreError::io("create", &tmp))?;
+        let mut file = private_file(&tmp).map_err(StoreError::io("create", &tmp))?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
             .map_err(StoreError::io("write", &tmp))?;
@@ -482,6 +482,28 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `dir` and its missing parents, readable by this user only
+/// (0700): modules and pipeline documents may carry secrets.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or truncates) `path` for writing, readable by this user only
+/// (0600).
+pub fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(test)]

@@ -68,12 +68,13 @@ fn seed(f: &Fixture, name: &str, bytes: &[u8]) {
     f.state.store.add(name, bytes, checked).unwrap();
 }
 
+/// `method uri` with `body`, of the content type the route takes.
 fn request(method: Method, uri: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(body.into())
-        .unwrap()
+    let mut request = Request::builder().method(method.clone()).uri(uri);
+    if let Some(content_type) = super::guard::content_type_for(&method, uri) {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    request.body(body.into()).unwrap()
 }
 
 async fn send(f: &Fixture, request: Request<Body>) -> (StatusCode, Value) {
@@ -191,6 +192,7 @@ async fn an_upload_over_the_declared_limit_is_refused_unread() {
     }));
     let request = Request::post("/v1/modules/big")
         .header(header::CONTENT_LENGTH, "2048")
+        .header(header::CONTENT_TYPE, "application/wasm")
         .body(body)
         .unwrap();
     let (status, json) = send(&f, request).await;
@@ -213,7 +215,10 @@ async fn a_streamed_upload_is_cut_off_at_the_limit() {
     let body = Body::from_stream(futures::stream::repeat_with(|| {
         Ok::<_, std::io::Error>(Bytes::from_static(&CHUNK))
     }));
-    let request = Request::post("/v1/modules/big").body(body).unwrap();
+    let request = Request::post("/v1/modules/big")
+        .header(header::CONTENT_TYPE, "application/wasm")
+        .body(body)
+        .unwrap();
     let (status, json) =
         tokio::time::timeout(std::time::Duration::from_secs(30), send(&f, request))
             .await
@@ -368,12 +373,12 @@ async fn changes_need_the_token_reads_do_not() {
     }
     // With the token, the request reaches the handler.
     let authorized = |method: Method, uri: &str, body: &'static [u8]| {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("bearer {TOKEN}"))
-            .body(Body::from(body))
-            .unwrap()
+        let mut request = request(method, uri, body);
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("bearer {TOKEN}").parse().unwrap(),
+        );
+        request
     };
     let (status, json) = send(&f, authorized(Method::POST, "/v1/modules/m", b"not wasm")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");

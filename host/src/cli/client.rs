@@ -21,21 +21,54 @@ pub struct ServerArgs {
     /// The `sluice serve` to talk to.
     #[arg(long, global = true, default_value = "http://127.0.0.1:7878")]
     server: String,
-    /// Bearer token for changes (default: $SLUICE_TOKEN).
-    #[arg(long, global = true)]
+    /// File holding the bearer token for changes (only its owner may read
+    /// it). Default: $SLUICE_TOKEN.
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Bearer token for changes. Visible to every user in `ps`: prefer
+    /// $SLUICE_TOKEN or --token-file.
+    #[arg(long, global = true, hide = true)]
     token: Option<String>,
 }
 
 impl ServerArgs {
-    /// A client of the server, with `--token` or else `$SLUICE_TOKEN` (an
-    /// empty token is none).
-    pub fn client(self) -> Client {
-        let token = self
-            .token
-            .or_else(|| std::env::var("SLUICE_TOKEN").ok())
-            .filter(|t| !t.is_empty());
-        Client::new(&self.server, token)
+    /// A client of the server, with the token of `--token-file`, else
+    /// `$SLUICE_TOKEN`, else `--token` (an empty token is none).
+    pub fn client(self) -> anyhow::Result<Client> {
+        let token = match &self.token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => std::env::var("SLUICE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or(self.token),
+        }
+        .filter(|t| !t.is_empty());
+        Ok(Client::new(&self.server, token))
     }
+}
+
+/// The token in `path` (its first line, trimmed). Refuses a file that its
+/// group or others may read or write, as ssh refuses such a key: the token
+/// is what lets a caller upload code.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("--token-file {shown}: cannot read it"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "--token-file {shown}: its mode {mode:o} lets other users read or change it; \
+             run `chmod 600 {shown}`"
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {shown}: cannot read it"))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        bail!("--token-file {shown}: the file is empty; write the token on its first line");
+    }
+    Ok(token)
 }
 
 /// `sluice module ...`.
@@ -68,7 +101,7 @@ enum ModuleCommand {
 
 /// Runs `sluice module ...`.
 pub fn run(args: ModuleArgs) -> anyhow::Result<()> {
-    let client = args.server.client();
+    let client = args.server.client()?;
     match args.command {
         ModuleCommand::Push { name, file, config } => {
             validate_name(&name)?;
@@ -287,13 +320,20 @@ impl Client {
         self.request("DELETE", &path, None)
     }
 
-    /// Any request; `path` includes the query, already encoded.
+    /// Any request; `path` includes the query, already encoded. A body is
+    /// sent with the content type its route takes (a spec as YAML).
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Reply> {
         let mut request = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.server));
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let route_type = ureq::http::Method::from_bytes(method.as_bytes())
+            .ok()
+            .and_then(|m| crate::api::guard::content_type_for(&m, path));
+        if let (Some(_), Some(content_type)) = (body, route_type) {
+            request = request.header("content-type", content_type);
         }
         let sent = match body {
             Some(body) => self.agent.run(request.body(body)?),

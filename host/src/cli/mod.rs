@@ -105,10 +105,27 @@ enum Command {
         /// Address to listen on; anything but loopback needs a token.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
-        /// Bearer token that every change (POST, PUT, DELETE) must carry
-        /// (default: $SLUICE_TOKEN). Reads stay open.
+        /// File holding the bearer token that every change (POST, PUT,
+        /// DELETE) must carry, on its first line; only its owner may read it
+        /// (mode 600). Default: $SLUICE_TOKEN. Reads stay open.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// A host name the server also answers to (repeatable), besides
+        /// 127.0.0.1, [::1] and localhost: the `Host` of any other request
+        /// is refused (421), against DNS rebinding.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
+        /// Most pipelines the server holds; creating more is refused (507).
+        #[arg(long, default_value_t = api::DEFAULT_MAX_PIPELINES)]
+        max_pipelines: usize,
+        /// Most module versions the store holds, all modules together;
+        /// uploading more is refused (507).
+        #[arg(long, default_value_t = api::DEFAULT_MAX_MODULE_VERSIONS)]
+        max_module_versions: usize,
+        /// Most uploads checked (compiled, init tried) at once; more are
+        /// told to retry (503). Default: half the cores, at least 1.
         #[arg(long)]
-        token: Option<String>,
+        max_checks: Option<usize>,
         /// Largest module accepted.
         #[arg(long, default_value = "32MiB")]
         max_upload: bytesize::ByteSize,
@@ -204,10 +221,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             data,
             listen,
-            token,
+            token_file,
+            allow_hosts,
             max_upload,
             allow_dir,
-        } => serve(&data, &listen, token, max_upload, &allow_dir),
+            max_pipelines,
+            max_module_versions,
+            max_checks,
+        } => {
+            let limits = ApiConfig {
+                max_upload: max_upload.as_u64(),
+                max_pipelines,
+                max_module_versions,
+                max_checks: max_checks.unwrap_or_else(api::default_max_checks).max(1),
+                ..ApiConfig::default()
+            };
+            serve(&data, &listen, token_file.as_deref(), allow_hosts, limits, &allow_dir)
+        }
         Command::Module(args) => client::run(args),
         Command::Pipeline(args) => pipeline_cmd::run(args),
     }
@@ -216,26 +246,41 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn serve(
     data: &std::path::Path,
     listen: &str,
-    token: Option<String>,
-    max_upload: bytesize::ByteSize,
+    token_file: Option<&std::path::Path>,
+    mut allow_hosts: Vec<String>,
+    limits: ApiConfig,
     allow_dir: &[PathBuf],
 ) -> anyhow::Result<()> {
-    if token.as_deref() == Some("") {
-        anyhow::bail!("--token must not be empty");
-    }
-    let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()));
+    // Everything the server writes (pipeline documents, modules,
+    // checkpoints, outputs) is this user's alone: specs carry secrets.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let token = match token_file {
+        Some(path) => Some(client::read_token_file(path)?),
+        None => std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
     let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(listen)
         .with_context(|| format!("--listen {listen}: not an address"))?
         .collect();
     for addr in &addrs {
         api::check_exposure(*addr, token.as_deref()).map_err(anyhow::Error::msg)?;
     }
+    // Listening beyond loopback (with a token): the name it listens by is
+    // one the server answers to.
+    if let Some(name) = listen.rsplit_once(':').map(|(host, _)| host)
+        && !addrs.iter().all(|a| a.ip().is_loopback())
+        && !name.is_empty()
+        && !addrs
+            .iter()
+            .any(|a| a.ip().is_unspecified() && name.parse::<std::net::IpAddr>().is_ok())
+    {
+        allow_hosts.push(name.to_owned());
+    }
     let store = api::store::ModuleStore::open(data)
         .with_context(|| format!("cannot open the module store in {}", data.display()))?;
     let config = ApiConfig {
-        max_upload: max_upload.as_u64(),
         token,
-        ..ApiConfig::default()
+        allowed_hosts: allow_hosts,
+        ..limits
     };
     let state = AppState::new(store, Runtime::new()?, config);
     let manager = std::sync::Arc::new(

@@ -62,7 +62,7 @@ enum PipelineCommand {
 
 /// Runs `sluice pipeline ...`.
 pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
-    let client = args.server.client();
+    let client = args.server.client()?;
     match args.command {
         PipelineCommand::Create { spec } => {
             let bytes =

@@ -187,7 +187,9 @@ pub struct TransformSpec {
     #[serde(default)]
     pub name: Option<String>,
     /// Passed to the guest's `init`, in this order. Non-string values arrive
-    /// as JSON text.
+    /// as JSON text. A value written `{ secret: "..." }` is a secret: the
+    /// guest gets the inner string, and every read of the spec (the API,
+    /// logs) shows it redacted; see [`is_secret_config`].
     #[serde(default)]
     pub config: IndexMap<String, serde_json::Value>,
     #[serde(default)]
@@ -217,12 +219,46 @@ impl TransformSpec {
             .map(|(k, v)| {
                 let v = match v {
                     serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                    other => match marked_secret(other) {
+                        Some(secret) => secret.to_owned(),
+                        None => other.to_string(),
+                    },
                 };
                 (k.clone(), v)
             })
             .collect()
     }
+}
+
+/// The inner string of a config value marked secret, `{ secret: "..." }`.
+pub fn marked_secret(value: &serde_json::Value) -> Option<&str> {
+    match value.as_object() {
+        Some(object) if object.len() == 1 => object.get("secret")?.as_str(),
+        _ => None,
+    }
+}
+
+/// Key fragments that make a config key or Kafka property a secret even
+/// unmarked (compared lowercased).
+pub const SECRET_KEYS: [&str; 11] = [
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "credential",
+    "private",
+    "jaas",
+    "oauthbearer.config",
+    "key.pem",
+];
+
+/// Whether config entry `key: value` is a secret: marked, or its key looks
+/// like one.
+pub fn is_secret_config(key: &str, value: &serde_json::Value) -> bool {
+    let key = key.to_ascii_lowercase();
+    marked_secret(value).is_some() || SECRET_KEYS.iter().any(|s| key.contains(s))
 }
 
 /// Sandbox limits of one transform instance.
@@ -303,5 +339,31 @@ impl PipelineSpec {
         topics.sort_unstable();
         topics.dedup();
         topics
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_marked_secret_reaches_the_guest_as_its_string() {
+        let step: TransformSpec = serde_json::from_str(
+            r#"{"module": "m.wasm",
+                "config": {"url": {"secret": "s3"}, "n": 3, "o": {"secret": 1}, "key": "v"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            step.config_pairs(),
+            [
+                ("url".to_owned(), "s3".to_owned()),
+                ("n".to_owned(), "3".to_owned()),
+                ("o".to_owned(), r#"{"secret":1}"#.to_owned()),
+                ("key".to_owned(), "v".to_owned()),
+            ]
+        );
+        assert!(is_secret_config("url", &step.config["url"]));
+        assert!(is_secret_config("Client_Secret", &serde_json::json!("x")));
+        assert!(!is_secret_config("key", &step.config["key"]));
     }
 }

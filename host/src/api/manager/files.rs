@@ -1,5 +1,6 @@
 //! The pipeline store's files: each pipeline's document, written so that a
-//! crash leaves the old or the new one, never a mix.
+//! crash leaves the old or the new one, never a mix, and only this user
+//! may read (0600: a spec may carry secrets).
 
 use std::fs;
 use std::io;
@@ -31,7 +32,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
+        let mut file = crate::api::store::private_file(&tmp).map_err(io_error("create", &tmp))?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
             .map_err(io_error("write", &tmp))?;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{
-    Desired, Entry, Manager, ManagerError, PipelineStatus, StepModule, Stored, hold, lock, now,
-    persist,
+    Desired, Entry, Manager, ManagerError, PipelineStatus, StepModule, Stored, Usage, hold, lock,
+    now, persist,
 };
 use crate::api::store::{Kind, ModuleRef, StoreError};
 use crate::pipeline::{SwapListener, SwapRecord, SwapRequest, SwapState};
@@ -126,15 +126,14 @@ impl Manager {
                     .version
             }
         };
-        // Hold first, then check (see the module docs of the manager).
-        let mut held = doc.modules.clone();
-        held.push(StepModule {
-            step: doc.modules[index].step.clone(),
-            module: reference.name.clone(),
-            version,
-            sha256: String::new(),
-        });
-        hold(&self.usage, name, &held);
+        // Hold first, then check (see the module docs of the manager). The
+        // version stays held as a trial until the swap resolves; the
+        // document's versions stay held by `usage` meanwhile.
+        let trial = (reference.name.clone(), version);
+        lock(&self.trials)
+            .entry(name.to_owned())
+            .or_default()
+            .push(trial.clone());
         let target = (|| {
             let meta = self
                 .store
@@ -163,7 +162,7 @@ impl Manager {
         let (sha256, file) = match target {
             Ok(target) => target,
             Err(e) => {
-                hold(&self.usage, name, &doc.modules);
+                untrial(&self.trials, name, &trial);
                 return Err(e);
             }
         };
@@ -176,9 +175,13 @@ impl Manager {
         let Some(run) = entry.running(&control) else {
             // Takes effect at the next start.
             let updated = swapped(&doc, index, &target);
-            persist(&self.data, &updated)?;
-            hold(&self.usage, name, &updated.modules);
-            *lock(&entry.doc) = updated;
+            let persisted = persist(&self.data, &updated);
+            if persisted.is_ok() {
+                hold(&self.usage, name, &updated.modules);
+                *lock(&entry.doc) = updated;
+            }
+            untrial(&self.trials, name, &trial);
+            persisted?;
             drop(control);
             tracing::info!(
                 "pipeline {name}: step {} now runs {}@{version} (from its next start)",
@@ -214,12 +217,14 @@ impl Manager {
     }
 
     /// Hears the run's swap outcomes: a live swap is recorded in the
-    /// pipeline document; either way the versions held are the document's.
+    /// pipeline document; either way the versions held are the document's,
+    /// plus those of swaps still pending or on trial.
     pub(super) fn swap_listener(&self, entry: &Arc<Entry>) -> SwapListener {
         let entry: Weak<Entry> = Arc::downgrade(entry);
         let data = self.data.clone();
         let store = self.store.clone();
         let usage = self.usage.clone();
+        let trials = self.trials.clone();
         Box::new(move |record: &SwapRecord| {
             let Some(entry) = entry.upgrade() else {
                 return;
@@ -251,7 +256,31 @@ impl Manager {
                 }
             }
             hold(&usage, &doc.name, &doc.modules);
+            if matches!(record.state, SwapState::Live | SwapState::RolledBack)
+                && let Some(version) = record.to_version
+            {
+                untrial(&trials, &doc.name, &(record.module.clone(), version));
+            }
         })
+    }
+
+    /// Forgets the trials of pipeline `name` when no run goes on with them
+    /// (a run ended: its pending swaps ended with it).
+    pub(super) fn forget_trials(&self, name: &str) {
+        lock(&self.trials).remove(name);
+    }
+}
+
+/// Removes one hold of `trial` by pipeline `name`.
+fn untrial(trials: &Usage, name: &str, trial: &(String, u32)) {
+    let mut trials = lock(trials);
+    if let Some(held) = trials.get_mut(name) {
+        if let Some(at) = held.iter().position(|t| t == trial) {
+            held.remove(at);
+        }
+        if held.is_empty() {
+            trials.remove(name);
+        }
     }
 }
 
