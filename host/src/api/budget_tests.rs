@@ -20,7 +20,7 @@ const CORE_MODULE: &[u8] = b"\0asm\x01\0\0\0";
 fn state(data: &std::path::Path, config: ApiConfig) -> AppState {
     let store = ModuleStore::open(data).unwrap();
     let state = AppState::new(store, Runtime::new().unwrap(), config);
-    let manager = Arc::new(Manager::open(data, state.store.clone()).unwrap());
+    let manager = Arc::new(Manager::open(data, state.store.clone(), &[]).unwrap());
     state.with_pipelines(manager)
 }
 

@@ -236,7 +236,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 max_checks: max_checks.unwrap_or_else(api::default_max_checks).max(1),
                 ..ApiConfig::default()
             };
-            serve(&data, &listen, token_file.as_deref(), allow_hosts, limits, &allow_dir)
+            serve(
+                &data,
+                &listen,
+                token_file.as_deref(),
+                allow_hosts,
+                limits,
+                &allow_dir,
+            )
         }
         Command::Module(args) => client::run(args),
         Command::Pipeline(args) => pipeline_cmd::run(args),
