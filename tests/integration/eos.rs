@@ -237,3 +237,62 @@ fn a_replay_with_another_module_is_refused_naming_the_step_and_digests() {
     run_ok(&spec);
     assert_eq!(read(&output).len(), 10);
 }
+
+/// Gives the empty `topic` `partitions` partitions. The test broker has no
+/// CreatePartitions, so the topic is deleted and created again: for a
+/// checkpoint that saw it empty, the same as partitions added.
+fn grow_empty_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.delete_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|(topic, code)| panic!("cannot delete {topic}: {code}"));
+    }
+    create_topics(&[topic], partitions);
+}
+
+#[test]
+fn a_sink_partition_added_after_the_checkpoint_is_read_back() {
+    let [input, output, dlq] = ["eos-grow-in", "eos-grow-out", "eos-grow-dlq"].map(unique);
+    create_topics(&[&input, &output, &dlq], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "grow", &input, &output, &dlq);
+    // The checkpoint knows partition 0 of the output only.
+    run_ok(&spec);
+    assert!(read(&output).is_empty());
+    grow_empty_topic(&output, 2);
+    let records = events("g", 40);
+    produce_events(&input, &records);
+    // Epoch 1 reaches both partitions; the run dies before its checkpoint.
+    let crashed = sluice_run(&spec, Some("after-outputs"));
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert!(
+        !crashed.status.success() && stderr.contains("failpoint after-outputs reached"),
+        "expected a crash before the checkpoint: {}\n{stderr}",
+        crashed.status
+    );
+    let written = read(&output);
+    assert!(
+        written.iter().any(|r| r.partition == 1),
+        "some records must have gone to the new partition"
+    );
+    // The re-execution finds all of them, in both partitions.
+    run_ok(&spec);
+    let mut want: Vec<String> = records.iter().map(|(_, v)| v.clone()).collect();
+    want.sort();
+    assert_eq!(sorted_values(&read(&output)), want);
+}
