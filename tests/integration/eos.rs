@@ -296,3 +296,60 @@ fn a_sink_partition_added_after_the_checkpoint_is_read_back() {
     want.sort();
     assert_eq!(sorted_values(&read(&output)), want);
 }
+
+/// Deletes the records of `topic`'s partition 0 before `offset`, or None
+/// if the broker cannot.
+fn delete_records_before(topic: &str, offset: i64) -> Option<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::{Offset, TopicPartitionList};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    let result = rt.block_on(admin.delete_records(
+        &tpl,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ));
+    match result {
+        Ok(tpl) if tpl.elements().iter().all(|e| e.error().is_ok()) => Some(()),
+        other => {
+            eprintln!("the broker cannot delete records: {other:?}");
+            None
+        }
+    }
+}
+
+#[test]
+fn records_removed_past_the_checkpoint_refuse_the_recovery() {
+    let [input, output, dlq] = ["eos-gone-in", "eos-gone-out", "eos-gone-dlq"].map(unique);
+    create_topics(&[&input, &output, &dlq], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "gone", &input, &output, &dlq);
+    run_ok(&spec);
+    produce_events(&input, &events("r", 10));
+    let crashed = sluice_run(&spec, Some("after-outputs"));
+    assert!(!crashed.status.success());
+    assert_eq!(read(&output).len(), 10);
+    delete_records_before(&output, 4).expect("the test broker deletes records");
+    let started = Instant::now();
+    let out = sluice_run(&spec, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the recovery succeeded:\n{stderr}");
+    let expected = format!(
+        "refusing to recover: sink partition {output}/0 starts at offset 4 now, but the records from offset 0 on must be read back"
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected `{expected}` in:\n{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
