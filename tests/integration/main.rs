@@ -7,6 +7,7 @@ mod confine;
 mod crash;
 mod dashboard;
 mod dev;
+mod eos;
 mod faults;
 mod golden;
 mod guard;

@@ -10,6 +10,7 @@
 //!   checkpoint. A crash mid-append leaves at most one torn entry at the
 //!   tail, which the next open cuts off.
 
+mod dir;
 mod log;
 mod store;
 

@@ -30,6 +30,8 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::dir::{DirLock, lineage};
+
 const MAGIC: &[u8; 8] = b"SLUICECK";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 32;
@@ -82,6 +84,13 @@ pub enum CheckpointError {
     /// reopening reads back what is really there.
     #[error("epoch log {path} is unusable after a failed write or fsync; reopen it")]
     LogPoisoned { path: PathBuf },
+    /// Another process holds the directory's lock.
+    #[error("checkpoint directory {dir} is in use by another process")]
+    InUse { dir: PathBuf },
+    #[error(
+        "{path} does not hold a lineage id (16 hex digits); restore it, or remove the directory to start over"
+    )]
+    BadLineage { path: PathBuf },
 }
 
 impl CheckpointError {
@@ -137,6 +146,9 @@ pub trait CheckpointStore: Send + std::fmt::Debug {
 pub struct LocalDirStore {
     dir: PathBuf,
     keep: usize,
+    /// Held while the store is open: one process per directory.
+    _lock: DirLock,
+    lineage: String,
 }
 
 impl LocalDirStore {
@@ -148,6 +160,10 @@ impl LocalDirStore {
             return Err(CheckpointError::ZeroKeep { dir });
         }
         fs::create_dir_all(&dir).map_err(io_err("create checkpoint directory", &dir))?;
+        // Before anything is touched: the temp files may be another
+        // process's saves in progress.
+        let lock = DirLock::acquire(&dir)?;
+        let lineage = lineage(&dir)?;
         for name in file_names(&dir)? {
             if name.starts_with(TMP_PREFIX) && name.ends_with(TMP_SUFFIX) {
                 let path = dir.join(&name);
@@ -156,11 +172,21 @@ impl LocalDirStore {
                 tracing::info!(%path, "removed the temp file of an interrupted checkpoint save");
             }
         }
-        Ok(Self { dir, keep })
+        Ok(Self {
+            dir,
+            keep,
+            _lock: lock,
+            lineage,
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory's lineage id (see [`super::dir`]).
+    pub fn lineage(&self) -> &str {
+        &self.lineage
     }
 
     fn path_of(&self, id: u64) -> PathBuf {
@@ -347,10 +373,19 @@ mod tests {
         format!("checkpoint-{id:020}.ckpt")
     }
 
+    /// The directory's files, less its lock and lineage.
     fn names(store: &LocalDirStore) -> Vec<String> {
         let mut names = file_names(store.dir()).unwrap();
+        names.retain(|n| n != "LOCK" && n != "LINEAGE");
         names.sort();
         names
+    }
+
+    /// Closes `store` (releasing its lock) and opens its directory again.
+    fn reopen(store: LocalDirStore, keep: usize) -> LocalDirStore {
+        let dir = store.dir().to_path_buf();
+        drop(store);
+        LocalDirStore::open(dir, keep).unwrap()
     }
 
     fn damage(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
@@ -378,7 +413,7 @@ mod tests {
         store.save(7, b"").unwrap();
         store.save(9, b"ninth").unwrap();
         assert_eq!(store.load_latest().unwrap(), Some((9, b"ninth".to_vec())));
-        let store = LocalDirStore::open(store.dir(), 3).unwrap();
+        let store = reopen(store, 3);
         assert_eq!(store.load_latest().unwrap(), Some((9, b"ninth".to_vec())));
         assert_eq!(names(&store), [name(1), name(7), name(9)]);
         assert_eq!(name(9), "checkpoint-00000000000000000009.ckpt");
@@ -462,7 +497,7 @@ mod tests {
         let leftover = format!(".{}.tmp", name(3));
         fs::write(store.dir().join(leftover), b"half").unwrap();
         fs::write(store.dir().join("notes.txt"), b"not ours").unwrap();
-        let store = LocalDirStore::open(store.dir(), 1).unwrap();
+        let store = reopen(store, 1);
         assert_eq!(names(&store), ["notes.txt"]);
         assert_eq!(store.load_latest().unwrap(), None);
     }

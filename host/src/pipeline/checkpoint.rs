@@ -11,9 +11,15 @@
 //! - per Parquet output, the files closed for this checkpoint, which become
 //!   visible only once the checkpoint is durable.
 //!
+//! - the checkpoint directory's lineage id (exactly-once record ids start
+//!   with it) and each step's module digest.
+//!
 //! Everything is keyed by topic name and partition, not by the spec's
 //! order, so that a checkpoint stays meaningful when a spec is reordered,
 //! and state per source partition can later move between processes.
+//!
+//! Format 2 added the lineage and the digests; a format 1 checkpoint still
+//! loads (with neither).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -23,14 +29,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::Epoch;
+use super::{Epoch, StepDigest};
 use crate::checkpoint::{CheckpointError, CheckpointStore, EpochLog, LocalDirStore};
 use crate::sink::{ParquetCommit, SinkPosition};
 use crate::spec::CheckpointSpec;
 use crate::window::EngineSnapshot;
 
 /// Bumped when the layout of [`Checkpoint`] changes incompatibly.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// A source partition's next offset to process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +59,22 @@ pub struct Checkpoint {
     pub windows: Option<EngineSnapshot>,
     /// Per Parquet output name, the files this checkpoint publishes.
     pub parquet: Vec<(String, ParquetCommit)>,
+    /// The checkpoint directory's lineage id (empty: format 1).
+    pub lineage: String,
+    /// Each step's module when the checkpoint was taken (empty: format 1).
+    pub modules: Vec<StepDigest>,
+}
+
+/// Format 1: [`Checkpoint`] without the lineage and the digests.
+#[derive(Serialize, Deserialize)]
+struct CheckpointV1 {
+    format: u32,
+    pipeline: String,
+    epoch: u64,
+    sources: Vec<SourcePosition>,
+    sinks: Vec<SinkPosition>,
+    windows: Option<EngineSnapshot>,
+    parquet: Vec<(String, ParquetCommit)>,
 }
 
 impl Checkpoint {
@@ -65,6 +87,8 @@ impl Checkpoint {
             sinks: Vec::new(),
             windows: None,
             parquet: Vec::new(),
+            lineage: String::new(),
+            modules: Vec::new(),
         }
     }
 
@@ -73,13 +97,29 @@ impl Checkpoint {
     }
 
     fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
-        let c: Self = postcard::from_bytes(bytes).context("cannot decode the checkpoint")?;
-        anyhow::ensure!(
-            c.format == FORMAT,
-            "checkpoint format {} is not supported (this Sluice reads {FORMAT})",
-            c.format
-        );
-        Ok(c)
+        let (format, _) =
+            postcard::take_from_bytes::<u32>(bytes).context("cannot decode the checkpoint")?;
+        match format {
+            FORMAT => postcard::from_bytes(bytes).context("cannot decode the checkpoint"),
+            1 => {
+                let c: CheckpointV1 =
+                    postcard::from_bytes(bytes).context("cannot decode the checkpoint")?;
+                Ok(Self {
+                    format: c.format,
+                    pipeline: c.pipeline,
+                    epoch: c.epoch,
+                    sources: c.sources,
+                    sinks: c.sinks,
+                    windows: c.windows,
+                    parquet: c.parquet,
+                    lineage: String::new(),
+                    modules: Vec::new(),
+                })
+            }
+            _ => anyhow::bail!(
+                "checkpoint format {format} is not supported (this Sluice reads 1 and {FORMAT})"
+            ),
+        }
     }
 
     /// Source positions by (index into `topics`, partition); positions of
@@ -148,6 +188,14 @@ impl Checkpoints {
                     spec.dir.display(),
                     c.pipeline
                 );
+                anyhow::ensure!(
+                    c.lineage.is_empty() || c.lineage == store.lineage(),
+                    "checkpoint {id} in {} is of lineage {}, but the directory's LINEAGE is {}: \
+                     files of two checkpoint directories were mixed; restore the directory whole",
+                    spec.dir.display(),
+                    c.lineage,
+                    store.lineage()
+                );
                 Some(c)
             }
         };
@@ -176,6 +224,11 @@ impl Checkpoints {
             kept: after.into_iter().collect(),
         };
         Ok((checkpoints, Recovered { checkpoint, epochs }))
+    }
+
+    /// The checkpoint directory's lineage id.
+    pub fn lineage(&self) -> &str {
+        self.store.lineage()
     }
 
     pub fn due(&self) -> bool {
@@ -386,7 +439,8 @@ impl Drop for LogWriter {
 }
 
 /// Crashes the process here when `SLUICE_FAILPOINT` names this point, for
-/// crash tests: `after-outputs` (outputs acknowledged, checkpoint not yet
+/// crash tests: `before-outputs` (exactly-once: an epoch logged, none of its
+/// records sent), `after-outputs` (outputs acknowledged, checkpoint not yet
 /// written) or `after-checkpoint` (checkpoint written, offsets not yet
 /// committed to the group, Parquet files not yet renamed). `NAME:k` crashes
 /// at the k-th time the point is reached (default the first).
@@ -409,6 +463,69 @@ pub fn failpoint(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_format_1_checkpoint_loads_without_lineage_or_digests() {
+        let old = CheckpointV1 {
+            format: 1,
+            pipeline: "p".to_owned(),
+            epoch: 4,
+            sources: vec![SourcePosition {
+                topic: "in".to_owned(),
+                partition: 0,
+                offset: 10,
+            }],
+            sinks: Vec::new(),
+            windows: None,
+            parquet: Vec::new(),
+        };
+        let c = Checkpoint::decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        assert_eq!(
+            c,
+            Checkpoint {
+                format: 1,
+                epoch: 4,
+                sources: old.sources.clone(),
+                ..Checkpoint::new("p")
+            }
+        );
+        let new = Checkpoint {
+            lineage: "00112233aabbccdd".to_owned(),
+            modules: vec![StepDigest::new("s", &"ab".repeat(32))],
+            ..Checkpoint::new("p")
+        };
+        assert_eq!(Checkpoint::decode(&new.encode()).unwrap(), new);
+        assert_eq!(new.modules[0].sha256, [0xab; 32]);
+    }
+
+    #[test]
+    fn checkpoints_of_another_lineage_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CheckpointSpec {
+            dir: dir.path().to_path_buf(),
+            interval: Duration::from_secs(5),
+            keep: 3,
+            sync: false,
+        };
+        let (mut checkpoints, _) = Checkpoints::open(&spec, "p").unwrap();
+        let lineage = checkpoints.lineage().to_owned();
+        checkpoints
+            .save(&Checkpoint {
+                lineage: "00112233aabbccdd".to_owned(),
+                ..Checkpoint::new("p")
+            })
+            .unwrap();
+        drop(checkpoints);
+        let error = format!("{:#}", Checkpoints::open(&spec, "p").unwrap_err());
+        assert_eq!(
+            error,
+            format!(
+                "checkpoint 0 in {} is of lineage 00112233aabbccdd, but the directory's LINEAGE is {lineage}: \
+                 files of two checkpoint directories were mixed; restore the directory whole",
+                dir.path().display()
+            )
+        );
+    }
 
     #[test]
     fn the_log_writer_makes_every_appended_epoch_durable_in_order() {

@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 use super::chain::ChainOutput;
 use crate::batch::{Batch, Columns, RecordRef};
-use crate::sink::{BatchAck, EOS_HEADER, KafkaSink, headers, write_eos_id};
+use crate::sink::{BatchAck, EOS_HEADER, EosId, KafkaSink, WINDOW_INPUT, headers, write_eos_id};
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct Routing {
     /// Source topic names, indexed by `Batch::sources`.
     pub source_topics: Vec<String>,
     pub steps: Vec<StepInfo>,
+    /// Exactly-once: the checkpoint directory's lineage id, which starts
+    /// every record's id (set once the directory is open).
+    pub lineage: String,
 }
 
 /// An output record a sink refused (a Parquet schema mismatch): it goes to
@@ -48,7 +51,38 @@ pub struct Rejected {
 pub struct Eos<'a> {
     pub epoch: u64,
     /// Ids the broker already has (after a crash): not produced again.
-    pub written: Option<&'a HashSet<(u64, u32)>>,
+    pub written: Option<&'a HashSet<EosId>>,
+}
+
+/// Numbers a batch's records by (input, index among that input's records),
+/// so that whatever happens to one source record (a deadline that fires on
+/// one run and not on the re-execution) changes only its own records' ids.
+#[derive(Debug, Default)]
+struct Numbering {
+    /// Records numbered so far, per input position.
+    per_input: Vec<u32>,
+    window: u32,
+}
+
+impl Numbering {
+    fn next(&mut self, epoch: u64, input: u32) -> EosId {
+        let count = if input == WINDOW_INPUT {
+            &mut self.window
+        } else {
+            let i = input as usize;
+            if i >= self.per_input.len() {
+                self.per_input.resize(i + 1, 0);
+            }
+            &mut self.per_input[i]
+        };
+        let index = *count;
+        *count += 1;
+        EosId {
+            epoch,
+            input,
+            index,
+        }
+    }
 }
 
 /// What [`deliver`] did.
@@ -62,9 +96,10 @@ pub struct Delivered {
 /// Queues every output and dead-letter record of one batch under `ack`:
 /// outputs in spec order, then the chain's dead letters (records, then
 /// windows a guest could not finish: key, accumulator and window), then
-/// records a sink rejected. With `eos`, each record carries its id and the ones
-/// already written are skipped; the order is the numbering, so it must not
-/// depend on anything but the batch.
+/// records a sink rejected. With `eos`, each record carries its id (see
+/// [`Numbering`]) and the ones already written are skipped; the order of one
+/// input's records is part of the numbering, so it must not depend on
+/// anything but the batch.
 pub fn deliver(
     sink: &KafkaSink,
     ack: &Arc<BatchAck>,
@@ -77,16 +112,16 @@ pub fn deliver(
     let mut sender = Sender {
         sink,
         ack,
-        pipeline: &routing.pipeline,
+        lineage: &routing.lineage,
         eos,
-        seq: 0,
+        numbering: Numbering::default(),
         delivered: Delivered::default(),
         id: String::new(),
     };
     for (routed, (_, topic)) in out.outputs.iter().zip(&routing.outputs) {
         let Some(topic) = topic else { continue };
-        for record in routed.records.iter() {
-            sender.send(topic, record, &[])?;
+        for (record, &input) in routed.records.iter().zip(&routed.origins) {
+            sender.send(topic, record, &[], input)?;
         }
     }
     for dead in &out.dead_letters {
@@ -110,7 +145,7 @@ pub fn deliver(
             ("sluice.source.partition", partition.as_bytes()),
             ("sluice.source.offset", offset.as_bytes()),
         ];
-        sender.send(&routing.dead_letter_topic, record, &extra)?;
+        sender.send(&routing.dead_letter_topic, record, &extra, dead.origin)?;
     }
     for (step, window) in &out.window_dead_letters {
         let step = &routing.steps[*step];
@@ -141,16 +176,23 @@ pub fn deliver(
             Some(window.end - 1),
             [],
         );
-        sender.send(&routing.dead_letter_topic, record.get(0), &extra)?;
+        sender.send(
+            &routing.dead_letter_topic,
+            record.get(0),
+            &extra,
+            WINDOW_INPUT,
+        )?;
     }
     for r in rejected {
-        let record = out.outputs[r.output].records.get(r.record as usize);
+        let routed = &out.outputs[r.output];
+        let record = routed.records.get(r.record as usize);
+        let input = routed.origins[r.record as usize];
         let extra: [(&str, &[u8]); 3] = [
             ("sluice.error", r.reason.as_bytes()),
             ("sluice.pipeline", routing.pipeline.as_bytes()),
             ("sluice.output", routing.outputs[r.output].0.as_bytes()),
         ];
-        sender.send(&routing.dead_letter_topic, record, &extra)?;
+        sender.send(&routing.dead_letter_topic, record, &extra, input)?;
     }
     Ok(sender.delivered)
 }
@@ -158,9 +200,9 @@ pub fn deliver(
 struct Sender<'a> {
     sink: &'a KafkaSink,
     ack: &'a Arc<BatchAck>,
-    pipeline: &'a str,
+    lineage: &'a str,
     eos: Option<Eos<'a>>,
-    seq: u32,
+    numbering: Numbering,
     delivered: Delivered,
     /// The current record's exactly-once id.
     id: String,
@@ -172,19 +214,19 @@ impl Sender<'_> {
         topic: &str,
         record: RecordRef<'_>,
         extra: &[(&str, &[u8])],
+        input: u32,
     ) -> Result<(), KafkaError> {
-        let seq = self.seq;
-        self.seq += 1;
         // On the stack: at most the 8 headers of a dead letter, plus the id.
         let mut all: SmallVec<[(&str, &[u8]); 9]>;
         let extra = match self.eos {
             None => extra,
             Some(eos) => {
-                if eos.written.is_some_and(|w| w.contains(&(eos.epoch, seq))) {
+                let id = self.numbering.next(eos.epoch, input);
+                if eos.written.is_some_and(|w| w.contains(&id)) {
                     self.delivered.skipped += 1;
                     return Ok(());
                 }
-                write_eos_id(&mut self.id, self.pipeline, eos.epoch, seq);
+                write_eos_id(&mut self.id, self.lineage, id);
                 all = SmallVec::from_slice(extra);
                 all.push((EOS_HEADER, self.id.as_bytes()));
                 &all[..]
@@ -201,5 +243,53 @@ impl Sender<'_> {
         )?;
         self.delivered.produced += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ids given to records of inputs `inputs`, in the order sent.
+    fn number(inputs: &[u32]) -> Vec<(u32, u32)> {
+        let mut numbering = Numbering::default();
+        inputs
+            .iter()
+            .map(|&i| {
+                let id = numbering.next(7, i);
+                assert_eq!(id.epoch, 7);
+                (id.input, id.index)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_record_whose_fate_changes_changes_only_its_own_ids() {
+        // First run: input 1 made two outputs; inputs 0, 2 and 3 one each;
+        // a window result; then input 4 was dead-lettered.
+        let first = number(&[0, 1, 1, 2, 3, WINDOW_INPUT, 4]);
+        // Re-execution: input 1 hit its deadline and is dead-lettered
+        // (after every output), input 4 is not.
+        let again = number(&[0, 2, 3, 4, WINDOW_INPUT, 1]);
+        assert_eq!(
+            first,
+            vec![
+                (0, 0),
+                (1, 0),
+                (1, 1),
+                (2, 0),
+                (3, 0),
+                (WINDOW_INPUT, 0),
+                (4, 0)
+            ]
+        );
+        assert_eq!(
+            again,
+            vec![(0, 0), (2, 0), (3, 0), (4, 0), (WINDOW_INPUT, 0), (1, 0)]
+        );
+        // Every record of inputs 0, 2 and 3 and the window result keep their ids.
+        for id in [(0, 0), (2, 0), (3, 0), (WINDOW_INPUT, 0)] {
+            assert!(first.contains(&id) && again.contains(&id), "{id:?}");
+        }
     }
 }

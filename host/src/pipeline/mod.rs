@@ -39,7 +39,7 @@ pub use control::{
     SwapState,
 };
 pub use deliver::{Rejected, Routing, StepInfo};
-pub use epoch::{Epoch, Range};
+pub use epoch::{Epoch, EpochError, Range, StepDigest};
 
 use runner::Runner;
 
@@ -164,6 +164,7 @@ pub fn run_with(
             .collect(),
         dead_letter_topic: spec.dead_letter.topic.clone(),
         source_topics: spec.source.topics.clone(),
+        lineage: String::new(),
         steps: spec
             .transforms
             .iter()

@@ -23,7 +23,7 @@ use anyhow::Context;
 use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
 use super::control::{Control, Durations};
 use super::deliver::{self, Eos, Rejected, Routing};
-use super::{Chain, ChainOutput, Epoch, RunOptions, Summary};
+use super::{Chain, ChainOutput, Epoch, RunOptions, StepDigest, Summary, epoch};
 use crate::batch::Batch;
 use crate::runtime::Runtime;
 use crate::sink::{
@@ -193,10 +193,16 @@ impl<'a> Runner<'a> {
             // windows. It is an epoch like any other, so a replay sees it.
             self.epoch += 1;
             let now_ms = crate::cli::kafka_tools::now_ms();
-            if self.exactly_once
-                && let Some(c) = &mut self.checkpoints
-            {
-                c.log(self.epoch, &Epoch::of(&next.batch, now_ms))?;
+            if self.exactly_once && self.checkpoints.is_some() {
+                let epoch = Epoch::of(
+                    &next.batch,
+                    now_ms,
+                    &self.spec.source.topics,
+                    self.modules(),
+                );
+                if let Some(c) = &mut self.checkpoints {
+                    c.log(self.epoch, &epoch)?;
+                }
             }
             let eos = self.exactly_once.then_some(Eos {
                 epoch: self.epoch,
@@ -253,6 +259,7 @@ impl<'a> Runner<'a> {
             return Ok(false);
         };
         let (checkpoints, recovered) = Checkpoints::open(cspec, &spec.name)?;
+        Arc::make_mut(&mut self.routing).lineage = checkpoints.lineage().to_owned();
         self.checkpoints = Some(checkpoints);
         let checkpoint = recovered.checkpoint;
         if let Some(c) = &checkpoint {
@@ -320,9 +327,32 @@ impl<'a> Runner<'a> {
             .collect()
     }
 
+    /// Each step's module now (a swap changes them).
+    fn modules(&self) -> Vec<StepDigest> {
+        self.routing
+            .steps
+            .iter()
+            .map(|s| StepDigest::new(&s.name, &s.sha256))
+            .collect()
+    }
+
     /// Re-executes the epochs logged after checkpoint `c`.
     fn replay(&mut self, c: &Checkpoint, epochs: &[(u64, Epoch)]) -> anyhow::Result<()> {
+        let modules = self.modules();
         if epochs.is_empty() {
+            let logged = epoch::digests_by_step(&c.modules);
+            for m in &modules {
+                if let Some(&before) = logged.get(m.step.as_str())
+                    && *before != m.sha256
+                {
+                    tracing::info!(
+                        step = %m.step,
+                        checkpointed = %hex::encode(before),
+                        now = %hex::encode(m.sha256),
+                        "the step's module changed since the checkpoint; no epoch to re-execute"
+                    );
+                }
+            }
             return Ok(());
         }
         if !self.exactly_once {
@@ -332,13 +362,24 @@ impl<'a> Runner<'a> {
             );
             return Ok(());
         }
+        let mut epochs = epochs.to_vec();
+        for (n, epoch) in &mut epochs {
+            epoch
+                .resolve(*n, &self.spec.source.topics, &modules)
+                .context("refusing to recover")?;
+        }
         let started = Instant::now();
-        let written = written_since(&self.spec.kafka, &self.spec.name, &c.sinks)
-            .context("cannot read back what the sinks already hold")?;
+        let written = written_since(
+            &self.spec.kafka,
+            &self.routing.lineage,
+            &self.spec.sink_topics(),
+            &c.sinks,
+        )
+        .context("cannot read back what the sinks already hold")?;
         let descriptors: Vec<Epoch> = epochs.iter().map(|(_, e)| e.clone()).collect();
         let mut replay = ReplaySource::new(self.spec, &descriptors)?;
         let mut produced = 0;
-        for (n, epoch) in epochs {
+        for (n, epoch) in &epochs {
             let batch = replay
                 .read(epoch)
                 .with_context(|| format!("cannot re-read epoch {n}"))?;
@@ -557,6 +598,8 @@ impl<'a> Runner<'a> {
             sinks,
             windows: self.chain.aggregate().map(|a| a.engine().snapshot()),
             parquet,
+            lineage: self.routing.lineage.clone(),
+            modules: self.modules(),
             ..Checkpoint::new(&spec.name)
         };
         failpoint("after-outputs");

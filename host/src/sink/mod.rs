@@ -12,4 +12,7 @@ pub use self::parquet::{
     ParquetSpec, PartitionBy,
 };
 pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
-pub use written::{EOS_HEADER, SinkPosition, end_offsets, write_eos_id, written_since};
+pub use written::{
+    EOS_HEADER, EosId, ReadBackError, SinkPosition, WINDOW_INPUT, end_offsets, write_eos_id,
+    written_since,
+};
