@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod dashboard;
 mod dev;
+mod evil;
 mod faults;
 mod golden;
 mod parquet;

@@ -3,6 +3,7 @@
 //! linear memory is capped by a limiter.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
@@ -30,6 +31,11 @@ pub struct HostState {
     /// The end of what the guest wrote to stderr, for trap reasons (a Rust
     /// guest's panic message is written there just before it traps).
     pub stderr: GuestOutput,
+    stdout: GuestOutput,
+    /// What the `log` import may still write in this call.
+    log_budget: Budget,
+    /// When the current call must end: waiting in `wasi:io/poll` stops here.
+    pub deadline: Instant,
 }
 
 impl HostState {
@@ -37,7 +43,7 @@ impl HostState {
         let stdout = GuestOutput::new(labels.clone(), Stream::Stdout);
         let stderr = GuestOutput::new(labels.clone(), Stream::Stderr);
         let wasi = WasiCtx::builder()
-            .stdout(stdout)
+            .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
@@ -46,13 +52,77 @@ impl HostState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: memory_limit,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter::new(memory_limit),
             labels,
             stderr,
+            stdout,
+            log_budget: Budget::default(),
+            deadline: Instant::now(),
         }
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// Before each call into the guest: reports what the last call wrote
+    /// over its output budget and renews the budget.
+    pub fn begin_call(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.stdout.begin_call();
+        self.stderr.begin_call();
+        let skipped = std::mem::take(&mut self.log_budget).skipped;
+        if skipped.lines > 0 {
+            let Labels {
+                pipeline,
+                step,
+                module,
+            } = &self.labels;
+            tracing::warn!(
+                target: "sluice::guest",
+                pipeline = &**pipeline,
+                step = &**step,
+                module = &**module,
+                "guest logged {} more lines ({} bytes) in one call; not logged",
+                skipped.lines,
+                skipped.bytes
+            );
+        }
+    }
+}
+
+/// Most bytes of guest output (each of stdout, stderr and the `log`
+/// import) logged per call; the rest is counted and reported once.
+pub const OUTPUT_BYTES_PER_CALL: usize = 64 * 1024;
+/// Most lines of guest output (each stream) logged per call.
+pub const OUTPUT_LINES_PER_CALL: usize = 256;
+
+/// What one stream of guest output has logged, or skipped, in this call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    logged: Volume,
+    skipped: Volume,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Volume {
+    lines: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    /// Counts a line of `len` bytes; whether it may be logged.
+    fn admit(&mut self, len: usize) -> bool {
+        let within = self.logged.lines < OUTPUT_LINES_PER_CALL
+            && self.logged.bytes + len <= OUTPUT_BYTES_PER_CALL;
+        let volume = if within {
+            &mut self.logged
+        } else {
+            &mut self.skipped
+        };
+        volume.lines += 1;
+        volume.bytes += len;
+        within
     }
 }
 
@@ -69,6 +139,9 @@ impl TypesHost for HostState {}
 
 impl LogHost for HostState {
     fn log(&mut self, level: Level, message: String) {
+        if !self.log_budget.admit(message.len()) {
+            return;
+        }
         let Labels {
             pipeline,
             step,
@@ -95,11 +168,36 @@ impl LogHost for HostState {
     }
 }
 
-/// Caps a guest's linear memory. Growing past the cap traps (rather than
-/// failing the `memory.grow`), and the flag lets the host name the reason.
+/// Caps what a store may hold: its linear memories together (a component
+/// has several), its tables, instances and memories. Growing memory past
+/// the cap traps (rather than failing the `memory.grow`), and the flag lets
+/// the host name the reason.
 pub struct MemoryLimiter {
     limit: usize,
+    /// The bytes of all the store's linear memories.
+    total: usize,
+    /// The elements of all the store's tables.
+    table_elements: usize,
     pub exceeded: bool,
+}
+
+/// Most core instances, tables and memories one store may create: a
+/// component built by `wasm32-wasip2` has a handful of each.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 8;
+/// Most table elements, all tables of a store together.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl MemoryLimiter {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            total: 0,
+            table_elements: 0,
+            exceeded: false,
+        }
+    }
 }
 
 /// The error behind a trap caused by the memory cap.
@@ -113,28 +211,48 @@ pub struct MemoryLimitExceeded {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        let total = (self.total - current.min(self.total)).saturating_add(desired);
+        if total > self.limit {
             self.exceeded = true;
             return Err(MemoryLimitExceeded {
-                desired,
+                desired: total,
                 limit: self.limit,
             }
             .into());
         }
+        self.total = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        let total =
+            (self.table_elements - current.min(self.table_elements)).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -157,6 +275,7 @@ pub struct GuestOutput {
 struct OutputState {
     line: Vec<u8>,
     tail: Vec<u8>,
+    budget: Budget,
 }
 
 /// A longer line is logged in pieces.
@@ -184,7 +303,9 @@ impl GuestOutput {
         for &b in bytes {
             if b == b'\n' || state.line.len() >= MAX_LINE {
                 let line = std::mem::take(&mut state.line);
-                self.emit(&line);
+                if state.budget.admit(line.len()) {
+                    self.emit(&line);
+                }
                 if b == b'\n' {
                     continue;
                 }
@@ -225,13 +346,33 @@ impl GuestOutput {
         Some(format!("{location}: {}", message.join(" ").trim()))
     }
 
-    /// Forgets the stderr tail (before a new call).
-    pub fn clear_tail(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tail
-            .clear();
+    /// Before a new call: forgets the stderr tail, reports what the last
+    /// call wrote over its budget, and renews the budget.
+    fn begin_call(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.tail.clear();
+        let skipped = std::mem::take(&mut state.budget).skipped;
+        drop(state);
+        if skipped.lines > 0 {
+            let stream = match self.stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let Labels {
+                pipeline,
+                step,
+                module,
+            } = &self.labels;
+            tracing::warn!(
+                target: "sluice::guest",
+                pipeline = &**pipeline,
+                step = &**step,
+                module = &**module,
+                "guest wrote {} more lines ({} bytes) to {stream} in one call; not logged",
+                skipped.lines,
+                skipped.bytes
+            );
+        }
     }
 }
 
@@ -324,10 +465,7 @@ mod tests {
 
     #[test]
     fn limiter_traps_past_the_cap_and_remembers_it() {
-        let mut l = MemoryLimiter {
-            limit: 1 << 20,
-            exceeded: false,
-        };
+        let mut l = MemoryLimiter::new(1 << 20);
         assert!(l.memory_growing(0, 1 << 20, None).unwrap());
         assert!(!l.exceeded);
         let e = l.memory_growing(1 << 20, 2 << 20, None).unwrap_err();
