@@ -107,7 +107,7 @@ impl CompileGate {
                 drop(slot);
                 let _ = done.send(compiled);
             })
-            .map_err(|e| ModuleError::Invalid(format!("cannot start a compile thread: {e}")))?;
+            .map_err(|e| ModuleError::CompileThread(e.to_string()))?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ModuleError::CompileTimeout(timeout));

@@ -31,6 +31,8 @@ pub enum ModuleError {
         concurrent: usize,
         timeout: std::time::Duration,
     },
+    #[error("cannot start a thread to compile the module: {0}")]
+    CompileThread(String),
     #[error("the component needs imports Sluice does not provide: {0}")]
     UnsupportedImports(String),
     #[error("the component implements neither `{TRANSFORM_EXPORT}` nor `{AGGREGATE_EXPORT}`: {0}")]

@@ -464,6 +464,61 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_cap_is_for_all_memories_of_a_store_together() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 600 << 10, None).unwrap());
+        assert!(l.memory_growing(600 << 10, 700 << 10, None).unwrap());
+        let e = l.memory_growing(0, 400 << 10, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "guest memory would grow to 1126400 bytes, over its limit of 1048576 bytes"
+        );
+        assert_eq!((l.instances(), l.tables(), l.memories()), (64, 64, 8));
+    }
+
+    #[test]
+    fn table_elements_are_capped_for_all_tables_together() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.table_growing(0, 600_000, None).unwrap());
+        assert!(!l.table_growing(0, 600_000, None).unwrap());
+        assert!(l.table_growing(0, 400_000, None).unwrap());
+    }
+
+    #[test]
+    fn output_over_the_budget_is_counted_not_logged() {
+        let mut budget = Budget::default();
+        for _ in 0..OUTPUT_LINES_PER_CALL {
+            assert!(budget.admit(10));
+        }
+        assert!(!budget.admit(10), "one line too many");
+        let mut budget = Budget::default();
+        assert!(budget.admit(OUTPUT_BYTES_PER_CALL - 1));
+        assert!(!budget.admit(2));
+        assert!(budget.admit(1), "a line that still fits");
+        assert_eq!(
+            budget.logged,
+            Volume {
+                lines: 2,
+                bytes: OUTPUT_BYTES_PER_CALL
+            }
+        );
+        assert_eq!(budget.skipped, Volume { lines: 1, bytes: 2 });
+    }
+
+    #[test]
+    fn a_flood_of_guest_output_renews_its_budget_each_call() {
+        let out = GuestOutput::new(labels(), Stream::Stdout);
+        for _ in 0..1000 {
+            out.write_bytes(b"flood\n");
+        }
+        let budget = out.state.lock().unwrap().budget;
+        assert_eq!(budget.logged.lines, OUTPUT_LINES_PER_CALL);
+        assert_eq!(budget.skipped.lines, 1000 - OUTPUT_LINES_PER_CALL);
+        out.begin_call();
+        assert_eq!(out.state.lock().unwrap().budget, Budget::default());
+    }
+
+    #[test]
     fn limiter_traps_past_the_cap_and_remembers_it() {
         let mut l = MemoryLimiter::new(1 << 20);
         assert!(l.memory_growing(0, 1 << 20, None).unwrap());
