@@ -119,8 +119,8 @@ fn a_stdout_flood_does_not_stop_the_pipeline() {
     assert!(case.dlq.is_empty());
 }
 
-#[test]
-fn a_trap_in_init_refuses_to_start() {
+/// `evil-guest` instantiated in `mode`, under `limits`.
+fn instantiate(mode: &str, limits: Limits) -> Result<(), InstantiateError> {
     let rt = Runtime::new().unwrap();
     let module = rt
         .load("evil", &std::fs::read(guest("evil-guest")).unwrap())
@@ -130,10 +130,32 @@ fn a_trap_in_init_refuses_to_start() {
         step: "s".into(),
         module: "evil".into(),
     };
-    let config = vec![("mode".to_owned(), "trap-in-init".to_owned())];
-    let err = module
-        .instantiate(labels, Limits::default(), config)
-        .unwrap_err();
+    let config = vec![("mode".to_owned(), mode.to_owned())];
+    module.instantiate(labels, limits, config).map(drop)
+}
+
+#[test]
+fn a_sleep_in_init_hits_the_deadline() {
+    let started = Instant::now();
+    let limits = Limits {
+        deadline: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let err = instantiate("sleep-in-init", limits).unwrap_err();
+    assert!(
+        matches!(&err, InstantiateError::Trapped(m) if m == "deadline exceeded"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_trap_in_init_refuses_to_start() {
+    let err = instantiate("trap-in-init", Limits::default()).unwrap_err();
     assert!(
         matches!(&err, InstantiateError::Trapped(m) if m.starts_with("trap: wasm `unreachable` instruction executed (guest panicked at ") && m.ends_with(": trap-in-init: panicking inside init as configured)")),
         "{err}"

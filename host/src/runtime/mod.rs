@@ -14,6 +14,7 @@ mod bindings;
 mod compile;
 mod engine;
 mod fold_isolate;
+mod guest_output;
 mod instance;
 mod isolate;
 mod module;

@@ -16,6 +16,7 @@
 //! | `reason-bomb`      | dead-letters with a 1 MiB reason                             |
 //! | `stdout-flood`     | writes [`FLOOD_BYTES`] to stdout and as many to `log`, then forwards |
 //! | `trap-in-init`     | (any record) panics inside `init`                            |
+//! | `sleep-in-init`    | (any record) sleeps an hour inside `init`                    |
 
 use std::io::Write;
 
@@ -33,7 +34,7 @@ pub const REASON_BOMB_LEN: usize = 1 << 20;
 pub const FLOOD_BYTES: usize = 4 << 20;
 
 const MODES: &str = "sleep, poll, busy-loop, memory-bomb, output-name-bomb, huge-output, \
-                     reason-bomb, stdout-flood, trap-in-init";
+                     reason-bomb, stdout-flood, trap-in-init, sleep-in-init";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -70,6 +71,10 @@ impl Transform for Evil {
             "reason-bomb" => Mode::ReasonBomb,
             "stdout-flood" => Mode::StdoutFlood,
             "trap-in-init" => panic!("trap-in-init: panicking inside init as configured"),
+            "sleep-in-init" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                return Err("woke up after an hour".into());
+            }
             other => return Err(format!("unknown mode `{other}` (expected one of {MODES})").into()),
         };
         let trigger = config.get("trigger").unwrap_or_default().to_owned();
