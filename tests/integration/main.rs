@@ -8,6 +8,7 @@ mod crash;
 mod dashboard;
 mod dev;
 mod eos;
+mod evil;
 mod faults;
 mod golden;
 mod guard;

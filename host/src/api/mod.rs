@@ -393,7 +393,11 @@ impl From<ModuleError> for ApiError {
             ModuleError::NotWasm | ModuleError::Invalid(_) => StatusCode::BAD_REQUEST,
             ModuleError::CoreModule
             | ModuleError::UnsupportedImports(_)
-            | ModuleError::WrongWorld(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ModuleError::WrongWorld(_)
+            | ModuleError::CompileTimeout(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ModuleError::TooManyCompiles { .. } | ModuleError::CompileThread(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         Self::new(status, e.to_string())
     }

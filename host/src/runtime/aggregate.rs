@@ -6,7 +6,7 @@ use wasmtime::Store;
 
 use super::bindings::{self, AggregateGuest};
 use super::instance::{
-    Fault, StepOutput, TransformStats, classify, columns_to_wit, deadline_ticks, init_result,
+    Fault, StepOutput, TransformStats, arm, bounded_reason, classify, columns_to_wit, init_result,
     new_store, step_output,
 };
 use super::module::{InstantiateError, Module, Pre};
@@ -102,8 +102,7 @@ impl Aggregator {
         f: impl FnOnce(&AggregateGuest, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<Result<R, String>, Fault> {
         self.stats.calls += 1;
-        self.store.data().stderr.clear_tail();
-        self.store.set_epoch_deadline(deadline_ticks(self.limits));
+        arm(&mut self.store, self.limits);
         match f(&self.guest, &mut self.store) {
             Ok(result) => Ok(result),
             Err(e) => {
@@ -278,7 +277,7 @@ fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
         if input as usize >= n {
             return Err(format!("extract dead-lettered record {input} of {n}"));
         }
-        dead.push((input, reason));
+        dead.push((input, bounded_reason(reason)));
     }
     Ok(Extracted {
         keys,

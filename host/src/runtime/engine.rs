@@ -7,7 +7,9 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
 use super::bindings;
+use super::compile::{CompileGate, CompileLimits};
 use super::module::{Module, ModuleError};
+use super::poll;
 use super::sandbox::HostState;
 
 /// How often the engine's epoch advances; deadlines are whole ticks.
@@ -18,6 +20,7 @@ pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct Runtime {
     pub(super) engine: Engine,
     pub(super) linker: Arc<Linker<HostState>>,
+    pub(super) compiles: Arc<CompileGate>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -55,6 +58,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        poll::shadow_wasi_poll(&mut linker).map_err(anyhow::Error::from)?;
         bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
 
         if deadlines {
@@ -72,7 +76,15 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            compiles: CompileGate::process_wide(),
         })
+    }
+
+    /// The same runtime with other compile limits (a fresh set of compile
+    /// slots); see [`CompileLimits`].
+    pub fn with_compile_limits(mut self, limits: CompileLimits) -> Self {
+        self.compiles = CompileGate::new(limits);
+        self
     }
 
     /// Checks and compiles a component; see [`Module`].

@@ -134,8 +134,7 @@ impl Transform {
     /// `Ok(Err(message))` is the guest's own batch-level error.
     pub(super) fn call(&mut self, batch: &mut Batch) -> Result<Result<StepOutput, String>, Fault> {
         self.stats.calls += 1;
-        self.store.data().stderr.clear_tail();
-        self.store.set_epoch_deadline(deadline_ticks(self.limits));
+        arm(&mut self.store, self.limits);
         let input = InputBatch {
             records: columns_to_wit(std::mem::take(&mut batch.records)),
             partitions: std::mem::take(&mut batch.partitions),
@@ -196,8 +195,16 @@ pub(super) fn new_store(module: &Module, labels: &Labels, limits: Limits) -> Sto
         HostState::new(labels.clone(), memory),
     );
     store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(deadline_ticks(limits));
+    arm(&mut store, limits);
     store
+}
+
+/// Starts the deadline of a call (or of instantiation and `init`): for the
+/// guest's code (the epoch) and for its waits in `wasi:io/poll`.
+pub(super) fn arm(store: &mut Store<HostState>, limits: Limits) {
+    store.set_epoch_deadline(deadline_ticks(limits));
+    let deadline = std::time::Instant::now() + limits.deadline;
+    store.data_mut().begin_call(deadline);
 }
 
 /// Interprets the result of a guest's `init`.
@@ -239,6 +246,28 @@ pub(super) fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) ->
     }
 }
 
+/// The longest output name: Kafka topic names have at most 249 characters.
+pub const MAX_OUTPUT_NAME: usize = 249;
+/// Most output records one input record may make (a flat-map bomb).
+pub const MAX_OUTPUTS_PER_INPUT: usize = 100_000;
+/// The longest dead-letter reason kept; a longer one is cut.
+pub const MAX_REASON: usize = 4096;
+
+/// `reason`, cut to [`MAX_REASON`] bytes (at a character boundary) with a
+/// marker that gives its full length.
+pub(super) fn bounded_reason(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let len = reason.len();
+    let cut = (0..=MAX_REASON)
+        .rev()
+        .find(|&i| reason.is_char_boundary(i))
+        .unwrap_or(0);
+    reason.truncate(cut);
+    format!("{reason}... ({len} bytes, truncated)")
+}
+
 /// Checks a guest's output against the contract and converts it.
 pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<StepOutput, String> {
     let OutputBatch {
@@ -268,6 +297,21 @@ pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<Step
             "output refers to input {last}, but the batch has {inputs_len} records"
         ));
     }
+    if let Some(name) = output_names.iter().find(|n| n.len() > MAX_OUTPUT_NAME) {
+        return Err(format!(
+            "an output name of {} bytes, over the limit of {MAX_OUTPUT_NAME} bytes",
+            name.len()
+        ));
+    }
+    if let Some(run) = inputs
+        .chunk_by(|a, b| a == b)
+        .map(<[u32]>::len)
+        .find(|&run| run > MAX_OUTPUTS_PER_INPUT)
+    {
+        return Err(format!(
+            "{run} output records for one input record, over the limit of {MAX_OUTPUTS_PER_INPUT}"
+        ));
+    }
     if let Some(&t) = targets.iter().find(|&&t| t as usize > output_names.len()) {
         return Err(format!(
             "output target {t} but only {} output names",
@@ -281,7 +325,7 @@ pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<Step
                 "dead letter for input {input}, but the batch has {inputs_len} records"
             ));
         }
-        dead.push((input, reason));
+        dead.push((input, bounded_reason(reason)));
     }
     Ok(StepOutput {
         records,

@@ -11,14 +11,18 @@
 
 mod aggregate;
 mod bindings;
+mod compile;
 mod engine;
 mod fold_isolate;
+mod guest_output;
 mod instance;
 mod isolate;
 mod module;
+mod poll;
 mod sandbox;
 
 pub use aggregate::{Aggregator, CallError, Extracted};
+pub use compile::CompileLimits;
 pub use engine::Runtime;
 pub use fold_isolate::BatchCalls;
 pub use instance::{Fault, StepOutput, Transform, TransformStats};

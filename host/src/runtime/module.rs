@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 
 use super::aggregate::Aggregator;
 use super::bindings::{AGGREGATE_EXPORT, AggregateGuestPre, TRANSFORM_EXPORT, TransformGuestPre};
@@ -23,6 +22,17 @@ pub enum ModuleError {
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
+    #[error("compiling the module took longer than {0:?}; it is too large or too complex")]
+    CompileTimeout(std::time::Duration),
+    #[error(
+        "too many modules are compiling at once (at most {concurrent}); none finished within {timeout:?}, try again later"
+    )]
+    TooManyCompiles {
+        concurrent: usize,
+        timeout: std::time::Duration,
+    },
+    #[error("cannot start a thread to compile the module: {0}")]
+    CompileThread(String),
     #[error("the component needs imports Sluice does not provide: {0}")]
     UnsupportedImports(String),
     #[error("the component implements neither `{TRANSFORM_EXPORT}` nor `{AGGREGATE_EXPORT}`: {0}")]
@@ -88,8 +98,7 @@ impl Module {
         if wasmparser::Parser::is_core_wasm(bytes) {
             return Err(ModuleError::CoreModule);
         }
-        let component = Component::new(&runtime.engine, bytes)
-            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let component = runtime.compiles.compile(&runtime.engine, bytes)?;
         let pre = runtime
             .linker
             .instantiate_pre(&component)
