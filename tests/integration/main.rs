@@ -11,6 +11,7 @@ mod golden;
 mod parquet;
 mod pause;
 mod pipeline;
+mod records;
 mod runtime;
 mod serve;
 mod server;

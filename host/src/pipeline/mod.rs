@@ -233,7 +233,8 @@ impl Summary {
 
 /// The kind of a dead-letter reason, for counters.
 pub fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [&str; 6] = [
+    const KINDS: [&str; 7] = [
+        chain::HEADER_NAME_NOT_UTF8,
         "trap",
         "deadline exceeded",
         "memory limit",

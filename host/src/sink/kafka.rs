@@ -9,9 +9,10 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
+use crate::kafka_headers;
 use crate::spec::KafkaSpec;
 
 /// How long the producer's start waits for an answer to one metadata
@@ -276,18 +277,10 @@ pub fn headers<'a>(
     if existing.len() == 0 && extra.is_empty() {
         return None;
     }
-    let mut h = OwnedHeaders::new_with_capacity(existing.len() + extra.len());
-    for (name, value) in existing {
-        h = h.insert(Header {
-            key: &String::from_utf8_lossy(name),
-            value: Some(value),
-        });
-    }
-    for (name, value) in extra {
-        h = h.insert(Header {
-            key: name,
-            value: Some(*value),
-        });
-    }
-    Some(h)
+    let capacity = existing.len() + extra.len();
+    // Names as bytes: a record's headers are written back exactly as read.
+    let all = existing
+        .map(|(n, v)| (n, Some(v)))
+        .chain(extra.iter().map(|(n, v)| (n.as_bytes(), Some(*v))));
+    Some(kafka_headers::build(all, capacity))
 }

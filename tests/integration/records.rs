@@ -1,0 +1,131 @@
+//! Records the host cannot carry as they are: a header name that is not
+//! UTF-8, an output larger than the producer may send, an event time far
+//! ahead of the clock. Each is dead-lettered (or quarantined) with its
+//! reason, and the pipeline goes on.
+
+use sluice::sink::{SinkPosition, written_since};
+use sluice_tests::*;
+
+/// A header name that is not UTF-8 (Latin-1 "café" and a stray byte).
+const BAD_NAME: &[u8] = b"caf\xe9\xff";
+
+/// `e0`..`e9`, `e4` with a header name that is not UTF-8.
+fn with_bad_header() -> Vec<RawRecord> {
+    (0..10)
+        .map(|i| {
+            let headers: &[(&[u8], &[u8])] = if i == 4 {
+                &[(b"trace", b"t4"), (BAD_NAME, b"\x00v\xff")]
+            } else {
+                &[(b"trace", b"ok")]
+            };
+            RawRecord::new(&format!("e{i}"), 1000 + i, headers)
+        })
+        .collect()
+}
+
+fn passthrough_spec(input: &str, clean: &str, dlq: &str, extra: &str) -> String {
+    format!(
+        "name: {}\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}], group: {} }}\n\
+         batch: {{ max_records: 4 }}\ntransforms:\n  - module: {}\n    config: {{ mode: passthrough }}\n\
+         outputs: {{ default: {{ topic: {clean} }} }}\ndead_letter: {{ topic: {dlq} }}\n{extra}",
+        unique("records"),
+        brokers(),
+        unique("g"),
+        guest("faulty-guest").display(),
+    )
+}
+
+#[test]
+fn a_header_name_that_is_not_utf8_is_dead_lettered_with_its_bytes() {
+    let (input, clean, dlq) = (unique("in"), unique("clean"), unique("dlq"));
+    create_topics(&[&input, &clean, &dlq], 1);
+    produce_raw(&input, &with_bad_header());
+    let summary = run_until_caught_up(&spec(&passthrough_spec(&input, &clean, &dlq, "")));
+
+    let clean = read_raw(&clean);
+    let values: Vec<String> = clean.iter().map(RawRecord::text).collect();
+    assert_eq!(
+        values,
+        ["e0", "e1", "e2", "e3", "e5", "e6", "e7", "e8", "e9"]
+    );
+    assert!(
+        clean
+            .iter()
+            .all(|r| r.headers == [(b"trace".to_vec(), Some(b"ok".to_vec()))])
+    );
+
+    let dlq = read_raw(&dlq);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let dead = &dlq[0];
+    assert_eq!(dead.text(), "e4");
+    assert_eq!(dead.timestamp, Some(1004));
+    assert_eq!(
+        dead.headers[..2],
+        [
+            (b"trace".to_vec(), Some(b"t4".to_vec())),
+            (BAD_NAME.to_vec(), Some(b"\x00v\xff".to_vec())),
+        ],
+        "the original headers come first, byte for byte"
+    );
+    assert_eq!(
+        dead.header("sluice.error").as_deref(),
+        Some("header key is not UTF-8")
+    );
+    assert_eq!(dead.header("sluice.source.offset").as_deref(), Some("4"));
+    assert_eq!(summary.records_in, 10);
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(
+        summary.dead_letter_reasons.get("header key is not UTF-8"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn without_transforms_a_header_name_that_is_not_utf8_is_copied_as_it_is() {
+    let (input, clean, dlq) = (unique("in"), unique("clean"), unique("dlq"));
+    create_topics(&[&input, &clean, &dlq], 1);
+    produce_raw(&input, &with_bad_header());
+    let yaml = format!(
+        "name: {}\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}], group: {} }}\n\
+         outputs: {{ default: {{ topic: {clean} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        unique("copy"),
+        brokers(),
+        unique("g"),
+    );
+    run_until_caught_up(&spec(&yaml));
+    let copied = read_raw(&clean);
+    let original = with_bad_header();
+    assert_eq!(copied.len(), 10);
+    for (c, o) in copied.iter().zip(&original) {
+        assert_eq!((&c.value, &c.headers), (&o.value, &o.headers));
+    }
+    assert!(read_raw(&dlq).is_empty());
+}
+
+#[test]
+fn the_exactly_once_read_back_reads_past_a_header_name_that_is_not_utf8() {
+    let sink = unique("sink");
+    create_topics(&[&sink], 1);
+    let pipeline = unique("eos");
+    let id = |seq: u32| format!("{pipeline}/3/{seq}");
+    let (id0, id1) = (id(0), id(1));
+    produce_raw(
+        &sink,
+        &[
+            RawRecord::new("a", 1, &[(BAD_NAME, b"x"), (b"sluice.eos", id0.as_bytes())]),
+            RawRecord::new("b", 2, &[(b"sluice.eos", id1.as_bytes())]),
+        ],
+    );
+    let yaml = passthrough_spec("unused", &sink, "unused-dlq", "");
+    let ids = written_since(
+        &spec(&yaml).kafka,
+        &pipeline,
+        &[SinkPosition {
+            topic: sink.clone(),
+            partition: 0,
+            offset: 0,
+        }],
+    )
+    .unwrap();
+    assert_eq!(ids, [(3, 0), (3, 1)].into_iter().collect());
+}
