@@ -129,3 +129,83 @@ fn the_exactly_once_read_back_reads_past_a_header_name_that_is_not_utf8() {
     .unwrap();
     assert_eq!(ids, [(3, 0), (3, 1)].into_iter().collect());
 }
+
+/// One record stamped ten days ahead among records of one minute of 2026,
+/// through event-window-agg with the default horizon (1h). (The Kafka
+/// timestamps stay in the past: brokers may refuse future ones.)
+#[test]
+fn an_event_time_far_ahead_is_dead_lettered_and_the_watermark_ignores_it() {
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let (input, out, dlq) = (unique("in"), unique("agg"), unique("dlq"));
+    create_topics(&[&input, &out, &dlq], 1);
+    let far = kafka_tools::now_ms() + 10 * 86_400_000;
+    let event = |n: u32, t: i64| {
+        format!(
+            r#"{{"event_id":"e{n}","user_id":"u0","event_type":"click","timestamp":"{}","amount":{n}}}"#,
+            rfc3339(t)
+        )
+    };
+    let events = [
+        event(1, T0 + 1_000),
+        event(2, T0 + 2_000),
+        event(100, far),
+        event(3, T0 + 3_000),
+        // Closes the first minute: only because the far record did not
+        // move the watermark.
+        event(4, T0 + 200_000),
+    ];
+    let produced = events.iter().enumerate().map(|(i, v)| {
+        (
+            Some(b"k".to_vec()),
+            Some(v.clone().into_bytes()),
+            Some(1_000 + i as i64),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), &input, produced).unwrap();
+    let yaml = format!(
+        "name: {}\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}] }}\n\
+         batch: {{ max_records: 2 }}\ntransforms:\n  - module: {}\n\
+         \x20   aggregate:\n      window: {{ tumbling: 1m }}\n      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}\n\
+         outputs: {{ default: {{ topic: {out} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
+        unique("ahead"),
+        brokers(),
+        guest("event-window-agg").display(),
+    );
+    let summary = run_until_caught_up(&spec(&yaml));
+
+    let dead = read(&dlq);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value.as_deref(), Some(events[2].as_str()));
+    assert_eq!(
+        dead[0].headers["sluice.error"],
+        format!(
+            "event time too far ahead: {} is more than 1h past the processing time",
+            rfc3339(far)
+        )
+    );
+    assert_eq!(dead[0].headers["sluice.source.offset"], "2");
+    let results: Vec<serde_json::Value> = read(&out)
+        .iter()
+        .map(|r| serde_json::from_str(r.value.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        [serde_json::json!({
+            "window_start": "2026-01-01T00:00:00.000Z", "window_end": "2026-01-01T00:01:00.000Z",
+            "event_type": "click", "count": 3, "sum_amount": 6.0, "unique_users": 1,
+        })]
+    );
+    assert_eq!(summary.windows.unwrap().watermark, Some(T0 + 200_000));
+    assert_eq!(
+        summary.dead_letter_reasons.get("event time too far ahead"),
+        Some(&1)
+    );
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
+    )
+    .to_string()
+}

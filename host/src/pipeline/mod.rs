@@ -233,8 +233,9 @@ impl Summary {
 
 /// The kind of a dead-letter reason, for counters.
 pub fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [&str; 7] = [
+    const KINDS: [&str; 8] = [
         chain::HEADER_NAME_NOT_UTF8,
+        "event time too far ahead",
         "trap",
         "deadline exceeded",
         "memory limit",
