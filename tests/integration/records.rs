@@ -209,3 +209,129 @@ fn rfc3339(ms: i64) -> String {
     )
     .to_string()
 }
+
+/// `faulty-guest` in `double` mode on values containing `BIG`: those
+/// records' outputs are twice their size.
+fn doubling_spec(input: &str, clean: &str, dlq: &str, name: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\nkafka: {{ brokers: \"{}\" }}\nsource: {{ topics: [{input}], group: {name} }}\n\
+         batch: {{ max_records: 2 }}\ntransforms:\n  - module: {}\n    config: {{ mode: double, trigger: BIG }}\n\
+         outputs: {{ default: {{ topic: {clean} }} }}\ndead_letter: {{ topic: {dlq} }}\n{extra}",
+        brokers(),
+        guest("faulty-guest").display(),
+    )
+}
+
+fn big(len: usize) -> String {
+    format!("BIG{}", "x".repeat(len - 3))
+}
+
+#[test]
+fn an_output_too_large_for_the_producer_dead_letters_its_source_record() {
+    let (input, clean, dlq) = (unique("in"), unique("clean"), unique("dlq"));
+    create_topics(&[&input, &clean, &dlq], 1);
+    let values = [
+        "e0".to_owned(),
+        "e1".to_owned(),
+        big(600_000),
+        "e3".to_owned(),
+    ];
+    let records: Vec<RawRecord> = values
+        .iter()
+        .map(|v| RawRecord::new(v, 1_000, &[]))
+        .collect();
+    produce_raw(&input, &records);
+    let summary = run_until_caught_up(&spec(&doubling_spec(
+        &input,
+        &clean,
+        &dlq,
+        &unique("big"),
+        "",
+    )));
+
+    let out: Vec<String> = read_raw(&clean).iter().map(RawRecord::text).collect();
+    assert_eq!(out, ["e0", "e1", "e3"]);
+    let dead = read_raw(&dlq);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].text(),
+        values[2],
+        "the source record, not the output"
+    );
+    // Framing (36) + key (1) + the doubled value, against librdkafka's default.
+    assert_eq!(
+        dead[0].header("sluice.error").as_deref(),
+        Some("output record too large: 1200037 bytes, the producer's limit is 1000000")
+    );
+    assert_eq!(dead[0].header("sluice.output").as_deref(), Some("default"));
+    assert_eq!(dead[0].header("sluice.source.offset").as_deref(), Some("2"));
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(
+        summary.dead_letter_reasons.get("output record too large"),
+        Some(&1)
+    );
+    assert_eq!(summary.quarantined, 0);
+}
+
+#[test]
+fn a_record_whose_dead_letter_cannot_fit_is_quarantined_once() {
+    let (input, clean, dlq) = (unique("in"), unique("clean"), unique("dlq"));
+    create_topics(&[&input, &clean, &dlq], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("quarantine");
+    let huge = big(999_900);
+    let records: Vec<RawRecord> = ["e0", &huge, "e2"]
+        .iter()
+        .map(|v| RawRecord::new(v, 1_000, &[]))
+        .collect();
+    produce_raw(&input, &records);
+    let checkpoint = format!(
+        "checkpoint: {{ dir: {} }}\n",
+        dir.path().join("cp").display()
+    );
+    let yaml = doubling_spec(&input, &clean, &dlq, &name, &checkpoint);
+    let summary = run_until_caught_up(&spec(&yaml));
+
+    let out: Vec<String> = read_raw(&clean).iter().map(RawRecord::text).collect();
+    assert_eq!(out, ["e0", "e2"], "the pipeline goes on past it");
+    let dead: Vec<_> = read_raw(&dlq)
+        .iter()
+        .map(|r| (r.text().len(), r.header("sluice.error")))
+        .collect();
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(summary.quarantined, 1);
+
+    let reason = "output record too large: 1999837 bytes, the producer's limit is 1000000";
+    let dead_letter_headers = [
+        ("sluice.error", reason),
+        ("sluice.pipeline", &name),
+        ("sluice.output", "default"),
+        ("sluice.source.topic", &input),
+        ("sluice.source.partition", "0"),
+        ("sluice.source.offset", "1"),
+    ];
+    let bytes = sluice::sink::wire_size(
+        1,
+        huge.len(),
+        dead_letter_headers.iter().map(|(n, v)| (n.len(), v.len())),
+    );
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let expected = serde_json::json!({
+        "pipeline": name, "topic": input, "partition": 0, "offset": 1, "reason": reason,
+        "bytes": bytes, "limit": 1_000_000, "key_len": 1, "value_len": huge.len(),
+        "key": b64(b"k"), "value": b64(&huge.as_bytes()[..4096]),
+    });
+    let file = dir.path().join("cp/quarantine/quarantine.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, [expected]);
+
+    // A restart resumes after it: nothing is read, nothing quarantined again.
+    let again = run_until_caught_up(&spec(&yaml));
+    assert_eq!((again.records_in, again.quarantined), (0, 0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 use smallvec::SmallVec;
 
-use super::chain::ChainOutput;
+use super::chain::{ChainOutput, NO_ORIGIN};
 use crate::batch::{Batch, Columns, RecordRef};
-use crate::sink::{BatchAck, EOS_HEADER, KafkaSink, headers, write_eos_id};
+use crate::sink::{
+    BatchAck, EOS_HEADER, KafkaSink, Quarantined, TooLarge, headers, wire_size, write_eos_id,
+};
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -57,7 +59,14 @@ pub struct Delivered {
     pub produced: u64,
     /// Skipped because the broker already had them.
     pub skipped: u64,
+    /// Outputs too large to send, dead-lettered instead.
+    pub too_large: u64,
+    /// Records neither sent nor dead-lettered.
+    pub quarantined: u64,
 }
+
+/// The dead-letter reason of an output larger than the producer may send.
+pub const TOO_LARGE: &str = "output record too large";
 
 /// Queues every output and dead-letter record of one batch under `ack`:
 /// outputs in spec order, then the chain's dead letters (records, then
@@ -65,6 +74,12 @@ pub struct Delivered {
 /// records a sink rejected. With `eos`, each record carries its id and the ones
 /// already written are skipped; the order is the numbering, so it must not
 /// depend on anything but the batch.
+///
+/// An output larger than the producer's `message.max.bytes` is replaced at
+/// once by its source record's dead letter (`output record too large: N
+/// bytes, the producer's limit is M`); a dead letter that does not fit
+/// either (and a window result that does not fit, having no source record)
+/// is quarantined (see [`crate::sink::Quarantine`]). Neither is retried.
 pub fn deliver(
     sink: &KafkaSink,
     ack: &Arc<BatchAck>,
@@ -83,34 +98,42 @@ pub fn deliver(
         delivered: Delivered::default(),
         id: String::new(),
     };
-    for (routed, (_, topic)) in out.outputs.iter().zip(&routing.outputs) {
+    for (routed, (name, topic)) in out.outputs.iter().zip(&routing.outputs) {
         let Some(topic) = topic else { continue };
-        for record in routed.records.iter() {
-            sender.send(topic, record, &[])?;
+        for (j, record) in routed.records.iter().enumerate() {
+            let Err(too_large) = sender.send(topic, record, &[])? else {
+                continue;
+            };
+            let reason = format!(
+                "{TOO_LARGE}: {} bytes, the producer's limit is {}",
+                too_large.bytes, too_large.limit
+            );
+            match routed.origins[j] {
+                NO_ORIGIN => sender.quarantine(topic, None, record, &reason, too_large),
+                i => {
+                    sender.delivered.too_large += 1;
+                    sink.note_too_large();
+                    let output = [("sluice.output", name.as_bytes())];
+                    let dead = DeadRecord {
+                        source,
+                        i: i as usize,
+                        reason: &reason,
+                        step: None,
+                    };
+                    dead.send(&mut sender, routing, &output)?;
+                }
+            }
         }
     }
     for dead in &out.dead_letters {
-        let i = dead.origin as usize;
-        let record = source.records.get(i);
         let step = &routing.steps[dead.step];
-        let (partition, offset) = (
-            source.partitions[i].to_string(),
-            source.offsets[i].to_string(),
-        );
-        let extra: [(&str, &[u8]); 8] = [
-            ("sluice.error", dead.reason.as_bytes()),
-            ("sluice.pipeline", routing.pipeline.as_bytes()),
-            ("sluice.step", step.name.as_bytes()),
-            ("sluice.module", step.module.as_bytes()),
-            ("sluice.module.sha256", step.sha256.as_bytes()),
-            (
-                "sluice.source.topic",
-                routing.source_topics[source.sources[i] as usize].as_bytes(),
-            ),
-            ("sluice.source.partition", partition.as_bytes()),
-            ("sluice.source.offset", offset.as_bytes()),
-        ];
-        sender.send(&routing.dead_letter_topic, record, &extra)?;
+        let record = DeadRecord {
+            source,
+            i: dead.origin as usize,
+            reason: &dead.reason,
+            step: Some(step),
+        };
+        record.send(&mut sender, routing, &[])?;
     }
     for (step, window) in &out.window_dead_letters {
         let step = &routing.steps[*step];
@@ -141,7 +164,10 @@ pub fn deliver(
             Some(window.end - 1),
             [],
         );
-        sender.send(&routing.dead_letter_topic, record.get(0), &extra)?;
+        let topic = &routing.dead_letter_topic;
+        if let Err(too_large) = sender.send(topic, record.get(0), &extra)? {
+            sender.quarantine(topic, None, record.get(0), &window.reason, too_large);
+        }
     }
     for r in rejected {
         let record = out.outputs[r.output].records.get(r.record as usize);
@@ -150,9 +176,57 @@ pub fn deliver(
             ("sluice.pipeline", routing.pipeline.as_bytes()),
             ("sluice.output", routing.outputs[r.output].0.as_bytes()),
         ];
-        sender.send(&routing.dead_letter_topic, record, &extra)?;
+        let topic = &routing.dead_letter_topic;
+        if let Err(too_large) = sender.send(topic, record, &extra)? {
+            sender.quarantine(topic, None, record, &r.reason, too_large);
+        }
     }
     Ok(sender.delivered)
+}
+
+/// The dead letter of source record `i`: the record as it came, plus why
+/// and where it failed.
+struct DeadRecord<'a> {
+    source: &'a Batch,
+    i: usize,
+    reason: &'a str,
+    /// The step that refused it; `None` when it was its output that could
+    /// not be sent.
+    step: Option<&'a StepInfo>,
+}
+
+impl DeadRecord<'_> {
+    fn send(
+        &self,
+        sender: &mut Sender<'_>,
+        routing: &Routing,
+        more: &[(&str, &[u8])],
+    ) -> Result<(), KafkaError> {
+        let (source, i) = (self.source, self.i);
+        let record = source.records.get(i);
+        let topic = &routing.source_topics[source.sources[i] as usize];
+        let (partition, offset) = (
+            source.partitions[i].to_string(),
+            source.offsets[i].to_string(),
+        );
+        let mut extra: SmallVec<[(&str, &[u8]); 9]> = SmallVec::new();
+        extra.push(("sluice.error", self.reason.as_bytes()));
+        extra.push(("sluice.pipeline", routing.pipeline.as_bytes()));
+        if let Some(step) = self.step {
+            extra.push(("sluice.step", step.name.as_bytes()));
+            extra.push(("sluice.module", step.module.as_bytes()));
+            extra.push(("sluice.module.sha256", step.sha256.as_bytes()));
+        }
+        extra.extend_from_slice(more);
+        extra.push(("sluice.source.topic", topic.as_bytes()));
+        extra.push(("sluice.source.partition", partition.as_bytes()));
+        extra.push(("sluice.source.offset", offset.as_bytes()));
+        if let Err(too_large) = sender.send(&routing.dead_letter_topic, record, &extra)? {
+            let at = Some((source.partitions[i], source.offsets[i]));
+            sender.quarantine(topic, at, record, self.reason, too_large);
+        }
+        Ok(())
+    }
 }
 
 struct Sender<'a> {
@@ -167,22 +241,25 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
+    /// Queues `record` with its headers plus `extra`, or says it is too
+    /// large to (it keeps its sequence number all the same, so that the
+    /// numbering depends on the batch alone).
     fn send(
         &mut self,
         topic: &str,
         record: RecordRef<'_>,
         extra: &[(&str, &[u8])],
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Result<(), TooLarge>, KafkaError> {
         let seq = self.seq;
         self.seq += 1;
-        // On the stack: at most the 8 headers of a dead letter, plus the id.
-        let mut all: SmallVec<[(&str, &[u8]); 9]>;
+        // On the stack: at most the 9 headers of a dead letter, plus the id.
+        let mut all: SmallVec<[(&str, &[u8]); 10]>;
         let extra = match self.eos {
             None => extra,
             Some(eos) => {
                 if eos.written.is_some_and(|w| w.contains(&(eos.epoch, seq))) {
                     self.delivered.skipped += 1;
-                    return Ok(());
+                    return Ok(Ok(()));
                 }
                 write_eos_id(&mut self.id, self.pipeline, eos.epoch, seq);
                 all = SmallVec::from_slice(extra);
@@ -190,16 +267,57 @@ impl Sender<'_> {
                 &all[..]
             }
         };
+        let bytes = wire_size(
+            record.key.map_or(0, <[u8]>::len),
+            record.value.map_or(0, <[u8]>::len),
+            record
+                .headers
+                .iter()
+                .map(|(n, v)| (n.len(), v.len()))
+                .chain(extra.iter().map(|(n, v)| (n.len(), v.len()))),
+        );
+        if bytes > self.sink.limit() {
+            return Ok(Err(TooLarge {
+                bytes,
+                limit: self.sink.limit(),
+            }));
+        }
         let h = headers(record.headers.iter(), extra);
-        self.sink.send(
+        let sent = self.sink.send(
             self.ack,
             topic,
             record.key,
             record.value,
             record.timestamp,
             h,
+            bytes,
         )?;
-        self.delivered.produced += 1;
-        Ok(())
+        if sent.is_ok() {
+            self.delivered.produced += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Skips a record that cannot be sent even as a dead letter.
+    fn quarantine(
+        &mut self,
+        topic: &str,
+        at: Option<(i32, i64)>,
+        record: RecordRef<'_>,
+        reason: &str,
+        too_large: TooLarge,
+    ) {
+        self.delivered.quarantined += 1;
+        self.sink.quarantine().record(&Quarantined {
+            pipeline: self.pipeline,
+            topic,
+            partition: at.map(|a| a.0),
+            offset: at.map(|a| a.1),
+            reason,
+            bytes: too_large.bytes,
+            limit: too_large.limit,
+            key: record.key,
+            value: record.value,
+        });
     }
 }

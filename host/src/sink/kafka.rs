@@ -2,7 +2,7 @@
 //! dead-letter topic, with per-batch delivery tracking.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
+use super::quarantine::Quarantine;
 use crate::kafka_headers;
 use crate::spec::KafkaSpec;
 
@@ -20,7 +21,9 @@ use crate::spec::KafkaSpec;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Producer defaults tuned for throughput with idempotent, acknowledged
-/// writes; any of them can be overridden in `kafka.producer`.
+/// writes; any of them can be overridden in `kafka.producer`. The queue is
+/// bounded (256 MiB, a million records): a burst of large outputs waits
+/// for deliveries instead of growing host memory.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
@@ -28,8 +31,44 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("batch.size", "1000000"),
     ("compression.type", "lz4"),
     ("queue.buffering.max.messages", "1000000"),
-    ("queue.buffering.max.kbytes", "1048576"),
+    ("queue.buffering.max.kbytes", "262144"),
 ];
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// librdkafka's bound on a record's framing in a v2 batch
+/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`: length, attributes, timestamp and
+/// offset deltas, key and value lengths, header count, as varints).
+const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+
+/// The size librdkafka holds against `message.max.bytes` for a record with
+/// these key, value and header lengths (`rd_kafka_msg_max_wire_size`):
+/// framing, key, value, and each header's name and value with their
+/// zig-zag varint lengths.
+pub fn wire_size(
+    key: usize,
+    value: usize,
+    headers: impl IntoIterator<Item = (usize, usize)>,
+) -> usize {
+    fn varint(n: usize) -> usize {
+        let zigzag = (n as u64) << 1;
+        (64 - zigzag.max(1).leading_zeros() as usize).div_ceil(7)
+    }
+    let headers: usize = headers
+        .into_iter()
+        .map(|(n, v)| n + v + varint(n) + varint(v))
+        .sum();
+    RECORD_OVERHEAD + key + value + headers
+}
+
+/// [`KafkaSink::send`] did not queue a record: it is larger than the
+/// producer's `message.max.bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    pub bytes: usize,
+    pub limit: usize,
+}
 
 /// Deliveries of one batch: how many are still in flight, and the first
 /// failure, if any.
@@ -149,6 +188,11 @@ impl ProducerContext for AckContext {
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
     acked: Arc<Acked>,
+    /// The producer's `message.max.bytes`.
+    limit: usize,
+    quarantine: Quarantine,
+    /// Outputs dead-lettered for their size, so far.
+    too_large: AtomicU64,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -167,13 +211,48 @@ impl KafkaSink {
         for (k, v) in &kafka.producer {
             config.set(k, v.to_string());
         }
+        let limit = kafka
+            .producer
+            .get("message.max.bytes")
+            .and_then(|v| v.to_string().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let acked = Arc::new(Acked::default());
         Ok(Self {
             producer: config.create_with_context(AckContext {
                 acked: acked.clone(),
             })?,
             acked,
+            limit,
+            quarantine: Quarantine::log_only(),
+            too_large: AtomicU64::new(0),
         })
+    }
+
+    /// Records that can be neither delivered nor dead-lettered go to
+    /// `quarantine` (else they are only logged and counted).
+    pub fn with_quarantine(mut self, quarantine: Quarantine) -> Self {
+        self.quarantine = quarantine;
+        self
+    }
+
+    /// The largest record the producer sends (`message.max.bytes`), as
+    /// [`wire_size`] counts.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    /// Counts an output dead-lettered for its size.
+    pub fn note_too_large(&self) {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Outputs dead-lettered for their size so far.
+    pub fn too_large(&self) -> u64 {
+        self.too_large.load(Ordering::Relaxed)
     }
 
     /// Gets the producer going in the background, so that the first
@@ -221,7 +300,9 @@ impl KafkaSink {
     }
 
     /// Queues one record; its delivery is tracked by `ack`. Waits while the
-    /// producer's queue is full.
+    /// producer's queue is full. A record of `bytes` ([`wire_size`]) beyond
+    /// the producer's limit is not queued: `Ok(Err(TooLarge))`.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         ack: &Arc<BatchAck>,
@@ -230,7 +311,15 @@ impl KafkaSink {
         value: Option<&[u8]>,
         timestamp: Option<i64>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<(), KafkaError> {
+        bytes: usize,
+    ) -> Result<Result<(), TooLarge>, KafkaError> {
+        let too_large = TooLarge {
+            bytes,
+            limit: self.limit,
+        };
+        if bytes > self.limit {
+            return Ok(Err(too_large));
+        }
         let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
             BaseRecord::with_opaque_to(topic, ack.clone());
         if let Some(key) = key {
@@ -248,10 +337,18 @@ impl KafkaSink {
         ack.started();
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Ok(())),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     self.producer.poll(Duration::from_millis(5));
+                }
+                Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    back,
+                )) => {
+                    // librdkafka counted differently from `wire_size`: the same answer.
+                    back.delivery_opaque.finished(None);
+                    return Ok(Err(too_large));
                 }
                 Err((e, back)) => {
                     // The record never entered the queue: its opaque comes back with it.
@@ -283,4 +380,63 @@ pub fn headers<'a>(
         .map(|(n, v)| (n, Some(v)))
         .chain(extra.iter().map(|(n, v)| (n.as_bytes(), Some(*v))));
     Some(kafka_headers::build(all, capacity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::DefaultProducerContext;
+
+    /// librdkafka refuses a record in `send` itself (no broker needed) when
+    /// its wire size passes `message.max.bytes`: `wire_size` must agree to
+    /// the byte, long header values (two-byte varints) included.
+    #[test]
+    fn wire_size_is_the_size_librdkafka_holds_against_its_limit() {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.max.bytes", "1000")
+            .create()
+            .unwrap();
+        let reason = "x".repeat(70);
+        let names: [(&[u8], Option<&[u8]>); 2] = [
+            (b"sluice.error", Some(reason.as_bytes())),
+            (b"h", Some(b"")),
+        ];
+        let size = |value: usize| {
+            wire_size(
+                3,
+                value,
+                names
+                    .iter()
+                    .map(|(n, v)| (n.len(), v.map_or(0, <[u8]>::len))),
+            )
+        };
+        let fits = (0..1000).rev().find(|&v| size(v) <= 1000).unwrap();
+        assert_eq!(size(fits), 1000);
+        for (value, accepted) in [(fits, true), (fits + 1, false)] {
+            let payload = vec![0u8; value];
+            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("t")
+                .key(&b"key"[..])
+                .payload(&payload[..])
+                .headers(kafka_headers::build(names, 2));
+            let result = producer.send(record).map_err(|(e, _)| e);
+            assert_eq!(
+                result.is_ok(),
+                accepted,
+                "value of {value} bytes: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_producer_queue_is_bounded_by_default() {
+        let get = |k: &str| {
+            PRODUCER_DEFAULTS
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(get("queue.buffering.max.kbytes"), Some("262144"));
+        assert_eq!(get("queue.buffering.max.messages"), Some("1000000"));
+    }
 }

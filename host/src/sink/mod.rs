@@ -5,11 +5,13 @@
 
 mod kafka;
 mod parquet;
+mod quarantine;
 mod written;
 
 pub use self::parquet::{
     ColumnSpec, ColumnType, FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink,
     ParquetSpec, PartitionBy,
 };
-pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
+pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, TooLarge, headers, wire_size};
+pub use quarantine::{Quarantine, Quarantined};
 pub use written::{EOS_HEADER, SinkPosition, end_offsets, write_eos_id, written_since};
