@@ -108,17 +108,19 @@ impl<'a> Runner<'a> {
         control: Option<&'a Control>,
     ) -> anyhow::Result<Self> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
-        let mut sink = KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?;
-        if let Some(checkpoint) = &spec.checkpoint {
-            let quarantine = Quarantine::in_dir(&checkpoint.dir).with_context(|| {
+        let quarantine = match &spec.checkpoint {
+            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir).with_context(|| {
                 format!(
                     "cannot open the quarantine file under {}",
                     checkpoint.dir.display()
                 )
-            })?;
-            sink = sink.with_quarantine(quarantine);
-        }
-        let sink = Arc::new(sink);
+            })?,
+            None => Quarantine::log_only(),
+        };
+        let sink = Arc::new(
+            KafkaSink::new(&spec.kafka, &spec.name, quarantine)
+                .context("cannot create the Kafka producer")?,
+        );
         sink.start(&spec.dead_letter.topic);
         let send = send::SendStage::start(sink.clone(), &spec.name)?;
         Ok(Self {

@@ -12,7 +12,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use super::quarantine::Quarantine;
+use super::quarantine::{Quarantine, Quarantined};
+use super::size::{DEFAULT_MESSAGE_MAX_BYTES, TooLarge, wire_size};
 use crate::kafka_headers;
 use crate::spec::KafkaSpec;
 
@@ -33,42 +34,6 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.messages", "1000000"),
     ("queue.buffering.max.kbytes", "262144"),
 ];
-
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-
-/// librdkafka's bound on a record's framing in a v2 batch
-/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`: length, attributes, timestamp and
-/// offset deltas, key and value lengths, header count, as varints).
-const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
-
-/// The size librdkafka holds against `message.max.bytes` for a record with
-/// these key, value and header lengths (`rd_kafka_msg_max_wire_size`):
-/// framing, key, value, and each header's name and value with their
-/// zig-zag varint lengths.
-pub fn wire_size(
-    key: usize,
-    value: usize,
-    headers: impl IntoIterator<Item = (usize, usize)>,
-) -> usize {
-    fn varint(n: usize) -> usize {
-        let zigzag = (n as u64) << 1;
-        (64 - zigzag.max(1).leading_zeros() as usize).div_ceil(7)
-    }
-    let headers: usize = headers
-        .into_iter()
-        .map(|(n, v)| n + v + varint(n) + varint(v))
-        .sum();
-    RECORD_OVERHEAD + key + value + headers
-}
-
-/// [`KafkaSink::send`] did not queue a record: it is larger than the
-/// producer's `message.max.bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooLarge {
-    pub bytes: usize,
-    pub limit: usize,
-}
 
 /// Deliveries of one batch: how many are still in flight, and the first
 /// failure, if any.
@@ -156,6 +121,9 @@ type Acked = Mutex<HashMap<String, HashMap<i32, i64>>>;
 
 struct AckContext {
     acked: Arc<Acked>,
+    pipeline: String,
+    limit: usize,
+    quarantine: Arc<Quarantine>,
 }
 
 impl ClientContext for AckContext {}
@@ -165,7 +133,26 @@ impl ProducerContext for AckContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
         use rdkafka::Message;
-        if let Ok(m) = result {
+        let m = match result {
+            Ok(m) => m,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), m)) => {
+                // The broker's limit is below the producer's: retrying cannot
+                // help, and failing the batch would meet it again on every
+                // restart. Skipped loudly instead.
+                self.quarantine_refused(m);
+                ack.finished(None);
+                return;
+            }
+            Err((e, m)) => {
+                ack.finished(Some(format!(
+                    "delivery to {}[{}] failed: {e}",
+                    m.topic(),
+                    m.partition()
+                )));
+                return;
+            }
+        };
+        {
             let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
             // No allocation per record: the topic's entry exists after its first.
             let partitions = match acked.get_mut(m.topic()) {
@@ -175,12 +162,46 @@ impl ProducerContext for AckContext {
             let end = partitions.entry(m.partition()).or_insert(0);
             *end = (*end).max(m.offset() + 1);
         }
-        ack.finished(
-            result
-                .as_ref()
-                .err()
-                .map(|(e, m)| format!("delivery to {}[{}] failed: {e}", m.topic(), m.partition())),
+        ack.finished(None);
+    }
+}
+
+impl AckContext {
+    /// Quarantines a record the broker refused as too large: under its
+    /// source coordinates when it is a dead letter (they are in its
+    /// headers), else under the topic it was for.
+    fn quarantine_refused(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        use rdkafka::Message;
+        let headers: Vec<_> = kafka_headers::message_headers(m).collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name.as_bytes())
+                .and_then(|(_, v)| std::str::from_utf8((*v)?).ok())
+        };
+        let reason = format!(
+            "the broker refused it as too large (the producer's limit is {})",
+            self.limit
         );
+        let bytes = wire_size(
+            m.key().map_or(0, <[u8]>::len),
+            m.payload().map_or(0, <[u8]>::len),
+            headers
+                .iter()
+                .map(|(n, v)| (n.len(), v.map_or(0, <[u8]>::len))),
+        );
+        let source = header("sluice.source.topic");
+        self.quarantine.record(&Quarantined {
+            pipeline: &self.pipeline,
+            topic: source.unwrap_or(m.topic()),
+            partition: source.and_then(|_| header("sluice.source.partition")?.parse().ok()),
+            offset: source.and_then(|_| header("sluice.source.offset")?.parse().ok()),
+            reason: &reason,
+            bytes,
+            limit: self.limit,
+            key: m.key(),
+            value: m.payload(),
+        });
     }
 }
 
@@ -190,7 +211,7 @@ pub struct KafkaSink {
     acked: Arc<Acked>,
     /// The producer's `message.max.bytes`.
     limit: usize,
-    quarantine: Quarantine,
+    quarantine: Arc<Quarantine>,
     /// Outputs dead-lettered for their size, so far.
     too_large: AtomicU64,
 }
@@ -202,7 +223,13 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(kafka: &KafkaSpec) -> Result<Self, KafkaError> {
+    /// A producer for `pipeline`, which skips into `quarantine` what can
+    /// be neither delivered nor dead-lettered.
+    pub fn new(
+        kafka: &KafkaSpec,
+        pipeline: &str,
+        quarantine: Quarantine,
+    ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &kafka.brokers);
         for (k, v) in PRODUCER_DEFAULTS {
@@ -217,22 +244,19 @@ impl KafkaSink {
             .and_then(|v| v.to_string().parse().ok())
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let acked = Arc::new(Acked::default());
+        let quarantine = Arc::new(quarantine);
         Ok(Self {
             producer: config.create_with_context(AckContext {
                 acked: acked.clone(),
+                pipeline: pipeline.to_owned(),
+                limit,
+                quarantine: quarantine.clone(),
             })?,
             acked,
             limit,
-            quarantine: Quarantine::log_only(),
+            quarantine,
             too_large: AtomicU64::new(0),
         })
-    }
-
-    /// Records that can be neither delivered nor dead-lettered go to
-    /// `quarantine` (else they are only logged and counted).
-    pub fn with_quarantine(mut self, quarantine: Quarantine) -> Self {
-        self.quarantine = quarantine;
-        self
     }
 
     /// The largest record the producer sends (`message.max.bytes`), as
@@ -383,60 +407,5 @@ pub fn headers<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::producer::DefaultProducerContext;
-
-    /// librdkafka refuses a record in `send` itself (no broker needed) when
-    /// its wire size passes `message.max.bytes`: `wire_size` must agree to
-    /// the byte, long header values (two-byte varints) included.
-    #[test]
-    fn wire_size_is_the_size_librdkafka_holds_against_its_limit() {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:1")
-            .set("message.max.bytes", "1000")
-            .create()
-            .unwrap();
-        let reason = "x".repeat(70);
-        let names: [(&[u8], Option<&[u8]>); 2] = [
-            (b"sluice.error", Some(reason.as_bytes())),
-            (b"h", Some(b"")),
-        ];
-        let size = |value: usize| {
-            wire_size(
-                3,
-                value,
-                names
-                    .iter()
-                    .map(|(n, v)| (n.len(), v.map_or(0, <[u8]>::len))),
-            )
-        };
-        let fits = (0..1000).rev().find(|&v| size(v) <= 1000).unwrap();
-        assert_eq!(size(fits), 1000);
-        for (value, accepted) in [(fits, true), (fits + 1, false)] {
-            let payload = vec![0u8; value];
-            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("t")
-                .key(&b"key"[..])
-                .payload(&payload[..])
-                .headers(kafka_headers::build(names, 2));
-            let result = producer.send(record).map_err(|(e, _)| e);
-            assert_eq!(
-                result.is_ok(),
-                accepted,
-                "value of {value} bytes: {result:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_producer_queue_is_bounded_by_default() {
-        let get = |k: &str| {
-            PRODUCER_DEFAULTS
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| *v)
-        };
-        assert_eq!(get("queue.buffering.max.kbytes"), Some("262144"));
-        assert_eq!(get("queue.buffering.max.messages"), Some("1000000"));
-    }
-}
+#[path = "kafka_tests.rs"]
+mod tests;

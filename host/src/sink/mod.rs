@@ -6,12 +6,14 @@
 mod kafka;
 mod parquet;
 mod quarantine;
+mod size;
 mod written;
 
 pub use self::parquet::{
     ColumnSpec, ColumnType, FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink,
     ParquetSpec, PartitionBy,
 };
-pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, TooLarge, headers, wire_size};
+pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
 pub use quarantine::{Quarantine, Quarantined};
+pub use size::{TooLarge, wire_size};
 pub use written::{EOS_HEADER, SinkPosition, end_offsets, write_eos_id, written_since};
