@@ -109,12 +109,7 @@ impl<'a> Runner<'a> {
     ) -> anyhow::Result<Self> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
         let quarantine = match &spec.checkpoint {
-            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir).with_context(|| {
-                format!(
-                    "cannot open the quarantine file under {}",
-                    checkpoint.dir.display()
-                )
-            })?,
+            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
             None => Quarantine::log_only(),
         };
         let sink = Arc::new(

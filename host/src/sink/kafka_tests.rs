@@ -78,7 +78,7 @@ mod refused {
             serde_yaml_ng::from_str(&format!("brokers: \"{}\"\n", cluster.bootstrap_servers()))
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let sink = KafkaSink::new(&kafka, "p", Quarantine::in_dir(dir.path()).unwrap()).unwrap();
+        let sink = KafkaSink::new(&kafka, "p", Quarantine::in_dir(dir.path())).unwrap();
         cluster.request_errors(
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],

@@ -68,11 +68,21 @@ struct Open {
     written: u64,
 }
 
+/// The file, opened with the first record quarantined (most pipelines
+/// never need it).
+#[derive(Debug, Default)]
+enum FileState {
+    /// No file: no checkpoint directory, or it is full or failed.
+    #[default]
+    None,
+    NotYet,
+    Open(Open),
+}
+
 /// Where a pipeline's quarantined records go; counts them.
 #[derive(Debug, Default)]
 pub struct Quarantine {
-    /// `None`: no file (no checkpoint directory), or full.
-    file: Mutex<Option<Open>>,
+    file: Mutex<FileState>,
     path: Option<PathBuf>,
     count: AtomicU64,
 }
@@ -83,17 +93,23 @@ impl Quarantine {
         Self::default()
     }
 
-    /// Appends to `<dir>/quarantine/quarantine.jsonl` (created if needed).
-    pub fn in_dir(dir: &Path) -> std::io::Result<Self> {
-        let path = dir.join(DIR).join(FILE);
-        std::fs::create_dir_all(dir.join(DIR))?;
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let written = file.metadata()?.len();
-        Ok(Self {
-            file: Mutex::new(Some(Open { file, written })),
-            path: Some(path),
+    /// Appends to `<dir>/quarantine/quarantine.jsonl`, created with the
+    /// first record quarantined.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            file: Mutex::new(FileState::NotYet),
+            path: Some(dir.join(DIR).join(FILE)),
             count: AtomicU64::new(0),
-        })
+        }
+    }
+
+    fn open(path: &Path) -> std::io::Result<Open> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let written = file.metadata()?.len();
+        Ok(Open { file, written })
     }
 
     /// Records quarantined so far.
@@ -111,20 +127,31 @@ impl Quarantine {
             "record quarantined: it can be neither delivered nor dead-lettered; skipped"
         );
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(open) = file.as_mut() else { return };
+        let path = self.path.as_deref().unwrap_or(Path::new(""));
+        if matches!(*file, FileState::NotYet) {
+            *file = match Self::open(path) {
+                Ok(open) => FileState::Open(open),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the quarantine file; records are only logged");
+                    FileState::None
+                }
+            };
+        }
+        let FileState::Open(open) = &mut *file else {
+            return;
+        };
         let mut line = serde_json::to_vec(&line(q)).expect("plain struct");
         line.push(b'\n');
-        let path = self.path.as_deref().unwrap_or(Path::new(""));
         if open.written + line.len() as u64 > FILE_CAP {
             tracing::error!(path = %path.display(), cap = FILE_CAP, "the quarantine file is full; further records are only logged");
-            *file = None;
+            *file = FileState::None;
             return;
         }
         match open.file.write_all(&line) {
             Ok(()) => open.written += line.len() as u64,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the quarantine file; further records are only logged");
-                *file = None;
+                *file = FileState::None;
             }
         }
     }
@@ -168,7 +195,11 @@ mod tests {
     #[test]
     fn lines_are_json_with_capped_fields_and_the_file_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Quarantine::in_dir(dir.path()).unwrap();
+        let q = Quarantine::in_dir(dir.path());
+        assert!(
+            !dir.path().join("quarantine").exists(),
+            "opened when needed"
+        );
         let value = vec![b'x'; FIELD_CAP + 10];
         q.record(&sample(&value));
         let text = std::fs::read_to_string(dir.path().join("quarantine/quarantine.jsonl")).unwrap();
@@ -182,7 +213,10 @@ mod tests {
 
         // Full: counted and logged, the file no longer grows.
         let line = expected.len() as u64;
-        q.file.lock().unwrap().as_mut().unwrap().written = FILE_CAP - line + 1;
+        match &mut *q.file.lock().unwrap() {
+            FileState::Open(open) => open.written = FILE_CAP - line + 1,
+            other => panic!("{other:?}"),
+        }
         q.record(&sample(&value));
         q.record(&sample(&value));
         assert_eq!(q.count(), 3);
