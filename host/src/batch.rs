@@ -175,6 +175,18 @@ impl Columns {
             .push(offset(self.header_name_offsets.len() - 1));
     }
 
+    /// Whether every header name of record `i` is UTF-8, as the contract
+    /// promises guests. Kafka does not: a name is any bytes on the wire.
+    pub fn header_names_are_utf8(&self, i: usize) -> bool {
+        let (start, end) = (
+            self.header_offsets[i] as usize,
+            self.header_offsets[i + 1] as usize,
+        );
+        (start..end).all(|h| {
+            std::str::from_utf8(span(&self.header_names, &self.header_name_offsets, h)).is_ok()
+        })
+    }
+
     /// Append a record borrowed from other columns, with a timestamp to use
     /// where the record has none.
     pub fn push_ref(&mut self, record: RecordRef<'_>, fallback_timestamp: Option<i64>) {
@@ -292,6 +304,27 @@ mod tests {
         Option<i64>,
         Vec<Header<'a>>,
     );
+
+    #[test]
+    fn header_names_that_are_not_utf8_are_found_per_record() {
+        let mut c = Columns::default();
+        c.push(
+            None,
+            None,
+            None,
+            [(&b"ok"[..], None), (&b"caf\xc3\xa9"[..], None)],
+        );
+        c.push(
+            None,
+            None,
+            None,
+            [(&b"ok"[..], None), (&b"caf\xc3"[..], None)],
+        );
+        c.push(None, None, None, [(&b"\xa9"[..], None)]);
+        c.push(None, None, None, []);
+        let found: Vec<bool> = (0..4).map(|i| c.header_names_are_utf8(i)).collect();
+        assert_eq!(found, [true, false, false, true]);
+    }
 
     fn sample() -> Batch {
         let mut b = Batch::with_capacity(3, 64);

@@ -13,6 +13,7 @@ pub mod api;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
+pub mod kafka_headers;
 pub mod pipeline;
 pub mod runtime;
 pub mod sink;

@@ -15,6 +15,7 @@ mod guard;
 mod parquet;
 mod pause;
 mod pipeline;
+mod records;
 mod runtime;
 mod secrets;
 mod serve;

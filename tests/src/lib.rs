@@ -280,3 +280,134 @@ for base, dirs, files in sorted(os.walk(root)):
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// A record as bytes, headers included (names need not be UTF-8), for
+/// records that [`kafka_tools::produce`] and [`read`] cannot express.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl RawRecord {
+    /// A record with key `k`, value `value`, a timestamp and these headers.
+    pub fn new(value: &str, timestamp: i64, headers: &[(&[u8], &[u8])]) -> Self {
+        Self {
+            key: Some(b"k".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp: Some(timestamp),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_vec(), Some(v.to_vec())))
+                .collect(),
+        }
+    }
+
+    /// The value, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(self.value.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// The value of the first header called `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned())
+    }
+}
+
+/// Produces `records` in order to partition 0 of `topic`, header names as
+/// raw bytes, and waits until all are acknowledged.
+pub fn produce_raw(topic: &str, records: &[RawRecord]) {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer");
+    for r in records {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(0);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(ts) = r.timestamp {
+            record = record.timestamp(ts);
+        }
+        let headers = r.headers.iter().map(|(n, v)| (n.as_slice(), v.as_deref()));
+        record = record.headers(sluice::kafka_headers::build(headers, r.headers.len()));
+        producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .expect("queue a record");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Every record in `topic`, in partition and offset order, as bytes.
+pub fn read_raw(topic: &str) -> Vec<RawRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "sluice-tests-raw")
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "2000000")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), TIMEOUT)
+            .expect("watermarks");
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+                .unwrap();
+            ends.insert(p.id(), high);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "timed out reading `{topic}`");
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        if ends
+            .get(&m.partition())
+            .is_some_and(|&end| m.offset() + 1 >= end)
+        {
+            ends.remove(&m.partition());
+        }
+        seen.push((m.partition(), m.offset()));
+        out.push(RawRecord {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
+            headers: sluice::kafka_headers::message_headers(&m)
+                .map(|(n, v)| (n.to_vec(), v.map(<[u8]>::to_vec)))
+                .collect(),
+        });
+    }
+    let mut both: Vec<_> = seen.into_iter().zip(out).collect();
+    both.sort_by_key(|(at, _)| *at);
+    both.into_iter().map(|(_, r)| r).collect()
+}

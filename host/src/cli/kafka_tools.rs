@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -271,14 +271,11 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<TopicRecord>
             key: m.key().map(text),
             value: m.payload().map(text),
             timestamp: m.timestamp().to_millis(),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(text).unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            // Names as bytes, decoded lossily like the rest: rdkafka's own
+            // accessor panics on a name that is not UTF-8.
+            headers: crate::kafka_headers::message_headers(&m)
+                .map(|(n, v)| (text(n), v.map(text).unwrap_or_default()))
+                .collect(),
         });
     }
     out.sort_by_key(|r| (r.partition, r.offset));

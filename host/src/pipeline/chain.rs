@@ -12,6 +12,10 @@ use crate::runtime::Transform;
 /// window result.
 pub const NO_ORIGIN: u32 = u32::MAX;
 
+/// Why a source record with a header name that is not UTF-8 never reaches
+/// the first step (the contract promises guests UTF-8 names).
+pub const HEADER_NAME_NOT_UTF8: &str = "header key is not UTF-8";
+
 /// One step of a chain.
 #[derive(Debug)]
 pub enum Step {
@@ -118,6 +122,24 @@ impl Chain {
         let mut origins: Vec<u32> = (0..source.len() as u32).collect();
         // The input of the current step; the source batch itself for step 0.
         let mut owned: Option<Batch> = None;
+        // Records a guest must not see are dead letters of the first step,
+        // and the batch is copied only when there is one (names are nearly
+        // always ASCII).
+        if !self.steps.is_empty() && !source.records.header_names.is_ascii() {
+            let (good, bad): (Vec<u32>, Vec<u32>) = origins
+                .iter()
+                .partition(|&&i| source.records.header_names_are_utf8(i as usize));
+            if !bad.is_empty() {
+                out.dead_letters
+                    .extend(bad.into_iter().map(|origin| DeadLetter {
+                        origin,
+                        step: 0,
+                        reason: HEADER_NAME_NOT_UTF8.to_owned(),
+                    }));
+                owned = Some(source.select(&good));
+                origins = good;
+            }
+        }
         for step in 0..self.steps.len() {
             let input = match &mut owned {
                 Some(batch) => batch,

@@ -95,6 +95,8 @@ pub struct Totals {
     pub dead_letter_reasons: BTreeMap<String, u64>,
     /// Dropped by a guest's decision.
     pub dropped: u64,
+    /// See [`super::Summary::quarantined`].
+    pub quarantined: u64,
     /// Dead-lettered because their window was already final.
     pub late: u64,
     /// Guest faults, counted per call (a trap while isolating a record

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 use smallvec::SmallVec;
 
-use super::chain::ChainOutput;
+use super::chain::{ChainOutput, NO_ORIGIN};
 use crate::batch::{Batch, Columns, RecordRef};
-use crate::sink::{BatchAck, EOS_HEADER, EosId, KafkaSink, WINDOW_INPUT, headers, write_eos_id};
+use crate::sink::{
+    BatchAck, EOS_HEADER, EosId, KafkaSink, Quarantined, TooLarge, WINDOW_INPUT, headers,
+    wire_size, write_eos_id,
+};
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -91,7 +94,14 @@ pub struct Delivered {
     pub produced: u64,
     /// Skipped because the broker already had them.
     pub skipped: u64,
+    /// Outputs too large to send, dead-lettered instead.
+    pub too_large: u64,
+    /// Records neither sent nor dead-lettered.
+    pub quarantined: u64,
 }
+
+/// The dead-letter reason of an output larger than the producer may send.
+pub const TOO_LARGE: &str = "output record too large";
 
 /// Queues every output and dead-letter record of one batch under `ack`:
 /// outputs in spec order, then the chain's dead letters (records, then
@@ -100,6 +110,12 @@ pub struct Delivered {
 /// [`Numbering`]) and the ones already written are skipped; the order of one
 /// input's records is part of the numbering, so it must not depend on
 /// anything but the batch.
+///
+/// An output larger than the producer's `message.max.bytes` is replaced at
+/// once by its source record's dead letter (`output record too large: N
+/// bytes, the producer's limit is M`); a dead letter that does not fit
+/// either (and a window result that does not fit, having no source record)
+/// is quarantined (see [`crate::sink::Quarantine`]). Neither is retried.
 pub fn deliver(
     sink: &KafkaSink,
     ack: &Arc<BatchAck>,
@@ -112,40 +128,49 @@ pub fn deliver(
     let mut sender = Sender {
         sink,
         ack,
+        pipeline: &routing.pipeline,
         lineage: &routing.lineage,
         eos,
         numbering: Numbering::default(),
         delivered: Delivered::default(),
         id: String::new(),
     };
-    for (routed, (_, topic)) in out.outputs.iter().zip(&routing.outputs) {
+    for (routed, (name, topic)) in out.outputs.iter().zip(&routing.outputs) {
         let Some(topic) = topic else { continue };
         for (record, &input) in routed.records.iter().zip(&routed.origins) {
-            sender.send(topic, record, &[], input)?;
+            let Err(too_large) = sender.send(topic, record, &[], input)? else {
+                continue;
+            };
+            let reason = format!(
+                "{TOO_LARGE}: {} bytes, the producer's limit is {}",
+                too_large.bytes, too_large.limit
+            );
+            match input {
+                NO_ORIGIN => sender.quarantine(topic, None, record, &reason, too_large),
+                i => {
+                    sender.delivered.too_large += 1;
+                    sink.note_too_large();
+                    let output = [("sluice.output", name.as_bytes())];
+                    let dead = DeadRecord {
+                        source,
+                        i: i as usize,
+                        reason: &reason,
+                        step: None,
+                    };
+                    dead.send(&mut sender, routing, &output)?;
+                }
+            }
         }
     }
     for dead in &out.dead_letters {
-        let i = dead.origin as usize;
-        let record = source.records.get(i);
         let step = &routing.steps[dead.step];
-        let (partition, offset) = (
-            source.partitions[i].to_string(),
-            source.offsets[i].to_string(),
-        );
-        let extra: [(&str, &[u8]); 8] = [
-            ("sluice.error", dead.reason.as_bytes()),
-            ("sluice.pipeline", routing.pipeline.as_bytes()),
-            ("sluice.step", step.name.as_bytes()),
-            ("sluice.module", step.module.as_bytes()),
-            ("sluice.module.sha256", step.sha256.as_bytes()),
-            (
-                "sluice.source.topic",
-                routing.source_topics[source.sources[i] as usize].as_bytes(),
-            ),
-            ("sluice.source.partition", partition.as_bytes()),
-            ("sluice.source.offset", offset.as_bytes()),
-        ];
-        sender.send(&routing.dead_letter_topic, record, &extra, dead.origin)?;
+        let record = DeadRecord {
+            source,
+            i: dead.origin as usize,
+            reason: &dead.reason,
+            step: Some(step),
+        };
+        record.send(&mut sender, routing, &[])?;
     }
     for (step, window) in &out.window_dead_letters {
         let step = &routing.steps[*step];
@@ -176,12 +201,10 @@ pub fn deliver(
             Some(window.end - 1),
             [],
         );
-        sender.send(
-            &routing.dead_letter_topic,
-            record.get(0),
-            &extra,
-            WINDOW_INPUT,
-        )?;
+        let topic = &routing.dead_letter_topic;
+        if let Err(too_large) = sender.send(topic, record.get(0), &extra, WINDOW_INPUT)? {
+            sender.quarantine(topic, None, record.get(0), &window.reason, too_large);
+        }
     }
     for r in rejected {
         let routed = &out.outputs[r.output];
@@ -192,14 +215,63 @@ pub fn deliver(
             ("sluice.pipeline", routing.pipeline.as_bytes()),
             ("sluice.output", routing.outputs[r.output].0.as_bytes()),
         ];
-        sender.send(&routing.dead_letter_topic, record, &extra, input)?;
+        let topic = &routing.dead_letter_topic;
+        if let Err(too_large) = sender.send(topic, record, &extra, input)? {
+            sender.quarantine(topic, None, record, &r.reason, too_large);
+        }
     }
     Ok(sender.delivered)
+}
+
+/// The dead letter of source record `i`: the record as it came, plus why
+/// and where it failed.
+struct DeadRecord<'a> {
+    source: &'a Batch,
+    i: usize,
+    reason: &'a str,
+    /// The step that refused it; `None` when it was its output that could
+    /// not be sent.
+    step: Option<&'a StepInfo>,
+}
+
+impl DeadRecord<'_> {
+    fn send(
+        &self,
+        sender: &mut Sender<'_>,
+        routing: &Routing,
+        more: &[(&str, &[u8])],
+    ) -> Result<(), KafkaError> {
+        let (source, i) = (self.source, self.i);
+        let record = source.records.get(i);
+        let topic = &routing.source_topics[source.sources[i] as usize];
+        let (partition, offset) = (
+            source.partitions[i].to_string(),
+            source.offsets[i].to_string(),
+        );
+        let mut extra: SmallVec<[(&str, &[u8]); 9]> = SmallVec::new();
+        extra.push(("sluice.error", self.reason.as_bytes()));
+        extra.push(("sluice.pipeline", routing.pipeline.as_bytes()));
+        if let Some(step) = self.step {
+            extra.push(("sluice.step", step.name.as_bytes()));
+            extra.push(("sluice.module", step.module.as_bytes()));
+            extra.push(("sluice.module.sha256", step.sha256.as_bytes()));
+        }
+        extra.extend_from_slice(more);
+        extra.push(("sluice.source.topic", topic.as_bytes()));
+        extra.push(("sluice.source.partition", partition.as_bytes()));
+        extra.push(("sluice.source.offset", offset.as_bytes()));
+        if let Err(too_large) = sender.send(&routing.dead_letter_topic, record, &extra, i as u32)? {
+            let at = Some((source.partitions[i], source.offsets[i]));
+            sender.quarantine(topic, at, record, self.reason, too_large);
+        }
+        Ok(())
+    }
 }
 
 struct Sender<'a> {
     sink: &'a KafkaSink,
     ack: &'a Arc<BatchAck>,
+    pipeline: &'a str,
     lineage: &'a str,
     eos: Option<Eos<'a>>,
     numbering: Numbering,
@@ -209,22 +281,25 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
+    /// Queues `record`, which came from source record `input`, with its
+    /// headers plus `extra`, or says it is too large to (it keeps its id all
+    /// the same, so that the numbering depends on the batch alone).
     fn send(
         &mut self,
         topic: &str,
         record: RecordRef<'_>,
         extra: &[(&str, &[u8])],
         input: u32,
-    ) -> Result<(), KafkaError> {
-        // On the stack: at most the 8 headers of a dead letter, plus the id.
-        let mut all: SmallVec<[(&str, &[u8]); 9]>;
+    ) -> Result<Result<(), TooLarge>, KafkaError> {
+        // On the stack: at most the 9 headers of a dead letter, plus the id.
+        let mut all: SmallVec<[(&str, &[u8]); 10]>;
         let extra = match self.eos {
             None => extra,
             Some(eos) => {
                 let id = self.numbering.next(eos.epoch, input);
                 if eos.written.is_some_and(|w| w.contains(&id)) {
                     self.delivered.skipped += 1;
-                    return Ok(());
+                    return Ok(Ok(()));
                 }
                 write_eos_id(&mut self.id, self.lineage, id);
                 all = SmallVec::from_slice(extra);
@@ -232,17 +307,58 @@ impl Sender<'_> {
                 &all[..]
             }
         };
+        let bytes = wire_size(
+            record.key.map_or(0, <[u8]>::len),
+            record.value.map_or(0, <[u8]>::len),
+            record
+                .headers
+                .iter()
+                .map(|(n, v)| (n.len(), v.len()))
+                .chain(extra.iter().map(|(n, v)| (n.len(), v.len()))),
+        );
+        if bytes > self.sink.limit() {
+            return Ok(Err(TooLarge {
+                bytes,
+                limit: self.sink.limit(),
+            }));
+        }
         let h = headers(record.headers.iter(), extra);
-        self.sink.send(
+        let sent = self.sink.send(
             self.ack,
             topic,
             record.key,
             record.value,
             record.timestamp,
             h,
+            bytes,
         )?;
-        self.delivered.produced += 1;
-        Ok(())
+        if sent.is_ok() {
+            self.delivered.produced += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Skips a record that cannot be sent even as a dead letter.
+    fn quarantine(
+        &mut self,
+        topic: &str,
+        at: Option<(i32, i64)>,
+        record: RecordRef<'_>,
+        reason: &str,
+        too_large: TooLarge,
+    ) {
+        self.delivered.quarantined += 1;
+        self.sink.quarantine().record(&Quarantined {
+            pipeline: self.pipeline,
+            topic,
+            partition: at.map(|a| a.0),
+            offset: at.map(|a| a.1),
+            reason,
+            bytes: too_large.bytes,
+            limit: too_large.limit,
+            key: record.key,
+            value: record.value,
+        });
     }
 }
 

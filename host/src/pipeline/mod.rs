@@ -64,9 +64,14 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Dead letters by kind of reason (`trap`, `deadline exceeded`,
     /// `memory limit`, `guest error`, `invalid output`, `unknown output`,
-    /// or `rejected` for a guest's own dead letters).
+    /// `header key is not UTF-8`, `event time too far ahead`, `output
+    /// record too large`, or `rejected` for a guest's own dead letters).
     pub dead_letter_reasons: BTreeMap<String, u64>,
     pub dropped: u64,
+    /// Records that could be neither delivered nor dead-lettered (too
+    /// large even as a dead letter): logged, and written to the
+    /// quarantine file if the pipeline has a checkpoint directory.
+    pub quarantined: u64,
     /// Where the run's time went.
     pub time: TimeSpent,
     /// Event-time progress of the aggregate step, if the pipeline has one.
@@ -234,7 +239,9 @@ impl Summary {
 
 /// The kind of a dead-letter reason, for counters.
 pub fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [&str; 6] = [
+    const KINDS: [&str; 8] = [
+        chain::HEADER_NAME_NOT_UTF8,
+        "event time too far ahead",
         "trap",
         "deadline exceeded",
         "memory limit",

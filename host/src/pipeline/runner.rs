@@ -27,8 +27,8 @@ use super::{Chain, ChainOutput, Epoch, RunOptions, StepDigest, Summary, epoch};
 use crate::batch::Batch;
 use crate::runtime::Runtime;
 use crate::sink::{
-    BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, SinkPosition, end_offsets,
-    written_since,
+    BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, Quarantine, SinkPosition,
+    end_offsets, written_since,
 };
 use crate::source::{CommitMode, KafkaSource, NextOffset, ReplaySource, source_partitions};
 use crate::spec::{Delivery, PipelineSpec};
@@ -94,6 +94,9 @@ pub(super) struct Runner<'a> {
     /// Offsets of acknowledged batches, to commit (without checkpoints).
     commits: PendingCommits,
     pub summary: Summary,
+    /// The sink's count of outputs dead-lettered for their size, as far as
+    /// the summary has it.
+    too_large_counted: u64,
 }
 
 impl<'a> Runner<'a> {
@@ -105,8 +108,14 @@ impl<'a> Runner<'a> {
         control: Option<&'a Control>,
     ) -> anyhow::Result<Self> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
-        let sink =
-            Arc::new(KafkaSink::new(&spec.kafka).context("cannot create the Kafka producer")?);
+        let quarantine = match &spec.checkpoint {
+            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
+            None => Quarantine::log_only(),
+        };
+        let sink = Arc::new(
+            KafkaSink::new(&spec.kafka, &spec.name, quarantine)
+                .context("cannot create the Kafka producer")?,
+        );
         sink.start(&spec.dead_letter.topic);
         let send = send::SendStage::start(sink.clone(), &spec.name)?;
         Ok(Self {
@@ -136,6 +145,7 @@ impl<'a> Runner<'a> {
             sink_ends: HashMap::new(),
             in_flight: VecDeque::new(),
             commits: PendingCommits::new(spec.source.commit_interval),
+            too_large_counted: 0,
         })
     }
 
@@ -531,6 +541,7 @@ impl<'a> Runner<'a> {
             .wait()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("a batch could not be delivered; its offsets are not committed")?;
+        self.count_undeliverable();
         if self.checkpoints.is_none() {
             self.commits.add(&done.commit);
             if let Some(offsets) = self.commits.take_if_due() {
@@ -538,6 +549,23 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Brings the summary up to date with what the sink could not send:
+    /// outputs dead-lettered for their size, records quarantined.
+    fn count_undeliverable(&mut self) {
+        let too_large = self.sink.too_large();
+        let new = too_large - self.too_large_counted;
+        if new > 0 {
+            self.too_large_counted = too_large;
+            self.summary.dead_lettered += new;
+            *self
+                .summary
+                .dead_letter_reasons
+                .entry(deliver::TOO_LARGE.to_owned())
+                .or_default() += new;
+        }
+        self.summary.quarantined = self.sink.quarantine().count();
     }
 
     /// Finishes the oldest batches as long as they are acknowledged,

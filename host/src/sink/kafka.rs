@@ -2,16 +2,19 @@
 //! dead-letter topic, with per-batch delivery tracking.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
+use super::quarantine::{Quarantine, Quarantined};
+use super::size::{DEFAULT_MESSAGE_MAX_BYTES, TooLarge, wire_size};
+use crate::kafka_headers;
 use crate::spec::KafkaSpec;
 
 /// How long the producer's start waits for an answer to one metadata
@@ -19,7 +22,9 @@ use crate::spec::KafkaSpec;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Producer defaults tuned for throughput with idempotent, acknowledged
-/// writes; any of them can be overridden in `kafka.producer`.
+/// writes; any of them can be overridden in `kafka.producer`. The queue is
+/// bounded (256 MiB, a million records): a burst of large outputs waits
+/// for deliveries instead of growing host memory.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
@@ -27,7 +32,7 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("batch.size", "1000000"),
     ("compression.type", "lz4"),
     ("queue.buffering.max.messages", "1000000"),
-    ("queue.buffering.max.kbytes", "1048576"),
+    ("queue.buffering.max.kbytes", "262144"),
 ];
 
 /// Deliveries of one batch: how many are still in flight, and the first
@@ -116,6 +121,9 @@ type Acked = Mutex<HashMap<String, HashMap<i32, i64>>>;
 
 struct AckContext {
     acked: Arc<Acked>,
+    pipeline: String,
+    limit: usize,
+    quarantine: Arc<Quarantine>,
 }
 
 impl ClientContext for AckContext {}
@@ -125,7 +133,26 @@ impl ProducerContext for AckContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
         use rdkafka::Message;
-        if let Ok(m) = result {
+        let m = match result {
+            Ok(m) => m,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), m)) => {
+                // The broker's limit is below the producer's: retrying cannot
+                // help, and failing the batch would meet it again on every
+                // restart. Skipped loudly instead.
+                self.quarantine_refused(m);
+                ack.finished(None);
+                return;
+            }
+            Err((e, m)) => {
+                ack.finished(Some(format!(
+                    "delivery to {}[{}] failed: {e}",
+                    m.topic(),
+                    m.partition()
+                )));
+                return;
+            }
+        };
+        {
             let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
             // No allocation per record: the topic's entry exists after its first.
             let partitions = match acked.get_mut(m.topic()) {
@@ -135,12 +162,46 @@ impl ProducerContext for AckContext {
             let end = partitions.entry(m.partition()).or_insert(0);
             *end = (*end).max(m.offset() + 1);
         }
-        ack.finished(
-            result
-                .as_ref()
-                .err()
-                .map(|(e, m)| format!("delivery to {}[{}] failed: {e}", m.topic(), m.partition())),
+        ack.finished(None);
+    }
+}
+
+impl AckContext {
+    /// Quarantines a record the broker refused as too large: under its
+    /// source coordinates when it is a dead letter (they are in its
+    /// headers), else under the topic it was for.
+    fn quarantine_refused(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        use rdkafka::Message;
+        let headers: Vec<_> = kafka_headers::message_headers(m).collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name.as_bytes())
+                .and_then(|(_, v)| std::str::from_utf8((*v)?).ok())
+        };
+        let reason = format!(
+            "the broker refused it as too large (the producer's limit is {})",
+            self.limit
         );
+        let bytes = wire_size(
+            m.key().map_or(0, <[u8]>::len),
+            m.payload().map_or(0, <[u8]>::len),
+            headers
+                .iter()
+                .map(|(n, v)| (n.len(), v.map_or(0, <[u8]>::len))),
+        );
+        let source = header("sluice.source.topic");
+        self.quarantine.record(&Quarantined {
+            pipeline: &self.pipeline,
+            topic: source.unwrap_or(m.topic()),
+            partition: source.and_then(|_| header("sluice.source.partition")?.parse().ok()),
+            offset: source.and_then(|_| header("sluice.source.offset")?.parse().ok()),
+            reason: &reason,
+            bytes,
+            limit: self.limit,
+            key: m.key(),
+            value: m.payload(),
+        });
     }
 }
 
@@ -148,6 +209,11 @@ impl ProducerContext for AckContext {
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
     acked: Arc<Acked>,
+    /// The producer's `message.max.bytes`.
+    limit: usize,
+    quarantine: Arc<Quarantine>,
+    /// Outputs dead-lettered for their size, so far.
+    too_large: AtomicU64,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -157,7 +223,13 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(kafka: &KafkaSpec) -> Result<Self, KafkaError> {
+    /// A producer for `pipeline`, which skips into `quarantine` what can
+    /// be neither delivered nor dead-lettered.
+    pub fn new(
+        kafka: &KafkaSpec,
+        pipeline: &str,
+        quarantine: Quarantine,
+    ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &kafka.brokers);
         for (k, v) in PRODUCER_DEFAULTS {
@@ -166,13 +238,45 @@ impl KafkaSink {
         for (k, v) in &kafka.producer {
             config.set(k, v.to_string());
         }
+        let limit = kafka
+            .producer
+            .get("message.max.bytes")
+            .and_then(|v| v.to_string().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let acked = Arc::new(Acked::default());
+        let quarantine = Arc::new(quarantine);
         Ok(Self {
             producer: config.create_with_context(AckContext {
                 acked: acked.clone(),
+                pipeline: pipeline.to_owned(),
+                limit,
+                quarantine: quarantine.clone(),
             })?,
             acked,
+            limit,
+            quarantine,
+            too_large: AtomicU64::new(0),
         })
+    }
+
+    /// The largest record the producer sends (`message.max.bytes`), as
+    /// [`wire_size`] counts.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    /// Counts an output dead-lettered for its size.
+    pub fn note_too_large(&self) {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Outputs dead-lettered for their size so far.
+    pub fn too_large(&self) -> u64 {
+        self.too_large.load(Ordering::Relaxed)
     }
 
     /// Gets the producer going in the background, so that the first
@@ -220,7 +324,9 @@ impl KafkaSink {
     }
 
     /// Queues one record; its delivery is tracked by `ack`. Waits while the
-    /// producer's queue is full.
+    /// producer's queue is full. A record of `bytes` ([`wire_size`]) beyond
+    /// the producer's limit is not queued: `Ok(Err(TooLarge))`.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         ack: &Arc<BatchAck>,
@@ -229,7 +335,15 @@ impl KafkaSink {
         value: Option<&[u8]>,
         timestamp: Option<i64>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<(), KafkaError> {
+        bytes: usize,
+    ) -> Result<Result<(), TooLarge>, KafkaError> {
+        let too_large = TooLarge {
+            bytes,
+            limit: self.limit,
+        };
+        if bytes > self.limit {
+            return Ok(Err(too_large));
+        }
         let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
             BaseRecord::with_opaque_to(topic, ack.clone());
         if let Some(key) = key {
@@ -247,10 +361,18 @@ impl KafkaSink {
         ack.started();
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Ok(())),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     self.producer.poll(Duration::from_millis(5));
+                }
+                Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    back,
+                )) => {
+                    // librdkafka counted differently from `wire_size`: the same answer.
+                    back.delivery_opaque.finished(None);
+                    return Ok(Err(too_large));
                 }
                 Err((e, back)) => {
                     // The record never entered the queue: its opaque comes back with it.
@@ -276,18 +398,14 @@ pub fn headers<'a>(
     if existing.len() == 0 && extra.is_empty() {
         return None;
     }
-    let mut h = OwnedHeaders::new_with_capacity(existing.len() + extra.len());
-    for (name, value) in existing {
-        h = h.insert(Header {
-            key: &String::from_utf8_lossy(name),
-            value: Some(value),
-        });
-    }
-    for (name, value) in extra {
-        h = h.insert(Header {
-            key: name,
-            value: Some(*value),
-        });
-    }
-    Some(h)
+    let capacity = existing.len() + extra.len();
+    // Names as bytes: a record's headers are written back exactly as read.
+    let all = existing
+        .map(|(n, v)| (n, Some(v)))
+        .chain(extra.iter().map(|(n, v)| (n.as_bytes(), Some(*v))));
+    Some(kafka_headers::build(all, capacity))
 }
+
+#[cfg(test)]
+#[path = "kafka_tests.rs"]
+mod tests;

@@ -5,6 +5,8 @@
 
 mod kafka;
 mod parquet;
+mod quarantine;
+mod size;
 mod written;
 
 pub use self::parquet::{
@@ -12,6 +14,8 @@ pub use self::parquet::{
     ParquetSpec, PartitionBy,
 };
 pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
+pub use quarantine::{Quarantine, Quarantined};
+pub use size::{TooLarge, wire_size};
 pub use written::{
     EOS_HEADER, EosId, ReadBackError, SinkPosition, WINDOW_INPUT, end_offsets, write_eos_id,
     written_since,

@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::kafka_headers::message_headers;
 use crate::spec::KafkaSpec;
 
 /// The header carrying a record's exactly-once id.
@@ -243,13 +244,12 @@ pub fn written_since(
             continue;
         };
         let m = m?;
-        if let Some(headers) = m.headers() {
-            for h in headers.iter() {
-                if h.key == EOS_HEADER
-                    && let Some(id) = h.value.and_then(|v| parse_eos_id(lineage, v))
-                {
-                    ids.insert(id);
-                }
+        // Header names as bytes: a name that is not UTF-8 is no reason to fail.
+        for (name, value) in message_headers(&m) {
+            if name == EOS_HEADER.as_bytes()
+                && let Some(id) = value.and_then(|v| parse_eos_id(lineage, v))
+            {
+                ids.insert(id);
             }
         }
         let key = (m.topic().to_owned(), m.partition());

@@ -433,13 +433,15 @@ impl KafkaSource {
     /// Adds a consumed record to the batch, its offset to the batch's
     /// commit, and (with `--until-caught-up`) notes its partition done at
     /// its end offset. (Not a method: a polled record borrows the consumer.)
-    fn take(
+    fn take<M: Message>(
         topics: &[String],
         remaining: &mut Option<HashMap<(u16, i32), i64>>,
         batch: &mut Batch,
         commit: &mut BTreeMap<(u16, i32), i64>,
-        message: &impl Message,
-    ) {
+        message: &M,
+    ) where
+        M::Headers: crate::kafka_headers::AsBorrowedHeaders,
+    {
         let source = topics
             .iter()
             .position(|t| t == message.topic())

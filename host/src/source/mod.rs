@@ -11,26 +11,25 @@ pub use kafka::{
 pub use replay::{ReplayError, ReplaySource};
 
 use rdkafka::Timestamp;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 
 use crate::batch::Batch;
+use crate::kafka_headers::{AsBorrowedHeaders, message_headers};
 
 /// Appends a consumed record to a batch: the one way source records enter
 /// Sluice, so that a replayed batch is byte for byte the batch that ran.
-fn push_message(batch: &mut Batch, source: u16, m: &impl Message) {
+/// Header names are kept as bytes (see [`crate::kafka_headers`]).
+fn push_message<M: Message>(batch: &mut Batch, source: u16, m: &M)
+where
+    M::Headers: AsBorrowedHeaders,
+{
     let timestamp = match m.timestamp() {
         Timestamp::NotAvailable => None,
         Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
     };
-    batch.records.push(
-        m.key(),
-        m.payload(),
-        timestamp,
-        m.headers()
-            .iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key.as_bytes(), h.value)),
-    );
+    batch
+        .records
+        .push(m.key(), m.payload(), timestamp, message_headers(m));
     batch.sources.push(source);
     batch.partitions.push(m.partition());
     batch.offsets.push(m.offset());

@@ -36,6 +36,17 @@ pub(super) fn rfc3339(ms: i64) -> String {
 }
 
 /// The dead-letter reason of a late record.
+/// Why a record beyond the horizon is dead-lettered: the words,
+/// then the detail.
+pub(super) fn ahead_reason(t: i64, max_ahead: i64) -> String {
+    let max_ahead = std::time::Duration::from_millis(max_ahead.max(0) as u64);
+    format!(
+        "event time too far ahead: {} is more than {} past the processing time",
+        rfc3339(t),
+        humantime::format_duration(max_ahead)
+    )
+}
+
 pub(super) fn late_reason(start: i64, end: i64) -> String {
     format!(
         "late: window [{}, {}) was already finalized",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::PartitionId;
-use super::assign::{floor, late_reason};
+use super::assign::{ahead_reason, floor, late_reason};
 use super::calls::{AggregateCalls, AggregateError};
 use super::fold::Item;
 use super::spec::{InvalidSpec, OutputMode, Shape, WindowSpec};
@@ -131,6 +131,8 @@ pub struct Progress {
 pub struct WindowEngine {
     pub(super) shape: Shape,
     lateness: i64,
+    /// Event times more than this past the processing time are refused.
+    max_ahead: i64,
     pub(super) output: OutputMode,
     pub(super) watermarks: Watermarks,
     pub(super) state: State,
@@ -144,6 +146,7 @@ impl WindowEngine {
         Ok(Self {
             shape: spec.shape().map_err(InvalidSpec)?,
             lateness: spec.lateness_ms(),
+            max_ahead: spec.max_ahead_ms(),
             output: spec.output,
             watermarks: Watermarks::new(spec.bound_ms(), spec.idle_timeout_ms()),
             state: State::default(),
@@ -245,9 +248,12 @@ impl WindowEngine {
         let limit = self.limit(self.watermarks.current());
         let closed = |end: i64| limit.is_some_and(|l| end <= l);
         let n = batch.len();
+        // Beyond the horizon: refused before anything else sees it.
+        let horizon = now.saturating_add(self.max_ahead);
+        let counts = |i: usize| !batch.skipped(i) && batch.event_times[i] <= horizon;
         self.watermarks.observe_batch(
             (0..n)
-                .filter(|&i| !batch.skipped(i))
+                .filter(|&i| counts(i))
                 .map(|i| (batch.partition(i as u32), batch.event_times[i])),
             now,
         );
@@ -256,6 +262,11 @@ impl WindowEngine {
         let mut items = Vec::with_capacity(n);
         for (i, &t) in batch.event_times.iter().enumerate() {
             if batch.skipped(i) {
+                continue;
+            }
+            if t > horizon {
+                out.dead_letters
+                    .push((i as u32, ahead_reason(t, self.max_ahead)));
                 continue;
             }
             // The record's group, and its latest window.

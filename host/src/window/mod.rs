@@ -18,6 +18,13 @@
 //!   watermark stays where it is. It never goes backwards. Records the guest
 //!   dead-lettered in `extract` do not count (their event times are
 //!   placeholders); late records do.
+//! - **Horizon.** A record whose event time is more than `max_ahead`
+//!   (default 1h) past the processing time of its batch is dead-lettered
+//!   with the reason `event time too far ahead: T is more than D past the
+//!   processing time`; it neither moves the watermark nor reaches the state,
+//!   so one record stamped in the future cannot make everything after it
+//!   late. A replayed batch keeps its processing time, so the same records
+//!   are refused.
 //! - **Windows.** Tumbling: `[floor(t / size) * size, + size)`. Hopping: every
 //!   window of `size` starting at a multiple of `slide` that contains `t`; a
 //!   record is folded once, into its `slide`-long pane, and a window's result

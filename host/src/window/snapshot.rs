@@ -446,7 +446,7 @@ mod tests {
     }
 
     fn spec(yaml: &str) -> WindowSpec {
-        serde_yaml_ng::from_str(yaml).unwrap()
+        crate::window::tests::test_spec(yaml)
     }
 
     /// Engine A runs all steps; B runs the first `j`, is snapshotted and

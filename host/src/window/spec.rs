@@ -2,7 +2,7 @@
 //!
 //! ```yaml
 //! window: { tumbling: 1m }   # or { hopping: { size: 1m, slide: 10s } } or { session: { gap: 30s } }
-//! watermark: { max_out_of_orderness: 10s, idle_timeout: 30s }
+//! watermark: { max_out_of_orderness: 10s, idle_timeout: 30s, max_ahead: 1h }
 //! allowed_lateness: 0s
 //! output: append             # append | update
 //! ```
@@ -17,6 +17,11 @@ pub const MAX_PANES_PER_WINDOW: u64 = 1000;
 
 /// Default of [`WatermarkSpec::idle_timeout`].
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`WatermarkSpec::max_ahead`]: well past any producer's clock
+/// skew, and short enough that one record stamped in the future (a local
+/// time written as UTC, a unit mix-up) is refused rather than moving the
+/// watermark hours ahead and making every later record late.
+pub const DEFAULT_MAX_AHEAD: Duration = Duration::from_secs(3600);
 
 /// How records are windowed, when results are due and what is emitted.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -98,10 +103,20 @@ pub struct WatermarkSpec {
     /// holding the watermark back. Default 30 s.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Horizon: a record whose event time is more than this past the
+    /// processing time of its batch is dead-lettered (`event time too far
+    /// ahead`) and neither moves the watermark nor reaches the state.
+    /// Default [`DEFAULT_MAX_AHEAD`] (1h).
+    #[serde(default = "default_max_ahead", with = "humantime_serde")]
+    pub max_ahead: Duration,
 }
 
 fn default_idle_timeout() -> Duration {
     DEFAULT_IDLE_TIMEOUT
+}
+
+fn default_max_ahead() -> Duration {
+    DEFAULT_MAX_AHEAD
 }
 
 /// What a window emits.
@@ -218,6 +233,10 @@ impl WindowSpec {
 
     pub(super) fn idle_timeout_ms(&self) -> i64 {
         millis_or_max(self.watermark.idle_timeout)
+    }
+
+    pub(super) fn max_ahead_ms(&self) -> i64 {
+        millis_or_max(self.watermark.max_ahead)
     }
 }
 

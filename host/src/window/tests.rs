@@ -142,9 +142,19 @@ pub(super) struct Run {
     pub(super) next_offset: HashMap<i32, i64>,
 }
 
+/// Processing times here count from 0 while event times are in 2026:
+/// without `max_ahead` in `yaml`, there is no horizon.
+pub(super) fn test_spec(yaml: &str) -> WindowSpec {
+    let mut spec: WindowSpec = serde_yaml_ng::from_str(yaml).unwrap();
+    if !yaml.contains("max_ahead") {
+        spec.watermark.max_ahead = std::time::Duration::MAX;
+    }
+    spec
+}
+
 impl Run {
     pub(super) fn new(yaml: &str) -> Self {
-        let spec: WindowSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec = test_spec(yaml);
         Self {
             engine: WindowEngine::new(spec).unwrap(),
             guest: Guest::default(),
@@ -711,7 +721,7 @@ fn fold_dead_letters_and_skipped_records() {
 
     // Records dead-lettered in extract are ignored, even for the watermark.
     let mut guest = Guest::default();
-    let spec: WindowSpec = serde_yaml_ng::from_str(TUMBLING).unwrap();
+    let spec = test_spec(TUMBLING);
     let mut engine = WindowEngine::new(spec).unwrap();
     guest.values = vec![1, 2];
     let batch = BatchKeys {
@@ -774,5 +784,51 @@ fn state_size_is_reported() {
         (150..300).contains(&p.overhead_bytes_per_row),
         "{}",
         p.overhead_bytes_per_row
+    );
+}
+
+#[test]
+fn an_event_time_beyond_the_horizon_is_dead_lettered_and_moves_nothing() {
+    let yaml = "window: { tumbling: 1m }\n\
+        watermark: { max_out_of_orderness: 10s, idle_timeout: 30s, max_ahead: 1h }\n";
+    let (mut with, mut without) = (Run::new(yaml), Run::new(yaml));
+    // Processing time 2026-01-01T00:01:00Z; the horizon is 01:01:00.
+    let now = s(60);
+    let first = with.batch(now, &[("a", 5, 0, 1), ("a", 3661, 0, 2), ("b", 20, 0, 4)]);
+    assert_eq!(
+        first.dead,
+        [(
+            1,
+            "event time too far ahead: 2026-01-01T01:01:01.000Z is more than 1h past the \
+             processing time"
+                .to_owned()
+        )]
+    );
+    let reference = without.batch(now, &[("a", 5, 0, 1), ("b", 20, 0, 4)]);
+    assert_eq!(
+        (first.results, first.calls),
+        (reference.results, reference.calls)
+    );
+    assert_eq!(with.engine.watermark(), Some(s(10)));
+    assert_eq!(with.engine.progress().partitions[0].max_event_time, s(20));
+
+    // Exactly at the horizon is not too far; later records aggregate as if
+    // the refused one had never come.
+    let later = [("a", 65, 0, 8), ("b", 80 + 3600, 0, 16)];
+    let second = with.batch(s(80), &later);
+    assert_eq!(second, without.batch(s(80), &later));
+    assert!(second.dead.is_empty(), "{:?}", second.dead);
+    assert_eq!(with.engine.watermark(), Some(s(3670)));
+}
+
+#[test]
+fn the_horizon_defaults_to_an_hour() {
+    let spec: WindowSpec = serde_yaml_ng::from_str(
+        "window: { tumbling: 1m }\nwatermark: { max_out_of_orderness: 10s }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.watermark.max_ahead,
+        std::time::Duration::from_secs(3600)
     );
 }

@@ -43,6 +43,7 @@ impl Runner<'_> {
             dead_lettered: summary.dead_lettered,
             dead_letter_reasons: summary.dead_letter_reasons.clone(),
             dropped: summary.dropped,
+            quarantined: summary.quarantined,
             late: windows.as_ref().map_or(0, |w| w.late_records),
             ..Totals::default()
         };

@@ -14,8 +14,9 @@
 //! | `noop`        | drops every record (boundary-cost benchmarks)                 |
 //! | `bad-output`  | forwards every record to the undeclared output `nowhere`      |
 //! | `init-trap`   | panics inside `init`                                          |
+//! | `double`      | emits the value twice over (`vv`) for a triggering record     |
 //!
-//! `trap`, `loop` and `alloc` forward the records that do not trigger. Any
+//! `trap`, `loop`, `alloc` and `double` forward the records that do not trigger. Any
 //! other configuration key is refused.
 
 use sluice_sdk::{Config, Emitter, Error, Record, Transform};
@@ -23,7 +24,7 @@ use sluice_sdk::{Config, Emitter, Error, Record, Transform};
 /// The output `bad-output` mode sends to; no pipeline declares it.
 pub const UNKNOWN_OUTPUT: &str = "nowhere";
 
-const MODES: &str = "trap, loop, alloc, passthrough, noop, bad-output, init-trap";
+const MODES: &str = "trap, loop, alloc, passthrough, noop, bad-output, init-trap, double";
 
 /// How the guest misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,7 @@ enum Mode {
     Passthrough,
     Noop,
     BadOutput,
+    Double,
 }
 
 /// The configured misbehaviour.
@@ -59,6 +61,7 @@ impl Transform for Faulty {
             "passthrough" => Mode::Passthrough,
             "noop" => Mode::Noop,
             "bad-output" => Mode::BadOutput,
+            "double" => Mode::Double,
             "init-trap" => panic!("init-trap: panicking inside init as configured"),
             other => return Err(format!("unknown mode `{other}` (expected one of {MODES})").into()),
         };
@@ -76,7 +79,13 @@ impl Transform for Faulty {
             Mode::Trap if triggered() => panic!("poisoned record {}", self.trigger),
             Mode::Loop if triggered() => spin(),
             Mode::Alloc if triggered() => exhaust_memory(),
-            Mode::Trap | Mode::Loop | Mode::Alloc | Mode::Passthrough => out.forward(),
+            Mode::Double if triggered() => {
+                let value = record.value().unwrap_or_default();
+                out.emit([value, value].concat());
+            }
+            Mode::Trap | Mode::Loop | Mode::Alloc | Mode::Double | Mode::Passthrough => {
+                out.forward()
+            }
             Mode::Noop => out.drop(),
             Mode::BadOutput => out.forward_to(UNKNOWN_OUTPUT),
         }
@@ -172,7 +181,7 @@ mod tests {
         let err = |config: &[(&str, &str)]| run::<Faulty>(config, &[]).unwrap_err().to_string();
         assert_eq!(
             err(&[("mode", "explode")]),
-            "unknown mode `explode` (expected one of trap, loop, alloc, passthrough, noop, bad-output, init-trap)"
+            "unknown mode `explode` (expected one of trap, loop, alloc, passthrough, noop, bad-output, init-trap, double)"
         );
         assert_eq!(err(&[]), "missing config key `mode`");
         assert_eq!(
