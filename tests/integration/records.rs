@@ -3,7 +3,7 @@
 //! ahead of the clock. Each is dead-lettered (or quarantined) with its
 //! reason, and the pipeline goes on.
 
-use sluice::sink::{SinkPosition, written_since};
+use sluice::sink::{EosId, SinkPosition, written_since};
 use sluice_tests::*;
 
 /// A header name that is not UTF-8 (Latin-1 "café" and a stray byte).
@@ -106,8 +106,8 @@ fn without_transforms_a_header_name_that_is_not_utf8_is_copied_as_it_is() {
 fn the_exactly_once_read_back_reads_past_a_header_name_that_is_not_utf8() {
     let sink = unique("sink");
     create_topics(&[&sink], 1);
-    let pipeline = unique("eos");
-    let id = |seq: u32| format!("{pipeline}/3/{seq}");
+    let lineage = "00c0ffee00c0ffee";
+    let id = |input: u32| format!("{lineage}/3/{input}.0");
     let (id0, id1) = (id(0), id(1));
     produce_raw(
         &sink,
@@ -119,7 +119,8 @@ fn the_exactly_once_read_back_reads_past_a_header_name_that_is_not_utf8() {
     let yaml = passthrough_spec("unused", &sink, "unused-dlq", "");
     let ids = written_since(
         &spec(&yaml).kafka,
-        &pipeline,
+        lineage,
+        &[sink.as_str()],
         &[SinkPosition {
             topic: sink.clone(),
             partition: 0,
@@ -127,7 +128,12 @@ fn the_exactly_once_read_back_reads_past_a_header_name_that_is_not_utf8() {
         }],
     )
     .unwrap();
-    assert_eq!(ids, [(3, 0), (3, 1)].into_iter().collect());
+    let expected = [0, 1].map(|input| EosId {
+        epoch: 3,
+        input,
+        index: 0,
+    });
+    assert_eq!(ids, expected.into_iter().collect());
 }
 
 /// One record stamped ten days ahead among records of one minute of 2026,
