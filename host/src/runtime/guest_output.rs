@@ -42,6 +42,29 @@ impl Budget {
         volume.bytes += len;
         within
     }
+
+    /// Ends a call: starts a fresh budget and, if anything was skipped,
+    /// says so in one warning (`what`: e.g. "wrote ... to stdout").
+    pub(super) fn end_call(&mut self, labels: &Labels, what: &str) {
+        let skipped = std::mem::take(self).skipped;
+        if skipped.lines == 0 {
+            return;
+        }
+        let Labels {
+            pipeline,
+            step,
+            module,
+        } = labels;
+        tracing::warn!(
+            target: "sluice::guest",
+            pipeline = &**pipeline,
+            step = &**step,
+            module = &**module,
+            "guest {what}: {} more lines ({} bytes) in one call, not logged",
+            skipped.lines,
+            skipped.bytes
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,28 +162,11 @@ impl GuestOutput {
     pub(super) fn begin_call(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.tail.clear();
-        let skipped = std::mem::take(&mut state.budget).skipped;
-        drop(state);
-        if skipped.lines > 0 {
-            let stream = match self.stream {
-                Stream::Stdout => "stdout",
-                Stream::Stderr => "stderr",
-            };
-            let Labels {
-                pipeline,
-                step,
-                module,
-            } = &self.labels;
-            tracing::warn!(
-                target: "sluice::guest",
-                pipeline = &**pipeline,
-                step = &**step,
-                module = &**module,
-                "guest wrote {} more lines ({} bytes) to {stream} in one call; not logged",
-                skipped.lines,
-                skipped.bytes
-            );
-        }
+        let what = match self.stream {
+            Stream::Stdout => "wrote to stdout",
+            Stream::Stderr => "wrote to stderr",
+        };
+        state.budget.end_call(&self.labels, what);
     }
 }
 

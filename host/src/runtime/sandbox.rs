@@ -70,23 +70,7 @@ impl HostState {
         self.deadline = deadline;
         self.stdout.begin_call();
         self.stderr.begin_call();
-        let skipped = std::mem::take(&mut self.log_budget).skipped;
-        if skipped.lines > 0 {
-            let Labels {
-                pipeline,
-                step,
-                module,
-            } = &self.labels;
-            tracing::warn!(
-                target: "sluice::guest",
-                pipeline = &**pipeline,
-                step = &**step,
-                module = &**module,
-                "guest logged {} more lines ({} bytes) in one call; not logged",
-                skipped.lines,
-                skipped.bytes
-            );
-        }
+        self.log_budget.end_call(&self.labels, "logged");
     }
 }
 
