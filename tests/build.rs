@@ -15,6 +15,7 @@ const GUESTS: &[&str] = &[
     "faulty-guest",
     "count-sum",
     "tagger",
+    "alias-bomb",
     "evil-guest",
 ];
 

@@ -17,6 +17,11 @@ struct Case {
 /// 24 records `e0`..`e23` through evil-guest in `mode`, triggered by `e13`,
 /// in batches of 8, under `limits`.
 fn run_evil(mode: &str, limits: &str) -> Case {
+    run_guest("evil-guest", mode, limits)
+}
+
+/// Like [`run_evil`], through the test guest `name`.
+fn run_guest(name: &str, mode: &str, limits: &str) -> Case {
     let (input, clean, dlq) = (unique("in"), unique("clean"), unique("dlq"));
     create_topics(&[&input, &clean, &dlq], 1);
     let values: Vec<String> = (0..24).map(|i| format!("e{i}")).collect();
@@ -28,7 +33,7 @@ fn run_evil(mode: &str, limits: &str) -> Case {
          \x20   limits: {limits}\noutputs: {{ default: {{ topic: {clean} }} }}\ndead_letter: {{ topic: {dlq} }}\n",
         brokers(),
         unique("g"),
-        guest("evil-guest").display(),
+        guest(name).display(),
     );
     let started = Instant::now();
     run_until_caught_up(&spec(&yaml));
@@ -90,6 +95,19 @@ fn an_output_name_bomb_is_invalid_output() {
     assert_only_e13_dead(
         &case,
         "invalid output: an output name of 65536 bytes, over the limit of 249 bytes",
+    );
+}
+
+/// Output names that all point at one megabyte of the guest's memory: the
+/// host copies at most twice the guest's memory limit (16 MiB here) out of
+/// one call, not the hundred megabytes the list spells out.
+#[test]
+fn output_names_aliasing_one_string_are_refused_within_the_copy_budget() {
+    let case = run_guest("alias-bomb", "alias", "{ memory: 16 MiB }");
+    assert_only_e13_dead(
+        &case,
+        "invalid output: the results would take more than 33554432 bytes to copy to the host, \
+         twice the guest's memory limit",
     );
 }
 

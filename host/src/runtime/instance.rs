@@ -195,8 +195,30 @@ pub(super) fn new_store(module: &Module, labels: &Labels, limits: Limits) -> Sto
         HostState::new(labels.clone(), memory),
     );
     store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(copy_budget(memory));
     arm(&mut store, limits);
     store
+}
+
+/// How many bytes of host memory lifting one call's results (or one host
+/// call's arguments) may take: twice the guest's memory limit. Everything a
+/// guest returns lives in its own memory, but a host `String` or record in a
+/// list takes more room than its lowered form (24 bytes for 8), and strings
+/// inside lists may all point at the same guest bytes: without this bound, a
+/// `list<string>` of a million entries aliasing one megabyte would be
+/// copied out in full (wasmtime's default is a fixed 128 MiB per call,
+/// whatever the guest's limit).
+pub(super) fn copy_budget(memory_limit: usize) -> usize {
+    memory_limit.saturating_mul(2)
+}
+
+/// wasmtime's error when lifting runs past [`copy_budget`] (its type is
+/// private; its message is the one way to know it).
+fn is_copy_budget_exceeded(error: &wasmtime::Error) -> bool {
+    error.chain().any(|e| {
+        e.to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
 }
 
 /// Starts the deadline of a call (or of instantiation and `init`): for the
@@ -232,6 +254,14 @@ pub(super) fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) ->
     let trap = error.downcast_ref::<Trap>();
     if trap == Some(&Trap::Interrupt) {
         return Fault::Deadline;
+    }
+    if trap.is_none() && is_copy_budget_exceeded(error) {
+        let memory = store.data().limiter.limit();
+        return Fault::InvalidOutput(format!(
+            "the results would take more than {} bytes to copy to the host, twice the guest's \
+             memory limit",
+            copy_budget(memory)
+        ));
     }
     let what = match trap {
         Some(trap) => trap

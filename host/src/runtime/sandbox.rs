@@ -129,6 +129,13 @@ pub struct MemoryLimiter {
     pub exceeded: bool,
 }
 
+impl MemoryLimiter {
+    /// The cap on all the store's linear memories together, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 /// Most core instances, tables and memories one store may create: a
 /// component built by `wasm32-wasip2` has a handful of each.
 const MAX_INSTANCES: usize = 64;
