@@ -119,3 +119,34 @@ async fn uploads_past_the_checks_at_once_are_told_to_retry() {
     let (status, _, _) = send(&state, Method::POST, "/v1/modules/m", CORE_MODULE).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn concurrent_creations_never_pass_the_pipeline_budget() {
+    let data = tempfile::tempdir().unwrap();
+    let state = state(data.path(), ApiConfig::default());
+    seed(&state, "m", b"one");
+    let manager = state.pipelines.clone().unwrap();
+    let spec = std::str::from_utf8(SPEC).unwrap();
+    let created: Vec<bool> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (manager, spec) = (&manager, spec.replace("second", &format!("p{i}")));
+                s.spawn(move || match manager.create_within(&spec, 3) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        assert_eq!(
+                            e.to_string(),
+                            "this server holds at most 3 pipelines (sluice serve \
+                             --max-pipelines): delete one first"
+                        );
+                        false
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(created.iter().filter(|&&c| c).count(), 3, "{created:?}");
+    assert_eq!(manager.list().len(), 3);
+    manager.shutdown();
+}

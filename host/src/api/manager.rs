@@ -108,6 +108,11 @@ pub enum ManagerError {
     /// The request needs a running pipeline.
     #[error("pipeline `{0}` is not running; start it first")]
     NotRunning(String),
+    /// The server holds as many pipelines as it may.
+    #[error(
+        "this server holds at most {0} pipelines (sluice serve --max-pipelines): delete one first"
+    )]
+    Full(usize),
 }
 
 /// The state a pipeline should be in; persisted.
@@ -361,6 +366,13 @@ impl Manager {
 
     /// Creates a pipeline from a spec (YAML or JSON) and starts it.
     pub fn create(&self, text: &str) -> Result<PipelineStatus, ManagerError> {
+        self.create_within(text, usize::MAX)
+    }
+
+    /// Like [`Manager::create`], unless the server already holds `max`
+    /// pipelines (checked under the same lock as the name, so concurrent
+    /// creations never pass it).
+    pub fn create_within(&self, text: &str, max: usize) -> Result<PipelineStatus, ManagerError> {
         let value: Value = serde_yaml_ng::from_str(text)
             .map_err(|e| SpecError::new("spec", format!("not a YAML or JSON document: {e}")))?;
         let name = match value.get("name") {
@@ -384,6 +396,9 @@ impl Manager {
         let mut entries = lock(&self.entries);
         if entries.contains_key(&name) {
             return Err(ManagerError::Exists(name));
+        }
+        if entries.len() >= max {
+            return Err(ManagerError::Full(max));
         }
         let (_, modules) = self.resolve(&name, &value, None)?;
         let stored = Stored {

@@ -61,6 +61,7 @@ impl From<ManagerError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ManagerError::NotRunning(_) => StatusCode::CONFLICT,
+            ManagerError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Exists(_) => StatusCode::CONFLICT,
             ManagerError::WrongKind { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -111,18 +112,8 @@ async fn create(
             "spec: the request body is empty: send the pipeline spec, YAML or JSON",
         ));
     }
-    let held = manager(&state)?.list().len();
     let max = state.config.max_pipelines;
-    if held >= max {
-        return Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!(
-                "this server holds at most {max} pipelines (sluice serve --max-pipelines): \
-                 delete one first"
-            ),
-        ));
-    }
-    let created = blocking(&state, move |m| m.create(&text)).await?;
+    let created = blocking(&state, move |m| m.create_within(&text, max)).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
