@@ -164,7 +164,12 @@ pub(crate) fn wait_for_status(server: &Server, name: &str, status: &str) -> Valu
 }
 
 /// Polls `GET /v1/pipelines/{name}` until `done` holds for the document.
-fn wait_for_doc(server: &Server, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for_doc(
+    server: &Server,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, doc) = call(

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sluice_tests::kafka_tools::{self, SampleOptions, sample_record};
 use sluice_tests::*;
 
-use crate::serve::{TOKEN, call, wait_for_status};
+use crate::serve::{TOKEN, call, wait_for_doc, wait_for_status};
 use crate::server::Server;
 
 const MINUTE: i64 = 60_000;
@@ -114,6 +114,12 @@ fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
             }
         })
     };
+    // Variant 1 runs records before the first swap asks for another.
+    wait_for_doc(&server, &name, "its first records", |doc| {
+        doc["progress"]["totals"]["input_rows"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
     let swaps = [
         ("tag", "tagger@2"),
         ("tag", "tagger@3"),
