@@ -858,43 +858,9 @@ impl Entry {
                 .map(|r| r.throughput(now_ms))
                 .unwrap_or_default(),
             swaps: run.as_ref().map(|r| r.swaps()).unwrap_or_default(),
-            spec: redacted(doc.spec),
+            spec: crate::spec::redacted(doc.spec),
         }
     }
-}
-
-/// The spec with its secrets replaced by `"<redacted>"`: the values of
-/// secret-looking Kafka properties and transform config keys, and config
-/// values marked `{ secret: "..." }` (shown `{ secret: "<redacted>" }`).
-/// Reading the API needs no token.
-pub fn redacted(mut spec: Value) -> Value {
-    use crate::spec::{SECRET_KEYS, is_secret_config, marked_secret};
-    const REDACTED: &str = "<redacted>";
-    for side in ["consumer", "producer"] {
-        if let Some(Value::Object(properties)) = spec.pointer_mut(&format!("/kafka/{side}")) {
-            for (key, value) in properties.iter_mut() {
-                let key = key.to_ascii_lowercase();
-                if SECRET_KEYS.iter().any(|s| key.contains(s)) {
-                    *value = Value::String(REDACTED.into());
-                }
-            }
-        }
-    }
-    if let Some(Value::Array(steps)) = spec.get_mut("transforms") {
-        for step in steps {
-            let Some(Value::Object(config)) = step.get_mut("config") else {
-                continue;
-            };
-            for (key, value) in config.iter_mut() {
-                if marked_secret(value).is_some() {
-                    *value = serde_json::json!({ "secret": REDACTED });
-                } else if is_secret_config(key, value) {
-                    *value = Value::String(REDACTED.into());
-                }
-            }
-        }
-    }
-    spec
 }
 
 /// The body of a pipeline's thread.

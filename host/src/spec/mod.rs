@@ -13,6 +13,7 @@
 mod confine;
 mod kafka_props;
 mod load;
+mod secret;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 pub use confine::Confinement;
 pub use load::{SpecError, load, load_unbuilt, parse, parse_confined};
+pub use secret::{SECRET_KEYS, is_secret_config, marked_secret, redacted};
 
 /// The name of the output that a transform chain's last step emits to when a
 /// guest does not name one.
@@ -230,37 +232,6 @@ impl TransformSpec {
     }
 }
 
-/// The inner string of a config value marked secret, `{ secret: "..." }`.
-pub fn marked_secret(value: &serde_json::Value) -> Option<&str> {
-    match value.as_object() {
-        Some(object) if object.len() == 1 => object.get("secret")?.as_str(),
-        _ => None,
-    }
-}
-
-/// Key fragments that make a config key or Kafka property a secret even
-/// unmarked (compared lowercased).
-pub const SECRET_KEYS: [&str; 11] = [
-    "password",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "api-key",
-    "credential",
-    "private",
-    "jaas",
-    "oauthbearer.config",
-    "key.pem",
-];
-
-/// Whether config entry `key: value` is a secret: marked, or its key looks
-/// like one.
-pub fn is_secret_config(key: &str, value: &serde_json::Value) -> bool {
-    let key = key.to_ascii_lowercase();
-    marked_secret(value).is_some() || SECRET_KEYS.iter().any(|s| key.contains(s))
-}
-
 /// Sandbox limits of one transform instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -339,31 +310,5 @@ impl PipelineSpec {
         topics.sort_unstable();
         topics.dedup();
         topics
-    }
-}
-
-#[cfg(test)]
-mod secret_tests {
-    use super::*;
-
-    #[test]
-    fn a_marked_secret_reaches_the_guest_as_its_string() {
-        let step: TransformSpec = serde_json::from_str(
-            r#"{"module": "m.wasm",
-                "config": {"url": {"secret": "s3"}, "n": 3, "o": {"secret": 1}, "key": "v"}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            step.config_pairs(),
-            [
-                ("url".to_owned(), "s3".to_owned()),
-                ("n".to_owned(), "3".to_owned()),
-                ("o".to_owned(), r#"{"secret":1}"#.to_owned()),
-                ("key".to_owned(), "v".to_owned()),
-            ]
-        );
-        assert!(is_secret_config("url", &step.config["url"]));
-        assert!(is_secret_config("Client_Secret", &serde_json::json!("x")));
-        assert!(!is_secret_config("key", &step.config["key"]));
     }
 }
