@@ -20,9 +20,9 @@
 //! its directory with everything in it (checkpoints, staged files, Parquet
 //! output written under it), so a pipeline created later under the same
 //! name starts from scratch; the Kafka consumer group's committed offsets
-//! are the broker's and stay. The status document shows
-//! the spec as given, except for the values of secret-looking Kafka
-//! properties (`sasl.password`, ...), since reading needs no token.
+//! are the broker's and stay. The status document shows the spec as given,
+//! with its secrets redacted ([`crate::spec::redacted`]), since reading
+//! needs no token.
 //!
 //! Invariants:
 //! - A module version named by a pipeline cannot be deleted from the store:
