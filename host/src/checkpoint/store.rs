@@ -184,7 +184,7 @@ impl LocalDirStore {
         &self.dir
     }
 
-    /// The directory's lineage id (see [`super::dir`]).
+    /// The directory's lineage id (made once per directory, kept in its `LINEAGE` file).
     pub fn lineage(&self) -> &str {
         &self.lineage
     }

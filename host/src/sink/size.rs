@@ -29,7 +29,7 @@ pub fn wire_size(
     RECORD_OVERHEAD + key + value + headers
 }
 
-/// [`KafkaSink::send`] did not queue a record: it is larger than the
+/// [`super::KafkaSink::send`] did not queue a record: it is larger than the
 /// producer's `message.max.bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLarge {

@@ -213,7 +213,7 @@ pub fn end_offsets(kafka: &KafkaSpec, topics: &[&str]) -> Result<Vec<SinkPositio
 }
 
 /// The ids of this lineage's records written after `positions`, up to the
-/// current end of every partition of `topics` (see [`plan_read_back`]).
+/// current end of every partition of `topics`.
 pub fn written_since(
     kafka: &KafkaSpec,
     lineage: &str,

@@ -106,7 +106,7 @@ pub struct WatermarkSpec {
     /// Horizon: a record whose event time is more than this past the
     /// processing time of its batch is dead-lettered (`event time too far
     /// ahead`) and neither moves the watermark nor reaches the state.
-    /// Default [`DEFAULT_MAX_AHEAD`] (1h).
+    /// Default 1h.
     #[serde(default = "default_max_ahead", with = "humantime_serde")]
     pub max_ahead: Duration,
 }
