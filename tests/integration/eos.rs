@@ -238,14 +238,12 @@ fn a_replay_with_another_module_is_refused_naming_the_step_and_digests() {
     assert_eq!(read(&output).len(), 10);
 }
 
-/// Gives the empty `topic` `partitions` partitions. The test broker has no
-/// CreatePartitions, so the topic is deleted and created again: for a
-/// checkpoint that saw it empty, the same as partitions added.
-fn grow_empty_topic(topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::config::ClientConfig;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// A Kafka admin client on the test broker, and a runtime to await it on.
+fn admin() -> (
+    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    tokio::runtime::Runtime,
+) {
+    let admin = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
@@ -253,6 +251,15 @@ fn grow_empty_topic(topic: &str, partitions: i32) {
         .enable_all()
         .build()
         .unwrap();
+    (admin, rt)
+}
+
+/// Gives the empty `topic` `partitions` partitions. The test broker has no
+/// CreatePartitions, so the topic is deleted and created again: for a
+/// checkpoint that saw it empty, the same as partitions added.
+fn grow_empty_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::AdminOptions;
+    let (admin, rt) = admin();
     let results = rt
         .block_on(admin.delete_topics(
             &[topic],
@@ -300,18 +307,9 @@ fn a_sink_partition_added_after_the_checkpoint_is_read_back() {
 /// Deletes the records of `topic`'s partition 0 before `offset`, or None
 /// if the broker cannot.
 fn delete_records_before(topic: &str, offset: i64) -> Option<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::config::ClientConfig;
+    use rdkafka::admin::AdminOptions;
     use rdkafka::{Offset, TopicPartitionList};
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, rt) = admin();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
         .unwrap();

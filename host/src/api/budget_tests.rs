@@ -3,11 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use super::manager::Manager;
 use super::store::{Checked, Kind, ModuleStore};
@@ -38,18 +35,9 @@ async fn send(
     uri: &str,
     body: &'static [u8],
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut request = Request::builder().method(method.clone()).uri(uri);
-    if let Some(content_type) = super::guard::content_type_for(&method, uri) {
-        request = request.header(header::CONTENT_TYPE, content_type);
-    }
-    let response = router(state.clone())
-        .oneshot(request.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (parts.status, parts.headers, json)
+    let content_type = super::guard::content_type_for(&method, uri);
+    let headers: Vec<(&str, &str)> = content_type.iter().map(|t| ("content-type", *t)).collect();
+    super::guard_tests::send(&router(state.clone()), method, uri, &headers, body).await
 }
 
 const SPEC: &[u8] =

@@ -26,7 +26,7 @@ fn app(allowed_hosts: &[&str]) -> (Router, tempfile::TempDir) {
     (router(state), data)
 }
 
-async fn send(
+pub(super) async fn send(
     app: &Router,
     method: Method,
     uri: &str,
