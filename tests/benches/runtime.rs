@@ -37,8 +37,9 @@ use std::hint::black_box;
 
 use serde_json::{Value, json};
 use sluice::batch::Batch;
+use sluice::batch::StepOutput;
 use sluice::cli::kafka_tools::{SampleOptions, sample_record};
-use sluice::runtime::{Labels, Runtime, StepOutput, Transform};
+use sluice::runtime::{Labels, Runtime, Transform};
 use sluice::spec::Limits;
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 use sluice_sdk::__private::{process_columns, process_columns_fn};

@@ -1,11 +1,10 @@
 //! An aggregate step: the guest's `extract` on each batch, then the host's
 //! window engine folding, merging and finishing through the same guest.
 
+use crate::batch::calls::AggregateError;
 use crate::batch::{Batch, Columns};
 use crate::runtime::{Aggregator, BatchCalls, InstantiateError};
-use crate::window::{
-    AggregateError, BatchKeys, InvalidSpec, WindowEngine, WindowOutput, WindowRef, WindowSpec,
-};
+use crate::window::{BatchKeys, InvalidSpec, WindowEngine, WindowOutput, WindowRef, WindowSpec};
 
 /// What an aggregate step made of one batch.
 #[derive(Debug, Default)]

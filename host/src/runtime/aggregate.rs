@@ -6,14 +6,14 @@ use wasmtime::Store;
 
 use super::bindings::{self, AggregateGuest};
 use super::instance::{
-    Fault, StepOutput, TransformStats, arm, bounded_reason, classify, columns_to_wit, init_result,
-    new_store, step_output,
+    Fault, TransformStats, arm, bounded_reason, classify, columns_to_wit, init_result, new_store,
+    step_output,
 };
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels};
-use crate::batch::Batch;
+use crate::batch::calls::{self, AggregateError};
+use crate::batch::{Batch, StepOutput};
 use crate::spec::Limits;
-use crate::window::{self, AggregateError};
 
 /// Key and event time of each record the guest holds after `extract`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -288,7 +288,7 @@ fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
     })
 }
 
-pub(super) fn fold_to_wit(request: window::FoldRequest) -> bindings::FoldRequest {
+pub(super) fn fold_to_wit(request: calls::FoldRequest) -> bindings::FoldRequest {
     bindings::FoldRequest {
         accumulators: accumulators_to_wit(request.accumulators),
         fresh: request.fresh,
@@ -297,8 +297,8 @@ pub(super) fn fold_to_wit(request: window::FoldRequest) -> bindings::FoldRequest
     }
 }
 
-pub(super) fn fold_from_wit(request: bindings::FoldRequest) -> window::FoldRequest {
-    window::FoldRequest {
+pub(super) fn fold_from_wit(request: bindings::FoldRequest) -> calls::FoldRequest {
+    calls::FoldRequest {
         accumulators: accumulators_from_wit(request.accumulators),
         fresh: request.fresh,
         records: request.records,
@@ -306,15 +306,15 @@ pub(super) fn fold_from_wit(request: bindings::FoldRequest) -> window::FoldReque
     }
 }
 
-pub(super) fn accumulators_to_wit(a: window::Accumulators) -> bindings::Accumulators {
+pub(super) fn accumulators_to_wit(a: calls::Accumulators) -> bindings::Accumulators {
     bindings::Accumulators {
         data: a.data,
         offsets: a.offsets,
     }
 }
 
-pub(super) fn accumulators_from_wit(a: bindings::Accumulators) -> window::Accumulators {
-    window::Accumulators {
+pub(super) fn accumulators_from_wit(a: bindings::Accumulators) -> calls::Accumulators {
+    calls::Accumulators {
         data: a.data,
         offsets: a.offsets,
     }
@@ -327,19 +327,19 @@ fn call_error(e: CallError) -> AggregateError {
 /// The window engine's view of the guest. A failure here stops the step (its
 /// accumulators are no longer trustworthy); records of the batch are not
 /// committed, so nothing is lost.
-impl window::AggregateCalls for Aggregator {
-    fn fold(&mut self, request: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
+impl calls::AggregateCalls for Aggregator {
+    fn fold(&mut self, request: calls::FoldRequest) -> Result<calls::FoldResult, AggregateError> {
         self.fold_window(&fold_to_wit(request)).map_err(call_error)
     }
 
     fn merge(
         &mut self,
-        request: window::MergeRequest,
-    ) -> Result<window::Accumulators, AggregateError> {
+        request: calls::MergeRequest,
+    ) -> Result<calls::Accumulators, AggregateError> {
         self.merge_calls(request)
     }
 
-    fn finish(&mut self, request: window::FinishRequest) -> Result<StepOutput, AggregateError> {
+    fn finish(&mut self, request: calls::FinishRequest) -> Result<StepOutput, AggregateError> {
         self.finish_calls(request)
     }
 }
@@ -349,9 +349,9 @@ impl Aggregator {
     pub(super) fn fold_window(
         &mut self,
         request: &bindings::FoldRequest,
-    ) -> Result<window::FoldResult, CallError> {
+    ) -> Result<calls::FoldResult, CallError> {
         let result = Aggregator::fold(self, request)?;
-        Ok(window::FoldResult {
+        Ok(calls::FoldResult {
             accumulators: accumulators_from_wit(result.accumulators),
             dead_letters: result
                 .dead_letters
@@ -363,8 +363,8 @@ impl Aggregator {
 
     pub(super) fn merge_calls(
         &mut self,
-        request: window::MergeRequest,
-    ) -> Result<window::Accumulators, AggregateError> {
+        request: calls::MergeRequest,
+    ) -> Result<calls::Accumulators, AggregateError> {
         let request = bindings::MergeRequest {
             accumulators: accumulators_to_wit(request.accumulators),
             group_offsets: request.group_offsets,
@@ -376,7 +376,7 @@ impl Aggregator {
 
     pub(super) fn finish_calls(
         &mut self,
-        request: window::FinishRequest,
+        request: calls::FinishRequest,
     ) -> Result<StepOutput, AggregateError> {
         let groups = request.window_starts.len();
         let request = bindings::FinishRequest {

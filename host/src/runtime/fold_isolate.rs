@@ -22,8 +22,8 @@
 
 use super::aggregate::{Aggregator, fold_from_wit, fold_to_wit};
 use crate::batch::Batch;
-use crate::runtime::StepOutput;
-use crate::window::{
+use crate::batch::StepOutput;
+use crate::batch::calls::{
     self, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult, MergeRequest,
     MergeResult,
 };
@@ -69,7 +69,7 @@ impl BatchCalls<'_> {
         &mut self,
         request: FoldRequest,
         dead: &mut Vec<(u32, String)>,
-    ) -> Result<window::Accumulators, AggregateError> {
+    ) -> Result<calls::Accumulators, AggregateError> {
         let wit = fold_to_wit(request);
         let error = match self.aggregator.fold_window(&wit) {
             Ok(result) => {
@@ -219,14 +219,14 @@ fn split_merge(request: MergeRequest, mid: usize) -> (MergeRequest, MergeRequest
     let cut = request.group_offsets[mid];
     let data_cut = request.accumulators.offsets[cut as usize];
     let first = MergeRequest {
-        accumulators: window::Accumulators {
+        accumulators: calls::Accumulators {
             data: request.accumulators.data[..data_cut as usize].to_vec(),
             offsets: request.accumulators.offsets[..=cut as usize].to_vec(),
         },
         group_offsets: request.group_offsets[..=mid].to_vec(),
     };
     let second = MergeRequest {
-        accumulators: window::Accumulators {
+        accumulators: calls::Accumulators {
             data: request.accumulators.data[data_cut as usize..].to_vec(),
             offsets: request.accumulators.offsets[cut as usize..]
                 .iter()
@@ -250,7 +250,7 @@ fn split_finish(request: FinishRequest, mid: usize) -> (FinishRequest, FinishReq
         key_offsets: request.key_offsets[..=mid].to_vec(),
         window_starts: request.window_starts[..mid].to_vec(),
         window_ends: request.window_ends[..mid].to_vec(),
-        accumulators: window::Accumulators {
+        accumulators: calls::Accumulators {
             data: request.accumulators.data[..acc_cut as usize].to_vec(),
             offsets: request.accumulators.offsets[..=mid].to_vec(),
         },
@@ -264,7 +264,7 @@ fn split_finish(request: FinishRequest, mid: usize) -> (FinishRequest, FinishReq
             .collect(),
         window_starts: request.window_starts[mid..].to_vec(),
         window_ends: request.window_ends[mid..].to_vec(),
-        accumulators: window::Accumulators {
+        accumulators: calls::Accumulators {
             data: request.accumulators.data[acc_cut as usize..].to_vec(),
             offsets: request.accumulators.offsets[mid..]
                 .iter()
@@ -328,7 +328,7 @@ impl AggregateCalls for BatchCalls<'_> {
         })
     }
 
-    fn merge(&mut self, request: MergeRequest) -> Result<window::Accumulators, AggregateError> {
+    fn merge(&mut self, request: MergeRequest) -> Result<calls::Accumulators, AggregateError> {
         self.aggregator.merge_calls(request)
     }
 
@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn split_finish_cuts_every_column_at_the_same_window() {
-        let mut accumulators = window::Accumulators::default();
+        let mut accumulators = calls::Accumulators::default();
         for acc in [&b"a"[..], b"bb", b"ccc"] {
             accumulators.push(acc);
         }
@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn split_merge_cuts_groups_and_their_accumulators() {
-        let mut accumulators = window::Accumulators::default();
+        let mut accumulators = calls::Accumulators::default();
         for acc in [&b"a"[..], b"bb", b"c", b"dd", b"e"] {
             accumulators.push(acc);
         }
@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn split_keeps_groups_and_order() {
         let request = FoldRequest {
-            accumulators: window::Accumulators::default(),
+            accumulators: calls::Accumulators::default(),
             fresh: vec![1, 1, 1],
             records: vec![10, 11, 12, 20, 30, 31],
             group_offsets: vec![0, 3, 4, 6],

@@ -7,22 +7,8 @@ use super::bindings::{self, InputBatch, OutputBatch, TransformGuest};
 use super::engine::EPOCH_TICK;
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels, MemoryLimitExceeded};
-use crate::batch::{Batch, Columns};
+use crate::batch::{Batch, Columns, StepOutput};
 use crate::spec::Limits;
-
-/// What one step made of a batch: the guest's output plus the records the
-/// host dead-lettered for it (faults). Indices refer to the step's input.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct StepOutput {
-    pub records: Columns,
-    /// Input index of each output record, non-decreasing.
-    pub inputs: Vec<u32>,
-    /// 0 for the default output, `k` for `output_names[k - 1]`.
-    pub targets: Vec<u32>,
-    pub output_names: Vec<String>,
-    /// `(input index, reason)`, in input order.
-    pub dead_letters: Vec<(u32, String)>,
-}
 
 /// How a call into the guest failed, other than by returning an error.
 #[derive(Debug, Clone, PartialEq, Eq)]

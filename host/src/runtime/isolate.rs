@@ -5,9 +5,10 @@
 //! record is processed normally. Costs about `2 log2(n)` extra calls per
 //! faulty record, paid only when a fault happens.
 
-use super::instance::{Fault, StepOutput, Transform};
+use super::instance::{Fault, Transform};
 use super::module::InstantiateError;
 use crate::batch::Batch;
+use crate::batch::StepOutput;
 
 impl Transform {
     /// Runs one micro-batch through the guest: one call across the boundary

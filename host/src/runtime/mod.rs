@@ -25,6 +25,6 @@ pub use aggregate::{Aggregator, CallError, Extracted};
 pub use compile::CompileLimits;
 pub use engine::Runtime;
 pub use fold_isolate::BatchCalls;
-pub use instance::{Fault, StepOutput, Transform, TransformStats};
+pub use instance::{Fault, Transform, TransformStats};
 pub use module::{InstantiateError, Module, ModuleError, ModuleKind};
 pub use sandbox::Labels;

@@ -8,8 +8,8 @@ use super::calls::{Accumulators, AggregateCalls, AggregateError, FinishRequest, 
 use super::engine::{WindowEngine, WindowOutput, WindowRef};
 use super::spec::{OutputMode, Shape};
 use super::state::{AccBytes, Key};
+use crate::batch::StepOutput;
 use crate::batch::{HAS_KEY, HAS_TIMESTAMP};
-use crate::runtime::StepOutput;
 
 /// Where the accumulator of a window to finish comes from.
 enum Acc {
@@ -210,7 +210,7 @@ impl WindowEngine {
             for i in range {
                 accumulators.push(inputs.accumulators.get(i));
             }
-            out.failed.push(super::calls::FailedWindow {
+            out.failed.push(super::FailedWindow {
                 key,
                 start,
                 end,

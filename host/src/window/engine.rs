@@ -13,7 +13,7 @@ use super::fold::Item;
 use super::spec::{InvalidSpec, OutputMode, Shape, WindowSpec};
 use super::state::State;
 use super::watermark::{PartitionProgress, Watermarks};
-use crate::runtime::StepOutput;
+use crate::batch::StepOutput;
 
 /// What the guest's `extract` made of a batch, plus where each record came
 /// from. Index `i` of every slice is record `i` of the batch the guest holds.
@@ -108,7 +108,7 @@ pub struct WindowOutput {
     /// the guest could not finish), in that order.
     pub dead_accumulators: Vec<Vec<u8>>,
     /// Windows (or sessions) whose accumulators the guest could not merge.
-    pub failed: Vec<super::calls::FailedWindow>,
+    pub failed: Vec<FailedWindow>,
 }
 
 /// Event-time progress and state size, for progress reports.
@@ -306,4 +306,16 @@ impl WindowEngine {
         out.dead_letters.sort_by_key(|d| d.0);
         Ok(out)
     }
+}
+
+/// A window whose result cannot be computed: the guest could not merge its
+/// accumulators. They go to the dead-letter topic instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedWindow {
+    pub key: std::sync::Arc<[u8]>,
+    pub start: i64,
+    pub end: i64,
+    /// The accumulators that were to be merged, in order.
+    pub accumulators: super::calls::Accumulators,
+    pub reason: String,
 }

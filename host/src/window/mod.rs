@@ -4,9 +4,10 @@
 //! event time are and how records fold into an accumulator; this module owns
 //! everything about time: which windows a record belongs to, watermarks,
 //! lateness, when a window's result is due, and the accumulators themselves.
-//! It talks to the guest through [`AggregateCalls`], so it knows nothing of
-//! wasmtime; the runtime implements that trait by moving these plain types'
-//! fields into the generated bindings.
+//! It talks to the guest through [`AggregateCalls`](crate::batch::calls::AggregateCalls),
+//! so it knows nothing of wasmtime or of the runtime; the runtime implements
+//! that trait by moving the plain types of [`crate::batch::calls`] into the
+//! generated bindings.
 //!
 //! # Promises
 //!
@@ -77,7 +78,7 @@
 //! # Failures
 //!
 //! A guest error or trap in `fold`, `merge` or `finish` fails the whole call
-//! with [`AggregateError`]. The pipeline's calls (`runtime::BatchCalls`)
+//! with [`AggregateError`](crate::batch::calls::AggregateError). The pipeline's calls (`runtime::BatchCalls`)
 //! isolate `fold` faults record by record before they reach the engine, so
 //! only `merge` and `finish` faults arrive here. The engine is then
 //! poisoned: its state may hold part of the failed batch, so every later
@@ -86,7 +87,6 @@
 //! `held_offsets` kept behind every open window).
 
 mod assign;
-mod calls;
 mod emit;
 mod engine;
 mod fold;
@@ -99,11 +99,9 @@ mod watermark;
 #[cfg(test)]
 mod tests;
 
-pub use calls::{
-    Accumulators, AggregateCalls, AggregateError, FailedWindow, FinishRequest, FoldRequest,
-    FoldResult, MergeRequest, MergeResult,
-};
-pub use engine::{BatchKeys, Progress, WindowEngine, WindowOutput, WindowRef};
+use crate::batch::calls;
+
+pub use engine::{BatchKeys, FailedWindow, Progress, WindowEngine, WindowOutput, WindowRef};
 pub use snapshot::{EngineSnapshot, RestoreError};
 pub use spec::{
     InvalidSpec, MAX_PANES_PER_WINDOW, OutputMode, WatermarkSpec, WindowKind, WindowSpec,

@@ -124,7 +124,7 @@ impl WindowEngine {
                         for i in inputs.group_offsets[m]..inputs.group_offsets[m + 1] {
                             accumulators.push(inputs.accumulators.get(i as usize));
                         }
-                        out.failed.push(super::calls::FailedWindow {
+                        out.failed.push(super::FailedWindow {
                             key: key.clone(),
                             start: plan.start,
                             end: plan.end,

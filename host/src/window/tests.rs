@@ -6,7 +6,11 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::runtime::StepOutput;
+use crate::batch::StepOutput;
+use crate::batch::calls::{
+    Accumulators, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult,
+    MergeRequest, MergeResult,
+};
 
 const T0: i64 = 1_767_225_600_000;
 

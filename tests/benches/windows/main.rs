@@ -43,14 +43,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sluice::batch::StepOutput;
+use sluice::batch::calls::{self as window, AggregateCalls, AggregateError};
 use sluice::batch::{Batch, Columns};
 use sluice::cli::kafka_tools::{SampleOptions, sample_record};
 use sluice::pipeline::AggregateStep;
-use sluice::runtime::{Labels, Module, Runtime, StepOutput};
+use sluice::runtime::{Labels, Module, Runtime};
 use sluice::spec::Limits;
-use sluice::window::{
-    self, AggregateCalls, AggregateError, BatchKeys, WindowEngine, WindowOutput, WindowSpec,
-};
+use sluice::window::{BatchKeys, WindowEngine, WindowOutput, WindowSpec};
 use sluice_tests::bench::{
     announce, cpu_model, loadavg, name_filters, nproc, render, write_report,
 };
@@ -478,7 +478,7 @@ fn hash_results(
     hasher: &mut DefaultHasher,
     records: &Columns,
     inputs: &[u32],
-    windows: &[window::WindowRef],
+    windows: &[sluice::window::WindowRef],
 ) {
     for (i, record) in records.iter().enumerate() {
         record.key.hash(hasher);

@@ -7,11 +7,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use count_sum::CountSumAgg;
+use sluice::batch::StepOutput;
+use sluice::batch::calls::{self as window, AggregateCalls, AggregateError};
 use sluice::batch::{Batch, Columns};
-use sluice::runtime::StepOutput;
-use sluice::window::{
-    self, AggregateCalls, AggregateError, WindowEngine, WindowOutput, WindowSpec,
-};
+use sluice::window::{WindowEngine, WindowOutput, WindowSpec};
 use sluice_sdk::__private::aggregate::types as wit;
 use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};

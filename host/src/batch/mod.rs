@@ -5,6 +5,15 @@
 //! (see `wit/transform.wit`), so handing a batch to a guest moves the vectors
 //! without copying them, and lowering them into guest memory is one memcpy per
 //! column. Nothing here knows about Kafka or wasmtime.
+//!
+//! Beside the batch itself, this module holds the other plain data that
+//! crosses layers: what a step made of a batch ([`StepOutput`]) and the
+//! aggregate calls between the window engine and the runtime ([`calls`]).
+
+pub mod calls;
+mod step;
+
+pub use step::StepOutput;
 
 /// Bit of [`Columns::flags`]: the record has a key.
 pub const HAS_KEY: u8 = 1 << 0;

@@ -1,8 +1,10 @@
 //! The calls into an aggregate guest, as plain types that mirror the WIT
 //! `aggregate` interface field for field (so the runtime converts by moving
-//! vectors), and the trait the engine calls them through.
+//! vectors), and the trait through which the window engine makes them: the
+//! contract between `window` (which calls) and `runtime` (which answers),
+//! kept below both so that neither imports the other.
 
-use crate::runtime::StepOutput;
+use super::StepOutput;
 
 /// A set of accumulators, Arrow-style: accumulator `i` is
 /// `data[offsets[i] .. offsets[i + 1]]` (`offsets` has one entry per
@@ -151,18 +153,6 @@ pub struct MergeResult {
     pub accumulators: Accumulators,
     /// `(group, reason)` of the groups the guest could not merge.
     pub failed: Vec<(u32, String)>,
-}
-
-/// A window whose result cannot be computed: the guest could not merge its
-/// accumulators. They go to the dead-letter topic instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedWindow {
-    pub key: std::sync::Arc<[u8]>,
-    pub start: i64,
-    pub end: i64,
-    /// The accumulators that were to be merged, in order.
-    pub accumulators: Accumulators,
-    pub reason: String,
 }
 
 /// A failed aggregate call. Not retryable on the same engine: see the
