@@ -220,7 +220,7 @@ fn wait_caught_up(
             None,
         );
         let progress = &doc["progress"];
-        if progress["totals"]["input_rows"] == rows
+        if progress["totals"]["records_in"] == rows
             && sorted_values(&read(topic)).len() >= expected.len()
         {
             assert_eq!(sorted_values(&read(topic)), expected);
@@ -342,7 +342,7 @@ fn sluice_pipeline_creates_pauses_resumes_swaps_and_removes() {
     );
     let doc: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(doc["modules"][0]["version"], 1, "{doc}");
-    assert_eq!(doc["progress"]["totals"]["input_rows"], 200, "{doc}");
+    assert_eq!(doc["progress"]["totals"]["records_in"], 200, "{doc}");
 
     assert_eq!(run(&["pause", &name]), ok(&format!("{name}: paused\n")));
     let doc: Value = serde_json::from_str(&run(&["show", &name]).1).unwrap();

@@ -2,6 +2,7 @@
 //! dead-lettered, with the reason; everything else is delivered and the
 //! pipeline keeps going.
 
+use sluice::batch::reason::Kind;
 use sluice::pipeline::Summary;
 use sluice_tests::*;
 
@@ -61,7 +62,7 @@ fn a_trap_dead_letters_only_the_poisoned_record() {
     );
     assert!(reason.ends_with(": poisoned record e13)"), "{reason}");
     assert_eq!(case.dlq[0].headers["sluice.source.offset"], "13");
-    assert_eq!(case.summary.dead_letter_reasons.get("trap"), Some(&1));
+    assert_eq!(case.summary.dead_letter_reasons.get(&Kind::Trap), Some(&1));
 }
 
 #[test]
@@ -225,7 +226,7 @@ fn a_trap_in_an_aggregate_finish_dead_letters_the_window() {
     let acc: count_sum::CountSum = postcard::from_bytes(&raw).unwrap();
     assert_eq!(format!("{acc:?}"), "CountSum { count: 10, sum: 145.0 }");
     assert_eq!(summary.dead_lettered, 1);
-    assert_eq!(summary.dead_letter_reasons["trap"], 1, "{summary:?}");
+    assert_eq!(summary.dead_letter_reasons[&Kind::Trap], 1, "{summary:?}");
 }
 
 /// The raw value bytes of the only record of `topic`.

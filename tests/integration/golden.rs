@@ -75,7 +75,7 @@ fn run_case(name: &str, guest_name: &str) {
             );
         }
         for (index, reason) in out.dead_letters {
-            dead.push(json!({ "event_id": ids[index as usize], "reason": reason }));
+            dead.push(json!({ "event_id": ids[index as usize], "reason": reason.text }));
         }
     }
     assert_eq!(

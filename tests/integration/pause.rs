@@ -50,7 +50,7 @@ fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
         (&doc["status"], &doc["desired"]),
         (&"paused".into(), &"paused".into())
     );
-    assert_eq!(doc["progress"]["totals"]["input_rows"], 200, "{doc}");
+    assert_eq!(doc["progress"]["totals"]["records_in"], 200, "{doc}");
 
     // Records arriving now wait, across a restart of the server. The
     // client is still polled while paused, so the lag shows them.
@@ -99,7 +99,7 @@ fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, doc) = call(&client, "GET", &format!("/v1/pipelines/{name}"), None);
-        assert_eq!(doc["progress"]["totals"]["input_rows"], 150, "{doc}");
+        assert_eq!(doc["progress"]["totals"]["records_in"], 150, "{doc}");
         if doc["progress"]["lag"] == 0 {
             break;
         }

@@ -2,6 +2,7 @@
 //! computed here from the inputs, independently of the host.
 
 use serde_json::Value;
+use sluice::batch::reason::Kind;
 use sluice_tests::kafka_tools::{SampleOptions, sample_record};
 use sluice_tests::*;
 
@@ -180,7 +181,7 @@ fn alert_router_routes_errors_and_dead_letters_bad_json() {
     let dlq = read(&t.dlq);
     assert_eq!(sorted_values(&dlq), values_where(&events, |k| k.is_none()));
     assert_eq!(summary.dead_lettered, 10);
-    assert_eq!(summary.dead_letter_reasons.get("rejected"), Some(&10));
+    assert_eq!(summary.dead_letter_reasons.get(&Kind::Rejected), Some(&10));
     for r in &dlq {
         let h = &r.headers;
         assert!(

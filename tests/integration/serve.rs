@@ -323,7 +323,7 @@ fn a_failed_pipeline_is_restarted_and_delivers_everything() {
 
     // The outputs can be read before the batch's progress is published.
     let doc = wait_for_doc(&server, &name, "done with the input", |doc| {
-        doc["progress"]["totals"]["input_rows"] == 200
+        doc["progress"]["totals"]["records_in"] == 200
     });
     assert_eq!(
         (&doc["status"], &doc["restarts"], &doc["next_restart_at"]),

@@ -116,7 +116,7 @@ fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
     };
     // Variant 1 runs records before the first swap asks for another.
     wait_for_doc(&server, &name, "its first records", |doc| {
-        doc["progress"]["totals"]["input_rows"]
+        doc["progress"]["totals"]["records_in"]
             .as_u64()
             .is_some_and(|n| n > 0)
     });

@@ -130,12 +130,12 @@ pub fn render(state: &AppState) -> String {
         (
             "sluice_records_in_total",
             "Records read from the source.",
-            |p| p.totals.input_rows,
+            |p| p.totals.run.records_in,
         ),
         (
             "sluice_records_dropped_total",
             "Records a guest dropped on purpose.",
-            |p| p.totals.dropped,
+            |p| p.totals.run.dropped,
         ),
         (
             "sluice_late_records_total",
@@ -157,7 +157,9 @@ pub fn render(state: &AppState) -> String {
             "Guest calls stopped at their memory limit.",
             |p| p.totals.memory_hits,
         ),
-        ("sluice_batches_total", "Batches run.", |p| p.totals.batches),
+        ("sluice_batches_total", "Batches run.", |p| {
+            p.totals.run.batches
+        }),
     ];
     for (name, help, value) in counters {
         family(&mut out, name, "counter", help);
@@ -172,7 +174,7 @@ pub fn render(state: &AppState) -> String {
         "Records written, per output.",
     );
     for (pipeline, p) in &progress {
-        for (output, n) in &p.totals.outputs {
+        for (output, n) in &p.totals.run.outputs {
             sample(
                 &mut out,
                 "sluice_records_out_total",
@@ -189,12 +191,12 @@ pub fn render(state: &AppState) -> String {
         "Records dead-lettered, per kind of reason.",
     );
     for (pipeline, p) in &progress {
-        for (reason, n) in &p.totals.dead_letter_reasons {
+        for (reason, n) in &p.totals.run.dead_letter_reasons {
             sample(
                 &mut out,
                 "sluice_dead_letters_total",
                 pipeline,
-                &[("reason", reason)],
+                &[("reason", reason.label())],
                 *n,
             );
         }

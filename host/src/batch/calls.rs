@@ -4,7 +4,7 @@
 //! contract between `window` (which calls) and `runtime` (which answers),
 //! kept below both so that neither imports the other.
 
-use super::StepOutput;
+use super::{Reason, StepOutput};
 
 /// A set of accumulators, Arrow-style: accumulator `i` is
 /// `data[offsets[i] .. offsets[i + 1]]` (`offsets` has one entry per
@@ -98,7 +98,7 @@ pub struct FoldResult {
     /// The new accumulator of each group, in request order.
     pub accumulators: Accumulators,
     /// `(record index, reason)` of records that could not be folded.
-    pub dead_letters: Vec<(u32, String)>,
+    pub dead_letters: Vec<(u32, Reason)>,
 }
 
 /// Accumulators to merge: result `g` merges accumulators
@@ -152,19 +152,24 @@ pub struct MergeResult {
     /// One per group; empty for the groups in `failed`.
     pub accumulators: Accumulators,
     /// `(group, reason)` of the groups the guest could not merge.
-    pub failed: Vec<(u32, String)>,
+    pub failed: Vec<(u32, Reason)>,
 }
 
 /// A failed aggregate call. Not retryable on the same engine: see the
 /// module docs (the engine is poisoned).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AggregateError {
-    /// The guest returned an error, trapped, ran out of time or memory.
+    /// The guest returned an error, trapped, ran out of time or memory:
+    /// the reason its records or windows are dead-lettered with.
     #[error("aggregate guest failed: {0}")]
-    Guest(String),
+    Guest(Reason),
     /// The guest answered, but not as the contract says.
     #[error("aggregate guest broke the contract: {0}")]
     Invalid(String),
+    /// A fresh instance of the guest, needed to go on after a fault,
+    /// could not be made ready.
+    #[error("aggregate guest failed: {0}")]
+    Restart(String),
     /// An earlier call failed; the engine's state is no longer trustworthy.
     #[error("the window engine failed earlier and must be restarted")]
     Poisoned,

@@ -8,11 +8,14 @@
 //!
 //! Beside the batch itself, this module holds the other plain data that
 //! crosses layers: what a step made of a batch ([`StepOutput`]) and the
-//! aggregate calls between the window engine and the runtime ([`calls`]).
+//! aggregate calls between the window engine and the runtime ([`calls`]),
+//! and why a record was dead-lettered ([`reason`]).
 
 pub mod calls;
+pub mod reason;
 mod step;
 
+pub use reason::Reason;
 pub use step::StepOutput;
 
 /// Bit of [`Columns::flags`]: the record has a key.

@@ -1,7 +1,7 @@
 //! What a step makes of a batch, as the runtime hands it to the window
 //! engine and the pipeline.
 
-use super::Columns;
+use super::{Columns, Reason};
 
 /// What one step made of a batch: the guest's output plus the records the
 /// host dead-lettered for it (faults). Indices refer to the step's input.
@@ -14,5 +14,5 @@ pub struct StepOutput {
     pub targets: Vec<u32>,
     pub output_names: Vec<String>,
     /// `(input index, reason)`, in input order.
-    pub dead_letters: Vec<(u32, String)>,
+    pub dead_letters: Vec<(u32, Reason)>,
 }

@@ -166,7 +166,7 @@ fn print_table(pipelines: &[Value]) {
                 text(&p["name"]).to_owned(),
                 text(&p["status"]).to_owned(),
                 modules.join(","),
-                number(&progress["totals"]["input_rows"], 0),
+                number(&progress["totals"]["records_in"], 0),
                 number(&progress["input_rows_per_second"], 1),
                 number(&progress["lag"], 0),
             ]

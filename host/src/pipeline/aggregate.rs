@@ -2,7 +2,7 @@
 //! window engine folding, merging and finishing through the same guest.
 
 use crate::batch::calls::AggregateError;
-use crate::batch::{Batch, Columns};
+use crate::batch::{Batch, Columns, Reason};
 use crate::runtime::{Aggregator, BatchCalls, InstantiateError};
 use crate::window::{BatchKeys, InvalidSpec, WindowEngine, WindowOutput, WindowRef, WindowSpec};
 
@@ -19,7 +19,7 @@ pub struct AggregateOutput {
     pub windows: Vec<WindowRef>,
     /// `(batch index, reason)`: records the guest could not key, fold, or
     /// that arrived after their window was finalized.
-    pub dead_letters: Vec<(u32, String)>,
+    pub dead_letters: Vec<(u32, Reason)>,
     /// Windows the guest could not finish.
     pub window_dead_letters: Vec<WindowDeadLetter>,
     pub late: u64,
@@ -37,7 +37,7 @@ pub struct WindowDeadLetter {
     pub accumulator: Vec<u8>,
     /// Where each accumulator in `accumulator` starts, when there are several.
     pub parts: Vec<u32>,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// Why a step could not process a batch; the pipeline stops without
@@ -154,7 +154,7 @@ impl AggregateStep {
     /// source batch (`to_batch` maps held records to it after isolation).
     fn output(
         out: WindowOutput,
-        mut dead_letters: Vec<(u32, String)>,
+        mut dead_letters: Vec<(u32, Reason)>,
         to_batch: Option<&[u32]>,
     ) -> AggregateOutput {
         let map = |i: u32| to_batch.map_or(i, |kept| kept[i as usize]);

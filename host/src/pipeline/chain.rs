@@ -5,16 +5,13 @@
 use std::collections::HashMap;
 
 use super::aggregate::{AggregateStep, StepError, WindowDeadLetter};
-use crate::batch::{Batch, Columns};
+use crate::batch::reason::Kind;
+use crate::batch::{Batch, Columns, Reason};
 use crate::runtime::Transform;
 
 /// The origin of a record that comes from no single source record: a
 /// window result.
 pub const NO_ORIGIN: u32 = u32::MAX;
-
-/// Why a source record with a header name that is not UTF-8 never reaches
-/// the first step (the contract promises guests UTF-8 names).
-pub const HEADER_NAME_NOT_UTF8: &str = "header key is not UTF-8";
 
 /// One step of a chain.
 #[derive(Debug)]
@@ -41,7 +38,7 @@ pub struct DeadLetter {
     pub origin: u32,
     /// Index of the step that rejected it.
     pub step: usize,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// Everything one source batch turned into.
@@ -134,7 +131,7 @@ impl Chain {
                     .extend(bad.into_iter().map(|origin| DeadLetter {
                         origin,
                         step: 0,
-                        reason: HEADER_NAME_NOT_UTF8.to_owned(),
+                        reason: Reason::new(Kind::HeaderNotUtf8, Kind::HeaderNotUtf8.label()),
                     }));
                 owned = Some(source.select(&good));
                 origins = good;
@@ -203,9 +200,9 @@ impl Chain {
                         None => out.dead_letters.push(DeadLetter {
                             origin: origins[i],
                             step,
-                            reason: format!(
-                                "unknown output `{}`",
-                                result.output_names[k as usize - 1]
+                            reason: Reason::new(
+                                Kind::UnknownOutput,
+                                format!("unknown output `{}`", result.output_names[k as usize - 1]),
                             ),
                         }),
                     },

@@ -6,7 +6,7 @@
 //! a source that is waiting for records, so a request on an idle pipeline
 //! takes effect within one poll (100 ms), not at the next record.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::Summary;
 use crate::source::EndOffsets;
 
 /// Upper bounds (ms) of the batch-duration histogram's buckets.
@@ -68,6 +69,16 @@ pub struct Durations {
     pub total: f64,
 }
 
+impl std::ops::AddAssign for Durations {
+    fn add_assign(&mut self, other: Self) {
+        self.fetch += other.fetch;
+        self.transform += other.transform;
+        self.sink += other.sink;
+        self.checkpoint += other.checkpoint;
+        self.total += other.total;
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct EventTime {
     /// Unix milliseconds.
@@ -84,19 +95,13 @@ pub struct StateInfo {
     pub bytes: u64,
 }
 
+/// Since the run started: its [`Summary`] so far (the same fields `sluice
+/// run` prints at the end, flattened into this object) and the counters
+/// only a live run shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
-    pub batches: u64,
-    pub input_rows: u64,
-    /// Per configured output.
-    pub outputs: BTreeMap<String, u64>,
-    pub dead_lettered: u64,
-    /// See [`super::Summary::dead_letter_reasons`].
-    pub dead_letter_reasons: BTreeMap<String, u64>,
-    /// Dropped by a guest's decision.
-    pub dropped: u64,
-    /// See [`super::Summary::quarantined`].
-    pub quarantined: u64,
+    #[serde(flatten)]
+    pub run: Summary,
     /// Dead-lettered because their window was already final.
     pub late: u64,
     /// Guest faults, counted per call (a trap while isolating a record

@@ -8,7 +8,8 @@ use rdkafka::error::KafkaError;
 use smallvec::SmallVec;
 
 use super::chain::{ChainOutput, NO_ORIGIN};
-use crate::batch::{Batch, Columns, RecordRef};
+use crate::batch::reason::Kind;
+use crate::batch::{Batch, Columns, Reason, RecordRef};
 use crate::sink::{
     BatchAck, EOS_HEADER, EosId, KafkaSink, Quarantined, TooLarge, WINDOW_INPUT, headers,
     wire_size, write_eos_id,
@@ -46,7 +47,7 @@ pub struct Rejected {
     pub output: usize,
     /// Index of the record in that output's [`super::Routed`] records.
     pub record: u32,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// Exactly-once numbering of one batch's records.
@@ -100,9 +101,6 @@ pub struct Delivered {
     pub quarantined: u64,
 }
 
-/// The dead-letter reason of an output larger than the producer may send.
-pub const TOO_LARGE: &str = "output record too large";
-
 /// Queues every output and dead-letter record of one batch under `ack`:
 /// outputs in spec order, then the chain's dead letters (records, then
 /// windows a guest could not finish: key, accumulator and window), then
@@ -142,8 +140,10 @@ pub fn deliver(
                 continue;
             };
             let reason = format!(
-                "{TOO_LARGE}: {} bytes, the producer's limit is {}",
-                too_large.bytes, too_large.limit
+                "{}: {} bytes, the producer's limit is {}",
+                Kind::TooLarge.label(),
+                too_large.bytes,
+                too_large.limit
             );
             match input {
                 NO_ORIGIN => sender.quarantine(topic, None, record, &reason, too_large),
@@ -167,7 +167,7 @@ pub fn deliver(
         let record = DeadRecord {
             source,
             i: dead.origin as usize,
-            reason: &dead.reason,
+            reason: &dead.reason.text,
             step: Some(step),
         };
         record.send(&mut sender, routing, &[])?;
@@ -182,7 +182,7 @@ pub fn deliver(
             .collect::<Vec<_>>()
             .join(",");
         let mut extra: Vec<(&str, &[u8])> = vec![
-            ("sluice.error", window.reason.as_bytes()),
+            ("sluice.error", window.reason.text.as_bytes()),
             ("sluice.pipeline", routing.pipeline.as_bytes()),
             ("sluice.step", step.name.as_bytes()),
             ("sluice.module", step.module.as_bytes()),
@@ -203,7 +203,7 @@ pub fn deliver(
         );
         let topic = &routing.dead_letter_topic;
         if let Err(too_large) = sender.send(topic, record.get(0), &extra, WINDOW_INPUT)? {
-            sender.quarantine(topic, None, record.get(0), &window.reason, too_large);
+            sender.quarantine(topic, None, record.get(0), &window.reason.text, too_large);
         }
     }
     for r in rejected {
@@ -211,13 +211,13 @@ pub fn deliver(
         let record = routed.records.get(r.record as usize);
         let input = routed.origins[r.record as usize];
         let extra: [(&str, &[u8]); 3] = [
-            ("sluice.error", r.reason.as_bytes()),
+            ("sluice.error", r.reason.text.as_bytes()),
             ("sluice.pipeline", routing.pipeline.as_bytes()),
             ("sluice.output", routing.outputs[r.output].0.as_bytes()),
         ];
         let topic = &routing.dead_letter_topic;
         if let Err(too_large) = sender.send(topic, record, &extra, input)? {
-            sender.quarantine(topic, None, record, &r.reason, too_large);
+            sender.quarantine(topic, None, record, &r.reason.text, too_large);
         }
     }
     Ok(sender.delivered)

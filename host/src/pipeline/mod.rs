@@ -43,6 +43,7 @@ pub use epoch::{Epoch, EpochError, Range, StepDigest};
 
 use runner::Runner;
 
+use crate::batch::reason::Kind;
 use crate::runtime::{Labels, Module, Runtime};
 use crate::source::NextOffset;
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
@@ -62,11 +63,9 @@ pub struct Summary {
     /// Records written per configured output.
     pub outputs: BTreeMap<String, u64>,
     pub dead_lettered: u64,
-    /// Dead letters by kind of reason (`trap`, `deadline exceeded`,
-    /// `memory limit`, `guest error`, `invalid output`, `unknown output`,
-    /// `header key is not UTF-8`, `event time too far ahead`, `output
-    /// record too large`, or `rejected` for a guest's own dead letters).
-    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// Dead letters by kind of reason (serialized as the kinds' labels:
+    /// `rejected` for a guest's own dead letters, `trap`, `late`, ...).
+    pub dead_letter_reasons: BTreeMap<Kind, u64>,
     pub dropped: u64,
     /// Records that could be neither delivered nor dead-lettered (too
     /// large even as a dead letter): logged, and written to the
@@ -91,6 +90,18 @@ pub struct TimeSpent {
     pub sink_ms: u64,
     /// Waiting for acknowledgements, and checkpoints.
     pub checkpoint_ms: u64,
+}
+
+impl From<control::Durations> for TimeSpent {
+    /// Whole milliseconds of each stage.
+    fn from(d: control::Durations) -> Self {
+        Self {
+            fetch_ms: d.fetch as u64,
+            transform_ms: d.transform as u64,
+            sink_ms: d.sink as u64,
+            checkpoint_ms: d.checkpoint as u64,
+        }
+    }
 }
 
 /// Loads every step's module and starts an instance of it, running `init`
@@ -221,36 +232,12 @@ impl Summary {
         }
         self.dead_lettered += out.dead_letters.len() as u64;
         for d in &out.dead_letters {
-            *self
-                .dead_letter_reasons
-                .entry(reason_kind(&d.reason).to_owned())
-                .or_default() += 1;
+            *self.dead_letter_reasons.entry(d.reason.kind).or_default() += 1;
         }
         self.dropped += out.dropped;
         self.dead_lettered += out.window_dead_letters.len() as u64;
         for (_, w) in &out.window_dead_letters {
-            *self
-                .dead_letter_reasons
-                .entry(reason_kind(&w.reason).to_owned())
-                .or_default() += 1;
+            *self.dead_letter_reasons.entry(w.reason.kind).or_default() += 1;
         }
     }
-}
-
-/// The kind of a dead-letter reason, for counters.
-pub fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [&str; 8] = [
-        chain::HEADER_NAME_NOT_UTF8,
-        "event time too far ahead",
-        "trap",
-        "deadline exceeded",
-        "memory limit",
-        "guest error",
-        "invalid output",
-        "unknown output",
-    ];
-    KINDS
-        .into_iter()
-        .find(|k| reason.starts_with(k))
-        .unwrap_or("rejected")
 }

@@ -23,8 +23,9 @@ use anyhow::Context;
 use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
 use super::control::{Control, Durations};
 use super::deliver::{self, Eos, Rejected, Routing};
-use super::{Chain, ChainOutput, Epoch, RunOptions, StepDigest, Summary, epoch};
-use crate::batch::Batch;
+use super::{Chain, ChainOutput, Epoch, RunOptions, StepDigest, Summary, TimeSpent, epoch};
+use crate::batch::reason::Kind;
+use crate::batch::{Batch, Reason};
 use crate::runtime::Runtime;
 use crate::sink::{
     BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, Quarantine, SinkPosition,
@@ -65,8 +66,8 @@ pub(super) struct Runner<'a> {
     durations: Durations,
     /// When the last batch finished.
     last_batch_end: Instant,
-    /// Microseconds spent fetching, transforming, sinking, waiting.
-    time_us: [u64; 4],
+    /// Where the run's time went so far (the sum of every batch's).
+    spent: Durations,
     output_names: Vec<String>,
     sink: Arc<KafkaSink>,
     /// Hands batches to `sink` on a thread of its own.
@@ -127,7 +128,7 @@ impl<'a> Runner<'a> {
             trial: None,
             durations: Durations::default(),
             last_batch_end: Instant::now(),
-            time_us: [0; 4],
+            spent: Durations::default(),
             summary: Summary {
                 outputs: output_names.iter().map(|n| (n.clone(), 0)).collect(),
                 ..Summary::default()
@@ -437,7 +438,7 @@ impl<'a> Runner<'a> {
             *self
                 .summary
                 .dead_letter_reasons
-                .entry("parquet".to_owned())
+                .entry(Kind::Parquet)
                 .or_default() += rejected.len() as u64;
         }
         tracing::debug!(
@@ -528,7 +529,7 @@ impl<'a> Runner<'a> {
             rejected.extend(refused.into_iter().map(|(record, reason)| Rejected {
                 output: i,
                 record,
-                reason,
+                reason: Reason::new(Kind::Parquet, reason),
             }));
         }
         Ok(rejected)
@@ -562,7 +563,7 @@ impl<'a> Runner<'a> {
             *self
                 .summary
                 .dead_letter_reasons
-                .entry(deliver::TOO_LARGE.to_owned())
+                .entry(Kind::TooLarge)
                 .or_default() += new;
         }
         self.summary.quarantined = self.sink.quarantine().count();
@@ -705,19 +706,8 @@ impl Runner<'_> {
 impl Runner<'_> {
     /// Adds the batch's durations to the summary's.
     fn add_time(&mut self) {
-        let (d, t) = (self.durations, &mut self.time_us);
-        for (sum, ms) in t
-            .iter_mut()
-            .zip([d.fetch, d.transform, d.sink, d.checkpoint])
-        {
-            *sum += (ms * 1000.0) as u64;
-        }
-        self.summary.time = crate::pipeline::TimeSpent {
-            fetch_ms: t[0] / 1000,
-            transform_ms: t[1] / 1000,
-            sink_ms: t[2] / 1000,
-            checkpoint_ms: t[3] / 1000,
-        };
+        self.spent += self.durations;
+        self.summary.time = TimeSpent::from(self.spent);
     }
 }
 

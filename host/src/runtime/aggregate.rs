@@ -6,13 +6,12 @@ use wasmtime::Store;
 
 use super::bindings::{self, AggregateGuest};
 use super::instance::{
-    Fault, TransformStats, arm, bounded_reason, classify, columns_to_wit, init_result, new_store,
-    step_output,
+    Fault, TransformStats, arm, classify, columns_to_wit, init_result, new_store, step_output,
 };
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels};
 use crate::batch::calls::{self, AggregateError};
-use crate::batch::{Batch, StepOutput};
+use crate::batch::{Batch, Reason, StepOutput};
 use crate::spec::Limits;
 
 /// Key and event time of each record the guest holds after `extract`.
@@ -23,7 +22,7 @@ pub struct Extracted {
     pub key_offsets: Vec<u32>,
     pub event_times: Vec<i64>,
     /// Records of the input batch that cannot be aggregated: `(index, reason)`.
-    pub dead_letters: Vec<(u32, String)>,
+    pub dead_letters: Vec<(u32, Reason)>,
     /// `None`: the guest holds the whole input batch (indices in `fold`
     /// requests are batch indices). `Some(kept)`: a fault was isolated and the
     /// guest holds only these batch records, in this order; `fold` indices
@@ -37,8 +36,18 @@ pub struct Extracted {
 pub enum CallError {
     #[error("guest error: {0}")]
     Guest(String),
-    #[error("{}", .0.reason())]
+    #[error("{0}")]
     Fault(Fault),
+}
+
+impl CallError {
+    /// The dead-letter reason for the records or windows of a failed call.
+    pub fn reason(&self) -> Reason {
+        match self {
+            CallError::Guest(message) => Reason::guest_error(message),
+            CallError::Fault(fault) => fault.reason(),
+        }
+    }
 }
 
 /// A live aggregate instance.
@@ -146,7 +155,7 @@ impl Aggregator {
                 Err(invalid) => self.isolate_note(&Fault::InvalidOutput(invalid)),
             },
             Ok(Err(message)) => {
-                let reason = format!("guest error: {message}");
+                let reason = Reason::guest_error(&message);
                 return Ok(Extracted {
                     key_offsets: vec![0; n + 1],
                     event_times: vec![0; n],
@@ -167,7 +176,7 @@ impl Aggregator {
                     Ok(e) => dead.extend(e.dead_letters.into_iter().map(|(_, reason)| (i, reason))),
                     Err(invalid) => dead.push((i, Fault::InvalidOutput(invalid).reason())),
                 },
-                Ok(Err(message)) => dead.push((i, format!("guest error: {message}"))),
+                Ok(Err(message)) => dead.push((i, Reason::guest_error(&message))),
                 Err(fault) => {
                     dead.push((i, fault.reason()));
                     self.restart()?;
@@ -181,7 +190,7 @@ impl Aggregator {
             Ok(Err(message)) => {
                 return Err(InstantiateError::Trapped(format!("guest error: {message}")));
             }
-            Err(fault) => return Err(InstantiateError::Trapped(fault.reason())),
+            Err(fault) => return Err(InstantiateError::Trapped(fault.to_string())),
         };
         result.dead_letters = dead;
         result.kept = Some(kept);
@@ -192,7 +201,7 @@ impl Aggregator {
         tracing::warn!(
             pipeline = &*self.labels.pipeline,
             step = &*self.labels.step,
-            reason = %fault.reason(),
+            reason = %fault,
             "aggregate guest fault in extract; isolating the records that cause it"
         );
     }
@@ -243,7 +252,7 @@ fn start(
     let mut store = new_store(module, labels, limits);
     let guest = pre
         .instantiate(&mut store)
-        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).reason()))?;
+        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).to_string()))?;
     let result = guest
         .sluice_transform_aggregate()
         .call_init(&mut store, config);
@@ -277,7 +286,7 @@ fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
         if input as usize >= n {
             return Err(format!("extract dead-lettered record {input} of {n}"));
         }
-        dead.push((input, bounded_reason(reason)));
+        dead.push((input, Reason::from_guest(reason)));
     }
     Ok(Extracted {
         keys,
@@ -321,7 +330,7 @@ pub(super) fn accumulators_from_wit(a: bindings::Accumulators) -> calls::Accumul
 }
 
 fn call_error(e: CallError) -> AggregateError {
-    AggregateError::Guest(e.to_string())
+    AggregateError::Guest(e.reason())
 }
 
 /// The window engine's view of the guest. A failure here stops the step (its
@@ -356,7 +365,7 @@ impl Aggregator {
             dead_letters: result
                 .dead_letters
                 .into_iter()
-                .map(|d| (d.input, d.reason))
+                .map(|d| (d.input, Reason::from_guest(d.reason)))
                 .collect(),
         })
     }

@@ -21,12 +21,13 @@
 //! merge (the window, or the sessions, leave the state).
 
 use super::aggregate::{Aggregator, fold_from_wit, fold_to_wit};
-use crate::batch::Batch;
 use crate::batch::StepOutput;
 use crate::batch::calls::{
     self, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult, MergeRequest,
     MergeResult,
 };
+use crate::batch::reason::Kind;
+use crate::batch::{Batch, Reason};
 
 /// The window engine's view of an aggregate guest during one batch: `fold`
 /// faults are isolated record by record, `merge` and `finish` faults group
@@ -50,16 +51,15 @@ impl BatchCalls<'_> {
     fn recover(&mut self) -> Result<(), AggregateError> {
         self.aggregator
             .restart()
-            .map_err(|e| AggregateError::Guest(format!("cannot restart the guest: {e}")))?;
+            .map_err(|e| AggregateError::Restart(format!("cannot restart the guest: {e}")))?;
         let mut batch = self.held.clone();
         match self.aggregator.extract_call(&mut batch) {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(message)) => Err(AggregateError::Guest(format!(
+            Ok(Err(message)) => Err(AggregateError::Restart(format!(
                 "extract failed on retry: {message}"
             ))),
-            Err(fault) => Err(AggregateError::Guest(format!(
-                "extract failed on retry: {}",
-                fault.reason()
+            Err(fault) => Err(AggregateError::Restart(format!(
+                "extract failed on retry: {fault}"
             ))),
         }
     }
@@ -68,7 +68,7 @@ impl BatchCalls<'_> {
     fn fold_isolated(
         &mut self,
         request: FoldRequest,
-        dead: &mut Vec<(u32, String)>,
+        dead: &mut Vec<(u32, Reason)>,
     ) -> Result<calls::Accumulators, AggregateError> {
         let wit = fold_to_wit(request);
         let error = match self.aggregator.fold_window(&wit) {
@@ -81,11 +81,11 @@ impl BatchCalls<'_> {
         let request = fold_from_wit(wit);
         self.recover()?;
         match request.records.len() {
-            0 => Err(AggregateError::Guest(format!(
+            0 => Err(AggregateError::Restart(format!(
                 "fold fails even without records: {error}"
             ))),
             1 => {
-                dead.push((request.records[0], error.to_string()));
+                dead.push((request.records[0], error.reason()));
                 // The groups as they were, without the record.
                 let without = FoldRequest {
                     records: Vec::new(),
@@ -205,12 +205,16 @@ impl BatchCalls<'_> {
     }
 }
 
-/// The dead-letter reason for a failed call (a poisoned engine is not one).
-fn reason(error: AggregateError) -> Result<String, AggregateError> {
+/// The dead-letter reason for a failed call (a poisoned engine, or a guest
+/// that cannot be restarted, is not one).
+fn reason(error: AggregateError) -> Result<Reason, AggregateError> {
     match error {
         AggregateError::Guest(reason) => Ok(reason),
-        AggregateError::Invalid(what) => Ok(format!("invalid output: {what}")),
-        AggregateError::Poisoned => Err(error),
+        AggregateError::Invalid(what) => Ok(Reason::new(
+            Kind::InvalidOutput,
+            format!("invalid output: {what}"),
+        )),
+        AggregateError::Restart(_) | AggregateError::Poisoned => Err(error),
     }
 }
 

@@ -7,7 +7,8 @@ use super::bindings::{self, InputBatch, OutputBatch, TransformGuest};
 use super::engine::EPOCH_TICK;
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels, MemoryLimitExceeded};
-use crate::batch::{Batch, Columns, StepOutput};
+use crate::batch::reason::Kind;
+use crate::batch::{Batch, Columns, Reason, StepOutput};
 use crate::spec::Limits;
 
 /// How a call into the guest failed, other than by returning an error.
@@ -24,13 +25,29 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The dead-letter reason for a record that caused this fault.
-    pub fn reason(&self) -> String {
+    /// The kind of dead letter a record that caused this fault becomes.
+    pub fn kind(&self) -> Kind {
         match self {
-            Fault::Trap(msg) => format!("trap: {msg}"),
-            Fault::Deadline => "deadline exceeded".to_owned(),
-            Fault::MemoryLimit => "memory limit".to_owned(),
-            Fault::InvalidOutput(msg) => format!("invalid output: {msg}"),
+            Fault::Trap(_) => Kind::Trap,
+            Fault::Deadline => Kind::Deadline,
+            Fault::MemoryLimit => Kind::MemoryLimit,
+            Fault::InvalidOutput(_) => Kind::InvalidOutput,
+        }
+    }
+
+    /// The dead-letter reason for a record that caused this fault.
+    pub fn reason(&self) -> Reason {
+        Reason::new(self.kind(), self.to_string())
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Trap(msg) => write!(f, "trap: {msg}"),
+            Fault::Deadline => f.write_str("deadline exceeded"),
+            Fault::MemoryLimit => f.write_str("memory limit"),
+            Fault::InvalidOutput(msg) => write!(f, "invalid output: {msg}"),
         }
     }
 }
@@ -165,7 +182,7 @@ fn start(
     let mut store = new_store(module, labels, limits);
     let guest = pre
         .instantiate(&mut store)
-        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).reason()))?;
+        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).to_string()))?;
     let result = guest
         .sluice_transform_transform()
         .call_init(&mut store, config);
@@ -223,7 +240,7 @@ pub(super) fn init_result(
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err(InstantiateError::ConfigRejected(message)),
-        Err(e) => Err(InstantiateError::Trapped(classify(store, &e).reason())),
+        Err(e) => Err(InstantiateError::Trapped(classify(store, &e).to_string())),
     }
 }
 
@@ -266,24 +283,6 @@ pub(super) fn classify(store: &mut Store<HostState>, error: &wasmtime::Error) ->
 pub const MAX_OUTPUT_NAME: usize = 249;
 /// Most output records one input record may make (a flat-map bomb).
 pub const MAX_OUTPUTS_PER_INPUT: usize = 100_000;
-/// The longest dead-letter reason kept; a longer one is cut.
-pub const MAX_REASON: usize = 4096;
-
-/// `reason`, cut to [`MAX_REASON`] bytes (at a character boundary) with a
-/// marker that gives its full length.
-pub(super) fn bounded_reason(mut reason: String) -> String {
-    if reason.len() <= MAX_REASON {
-        return reason;
-    }
-    let len = reason.len();
-    let cut = (0..=MAX_REASON)
-        .rev()
-        .find(|&i| reason.is_char_boundary(i))
-        .unwrap_or(0);
-    reason.truncate(cut);
-    format!("{reason}... ({len} bytes, truncated)")
-}
-
 /// Checks a guest's output against the contract and converts it.
 pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<StepOutput, String> {
     let OutputBatch {
@@ -341,7 +340,7 @@ pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<Step
                 "dead letter for input {input}, but the batch has {inputs_len} records"
             ));
         }
-        dead.push((input, bounded_reason(reason)));
+        dead.push((input, Reason::from_guest(reason)));
     }
     Ok(StepOutput {
         records,

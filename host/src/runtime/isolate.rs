@@ -7,8 +7,8 @@
 
 use super::instance::{Fault, Transform};
 use super::module::InstantiateError;
-use crate::batch::Batch;
 use crate::batch::StepOutput;
+use crate::batch::{Batch, Reason};
 
 impl Transform {
     /// Runs one micro-batch through the guest: one call across the boundary
@@ -24,7 +24,7 @@ impl Transform {
             pipeline = &*self.labels.pipeline,
             step = &*self.labels.step,
             records = batch.len(),
-            reason = %fault.reason(),
+            reason = %fault,
             "guest fault; isolating the records that cause it"
         );
         self.restart()?;
@@ -48,7 +48,7 @@ impl Transform {
                 step = &*self.labels.step,
                 partition = batch.partitions[*only as usize],
                 offset = batch.offsets[*only as usize],
-                reason = %fault.reason(),
+                reason = %fault,
                 "record dead-lettered: guest fault"
             );
             output.dead_letters.push((*only, fault.reason()));
@@ -69,7 +69,7 @@ impl Transform {
         match self.call(&mut sub) {
             Ok(Ok(part)) => merge(output, part, |i| indices[i as usize]),
             Ok(Err(message)) => {
-                let reason = guest_error(&message);
+                let reason = Reason::guest_error(&message);
                 output
                     .dead_letters
                     .extend(indices.iter().map(|&i| (i, reason.clone())));
@@ -83,13 +83,9 @@ impl Transform {
     }
 }
 
-fn guest_error(message: &str) -> String {
-    format!("guest error: {message}")
-}
-
 /// The guest failed the whole batch with `message`: dead-letter every record.
 fn all_dead(len: usize, message: &str) -> StepOutput {
-    let reason = guest_error(message);
+    let reason = Reason::guest_error(message);
     StepOutput {
         dead_letters: (0..len as u32).map(|i| (i, reason.clone())).collect(),
         ..StepOutput::default()
@@ -154,12 +150,17 @@ mod tests {
             |i| [3, 5][i as usize],
         );
         let mut second = part(&["c"], vec![0], vec![2], &["x", "alerts"]);
-        second.dead_letters.push((1, "bad".into()));
+        second
+            .dead_letters
+            .push((1, Reason::from_guest("bad".into())));
         merge(&mut out, second, |i| [7, 9][i as usize]);
         assert_eq!(out.inputs, vec![3, 5, 7]);
         assert_eq!(out.output_names, vec!["alerts".to_string()]);
         assert_eq!(out.targets, vec![1, 0, 1]);
-        assert_eq!(out.dead_letters, vec![(9, "bad".to_string())]);
+        assert_eq!(
+            out.dead_letters,
+            vec![(9, Reason::from_guest("bad".into()))]
+        );
         let values: Vec<_> = out
             .records
             .iter()
@@ -174,8 +175,8 @@ mod tests {
         assert_eq!(
             out.dead_letters,
             vec![
-                (0, "guest error: not initialised".to_string()),
-                (1, "guest error: not initialised".to_string())
+                (0, Reason::guest_error("not initialised")),
+                (1, Reason::guest_error("not initialised"))
             ]
         );
     }

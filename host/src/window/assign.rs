@@ -4,6 +4,9 @@
 use std::ops::Range;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::batch::Reason;
+use crate::batch::reason::Kind;
+
 /// The multiple of `step` at or below `t`.
 pub(super) fn floor(t: i64, step: i64) -> i64 {
     t.div_euclid(step).saturating_mul(step)
@@ -35,24 +38,25 @@ pub(super) fn rfc3339(ms: i64) -> String {
     }
 }
 
-/// The dead-letter reason of a late record.
-/// Why a record beyond the horizon is dead-lettered: the words,
-/// then the detail.
-pub(super) fn ahead_reason(t: i64, max_ahead: i64) -> String {
+/// Why a record beyond the horizon is dead-lettered.
+pub(super) fn ahead_reason(t: i64, max_ahead: i64) -> Reason {
     let max_ahead = std::time::Duration::from_millis(max_ahead.max(0) as u64);
-    format!(
+    let text = format!(
         "event time too far ahead: {} is more than {} past the processing time",
         rfc3339(t),
         humantime::format_duration(max_ahead)
-    )
+    );
+    Reason::new(Kind::TooFarAhead, text)
 }
 
-pub(super) fn late_reason(start: i64, end: i64) -> String {
-    format!(
+/// The dead-letter reason of a late record.
+pub(super) fn late_reason(start: i64, end: i64) -> Reason {
+    let text = format!(
         "late: window [{}, {}) was already finalized",
         rfc3339(start),
         rfc3339(end)
-    )
+    );
+    Reason::new(Kind::Late, text)
 }
 
 /// Records of one key that fall into one new session: `[start, end)` and a
@@ -161,7 +165,10 @@ mod tests {
     fn formats_times() {
         assert_eq!(
             late_reason(1_767_225_600_000, 1_767_225_660_000),
-            "late: window [2026-01-01T00:00:00.000Z, 2026-01-01T00:01:00.000Z) was already finalized"
+            Reason::new(
+                Kind::Late,
+                "late: window [2026-01-01T00:00:00.000Z, 2026-01-01T00:01:00.000Z) was already finalized"
+            )
         );
         assert_eq!(rfc3339(-5), "-5ms");
         assert_eq!(rfc3339(i64::MAX), format!("{}ms", i64::MAX));

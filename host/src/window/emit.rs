@@ -184,7 +184,7 @@ impl WindowEngine {
         windows: &mut Vec<(i64, i64, Key, bool)>,
         accs: &mut Vec<Acc>,
         inputs: &MergeRequest,
-        failed: &[(u32, String)],
+        failed: &[(u32, crate::batch::Reason)],
         out: &mut WindowOutput,
     ) {
         let mut kept = Vec::with_capacity(windows.len());

@@ -101,7 +101,7 @@ pub struct WindowOutput {
     pub windows: Vec<WindowRef>,
     /// `(record index, reason)` of late records and of records `fold`
     /// rejected, in record order.
-    pub dead_letters: Vec<(u32, String)>,
+    pub dead_letters: Vec<(u32, crate::batch::Reason)>,
     /// Late records in this batch.
     pub late: u64,
     /// The accumulator of each window in `results.dead_letters` (windows
@@ -317,5 +317,5 @@ pub struct FailedWindow {
     pub end: i64,
     /// The accumulators that were to be merged, in order.
     pub accumulators: super::calls::Accumulators,
-    pub reason: String,
+    pub reason: crate::batch::Reason,
 }

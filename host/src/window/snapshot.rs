@@ -464,7 +464,7 @@ mod tests {
         assert!(
             outs()
                 .flat_map(|o| &o.dead_letters)
-                .any(|d| d.1.starts_with("negative")),
+                .any(|d| d.1.text.starts_with("negative")),
             "{yaml}"
         );
         assert!(expected[5].0.windows.iter().any(|w| w.is_final), "{yaml}");

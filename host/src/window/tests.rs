@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::batch::StepOutput;
 use crate::batch::calls::{
     Accumulators, AggregateCalls, AggregateError, FinishRequest, FoldRequest, FoldResult,
     MergeRequest, MergeResult,
 };
+use crate::batch::reason::Kind;
+use crate::batch::{Reason, StepOutput};
 
 const T0: i64 = 1_767_225_600_000;
 
@@ -55,7 +56,7 @@ impl AggregateCalls for Guest {
             r.fresh
         ));
         if self.fail_fold {
-            return Err(AggregateError::Guest("boom".into()));
+            return Err(AggregateError::Guest(Reason::guest_error("boom")));
         }
         let mut out = FoldResult::default();
         for g in 0..r.fresh.len() {
@@ -67,7 +68,8 @@ impl AggregateCalls for Guest {
             for &rec in &r.records[r.group_offsets[g] as usize..r.group_offsets[g + 1] as usize] {
                 let v = self.values[rec as usize];
                 if v < 0 {
-                    out.dead_letters.push((rec, format!("negative value {v}")));
+                    out.dead_letters
+                        .push((rec, Reason::from_guest(format!("negative value {v}"))));
                 } else {
                     n += 1;
                     sum += v;
@@ -103,7 +105,7 @@ impl AggregateCalls for Guest {
         let mut out = MergeResult::default();
         for g in 0..r.group_offsets.len() - 1 {
             out.accumulators.push(&[]);
-            out.failed.push((g as u32, "boom".to_owned()));
+            out.failed.push((g as u32, Reason::new(Kind::Trap, "boom")));
         }
         Ok(out)
     }
@@ -222,12 +224,16 @@ impl Run {
             out.late,
             out.dead_letters
                 .iter()
-                .filter(|d| d.1.starts_with("late"))
+                .filter(|d| d.1.kind == Kind::Late)
                 .count() as u64
         );
         Out {
             results,
-            dead: out.dead_letters,
+            dead: out
+                .dead_letters
+                .into_iter()
+                .map(|(i, r)| (i, r.text))
+                .collect(),
             calls: std::mem::take(&mut self.guest.log),
         }
     }
@@ -635,7 +641,7 @@ fn sessions_that_cannot_be_merged_are_reported_with_their_accumulators() {
                 (f.start - T0) / 1000,
                 (f.end - T0) / 1000,
                 f.accumulators.iter().map(dec).collect::<Vec<_>>(),
-                f.reason.as_str()
+                f.reason.text.as_str()
             ))
             .collect::<Vec<_>>(),
         vec![("u1".to_owned(), 0, 110, vec![(3, 35), (1, 8)], "boom")]
@@ -760,7 +766,7 @@ fn a_failed_call_poisons_the_engine() {
     };
     assert_eq!(
         r.engine.process(&mut r.guest, batch, 0),
-        Err(AggregateError::Guest("boom".into()))
+        Err(AggregateError::Guest(Reason::guest_error("boom")))
     );
     r.guest.fail_fold = false;
     assert_eq!(

@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use count_sum::CountSumAgg;
-use sluice::batch::StepOutput;
 use sluice::batch::calls::{self as window, AggregateCalls, AggregateError};
 use sluice::batch::{Batch, Columns};
+use sluice::batch::{Reason, StepOutput};
 use sluice::window::{WindowEngine, WindowOutput, WindowSpec};
 use sluice_sdk::__private::aggregate::types as wit;
 use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
@@ -56,13 +56,14 @@ impl AggregateCalls for Native {
             records: r.records,
             group_offsets: r.group_offsets,
         };
-        let result = fold(&mut self.state, &request).map_err(AggregateError::Guest)?;
+        let result = fold(&mut self.state, &request)
+            .map_err(|e| AggregateError::Guest(Reason::guest_error(&e)))?;
         Ok(window::FoldResult {
             accumulators: from_wit_accs(result.accumulators),
             dead_letters: result
                 .dead_letters
                 .into_iter()
-                .map(|d| (d.input, d.reason))
+                .map(|d| (d.input, Reason::from_guest(d.reason)))
                 .collect(),
         })
     }
@@ -74,7 +75,7 @@ impl AggregateCalls for Native {
         };
         merge(&mut self.state, &request)
             .map(from_wit_accs)
-            .map_err(AggregateError::Guest)
+            .map_err(|e| AggregateError::Guest(Reason::guest_error(&e)))
     }
 
     fn finish(&mut self, r: window::FinishRequest) -> Result<StepOutput, AggregateError> {
@@ -86,7 +87,8 @@ impl AggregateCalls for Native {
             accumulators: to_wit_accs(r.accumulators),
             final_: r.final_,
         };
-        let out = finish(&mut self.state, &request).map_err(AggregateError::Guest)?;
+        let out = finish(&mut self.state, &request)
+            .map_err(|e| AggregateError::Guest(Reason::guest_error(&e)))?;
         Ok(step_output(out))
     }
 }
@@ -113,7 +115,7 @@ fn step_output(out: OutputBatch) -> StepOutput {
         dead_letters: out
             .dead_letters
             .into_iter()
-            .map(|d| (d.input, d.reason))
+            .map(|d| (d.input, Reason::from_guest(d.reason)))
             .collect(),
     }
 }

@@ -3,8 +3,8 @@
 use std::time::SystemTime;
 
 use super::{Runner, ms};
-use crate::pipeline::Step;
 use crate::pipeline::control::{Control, EventTime, Progress, SourceProgress, StateInfo, Totals};
+use crate::pipeline::{Step, Summary};
 
 impl Runner<'_> {
     /// Publishes the progress after a batch of `rows` records.
@@ -35,15 +35,12 @@ impl Runner<'_> {
             })
             .collect();
         sources.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        let summary = &self.summary;
         let mut totals = Totals {
-            batches: summary.batches,
-            input_rows: summary.records_in,
-            outputs: summary.outputs.clone(),
-            dead_lettered: summary.dead_lettered,
-            dead_letter_reasons: summary.dead_letter_reasons.clone(),
-            dropped: summary.dropped,
-            quarantined: summary.quarantined,
+            run: Summary {
+                // The document has the event time and state of its own.
+                windows: None,
+                ..self.summary.clone()
+            },
             late: windows.as_ref().map_or(0, |w| w.late_records),
             ..Totals::default()
         };

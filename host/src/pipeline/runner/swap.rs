@@ -20,21 +20,13 @@ use anyhow::Context;
 use super::{Runner, ms};
 use crate::batch::Batch;
 use crate::pipeline::control::{Control, SwapRequest, SwapState};
-use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, reason_kind, step_module};
+use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, step_module};
 use crate::runtime::{Aggregator, Transform};
 use crate::source::KafkaSource;
 use crate::window::{EngineSnapshot, WindowEngine};
 
 /// How long a paused run sleeps between looks at its requests.
 const PAUSED_POLL: Duration = Duration::from_millis(200);
-
-/// Dead-letter reasons that mean the module itself failed.
-const FAULTS: [&str; 4] = [
-    "trap",
-    "deadline exceeded",
-    "memory limit",
-    "invalid output",
-];
 
 /// The instance a swap replaced.
 #[derive(Debug)]
@@ -181,7 +173,7 @@ impl Runner<'_> {
             Ok(out) => match out
                 .dead_letters
                 .iter()
-                .find(|d| d.step == step && FAULTS.contains(&reason_kind(&d.reason)))
+                .find(|d| d.step == step && d.reason.kind.is_fault())
             {
                 None => Ok(out),
                 Some(d) => Err(format!(

@@ -15,8 +15,9 @@
 //! | `bad-output`  | forwards every record to the undeclared output `nowhere`      |
 //! | `init-trap`   | panics inside `init`                                          |
 //! | `double`      | emits the value twice over (`vv`) for a triggering record     |
+//! | `reject`      | dead-letters a triggering record, with the reason `trap: refused {trigger}` (the guest's own decision, worded like a fault) |
 //!
-//! `trap`, `loop`, `alloc` and `double` forward the records that do not trigger. Any
+//! `trap`, `loop`, `alloc`, `double` and `reject` forward the records that do not trigger. Any
 //! other configuration key is refused.
 
 use sluice_sdk::{Config, Emitter, Error, Record, Transform};
@@ -24,7 +25,7 @@ use sluice_sdk::{Config, Emitter, Error, Record, Transform};
 /// The output `bad-output` mode sends to; no pipeline declares it.
 pub const UNKNOWN_OUTPUT: &str = "nowhere";
 
-const MODES: &str = "trap, loop, alloc, passthrough, noop, bad-output, init-trap, double";
+const MODES: &str = "trap, loop, alloc, passthrough, noop, bad-output, init-trap, double, reject";
 
 /// How the guest misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,7 @@ enum Mode {
     Noop,
     BadOutput,
     Double,
+    Reject,
 }
 
 /// The configured misbehaviour.
@@ -62,6 +64,7 @@ impl Transform for Faulty {
             "noop" => Mode::Noop,
             "bad-output" => Mode::BadOutput,
             "double" => Mode::Double,
+            "reject" => Mode::Reject,
             "init-trap" => panic!("init-trap: panicking inside init as configured"),
             other => return Err(format!("unknown mode `{other}` (expected one of {MODES})").into()),
         };
@@ -83,9 +86,15 @@ impl Transform for Faulty {
                 let value = record.value().unwrap_or_default();
                 out.emit([value, value].concat());
             }
-            Mode::Trap | Mode::Loop | Mode::Alloc | Mode::Double | Mode::Passthrough => {
-                out.forward()
+            Mode::Reject if triggered() => {
+                out.dead_letter(format!("trap: refused {}", self.trigger))
             }
+            Mode::Trap
+            | Mode::Loop
+            | Mode::Alloc
+            | Mode::Double
+            | Mode::Reject
+            | Mode::Passthrough => out.forward(),
             Mode::Noop => out.drop(),
             Mode::BadOutput => out.forward_to(UNKNOWN_OUTPUT),
         }
@@ -161,6 +170,21 @@ mod tests {
     }
 
     #[test]
+    fn reject_dead_letters_the_trigger_in_words_of_its_own() {
+        let records = [
+            TestRecord::new().value("ok"),
+            TestRecord::new().value("xx poison xx"),
+        ];
+        let output = run::<Faulty>(&[("mode", "reject"), ("trigger", "poison")], &records).unwrap();
+        let inputs: Vec<u32> = output.outputs.iter().map(|e| e.input).collect();
+        assert_eq!(inputs, [0]);
+        assert_eq!(
+            output.dead_letters,
+            [(1, "trap: refused poison".to_owned())]
+        );
+    }
+
+    #[test]
     #[should_panic(expected = "poisoned record poison")]
     fn trap_panics_on_the_trigger() {
         let records = [
@@ -181,7 +205,7 @@ mod tests {
         let err = |config: &[(&str, &str)]| run::<Faulty>(config, &[]).unwrap_err().to_string();
         assert_eq!(
             err(&[("mode", "explode")]),
-            "unknown mode `explode` (expected one of trap, loop, alloc, passthrough, noop, bad-output, init-trap, double)"
+            "unknown mode `explode` (expected one of trap, loop, alloc, passthrough, noop, bad-output, init-trap, double, reject)"
         );
         assert_eq!(err(&[]), "missing config key `mode`");
         assert_eq!(
