@@ -106,3 +106,65 @@ checkpoint: {{ dir: {ckpt} }}
     .collect();
     assert_eq!(dead, expected);
 }
+
+/// Window results are partitioned by their window's start (not by their
+/// timestamp, the window's last millisecond): the window travels with the
+/// result from the aggregate step to the sink.
+#[test]
+fn window_results_are_partitioned_by_their_window_start() {
+    let (input, dlq) = (unique("pq-win-in"), unique("pq-win-dlq"));
+    create_topics(&[&input, &dlq], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"name: parquet-windows
+kafka: {{ brokers: "{brokers}" }}
+source: {{ topics: [{input}] }}
+transforms:
+  - module: {module}
+    aggregate:
+      window: {{ tumbling: 1h }}
+      watermark: {{ max_out_of_orderness: 0s, idle_timeout: 1h }}
+outputs:
+  default:
+    parquet:
+      path: {out}
+      schema:
+        - {{ name: user_id, type: string }}
+        - {{ name: window_start, type: int64 }}
+        - {{ name: window_end, type: int64 }}
+        - {{ name: count, type: int64 }}
+        - {{ name: sum, type: float64 }}
+      partition_by: {{ time: "start=%H:%M" }}
+dead_letter: {{ topic: {dlq} }}
+checkpoint: {{ dir: {ckpt} }}
+"#,
+        brokers = brokers(),
+        module = guest("count-sum").display(),
+        out = dir.path().join("out").display(),
+        ckpt = dir.path().join("ckpt").display(),
+    );
+    let event = |amount: u32| format!(r#"{{"user_id":"u1","amount":{amount}}}"#);
+    // Two events in the first hour; one at 1:01:40 closes it.
+    produce_raw(
+        &input,
+        &[
+            RawRecord::new(&event(1), 1_000, &[]),
+            RawRecord::new(&event(2), 2_000, &[]),
+            RawRecord::new(&event(4), 3_700_000, &[]),
+        ],
+    );
+    let summary = run_until_caught_up(&spec(&yaml));
+    assert_eq!((summary.records_in, summary.dead_lettered), (3, 0));
+    let rows = read_parquet(&dir.path().join("out"));
+    let rows: Vec<(String, Value)> = rows
+        .into_iter()
+        .map(|(f, r)| (f.rsplit_once('/').unwrap().0.to_owned(), r))
+        .collect();
+    assert_eq!(
+        rows,
+        [(
+            "start=00:00".to_owned(),
+            json!({"user_id": "u1", "window_start": 0, "window_end": 3_600_000, "count": 2, "sum": 3.0})
+        )]
+    );
+}

@@ -29,6 +29,33 @@ pub struct Routed {
     /// Index into the source batch, per record ([`NO_ORIGIN`] for window
     /// results).
     pub origins: Vec<u32>,
+    /// The window of each window result: `(index in records, window)`, in
+    /// record order. Delivery turns it into the `sluice.window.*` headers;
+    /// a Parquet output partitions by its start.
+    pub windows: Vec<(u32, ResultWindow)>,
+}
+
+/// The window a result was computed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultWindow {
+    /// `[start, end)`, in ms since the Unix epoch.
+    pub start: i64,
+    pub end: i64,
+    /// The window's final result (else an `update`-mode intermediate one).
+    pub is_final: bool,
+}
+
+impl Routed {
+    /// The window of each record (`None` for records that are not window
+    /// results), in record order.
+    pub fn record_windows(&self) -> impl Iterator<Item = Option<ResultWindow>> + '_ {
+        let mut windows = self.windows.iter().peekable();
+        (0..self.records.len() as u32).map(move |j| {
+            windows
+                .next_if(|(index, _)| *index == j)
+                .map(|(_, window)| *window)
+        })
+    }
 }
 
 /// A source record sent to the dead-letter topic.
@@ -223,8 +250,8 @@ impl Chain {
         Ok(out)
     }
 
-    /// Routes an aggregate step's results (with their window in headers) and
-    /// dead letters.
+    /// Routes an aggregate step's results (with their window) and dead
+    /// letters.
     fn route_windows(
         &self,
         result: super::AggregateOutput,
@@ -256,27 +283,46 @@ impl Chain {
                 tracing::warn!(output = %result.output_names[result.targets[j] as usize - 1], "window result sent to an unknown output; dropped");
                 continue;
             };
-            let (start, end) = (window.start.to_string(), window.end.to_string());
-            let extra: [(&[u8], Option<&[u8]>); 3] = [
-                (b"sluice.window.start", Some(start.as_bytes())),
-                (b"sluice.window.end", Some(end.as_bytes())),
-                (
-                    b"sluice.window.final",
-                    Some(if window.is_final { b"true" } else { b"false" }),
-                ),
-            ];
             let routed = &mut out.outputs[target];
+            let index = routed.records.len() as u32;
             routed.records.push(
                 record.key.or(Some(&window.key)),
                 record.value,
                 record.timestamp.or(Some(window.end - 1)),
-                record
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n, Some(v)))
-                    .chain(extra),
+                record.headers.iter().map(|(n, v)| (n, Some(v))),
             );
             routed.origins.push(NO_ORIGIN);
+            routed.windows.push((
+                index,
+                ResultWindow {
+                    start: window.start,
+                    end: window.end,
+                    is_final: window.is_final,
+                },
+            ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_record_gets_its_own_window_or_none() {
+        let mut routed = Routed::default();
+        for _ in 0..4 {
+            routed.records.push(None, Some(b"v"), Some(1), []);
+        }
+        let w = |start| ResultWindow {
+            start,
+            end: start + 10,
+            is_final: start == 20,
+        };
+        routed.windows = vec![(1, w(10)), (2, w(20))];
+        assert_eq!(
+            routed.record_windows().collect::<Vec<_>>(),
+            [None, Some(w(10)), Some(w(20)), None]
+        );
     }
 }

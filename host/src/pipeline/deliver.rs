@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 use smallvec::SmallVec;
 
-use super::chain::{ChainOutput, NO_ORIGIN};
+use super::chain::{ChainOutput, NO_ORIGIN, ResultWindow};
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Columns, Reason, RecordRef};
 use crate::sink::{
@@ -135,8 +135,12 @@ pub fn deliver(
     };
     for (routed, (name, topic)) in out.outputs.iter().zip(&routing.outputs) {
         let Some(topic) = topic else { continue };
-        for (record, &input) in routed.records.iter().zip(&routed.origins) {
-            let Err(too_large) = sender.send(topic, record, &[], input)? else {
+        let records = routed.records.iter().zip(&routed.origins);
+        for ((record, &input), window) in records.zip(routed.record_windows()) {
+            let window = window.map(WindowHeaders::new);
+            let headers = window.as_ref().map(WindowHeaders::headers);
+            let extra = headers.as_ref().map_or(&[][..], |h| &h[..]);
+            let Err(too_large) = sender.send(topic, record, extra, input)? else {
                 continue;
             };
             let reason = format!(
@@ -221,6 +225,34 @@ pub fn deliver(
         }
     }
     Ok(sender.delivered)
+}
+
+/// A window result's `sluice.window.start`, `.end` and `.final` headers.
+struct WindowHeaders {
+    start: String,
+    end: String,
+    is_final: bool,
+}
+
+impl WindowHeaders {
+    fn new(window: ResultWindow) -> Self {
+        Self {
+            start: window.start.to_string(),
+            end: window.end.to_string(),
+            is_final: window.is_final,
+        }
+    }
+
+    fn headers(&self) -> [(&str, &[u8]); 3] {
+        [
+            ("sluice.window.start", self.start.as_bytes()),
+            ("sluice.window.end", self.end.as_bytes()),
+            (
+                "sluice.window.final",
+                if self.is_final { b"true" } else { b"false" },
+            ),
+        ]
+    }
 }
 
 /// The dead letter of source record `i`: the record as it came, plus why

@@ -32,7 +32,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 pub use aggregate::{AggregateOutput, AggregateStep, StepError, WindowDeadLetter};
-pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Routed, Step};
+pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, ResultWindow, Routed, Step};
 pub use checkpoint::{Checkpoint, SourcePosition};
 pub use control::{
     Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,

@@ -511,16 +511,13 @@ impl<'a> Runner<'a> {
             let records: Vec<ParquetRecord<'_>> = routed
                 .records
                 .iter()
+                .zip(routed.record_windows())
                 .enumerate()
-                .map(|(j, r)| ParquetRecord {
+                .map(|(j, (r, window))| ParquetRecord {
                     index: j as u32,
                     value: r.value,
                     timestamp: r.timestamp,
-                    window_start: r
-                        .headers
-                        .iter()
-                        .find(|(n, _)| *n == b"sluice.window.start")
-                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok()),
+                    window_start: window.map(|w| w.start),
                 })
                 .collect();
             let refused = sink.write(self.epoch, &records).with_context(|| {
