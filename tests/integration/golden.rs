@@ -26,7 +26,7 @@ fn run_case(name: &str, guest_name: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("golden")
         .join(name);
-    let mut window: sluice::window::WindowSpec =
+    let mut window: sluice::spec::window::WindowSpec =
         serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("aggregate.yaml")).unwrap())
             .unwrap();
     // The files' processing times count from 0, their event times from

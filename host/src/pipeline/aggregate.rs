@@ -4,7 +4,8 @@
 use crate::batch::calls::AggregateError;
 use crate::batch::{Batch, Columns, Reason};
 use crate::runtime::{Aggregator, BatchCalls, InstantiateError};
-use crate::window::{BatchKeys, InvalidSpec, WindowEngine, WindowOutput, WindowRef, WindowSpec};
+use crate::spec::window::{InvalidSpec, WindowSpec};
+use crate::window::{BatchKeys, WindowEngine, WindowOutput, WindowRef};
 
 /// What an aggregate step made of one batch.
 #[derive(Debug, Default)]

@@ -104,6 +104,15 @@ impl From<control::Durations> for TimeSpent {
     }
 }
 
+/// Processing time: milliseconds since the Unix epoch, now (a batch runs
+/// at the time it started, which its epoch records).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Loads every step's module and starts an instance of it, running `init`
 /// with the step's config. This is also what `sluice validate` checks.
 pub fn load_steps(spec: &PipelineSpec, runtime: &Runtime) -> anyhow::Result<Vec<Step>> {

@@ -203,7 +203,7 @@ impl<'a> Runner<'a> {
             // An empty batch is a tick: processing time passing for the
             // windows. It is an epoch like any other, so a replay sees it.
             self.epoch += 1;
-            let now_ms = crate::cli::kafka_tools::now_ms();
+            let now_ms = super::now_ms();
             if self.exactly_once && self.checkpoints.is_some() {
                 let epoch = Epoch::of(
                     &next.batch,

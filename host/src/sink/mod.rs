@@ -9,10 +9,7 @@ mod quarantine;
 mod size;
 mod written;
 
-pub use self::parquet::{
-    ColumnSpec, ColumnType, FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink,
-    ParquetSpec, PartitionBy,
-};
+pub use self::parquet::{FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink};
 pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
 pub use quarantine::{Quarantine, Quarantined};
 pub use size::{TooLarge, wire_size};

@@ -13,7 +13,9 @@
 mod confine;
 mod kafka_props;
 mod load;
+pub mod parquet;
 mod secret;
+pub mod window;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -200,7 +202,7 @@ pub struct TransformSpec {
     /// mode. The module must then implement the aggregate world, and the step
     /// must be the last of the chain.
     #[serde(default)]
-    pub aggregate: Option<crate::window::WindowSpec>,
+    pub aggregate: Option<window::WindowSpec>,
 }
 
 impl TransformSpec {
@@ -260,7 +262,7 @@ pub struct OutputSpec {
     pub topic: Option<String>,
     /// Parquet files the output's records (JSON objects) are written to.
     #[serde(default)]
-    pub parquet: Option<crate::sink::ParquetSpec>,
+    pub parquet: Option<parquet::ParquetSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -92,7 +92,6 @@ mod engine;
 mod fold;
 mod session;
 mod snapshot;
-mod spec;
 mod state;
 mod watermark;
 
@@ -100,12 +99,10 @@ mod watermark;
 mod tests;
 
 use crate::batch::calls;
+use crate::spec::window as spec;
 
 pub use engine::{BatchKeys, FailedWindow, Progress, WindowEngine, WindowOutput, WindowRef};
 pub use snapshot::{EngineSnapshot, RestoreError};
-pub use spec::{
-    InvalidSpec, MAX_PANES_PER_WINDOW, OutputMode, WatermarkSpec, WindowKind, WindowSpec,
-};
 pub use watermark::PartitionProgress;
 
 /// A source partition: (index into the pipeline's source topics, partition).

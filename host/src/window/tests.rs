@@ -12,6 +12,7 @@ use crate::batch::calls::{
 };
 use crate::batch::reason::Kind;
 use crate::batch::{Reason, StepOutput};
+use crate::spec::window::WindowSpec;
 
 const T0: i64 = 1_767_225_600_000;
 

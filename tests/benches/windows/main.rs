@@ -50,7 +50,8 @@ use sluice::cli::kafka_tools::{SampleOptions, sample_record};
 use sluice::pipeline::AggregateStep;
 use sluice::runtime::{Labels, Module, Runtime};
 use sluice::spec::Limits;
-use sluice::window::{BatchKeys, WindowEngine, WindowOutput, WindowSpec};
+use sluice::spec::window::WindowSpec;
+use sluice::window::{BatchKeys, WindowEngine, WindowOutput};
 use sluice_tests::bench::{
     announce, cpu_model, loadavg, name_filters, nproc, render, write_report,
 };

@@ -67,7 +67,6 @@
 //! out, and logged). The inferred schema is kept in each
 //! [`ParquetCommit`] so that a restart keeps using it.
 
-mod config;
 mod file;
 mod row;
 mod sink;
@@ -78,7 +77,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{ColumnSpec, ColumnType, ParquetSpec, PartitionBy};
+use crate::spec::parquet::{self as config, ColumnSpec};
 pub use file::FileRename;
 pub use sink::ParquetSink;
 

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::file::ROWS_PER_BATCH;
 use super::*;
+use crate::spec::parquet::{ColumnType, ParquetSpec, PartitionBy};
 
 /// 2024-05-01T13:20:00Z
 const T0: i64 = 1_714_569_600_000;

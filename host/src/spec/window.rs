@@ -137,7 +137,7 @@ pub struct InvalidSpec(pub String);
 
 /// The spec in milliseconds, once validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shape {
+pub(crate) enum Shape {
     /// Tumbling (`slide == size`) or hopping: state is per `slide`-long pane.
     Panes {
         size: i64,
@@ -180,7 +180,7 @@ impl WindowSpec {
         Ok(())
     }
 
-    pub(super) fn shape(&self) -> Result<Shape, String> {
+    pub(crate) fn shape(&self) -> Result<Shape, String> {
         match self.window {
             WindowKind::Tumbling(size) => {
                 let size = millis("tumbling window size", size)?;
@@ -223,19 +223,19 @@ impl WindowSpec {
         }
     }
 
-    pub(super) fn lateness_ms(&self) -> i64 {
+    pub(crate) fn lateness_ms(&self) -> i64 {
         millis_or_max(self.allowed_lateness)
     }
 
-    pub(super) fn bound_ms(&self) -> i64 {
+    pub(crate) fn bound_ms(&self) -> i64 {
         millis_or_max(self.watermark.max_out_of_orderness)
     }
 
-    pub(super) fn idle_timeout_ms(&self) -> i64 {
+    pub(crate) fn idle_timeout_ms(&self) -> i64 {
         millis_or_max(self.watermark.idle_timeout)
     }
 
-    pub(super) fn max_ahead_ms(&self) -> i64 {
+    pub(crate) fn max_ahead_ms(&self) -> i64 {
         millis_or_max(self.watermark.max_ahead)
     }
 }

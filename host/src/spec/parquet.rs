@@ -194,7 +194,7 @@ fn validate_partition_field(field: &str, schema: Option<&[ColumnSpec]>) -> Resul
 
 /// The parsed strftime pattern of `partition_by.time`, checked to make
 /// relative directory names that readers do not skip.
-pub(super) fn time_items(pattern: &str) -> Result<Vec<Item<'static>>, String> {
+pub(crate) fn time_items(pattern: &str) -> Result<Vec<Item<'static>>, String> {
     let items = StrftimeItems::new(pattern)
         .parse_to_owned()
         .map_err(|_| format!("\"{pattern}\" is not a valid strftime pattern"))?;
