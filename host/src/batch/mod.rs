@@ -9,12 +9,15 @@
 //! Beside the batch itself, this module holds the other plain data that
 //! crosses layers: what a step made of a batch ([`StepOutput`]) and the
 //! aggregate calls between the window engine and the runtime ([`calls`]),
+//! which records a batch held ([`Layout`], for the epoch log and replays),
 //! and why a record was dead-lettered ([`reason`]).
 
 pub mod calls;
+mod layout;
 pub mod reason;
 mod step;
 
+pub use layout::{Layout, Range};
 pub use reason::Reason;
 pub use step::StepOutput;
 

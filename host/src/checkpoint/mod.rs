@@ -8,11 +8,17 @@
 //!   epoch `n` before producing the batch's outputs, so that after a crash it
 //!   can re-execute, deterministically, every epoch after the last
 //!   checkpoint. A crash mid-append leaves at most one torn entry at the
-//!   tail, which the next open cuts off.
+//!   tail, which the next open cuts off. [`Epoch`] is what an entry
+//!   describes; [`LogWriter`] appends on a thread of its own, so that an
+//!   fsync overlaps the next batch's work, and [`Durable`] says how far.
 
 mod dir;
+mod epoch;
 mod log;
 mod store;
+mod writer;
 
+pub use epoch::{Epoch, EpochError, StepDigest, digests_by_step};
 pub use log::{EpochLog, LoggedEpoch};
 pub use store::{CheckpointError, CheckpointStore, LocalDirStore};
+pub use writer::{Durable, LogWriter};

@@ -22,7 +22,6 @@ mod chain;
 mod checkpoint;
 mod control;
 mod deliver;
-mod epoch;
 mod runner;
 
 use std::collections::BTreeMap;
@@ -39,7 +38,6 @@ pub use control::{
     SwapState,
 };
 pub use deliver::{Rejected, Routing, StepInfo};
-pub use epoch::{Epoch, EpochError, Range, StepDigest};
 
 use runner::Runner;
 

@@ -23,9 +23,10 @@ use anyhow::Context;
 use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
 use super::control::{Control, Durations};
 use super::deliver::{self, Eos, Rejected, Routing};
-use super::{Chain, ChainOutput, Epoch, RunOptions, StepDigest, Summary, TimeSpent, epoch};
+use super::{Chain, ChainOutput, RunOptions, Summary, TimeSpent};
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Reason};
+use crate::checkpoint::{Epoch, StepDigest, digests_by_step};
 use crate::runtime::Runtime;
 use crate::sink::{
     BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, Quarantine, SinkPosition,
@@ -351,7 +352,7 @@ impl<'a> Runner<'a> {
     fn replay(&mut self, c: &Checkpoint, epochs: &[(u64, Epoch)]) -> anyhow::Result<()> {
         let modules = self.modules();
         if epochs.is_empty() {
-            let logged = epoch::digests_by_step(&c.modules);
+            let logged = digests_by_step(&c.modules);
             for m in &modules {
                 if let Some(&before) = logged.get(m.step.as_str())
                     && *before != m.sha256
@@ -387,12 +388,11 @@ impl<'a> Runner<'a> {
             &c.sinks,
         )
         .context("cannot read back what the sinks already hold")?;
-        let descriptors: Vec<Epoch> = epochs.iter().map(|(_, e)| e.clone()).collect();
-        let mut replay = ReplaySource::new(self.spec, &descriptors)?;
+        let mut replay = ReplaySource::new(self.spec, epochs.iter().map(|(_, e)| &e.layout))?;
         let mut produced = 0;
         for (n, epoch) in &epochs {
             let batch = replay
-                .read(epoch)
+                .read(&epoch.layout)
                 .with_context(|| format!("cannot re-read epoch {n}"))?;
             self.epoch = *n;
             let eos = Some(Eos {
@@ -404,7 +404,7 @@ impl<'a> Runner<'a> {
             ack.wait()
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("a replayed batch could not be delivered")?;
-            for r in &epoch.ranges {
+            for r in &epoch.layout.ranges {
                 self.positions.insert((r.source, r.partition), r.to);
             }
         }

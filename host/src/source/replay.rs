@@ -15,8 +15,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::SourceError;
-use crate::batch::Batch;
-use crate::pipeline::Epoch;
+use crate::batch::{Batch, Layout};
 use crate::spec::PipelineSpec;
 
 /// How long to wait for a logged record before concluding it is gone.
@@ -64,8 +63,12 @@ impl std::fmt::Debug for ReplaySource {
 }
 
 impl ReplaySource {
-    /// A reader for `epochs` (in order) of the pipeline's source topics.
-    pub fn new(spec: &PipelineSpec, epochs: &[Epoch]) -> Result<Self, SourceError> {
+    /// A reader for the batches `layouts` describe (in order), whose
+    /// ranges index the pipeline's source topics.
+    pub fn new<'a>(
+        spec: &PipelineSpec,
+        layouts: impl IntoIterator<Item = &'a Layout>,
+    ) -> Result<Self, SourceError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &spec.kafka.brokers)
@@ -78,7 +81,7 @@ impl ReplaySource {
         }
         let consumer: BaseConsumer = config.create()?;
         let mut first: HashMap<(u16, i32), i64> = HashMap::new();
-        for r in epochs.iter().flat_map(|e| &e.ranges) {
+        for r in layouts.into_iter().flat_map(|l| &l.ranges) {
             let from = first.entry((r.source, r.partition)).or_insert(r.from);
             *from = (*from).min(r.from);
         }
@@ -99,10 +102,10 @@ impl ReplaySource {
         })
     }
 
-    /// Rebuilds the batch `epoch` describes.
-    pub fn read(&mut self, epoch: &Epoch) -> Result<Batch, ReplayError> {
+    /// Rebuilds the batch `layout` describes.
+    pub fn read(&mut self, layout: &Layout) -> Result<Batch, ReplayError> {
         let deadline = Instant::now() + REPLAY_TIMEOUT;
-        for r in &epoch.ranges {
+        for r in &layout.ranges {
             while self
                 .read_to
                 .get(&(r.source, r.partition))
@@ -121,29 +124,29 @@ impl ReplaySource {
             }
         }
         // Each range's records, in offset order.
-        let mut taken: Vec<VecDeque<OwnedMessage>> = Vec::with_capacity(epoch.ranges.len());
-        for (i, r) in epoch.ranges.iter().enumerate() {
+        let mut taken: Vec<VecDeque<OwnedMessage>> = Vec::with_capacity(layout.ranges.len());
+        for (i, r) in layout.ranges.iter().enumerate() {
             let buffer = self.buffers.entry((r.source, r.partition)).or_default();
             while buffer.front().is_some_and(|m| m.offset() < r.from) {
                 buffer.pop_front();
             }
             let n = buffer.iter().take_while(|m| m.offset() < r.to).count();
             let records: VecDeque<OwnedMessage> = buffer.drain(..n).collect();
-            if records.len() != epoch.count(i) {
+            if records.len() != layout.count(i) {
                 return Err(ReplayError::Changed {
                     topic: self.topics[r.source as usize].clone(),
                     partition: r.partition,
                     from: r.from,
                     to: r.to,
-                    expected: epoch.count(i),
+                    expected: layout.count(i),
                     found: records.len(),
                 });
             }
             taken.push(records);
         }
-        let mut batch = Batch::with_capacity(epoch.len(), 0);
-        for &(r, count) in &epoch.runs {
-            let range = epoch.ranges[r as usize];
+        let mut batch = Batch::with_capacity(layout.len(), 0);
+        for &(r, count) in &layout.runs {
+            let range = layout.ranges[r as usize];
             for m in taken[r as usize].drain(..count as usize) {
                 super::push_message(&mut batch, range.source, &m);
             }

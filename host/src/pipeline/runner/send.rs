@@ -13,8 +13,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::batch::Batch;
+use crate::checkpoint::Durable;
 use crate::pipeline::ChainOutput;
-use crate::pipeline::checkpoint::{Durable, failpoint};
+use crate::pipeline::checkpoint::failpoint;
 use crate::pipeline::deliver::{self, Eos, Rejected, Routing};
 use crate::sink::{BatchAck, KafkaSink};
 

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Layout};
 
 /// First bytes of a version 2 descriptor.
 const MARKER: [u8; 2] = [0x7f, 2];
@@ -88,30 +88,16 @@ pub fn digests_by_step(modules: &[StepDigest]) -> HashMap<&str, &[u8; 32]> {
         .collect()
 }
 
-/// One partition's records in a batch: offsets `from .. to` (exclusive),
-/// as far as the log still has them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Range {
-    /// Index into [`Epoch::topics`] (and, once resolved, into the spec's
-    /// source topics).
-    pub source: u16,
-    pub partition: i32,
-    /// Offset of the partition's first record in the batch.
-    pub from: i64,
-    /// Offset after its last record.
-    pub to: i64,
-}
-
 /// The descriptor of one batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Epoch {
     /// Processing time the batch ran at (ms since the Unix epoch).
     pub now_ms: i64,
-    /// One per partition, in order of first appearance in the batch.
-    pub ranges: Vec<Range>,
-    /// The batch's records in order: `count` records of `ranges[range]`,
-    /// then the next run.
-    pub runs: Vec<(u32, u32)>,
+    /// Which records the batch held, in which order. (Encoded as its two
+    /// fields, `ranges` then `runs`, in place.) Each range's `source` is
+    /// an index into [`Epoch::topics`] (and, once resolved, into the spec's
+    /// source topics).
+    pub layout: Layout,
     /// The source topics, in the order of the spec the batch ran with.
     pub topics: Vec<String>,
     /// Each step's module, in order.
@@ -124,51 +110,16 @@ pub struct Epoch {
 #[derive(Deserialize)]
 struct EpochV1 {
     now_ms: i64,
-    ranges: Vec<Range>,
-    runs: Vec<(u32, u32)>,
+    layout: Layout,
 }
 
 impl Epoch {
     /// Describes `batch`, read from `topics` and run at `now_ms` by
     /// `modules`.
     pub fn of(batch: &Batch, now_ms: i64, topics: &[String], modules: Vec<StepDigest>) -> Self {
-        let mut ranges: Vec<Range> = Vec::new();
-        let mut runs: Vec<(u32, u32)> = Vec::new();
-        for i in 0..batch.len() {
-            let (source, partition, offset) =
-                (batch.sources[i], batch.partitions[i], batch.offsets[i]);
-            // The current run's partition is by far the likeliest.
-            let current = runs.last().map(|&(r, _)| r as usize);
-            let r = match current
-                .filter(|&r| ranges[r].source == source && ranges[r].partition == partition)
-            {
-                Some(r) => r,
-                None => match ranges
-                    .iter()
-                    .position(|g| g.source == source && g.partition == partition)
-                {
-                    Some(r) => r,
-                    None => {
-                        ranges.push(Range {
-                            source,
-                            partition,
-                            from: offset,
-                            to: offset + 1,
-                        });
-                        ranges.len() - 1
-                    }
-                },
-            };
-            ranges[r].to = ranges[r].to.max(offset + 1);
-            match runs.last_mut() {
-                Some((last, count)) if *last as usize == r => *count += 1,
-                _ => runs.push((r as u32, 1)),
-            }
-        }
         Self {
             now_ms,
-            ranges,
-            runs,
+            layout: Layout::of(batch),
             topics: topics.to_vec(),
             modules,
             legacy: false,
@@ -222,30 +173,12 @@ impl Epoch {
                     })?;
             map.push(index as u16);
         }
-        for range in &mut self.ranges {
+        for range in &mut self.layout.ranges {
             // A descriptor always names the topics of its ranges.
             range.source = map[range.source as usize];
         }
         self.topics = topics.to_vec();
         Ok(())
-    }
-
-    /// Records in the batch.
-    pub fn len(&self) -> usize {
-        self.runs.iter().map(|&(_, n)| n as usize).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
-    }
-
-    /// How many records of `ranges[range]` the batch held.
-    pub fn count(&self, range: usize) -> usize {
-        self.runs
-            .iter()
-            .filter(|&&(r, _)| r as usize == range)
-            .map(|&(_, n)| n as usize)
-            .sum()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -259,8 +192,7 @@ impl Epoch {
                 let v1: EpochV1 = postcard::from_bytes(bytes)?;
                 Self {
                     now_ms: v1.now_ms,
-                    ranges: v1.ranges,
-                    runs: v1.runs,
+                    layout: v1.layout,
                     topics: Vec::new(),
                     modules: Vec::new(),
                     legacy: true,
@@ -270,6 +202,7 @@ impl Epoch {
         // Every range must name one of the descriptor's topics.
         if !epoch.legacy
             && epoch
+                .layout
                 .ranges
                 .iter()
                 .any(|r| r.source as usize >= epoch.topics.len())
@@ -283,6 +216,7 @@ impl Epoch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Range;
 
     fn batch(records: &[(u16, i32, i64)]) -> Batch {
         let mut b = Batch::with_capacity(records.len(), 0);
@@ -321,7 +255,7 @@ mod tests {
         ]);
         let e = Epoch::of(&b, 42, &topics(&["a", "b"]), modules(&[("m", 1)]));
         assert_eq!(
-            e.ranges,
+            e.layout.ranges,
             vec![
                 Range {
                     source: 0,
@@ -343,15 +277,23 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(e.runs, vec![(0, 2), (1, 1), (2, 1), (0, 1), (1, 1)]);
-        assert_eq!((e.len(), e.count(0), e.count(1), e.count(2)), (6, 3, 2, 1));
+        assert_eq!(e.layout.runs, vec![(0, 2), (1, 1), (2, 1), (0, 1), (1, 1)]);
+        assert_eq!(
+            (
+                e.layout.len(),
+                e.layout.count(0),
+                e.layout.count(1),
+                e.layout.count(2)
+            ),
+            (6, 3, 2, 1)
+        );
         assert_eq!(Epoch::decode(&e.encode()).unwrap(), e);
     }
 
     #[test]
     fn an_empty_batch_has_no_ranges() {
         let e = Epoch::of(&batch(&[]), 1, &topics(&["a"]), Vec::new());
-        assert!(e.is_empty() && e.ranges.is_empty());
+        assert!(e.layout.is_empty() && e.layout.ranges.is_empty());
     }
 
     #[test]
@@ -362,7 +304,12 @@ mod tests {
                 .unwrap();
         e.resolve(3, &topics(&["c", "b", "a"]), &modules(&[("m", 1)]))
             .unwrap();
-        let sources: Vec<(u16, i32)> = e.ranges.iter().map(|r| (r.source, r.partition)).collect();
+        let sources: Vec<(u16, i32)> = e
+            .layout
+            .ranges
+            .iter()
+            .map(|r| (r.source, r.partition))
+            .collect();
         assert_eq!(sources, vec![(2, 0), (1, 3)]);
         let mut e = Epoch::of(&b, 7, &topics(&["a", "b"]), Vec::new());
         assert_eq!(
@@ -434,7 +381,7 @@ mod tests {
         })
         .unwrap();
         let mut e = Epoch::decode(&old).unwrap();
-        assert!(e.legacy && e.topics.is_empty() && e.len() == 2);
+        assert!(e.legacy && e.topics.is_empty() && e.layout.len() == 2);
         assert_eq!(
             e.resolve(9, &topics(&["a"]), &[]).unwrap_err(),
             EpochError::Legacy { epoch: 9 }
