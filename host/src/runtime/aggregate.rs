@@ -5,14 +5,11 @@
 use wasmtime::Store;
 
 use super::bindings::{self, AggregateGuest};
-use super::instance::{
-    Fault, TransformStats, arm, classify, columns_to_wit, init_result, new_store, step_output,
-};
-use super::module::{InstantiateError, Module, Pre};
-use super::sandbox::{HostState, Labels};
+use super::instance::{Fault, Instance, step_output, with_input};
+use super::module::InstantiateError;
+use super::sandbox::HostState;
 use crate::batch::calls::{self, AggregateError};
 use crate::batch::{Batch, Reason, StepOutput};
-use crate::spec::Limits;
 
 /// Key and event time of each record the guest holds after `extract`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -51,95 +48,29 @@ impl CallError {
 }
 
 /// A live aggregate instance.
-pub struct Aggregator {
-    module: Module,
-    labels: Labels,
-    limits: Limits,
-    config: Vec<(String, String)>,
-    store: Store<HostState>,
-    guest: AggregateGuest,
-    stats: TransformStats,
-}
-
-impl std::fmt::Debug for Aggregator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Aggregator")
-            .field("module", &self.module)
-            .field("stats", &self.stats)
-            .finish()
-    }
-}
+pub type Aggregator = Instance<AggregateGuest>;
 
 impl Aggregator {
-    pub(super) fn new(
-        module: Module,
-        labels: Labels,
-        limits: Limits,
-        config: Vec<(String, String)>,
-    ) -> Result<Self, InstantiateError> {
-        let (store, guest) = start(&module, &labels, limits, &config)?;
-        Ok(Self {
-            module,
-            labels,
-            limits,
-            config,
-            store,
-            guest,
-            stats: TransformStats::default(),
-        })
-    }
-
-    pub fn module(&self) -> &Module {
-        &self.module
-    }
-
-    pub fn stats(&self) -> TransformStats {
-        self.stats
-    }
-
-    pub(super) fn restart(&mut self) -> Result<(), InstantiateError> {
-        let (store, guest) = start(&self.module, &self.labels, self.limits, &self.config)?;
-        self.store = store;
-        self.guest = guest;
-        self.stats.restarts += 1;
-        Ok(())
-    }
-
-    /// Runs one guest call under the deadline, classifying traps.
+    /// Runs one guest call under the deadline: the guest's own error or
+    /// its answer, or the fault.
     fn call<R>(
         &mut self,
         f: impl FnOnce(&AggregateGuest, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<Result<R, String>, Fault> {
-        self.stats.calls += 1;
-        arm(&mut self.store, self.limits);
-        match f(&self.guest, &mut self.store) {
-            Ok(result) => Ok(result),
-            Err(e) => {
-                let fault = classify(&mut self.store, &e);
-                self.stats.count(&fault);
-                Err(fault)
-            }
-        }
+        self.enter(f)
     }
 
     pub(super) fn extract_call(
         &mut self,
         batch: &mut Batch,
     ) -> Result<Result<bindings::Keyed, String>, Fault> {
-        let input = bindings::InputBatch {
-            records: columns_to_wit(std::mem::take(&mut batch.records)),
-            partitions: std::mem::take(&mut batch.partitions),
-            offsets: std::mem::take(&mut batch.offsets),
-        };
-        let result = self.call(|guest, store| {
-            guest
-                .sluice_transform_aggregate()
-                .call_extract(store, &input)
-        });
-        batch.records = super::instance::columns_from_wit(input.records);
-        batch.partitions = input.partitions;
-        batch.offsets = input.offsets;
-        result
+        with_input(batch, |input| {
+            self.call(|guest, store| {
+                guest
+                    .sluice_transform_aggregate()
+                    .call_extract(store, input)
+            })
+        })
     }
 
     /// Keys and event times of `batch`. A batch whose extraction faults is
@@ -234,30 +165,6 @@ impl Aggregator {
     ) -> Result<bindings::OutputBatch, CallError> {
         Self::checked(self.call(|g, s| g.sluice_transform_aggregate().call_finish(s, request)))
     }
-}
-
-#[allow(clippy::ptr_arg, reason = "the generated binding takes a &Vec")]
-fn start(
-    module: &Module,
-    labels: &Labels,
-    limits: Limits,
-    config: &Vec<(String, String)>,
-) -> Result<(Store<HostState>, AggregateGuest), InstantiateError> {
-    let Pre::Aggregate(pre) = module.pre() else {
-        return Err(InstantiateError::WrongKind {
-            expected: "an aggregate",
-            actual: "a transform",
-        });
-    };
-    let mut store = new_store(module, labels, limits);
-    let guest = pre
-        .instantiate(&mut store)
-        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).to_string()))?;
-    let result = guest
-        .sluice_transform_aggregate()
-        .call_init(&mut store, config);
-    init_result(&mut store, result)?;
-    Ok((store, guest))
 }
 
 /// Checks `extract`'s answer for `n` records against the contract.

@@ -3,7 +3,7 @@
 
 use wasmtime::{Store, Trap};
 
-use super::bindings::{self, InputBatch, OutputBatch, TransformGuest};
+use super::bindings::{self, AggregateGuest, InputBatch, OutputBatch, TransformGuest};
 use super::engine::EPOCH_TICK;
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels, MemoryLimitExceeded};
@@ -74,27 +74,98 @@ impl TransformStats {
     }
 }
 
-/// A live transform instance. See the module docs of `runtime`.
-pub struct Transform {
+/// A world a guest can be: how to find its pre-instantiated component in a
+/// [`Module`], instantiate it and run its `init`.
+pub trait World: Sized {
+    /// What a module of this world is, and what it is when it is not
+    /// (for errors).
+    const KIND: &'static str;
+    const OTHER: &'static str;
+    /// Instantiates the guest in `store` and runs its `init`; `None` if
+    /// the module is of the other world.
+    fn start(
+        pre: &Pre,
+        store: &mut Store<HostState>,
+        config: &[(String, String)],
+    ) -> Option<wasmtime::Result<(Self, Result<(), String>)>>;
+}
+
+impl World for TransformGuest {
+    const KIND: &'static str = "a transform";
+    const OTHER: &'static str = "an aggregate";
+    fn start(
+        pre: &Pre,
+        store: &mut Store<HostState>,
+        config: &[(String, String)],
+    ) -> Option<wasmtime::Result<(Self, Result<(), String>)>> {
+        let Pre::Transform(pre) = pre else {
+            return None;
+        };
+        Some(pre.instantiate(&mut *store).and_then(|guest| {
+            let init = guest
+                .sluice_transform_transform()
+                .call_init(&mut *store, &config.to_vec())?;
+            Ok((guest, init))
+        }))
+    }
+}
+
+impl World for AggregateGuest {
+    const KIND: &'static str = "an aggregate";
+    const OTHER: &'static str = "a transform";
+    fn start(
+        pre: &Pre,
+        store: &mut Store<HostState>,
+        config: &[(String, String)],
+    ) -> Option<wasmtime::Result<(Self, Result<(), String>)>> {
+        let Pre::Aggregate(pre) = pre else {
+            return None;
+        };
+        Some(pre.instantiate(&mut *store).and_then(|guest| {
+            let init = guest
+                .sluice_transform_aggregate()
+                .call_init(&mut *store, &config.to_vec())?;
+            Ok((guest, init))
+        }))
+    }
+}
+
+/// A live guest instance of world `W`: its module, its store (memory cap,
+/// deadline) and counters that outlive restarts. See the module docs of
+/// `runtime`.
+pub struct Instance<W> {
     module: Module,
     pub(super) labels: Labels,
     limits: Limits,
     config: Vec<(String, String)>,
     store: Store<HostState>,
-    guest: TransformGuest,
+    guest: W,
     pub(super) stats: TransformStats,
 }
 
-impl std::fmt::Debug for Transform {
+/// A live transform instance.
+pub type Transform = Instance<TransformGuest>;
+
+impl<W> std::fmt::Debug for Instance<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transform")
+        f.debug_struct("Instance")
             .field("module", &self.module)
             .field("stats", &self.stats)
             .finish()
     }
 }
 
-impl Transform {
+impl<W> Instance<W> {
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    pub fn stats(&self) -> TransformStats {
+        self.stats
+    }
+}
+
+impl<W: World> Instance<W> {
     pub(super) fn new(
         module: Module,
         labels: Labels,
@@ -113,14 +184,6 @@ impl Transform {
         })
     }
 
-    pub fn module(&self) -> &Module {
-        &self.module
-    }
-
-    pub fn stats(&self) -> TransformStats {
-        self.stats
-    }
-
     /// Replaces the instance with a fresh one (after a fault: a trapped
     /// instance must not be entered again).
     pub(super) fn restart(&mut self) -> Result<(), InstantiateError> {
@@ -131,63 +194,79 @@ impl Transform {
         Ok(())
     }
 
+    /// Runs one guest call under the deadline; a trap, an interrupt or the
+    /// memory limit becomes a [`Fault`], counted.
+    pub(super) fn enter<R>(
+        &mut self,
+        f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Fault> {
+        self.stats.calls += 1;
+        arm(&mut self.store, self.limits);
+        f(&self.guest, &mut self.store).map_err(|error| {
+            let fault = classify(&mut self.store, &error);
+            self.stats.count(&fault);
+            fault
+        })
+    }
+}
+
+impl Transform {
     /// One call of `process` over the whole of `batch`. The batch's vectors
     /// are moved into the call and back, never copied on the host side.
     ///
     /// `Ok(Err(message))` is the guest's own batch-level error.
     pub(super) fn call(&mut self, batch: &mut Batch) -> Result<Result<StepOutput, String>, Fault> {
-        self.stats.calls += 1;
-        arm(&mut self.store, self.limits);
-        let input = InputBatch {
-            records: columns_to_wit(std::mem::take(&mut batch.records)),
-            partitions: std::mem::take(&mut batch.partitions),
-            offsets: std::mem::take(&mut batch.offsets),
-        };
-        let result = self
-            .guest
-            .sluice_transform_transform()
-            .call_process(&mut self.store, &input);
-        batch.records = columns_from_wit(input.records);
-        batch.partitions = input.partitions;
-        batch.offsets = input.offsets;
+        let n = batch.len();
+        let result = with_input(batch, |input| {
+            self.enter(|guest, store| {
+                guest
+                    .sluice_transform_transform()
+                    .call_process(store, input)
+            })
+        })?;
         match result {
-            Ok(Ok(output)) => step_output(output, batch.len())
-                .map(Ok)
-                .map_err(Fault::InvalidOutput),
-            Ok(Err(message)) => Ok(Err(message)),
-            Err(error) => Err(self.classify(error)),
+            Ok(output) => step_output(output, n).map(Ok).map_err(Fault::InvalidOutput),
+            Err(message) => Ok(Err(message)),
         }
-    }
-
-    fn classify(&mut self, error: wasmtime::Error) -> Fault {
-        let fault = classify(&mut self.store, &error);
-        self.stats.count(&fault);
-        fault
     }
 }
 
-#[allow(clippy::ptr_arg, reason = "the generated binding takes a &Vec")]
-fn start(
+/// Lends `batch` to a call as the WIT input batch, moving its vectors in
+/// and back out (no copy on the host side).
+pub(super) fn with_input<R>(batch: &mut Batch, call: impl FnOnce(&InputBatch) -> R) -> R {
+    let input = InputBatch {
+        records: std::mem::take(&mut batch.records).into(),
+        partitions: std::mem::take(&mut batch.partitions),
+        offsets: std::mem::take(&mut batch.offsets),
+    };
+    let result = call(&input);
+    batch.records = input.records.into();
+    batch.partitions = input.partitions;
+    batch.offsets = input.offsets;
+    result
+}
+
+/// A store of `module` with its guest instantiated and `init` run.
+fn start<W: World>(
     module: &Module,
     labels: &Labels,
     limits: Limits,
-    config: &Vec<(String, String)>,
-) -> Result<(Store<HostState>, TransformGuest), InstantiateError> {
-    let Pre::Transform(pre) = module.pre() else {
+    config: &[(String, String)],
+) -> Result<(Store<HostState>, W), InstantiateError> {
+    let mut store = new_store(module, labels, limits);
+    let Some(started) = W::start(module.pre(), &mut store, config) else {
         return Err(InstantiateError::WrongKind {
-            expected: "a transform",
-            actual: "an aggregate",
+            expected: W::KIND,
+            actual: W::OTHER,
         });
     };
-    let mut store = new_store(module, labels, limits);
-    let guest = pre
-        .instantiate(&mut store)
-        .map_err(|e| InstantiateError::Trapped(classify(&mut store, &e).to_string()))?;
-    let result = guest
-        .sluice_transform_transform()
-        .call_init(&mut store, config);
-    init_result(&mut store, result)?;
-    Ok((store, guest))
+    match started {
+        Ok((guest, Ok(()))) => Ok((store, guest)),
+        Ok((_, Err(message))) => Err(InstantiateError::ConfigRejected(message)),
+        Err(e) => Err(InstantiateError::Trapped(
+            classify(&mut store, &e).to_string(),
+        )),
+    }
 }
 
 /// A store with the memory cap and a deadline for what runs first.
@@ -230,18 +309,6 @@ pub(super) fn arm(store: &mut Store<HostState>, limits: Limits) {
     store.set_epoch_deadline(deadline_ticks(limits));
     let deadline = std::time::Instant::now() + limits.deadline;
     store.data_mut().begin_call(deadline);
-}
-
-/// Interprets the result of a guest's `init`.
-pub(super) fn init_result(
-    store: &mut Store<HostState>,
-    result: wasmtime::Result<Result<(), String>>,
-) -> Result<(), InstantiateError> {
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(InstantiateError::ConfigRejected(message)),
-        Err(e) => Err(InstantiateError::Trapped(classify(store, &e).to_string())),
-    }
 }
 
 pub(super) fn deadline_ticks(limits: Limits) -> u64 {
@@ -292,7 +359,7 @@ pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<Step
         output_names,
         dead_letters,
     } = output;
-    let records = columns_from_wit(records);
+    let records = Columns::from(records);
     records.validate()?;
     let n = records.len();
     if inputs.len() != n || targets.len() != n {
@@ -351,34 +418,66 @@ pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<Step
     })
 }
 
-pub(super) fn columns_to_wit(c: Columns) -> bindings::Columns {
-    bindings::Columns {
-        keys: c.keys,
-        key_offsets: c.key_offsets,
-        values: c.values,
-        value_offsets: c.value_offsets,
-        flags: c.flags,
-        timestamps: c.timestamps,
-        header_offsets: c.header_offsets,
-        header_names: c.header_names,
-        header_name_offsets: c.header_name_offsets,
-        header_values: c.header_values,
-        header_value_offsets: c.header_value_offsets,
+/// The batch's columns are the WIT record field for field: converting
+/// moves the vectors.
+impl From<Columns> for bindings::Columns {
+    fn from(c: Columns) -> Self {
+        let Columns {
+            keys,
+            key_offsets,
+            values,
+            value_offsets,
+            flags,
+            timestamps,
+            header_offsets,
+            header_names,
+            header_name_offsets,
+            header_values,
+            header_value_offsets,
+        } = c;
+        Self {
+            keys,
+            key_offsets,
+            values,
+            value_offsets,
+            flags,
+            timestamps,
+            header_offsets,
+            header_names,
+            header_name_offsets,
+            header_values,
+            header_value_offsets,
+        }
     }
 }
 
-pub(super) fn columns_from_wit(c: bindings::Columns) -> Columns {
-    Columns {
-        keys: c.keys,
-        key_offsets: c.key_offsets,
-        values: c.values,
-        value_offsets: c.value_offsets,
-        flags: c.flags,
-        timestamps: c.timestamps,
-        header_offsets: c.header_offsets,
-        header_names: c.header_names,
-        header_name_offsets: c.header_name_offsets,
-        header_values: c.header_values,
-        header_value_offsets: c.header_value_offsets,
+impl From<bindings::Columns> for Columns {
+    fn from(c: bindings::Columns) -> Self {
+        let bindings::Columns {
+            keys,
+            key_offsets,
+            values,
+            value_offsets,
+            flags,
+            timestamps,
+            header_offsets,
+            header_names,
+            header_name_offsets,
+            header_values,
+            header_value_offsets,
+        } = c;
+        Self {
+            keys,
+            key_offsets,
+            values,
+            value_offsets,
+            flags,
+            timestamps,
+            header_offsets,
+            header_names,
+            header_name_offsets,
+            header_values,
+            header_value_offsets,
+        }
     }
 }

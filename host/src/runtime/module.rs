@@ -62,7 +62,7 @@ pub enum InstantiateError {
     },
 }
 
-pub(super) enum Pre {
+pub enum Pre {
     Transform(TransformGuestPre<HostState>),
     Aggregate(AggregateGuestPre<HostState>),
 }
