@@ -37,6 +37,10 @@
 //! Natively the same code builds and runs with plain `cargo test`, through
 //! [`testing`]; [`log`] then writes to standard error.
 //!
+//! Helpers that guests would otherwise each write: [`Config::deny_unknown`]
+//! refuses configuration keys a step does not know, and [`time`] reads and
+//! writes RFC 3339 timestamps as milliseconds since the Unix epoch.
+//!
 //! Errors: returning `Err` from a transform, or calling
 //! [`Emitter::dead_letter`], discards the record's outputs and sends it to the
 //! dead-letter queue with the error's text. A panic traps the instance; the
@@ -55,6 +59,7 @@ pub mod log;
 mod output;
 mod record;
 pub mod testing;
+pub mod time;
 
 pub use aggregate::{Aggregate, Window, str_key};
 pub use config::Config;
