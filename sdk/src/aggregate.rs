@@ -313,10 +313,7 @@ pub trait Aggregate: Sized + 'static {
     /// assert_eq!(output.values_str(), ["u1 0: 3.5"]);
     /// assert!(output.dead_letters[0].1.contains("missing field `amount`"));
     /// ```
-    fn extract<'r>(
-        &mut self,
-        record: &Record<'r>,
-    ) -> Result<(Cow<'r, [u8]>, i64, Self::Parsed), Error> {
+    fn extract<'r>(&mut self, record: &Record<'r>) -> Result<Extracted<'r, Self>, Error> {
         let (key, time) = self.key_and_time(record)?;
         Ok((key, time, Self::Parsed::default()))
     }
@@ -488,6 +485,27 @@ pub trait Aggregate: Sized + 'static {
         out: &mut Emitter<'_>,
     ) -> Result<(), Error>;
 }
+
+/// What [`Aggregate::extract`] returns for a record: its grouping key, its
+/// event time and its [`Aggregate::Parsed`] value. Implementations may
+/// write the tuple out instead.
+///
+/// ```
+/// use std::borrow::Cow;
+/// # use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+/// # struct Amounts;
+/// # impl Aggregate for Amounts {
+/// #     type Acc = f64;
+/// #     type Parsed = f64;
+/// #     fn init(_: &Config) -> Result<Self, Error> { Ok(Amounts) }
+/// #     fn fold_parsed(&mut self, a: &mut f64, _: &Record<'_>, _: i64, p: &f64) -> Result<(), Error> { *a += p; Ok(()) }
+/// #     fn merge(&mut self, a: &mut f64, b: f64) { *a += b }
+/// #     fn finish(&mut self, _: &Window<'_>, _: &f64, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+/// # }
+/// let extracted: sluice_sdk::Extracted<'_, Amounts> = (Cow::Borrowed(b"user-1"), 1_000, 2.5);
+/// assert_eq!(extracted.2, 2.5);
+/// ```
+pub type Extracted<'r, A> = (Cow<'r, [u8]>, i64, <A as Aggregate>::Parsed);
 
 /// A window whose result is due, as [`Aggregate::finish`] sees it: the
 /// group key and the window `[start, end)`, in milliseconds since the Unix

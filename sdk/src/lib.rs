@@ -61,7 +61,7 @@ mod record;
 pub mod testing;
 pub mod time;
 
-pub use aggregate::{Aggregate, Window, str_key};
+pub use aggregate::{Aggregate, Extracted, Window, str_key};
 pub use config::Config;
 pub use emit::{Emitter, OutputRecord};
 pub use record::{Headers, Record};

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use sluice_sdk::time::{Rfc3339Millis, parse_rfc3339};
-use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+use sluice_sdk::{Aggregate, Config, Emitter, Error, Extracted, Record, Window};
 
 /// An input event, borrowed from the record (`event_id` is not needed).
 #[derive(Deserialize)]
@@ -83,7 +83,7 @@ impl Aggregate for EventWindowAgg {
         Ok(EventWindowAgg)
     }
 
-    fn extract<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64, Fold), Error> {
+    fn extract<'r>(&mut self, record: &Record<'r>) -> Result<Extracted<'r, Self>, Error> {
         let event: Event<'r> = record.json()?;
         let time = parse_rfc3339(&event.timestamp)?;
         let fold = Fold {
