@@ -13,12 +13,22 @@ use serde::de::DeserializeOwned;
 
 use crate::{Config, Emitter, Error, Record};
 
+/// The dead-letter reason of the default [`Aggregate::fold`], reached only
+/// by an impl without the macro that implements neither fold method.
+const NO_FOLD: &str = "the aggregate implements neither `fold` nor `fold_parsed`";
+
 /// A windowed aggregate. One value is built by [`Aggregate::init`] per
 /// instance; the host then calls, per batch, [`Aggregate::key_and_time`] on
 /// every record, [`Aggregate::fold`] to add records to the accumulators of
 /// their windows, [`Aggregate::merge`] where windows combine (sessions that
 /// a record bridges, panes of hopping windows), and [`Aggregate::finish`] for
 /// every window whose result is due.
+///
+/// An aggregate that needs a record's content in `fold` too (an amount, a
+/// user id) parses it once: [`Aggregate::extract`] returns what `fold` needs
+/// as an [`Aggregate::Parsed`] value beside the key and event time, the SDK
+/// keeps it for the batch, and [`Aggregate::fold_parsed`] receives it
+/// instead of parsing the record again.
 ///
 /// The accumulator, [`Aggregate::Acc`], lives in the host between calls, as
 /// bytes: the SDK encodes it with [`postcard`](https://docs.rs/postcard), a
@@ -44,6 +54,9 @@ use crate::{Config, Emitter, Error, Record};
 ///
 /// impl Aggregate for Count {
 ///     type Acc = Total;
+///     /// Nothing is kept per record. (Under `#[sluice_sdk::aggregate]`,
+///     /// which exports the aggregate, this line may be left out.)
+///     type Parsed = ();
 ///
 ///     fn init(_config: &Config) -> Result<Self, Error> {
 ///         Ok(Count)
@@ -88,6 +101,26 @@ pub trait Aggregate: Sized + 'static {
     /// ```
     type Acc: Serialize + DeserializeOwned + Default;
 
+    /// What [`Aggregate::extract`] keeps of a record for
+    /// [`Aggregate::fold_parsed`], so that `fold` does not parse the record
+    /// again: `()` for an aggregate that keeps nothing.
+    /// `#[sluice_sdk::aggregate]` declares `type Parsed = ();` for an impl
+    /// that leaves it out.
+    ///
+    /// One value per record of the batch lives in the guest from `extract`
+    /// to the batch's last `fold`; a value that owns memory (a `String`)
+    /// costs an allocation per record, which is still much less than a
+    /// second JSON parse. Records that `extract` refused hold
+    /// `Default::default()`, never folded.
+    ///
+    /// ```
+    /// /// The amount of an event, kept from `extract` for `fold`.
+    /// #[derive(Default)]
+    /// struct Amount(f64);
+    /// # let _ = Amount::default().0;
+    /// ```
+    type Parsed: Default + 'static;
+
     /// Builds the aggregate from its configuration, once per instance before
     /// the first batch. An error refuses the configuration: the pipeline
     /// does not start and the message is shown to the user.
@@ -100,6 +133,7 @@ pub trait Aggregate: Sized + 'static {
     ///
     /// impl Aggregate for Sum {
     ///     # type Acc = f64;
+    ///     # type Parsed = ();
     ///     fn init(config: &Config) -> Result<Self, Error> {
     ///         Ok(Sum { field: config.get("field").unwrap_or("amount").to_owned() })
     ///     }
@@ -125,6 +159,7 @@ pub trait Aggregate: Sized + 'static {
     ///
     /// impl Aggregate for ByRegion {
     ///     # type Acc = u64;
+    ///     # type Parsed = ();
     ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(ByRegion) }
     ///     fn key<'r>(&mut self, record: &Record<'r>) -> Result<Cow<'r, [u8]>, Error> {
     ///         Ok(Cow::Borrowed(record.header("region").ok_or("no `region` header")?))
@@ -161,6 +196,7 @@ pub trait Aggregate: Sized + 'static {
     ///
     /// impl Aggregate for ByField {
     ///     # type Acc = u64;
+    ///     # type Parsed = ();
     ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(ByField) }
     ///     fn event_time(&mut self, record: &Record<'_>) -> Result<i64, Error> {
     ///         Ok(record.json::<Event>()?.at_ms)
@@ -203,6 +239,7 @@ pub trait Aggregate: Sized + 'static {
     ///
     /// impl Aggregate for PerUser {
     ///     # type Acc = u64;
+    ///     # type Parsed = ();
     ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(PerUser) }
     ///     fn key_and_time<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64), Error> {
     ///         let event: Event<'r> = record.json()?;
@@ -224,11 +261,72 @@ pub trait Aggregate: Sized + 'static {
         Ok((self.key(record)?, self.event_time(record)?))
     }
 
+    /// The key, event time and [`Aggregate::Parsed`] value of a record:
+    /// what the SDK calls. The default calls [`Aggregate::key_and_time`] and
+    /// keeps `Parsed::default()`; override this instead to parse the record
+    /// once for both `extract` and [`Aggregate::fold_parsed`]. An error
+    /// dead-letters the record.
+    ///
+    /// ```
+    /// # use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+    /// use std::borrow::Cow;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Event<'a> {
+    ///     #[serde(borrow)]
+    ///     user: Cow<'a, str>,
+    ///     at_ms: i64,
+    ///     amount: f64,
+    /// }
+    ///
+    /// /// Sums amounts per user, parsing each record once.
+    /// struct SumPerUser;
+    ///
+    /// impl Aggregate for SumPerUser {
+    ///     type Acc = f64;
+    ///     /// The record's amount.
+    ///     type Parsed = f64;
+    ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(SumPerUser) }
+    ///
+    ///     fn extract<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64, f64), Error> {
+    ///         let event: Event<'r> = record.json()?;
+    ///         Ok((sluice_sdk::str_key(event.user), event.at_ms, event.amount))
+    ///     }
+    ///
+    ///     fn fold_parsed(&mut self, sum: &mut f64, _: &Record<'_>, _: i64, amount: &f64) -> Result<(), Error> {
+    ///         *sum += amount;
+    ///         Ok(())
+    ///     }
+    ///     # fn merge(&mut self, sum: &mut f64, other: f64) { *sum += other }
+    ///     # fn finish(&mut self, w: &Window<'_>, sum: &f64, out: &mut Emitter<'_>) -> Result<(), Error> {
+    ///     #     out.emit(format!("{} {}: {sum}", w.key_str()?, w.start));
+    ///     #     Ok(())
+    ///     # }
+    /// }
+    /// # use sluice_sdk::testing::{run_aggregate, tumbling, TestRecord};
+    /// let records = [
+    ///     TestRecord::new().value(r#"{"user":"u1","at_ms":5,"amount":1.5}"#),
+    ///     TestRecord::new().value(r#"{"user":"u1","at_ms":7,"amount":2}"#),
+    ///     TestRecord::new().value(r#"{"user":"u1","at_ms":8}"#),
+    /// ];
+    /// let output = run_aggregate::<SumPerUser>(&[], &records, tumbling(10)).unwrap();
+    /// assert_eq!(output.values_str(), ["u1 0: 3.5"]);
+    /// assert!(output.dead_letters[0].1.contains("missing field `amount`"));
+    /// ```
+    fn extract<'r>(&mut self, record: &Record<'r>) -> Result<Extracted<'r, Self>, Error> {
+        let (key, time) = self.key_and_time(record)?;
+        Ok((key, time, Self::Parsed::default()))
+    }
+
     /// Adds one record, whose event time is `event_time`, to the accumulator
     /// of one of its windows. Records of a window come in event-time order
     /// within one call. An error dead-letters the record and keeps the
     /// accumulator as `fold` left it, so check the record before changing
     /// `acc`.
+    ///
+    /// Implement this or [`Aggregate::fold_parsed`] (which by default calls
+    /// this); `#[sluice_sdk::aggregate]` refuses an impl with neither, and
+    /// without the macro the default dead-letters every record.
     ///
     /// ```
     /// # use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
@@ -242,6 +340,7 @@ pub trait Aggregate: Sized + 'static {
     ///
     /// impl Aggregate for Spans {
     ///     type Acc = Span;
+    ///     # type Parsed = ();
     ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(Spans) }
     ///     fn fold(&mut self, acc: &mut Span, _record: &Record<'_>, event_time: i64) -> Result<(), Error> {
     ///         acc.first = Some(acc.first.map_or(event_time, |t| t.min(event_time)));
@@ -264,7 +363,60 @@ pub trait Aggregate: Sized + 'static {
         acc: &mut Self::Acc,
         record: &Record<'_>,
         event_time: i64,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Error> {
+        let _ = (acc, record, event_time);
+        Err(NO_FOLD.into())
+    }
+
+    /// [`Aggregate::fold`] with the record's [`Aggregate::Parsed`] value
+    /// from [`Aggregate::extract`]: what the SDK calls. The default ignores
+    /// `parsed` and calls `fold`. A record may be folded again after a
+    /// fault elsewhere in its batch (on a new instance, after a new
+    /// `extract`), so take from `parsed` by reference.
+    ///
+    /// ```
+    /// # use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+    /// # use std::borrow::Cow;
+    /// /// Collects the distinct users of a window from `user=...` values.
+    /// struct Users;
+    ///
+    /// impl Aggregate for Users {
+    ///     type Acc = Vec<String>;
+    ///     /// The user, parsed in `extract`.
+    ///     type Parsed = String;
+    ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(Users) }
+    ///     fn extract<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64, String), Error> {
+    ///         let user = record.value_str()?.strip_prefix("user=").ok_or("no user")?;
+    ///         Ok((Cow::Borrowed(b""), record.timestamp().ok_or("no timestamp")?, user.to_owned()))
+    ///     }
+    ///
+    ///     fn fold_parsed(&mut self, users: &mut Vec<String>, _: &Record<'_>, _: i64, user: &String) -> Result<(), Error> {
+    ///         if let Err(at) = users.binary_search(user) {
+    ///             users.insert(at, user.clone());
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     # fn merge(&mut self, _: &mut Vec<String>, _: Vec<String>) {}
+    ///     # fn finish(&mut self, _: &Window<'_>, users: &Vec<String>, out: &mut Emitter<'_>) -> Result<(), Error> {
+    ///     #     out.emit(users.join(","));
+    ///     #     Ok(())
+    ///     # }
+    /// }
+    /// # use sluice_sdk::testing::{run_aggregate, tumbling, TestRecord};
+    /// let records = ["user=b", "user=a", "user=b"].map(|v| TestRecord::new().value(v).timestamp(1));
+    /// let output = run_aggregate::<Users>(&[], &records, tumbling(10)).unwrap();
+    /// assert_eq!(output.values_str(), ["a,b"]);
+    /// ```
+    fn fold_parsed(
+        &mut self,
+        acc: &mut Self::Acc,
+        record: &Record<'_>,
+        event_time: i64,
+        parsed: &Self::Parsed,
+    ) -> Result<(), Error> {
+        let _ = parsed;
+        self.fold(acc, record, event_time)
+    }
 
     /// Merges `other` into `acc`. When several accumulators merge they come
     /// in event-time order: `acc` holds the earlier records.
@@ -276,6 +428,7 @@ pub trait Aggregate: Sized + 'static {
     /// impl Aggregate for Latest {
     ///     /// The latest record value seen.
     ///     type Acc = Option<String>;
+    ///     # type Parsed = ();
     ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(Latest) }
     ///     # fn fold(&mut self, acc: &mut Option<String>, r: &Record<'_>, _: i64) -> Result<(), Error> {
     ///     #     *acc = Some(r.value_str()?.to_owned());
@@ -306,6 +459,7 @@ pub trait Aggregate: Sized + 'static {
     ///
     /// impl Aggregate for Totals {
     ///     type Acc = u64;
+    ///     # type Parsed = ();
     ///     # fn init(_: &Config) -> Result<Self, Error> { Ok(Totals) }
     ///     # fn fold(&mut self, n: &mut u64, _: &Record<'_>, _: i64) -> Result<(), Error> { *n += 1; Ok(()) }
     ///     # fn merge(&mut self, n: &mut u64, m: u64) { *n += m }
@@ -331,6 +485,27 @@ pub trait Aggregate: Sized + 'static {
         out: &mut Emitter<'_>,
     ) -> Result<(), Error>;
 }
+
+/// What [`Aggregate::extract`] returns for a record: its grouping key, its
+/// event time and its [`Aggregate::Parsed`] value. Implementations may
+/// write the tuple out instead.
+///
+/// ```
+/// use std::borrow::Cow;
+/// # use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+/// # struct Amounts;
+/// # impl Aggregate for Amounts {
+/// #     type Acc = f64;
+/// #     type Parsed = f64;
+/// #     fn init(_: &Config) -> Result<Self, Error> { Ok(Amounts) }
+/// #     fn fold_parsed(&mut self, a: &mut f64, _: &Record<'_>, _: i64, p: &f64) -> Result<(), Error> { *a += p; Ok(()) }
+/// #     fn merge(&mut self, a: &mut f64, b: f64) { *a += b }
+/// #     fn finish(&mut self, _: &Window<'_>, _: &f64, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+/// # }
+/// let extracted: sluice_sdk::Extracted<'_, Amounts> = (Cow::Borrowed(b"user-1"), 1_000, 2.5);
+/// assert_eq!(extracted.2, 2.5);
+/// ```
+pub type Extracted<'r, A> = (Cow<'r, [u8]>, i64, <A as Aggregate>::Parsed);
 
 /// A window whose result is due, as [`Aggregate::finish`] sees it: the
 /// group key and the window `[start, end)`, in milliseconds since the Unix

@@ -20,12 +20,15 @@ use crate::{Aggregate, Config, Emitter, Record, Window};
 const NOT_INITIALISED: &str = "aggregate not initialised";
 
 /// The state of one aggregate instance: the aggregate (once `init` has
-/// succeeded), and the batch last passed to `extract` with its event times,
-/// which `fold` refers to by index.
+/// succeeded), and the batch last passed to `extract` with its event times
+/// and parsed values, which `fold` refers to by index.
 pub struct AggregateState<T: Aggregate> {
     aggregate: Option<T>,
     batch: Option<InputBatch>,
     event_times: Vec<i64>,
+    /// [`Aggregate::Parsed`] of each record of `batch` (a default for those
+    /// `extract` refused); empty storage when it is `()`.
+    parsed: Vec<T::Parsed>,
 }
 
 impl<T: Aggregate> AggregateState<T> {
@@ -35,6 +38,7 @@ impl<T: Aggregate> AggregateState<T> {
             aggregate: None,
             batch: None,
             event_times: Vec::new(),
+            parsed: Vec::new(),
         }
     }
 
@@ -75,18 +79,23 @@ pub fn init<T: Aggregate>(
     Ok(())
 }
 
-/// `extract`: the key and event time of every record. The batch and the
-/// event times are kept for `fold`; a malformed batch fails the call and
-/// leaves no batch to fold from.
+/// `extract`: the key and event time of every record. The batch, the
+/// event times and the parsed values are kept for `fold`; a malformed batch
+/// fails the call and leaves no batch to fold from.
 pub fn extract<T: Aggregate>(
     state: &mut AggregateState<T>,
     batch: InputBatch,
 ) -> Result<Keyed, String> {
     state.batch = None;
     state.event_times.clear();
-    let aggregate = state.initialised()?;
+    state.parsed.clear();
+    let AggregateState {
+        aggregate, parsed, ..
+    } = state;
+    let aggregate = aggregate.as_mut().ok_or(NOT_INITIALISED)?;
     let view = InputView::new(&batch)?;
     let n = view.len();
+    parsed.reserve(n);
     let mut keyed = Keyed {
         keys: Vec::with_capacity(view.cols.sizes()[0]),
         key_offsets: Vec::with_capacity(n + 1),
@@ -96,13 +105,15 @@ pub fn extract<T: Aggregate>(
     keyed.key_offsets.push(0);
     for index in 0..n {
         let record = Record::new(&view, index);
-        match aggregate.key_and_time(&record) {
-            Ok((key, time)) => {
+        match aggregate.extract(&record) {
+            Ok((key, time, value)) => {
                 keyed.keys.extend_from_slice(&key);
                 keyed.event_times.push(time);
+                parsed.push(value);
             }
             Err(e) => {
                 keyed.event_times.push(0);
+                parsed.push(T::Parsed::default());
                 keyed.dead_letters.push(DeadLetter {
                     input: record.index(),
                     reason: e.to_string(),
@@ -130,6 +141,7 @@ pub fn fold<T: Aggregate>(
         aggregate,
         batch,
         event_times,
+        parsed,
     } = state;
     let aggregate = aggregate.as_mut().ok_or(NOT_INITIALISED)?;
     let batch = batch.as_ref().ok_or("fold before a batch was extracted")?;
@@ -176,8 +188,8 @@ pub fn fold<T: Aggregate>(
         };
         for &index in records {
             let record = Record::new(&view, index as usize);
-            let time = event_times[index as usize];
-            if let Err(e) = aggregate.fold(&mut acc, &record, time) {
+            let (time, parsed) = (event_times[index as usize], &parsed[index as usize]);
+            if let Err(e) = aggregate.fold_parsed(&mut acc, &record, time, parsed) {
                 let reason = e.to_string();
                 dead_letters.push(DeadLetter {
                     input: index,
@@ -419,5 +431,7 @@ macro_rules! __export_aggregate {
     };
 }
 
+#[cfg(test)]
+mod parsed_tests;
 #[cfg(test)]
 mod tests;

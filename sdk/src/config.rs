@@ -91,6 +91,29 @@ impl Config {
         self.entries.iter().map(|(k, _)| k.as_str())
     }
 
+    /// Refuses a configuration with a key outside `known`: an error naming
+    /// the first unknown key, in spec order, which [`Transform::init`] or
+    /// [`Aggregate::init`] returns as it is. Pass `&[]` for a step that takes
+    /// no configuration.
+    ///
+    /// [`Transform::init`]: crate::Transform::init
+    /// [`Aggregate::init`]: crate::Aggregate::init
+    ///
+    /// ```
+    /// let config: sluice_sdk::Config = [("field", "amount"), ("feild", "x")].into_iter().collect();
+    /// assert!(config.deny_unknown(&["field", "feild"]).is_ok());
+    /// let err = config.deny_unknown(&["field"]).unwrap_err();
+    /// assert_eq!(err.to_string(), "unknown config key `feild`");
+    /// let err = config.deny_unknown(&[]).unwrap_err();
+    /// assert_eq!(err.to_string(), "unknown config key `field`");
+    /// ```
+    pub fn deny_unknown(&self, known: &[&str]) -> Result<(), Error> {
+        match self.keys().find(|key| !known.contains(key)) {
+            None => Ok(()),
+            Some(key) => Err(format!("unknown config key `{key}`").into()),
+        }
+    }
+
     /// Whether there are no entries.
     ///
     /// ```
@@ -127,5 +150,45 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Config {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(keys: &[&str]) -> Config {
+        keys.iter().map(|k| (*k, "v")).collect()
+    }
+
+    fn denied(keys: &[&str], known: &[&str]) -> Option<String> {
+        config(keys)
+            .deny_unknown(known)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn deny_unknown_accepts_known_keys_in_any_order_and_number() {
+        assert_eq!(denied(&[], &[]), None);
+        assert_eq!(denied(&[], &["a", "b"]), None);
+        assert_eq!(denied(&["b", "a"], &["a", "b"]), None);
+        // A repeated key is still a known key.
+        assert_eq!(denied(&["a", "a"], &["a"]), None);
+    }
+
+    #[test]
+    fn deny_unknown_names_the_first_unknown_key_in_spec_order() {
+        assert_eq!(denied(&["x"], &[]).unwrap(), "unknown config key `x`");
+        assert_eq!(
+            denied(&["a", "z", "y"], &["a"]).unwrap(),
+            "unknown config key `z`"
+        );
+        // Keys are compared exactly: no trimming, no case folding.
+        assert_eq!(denied(&["A"], &["a"]).unwrap(), "unknown config key `A`");
+        assert_eq!(
+            denied(&["trig ger"], &["trigger"]).unwrap(),
+            "unknown config key `trig ger`"
+        );
     }
 }

@@ -37,6 +37,10 @@
 //! Natively the same code builds and runs with plain `cargo test`, through
 //! [`testing`]; [`log`] then writes to standard error.
 //!
+//! Helpers that guests would otherwise each write: [`Config::deny_unknown`]
+//! refuses configuration keys a step does not know, and [`time`] reads and
+//! writes RFC 3339 timestamps as milliseconds since the Unix epoch.
+//!
 //! Errors: returning `Err` from a transform, or calling
 //! [`Emitter::dead_letter`], discards the record's outputs and sends it to the
 //! dead-letter queue with the error's text. A panic traps the instance; the
@@ -55,8 +59,9 @@ pub mod log;
 mod output;
 mod record;
 pub mod testing;
+pub mod time;
 
-pub use aggregate::{Aggregate, Window, str_key};
+pub use aggregate::{Aggregate, Extracted, Window, str_key};
 pub use config::Config;
 pub use emit::{Emitter, OutputRecord};
 pub use record::{Headers, Record};
@@ -115,7 +120,9 @@ pub use record::{Headers, Record};
 pub use sluice_sdk_macros::transform;
 
 /// Exports a windowed aggregate from a guest crate. Put it on an
-/// `impl Aggregate for MyType` block; the impl is kept as written.
+/// `impl Aggregate for MyType` block; the impl is kept as written, except
+/// that `type Parsed = ();` is declared if the impl leaves
+/// [`Aggregate::Parsed`] out.
 ///
 /// One aggregate (or transform) per crate: a component exports one world.
 /// The export glue exists only on `wasm32`, so the impl stays testable
@@ -155,8 +162,9 @@ pub use sluice_sdk_macros::transform;
 /// ```
 ///
 /// Misuse is a compile error: on anything but an `Aggregate` impl, on a
-/// generic or `unsafe` impl, and next to another aggregate or a transform
-/// in the same crate:
+/// generic or `unsafe` impl, on an impl with neither `fold` nor
+/// `fold_parsed`, and next to another aggregate or a transform in the same
+/// crate:
 ///
 /// ```compile_fail,E0428
 /// use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
@@ -171,6 +179,20 @@ pub use sluice_sdk_macros::transform;
 ///     type Acc = u64;
 ///     fn init(_: &Config) -> Result<Self, Error> { Ok(Count) }
 ///     fn fold(&mut self, n: &mut u64, _: &Record<'_>, _: i64) -> Result<(), Error> { *n += 1; Ok(()) }
+///     fn merge(&mut self, n: &mut u64, m: u64) { *n += m }
+///     fn finish(&mut self, _: &Window<'_>, _: &u64, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// use sluice_sdk::{Aggregate, Config, Emitter, Error, Window};
+///
+/// struct Count;
+///
+/// #[sluice_sdk::aggregate]
+/// impl Aggregate for Count { // error: an aggregate must define `fold` (or `fold_parsed`, ...)
+///     type Acc = u64;
+///     fn init(_: &Config) -> Result<Self, Error> { Ok(Count) }
 ///     fn merge(&mut self, n: &mut u64, m: u64) { *n += m }
 ///     fn finish(&mut self, _: &Window<'_>, _: &u64, _: &mut Emitter<'_>) -> Result<(), Error> { Ok(()) }
 /// }

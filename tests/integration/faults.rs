@@ -129,6 +129,13 @@ fn run_count_sum(
 /// computed from the remaining records, and the pipeline keeps going.
 #[test]
 fn a_trap_in_an_aggregate_fold_dead_letters_only_the_poisoned_records() {
+    fold_trap_dead_letters_only_the_poisoned_records("panic_on_amount: 13.13");
+    // With the amount kept from `extract` (the SDK's `Parsed`): every retry
+    // on a fresh instance extracts the batch again before folding.
+    fold_trap_dead_letters_only_the_poisoned_records("panic_on_amount: 13.13, parse_once: true");
+}
+
+fn fold_trap_dead_letters_only_the_poisoned_records(config: &str) {
     // 30 events of 3 users in the first minute; every 7th has the unlucky
     // amount; then one event two minutes later closes the first window.
     let event = |i: u32, t: i64, amount: f64| {
@@ -141,7 +148,7 @@ fn a_trap_in_an_aggregate_fold_dead_letters_only_the_poisoned_records() {
         })
         .collect();
     values.push((event(0, 200_000, 1.0), 200_000));
-    let (summary, out, dlq) = run_count_sum("panic_on_amount: 13.13", "{ tumbling: 1m }", &values);
+    let (summary, out, dlq) = run_count_sum(config, "{ tumbling: 1m }", &values);
 
     let poisoned: Vec<u32> = (0..30).filter(|i| i % 7 == 3).collect();
     let dead = read(&dlq);

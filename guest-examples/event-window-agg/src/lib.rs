@@ -13,12 +13,15 @@
 //!
 //! with `sum_amount` rounded to 2 decimals and the distinct users counted
 //! exactly. A value that is not such JSON is dead-lettered.
+//!
+//! Each record is parsed once, in `extract`: what `fold` needs of it (the
+//! amount and the user) is kept as the aggregate's `Parsed` value.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize, Serializer};
-use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
+use serde::{Deserialize, Serialize};
+use sluice_sdk::time::{Rfc3339Millis, parse_rfc3339};
+use sluice_sdk::{Aggregate, Config, Emitter, Error, Extracted, Record, Window};
 
 /// An input event, borrowed from the record (`event_id` is not needed).
 #[derive(Deserialize)]
@@ -42,11 +45,18 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn add_user(&mut self, user: Cow<'_, str>) {
-        if let Err(at) = self.users.binary_search_by(|u| u.as_str().cmp(&user)) {
-            self.users.insert(at, user.into_owned());
+    fn add_user(&mut self, user: &str) {
+        if let Err(at) = self.users.binary_search_by(|u| u.as_str().cmp(user)) {
+            self.users.insert(at, user.to_owned());
         }
     }
+}
+
+/// What `fold` needs of an event, parsed in `extract`.
+#[derive(Debug, Default)]
+pub struct Fold {
+    amount: f64,
+    user_id: String,
 }
 
 /// The result of a window, serialized in this field order.
@@ -66,25 +76,33 @@ pub struct EventWindowAgg;
 #[sluice_sdk::aggregate]
 impl Aggregate for EventWindowAgg {
     type Acc = Stats;
+    type Parsed = Fold;
 
     fn init(config: &Config) -> Result<Self, Error> {
-        match config.keys().next() {
-            None => Ok(EventWindowAgg),
-            Some(key) => Err(format!("unknown config key `{key}`").into()),
-        }
+        config.deny_unknown(&[])?;
+        Ok(EventWindowAgg)
     }
 
-    fn key_and_time<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64), Error> {
+    fn extract<'r>(&mut self, record: &Record<'r>) -> Result<Extracted<'r, Self>, Error> {
         let event: Event<'r> = record.json()?;
         let time = parse_rfc3339(&event.timestamp)?;
-        Ok((sluice_sdk::str_key(event.event_type), time))
+        let fold = Fold {
+            amount: event.amount,
+            user_id: event.user_id.into_owned(),
+        };
+        Ok((sluice_sdk::str_key(event.event_type), time, fold))
     }
 
-    fn fold(&mut self, acc: &mut Stats, record: &Record<'_>, _time: i64) -> Result<(), Error> {
-        let event: Event<'_> = record.json()?;
+    fn fold_parsed(
+        &mut self,
+        acc: &mut Stats,
+        _record: &Record<'_>,
+        _time: i64,
+        event: &Fold,
+    ) -> Result<(), Error> {
         acc.count += 1;
         acc.sum_amount += event.amount;
-        acc.add_user(event.user_id);
+        acc.add_user(&event.user_id);
         Ok(())
     }
 
@@ -110,34 +128,6 @@ impl Aggregate for EventWindowAgg {
             sum_amount: (acc.sum_amount * 100.0).round() / 100.0,
             unique_users: acc.users.len(),
         })
-    }
-}
-
-/// Milliseconds since the epoch of an RFC 3339 UTC time.
-fn parse_rfc3339(text: &str) -> Result<i64, Error> {
-    let time =
-        humantime::parse_rfc3339(text).map_err(|e| format!("invalid timestamp `{text}`: {e}"))?;
-    let since_epoch = time.duration_since(UNIX_EPOCH)?;
-    Ok(i64::try_from(since_epoch.as_millis())?)
-}
-
-/// Milliseconds since the epoch, serialized as RFC 3339 with milliseconds.
-struct Rfc3339Millis(i64);
-
-impl Serialize for Rfc3339Millis {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // RFC 3339 years are 0000..=9999; humantime handles 1970..=9999.
-        const YEAR_10000: u64 = 253_402_300_800_000;
-        match u64::try_from(self.0) {
-            Ok(ms) if ms < YEAR_10000 => {
-                let time: SystemTime = UNIX_EPOCH + Duration::from_millis(ms);
-                serializer.collect_str(&humantime::format_rfc3339_millis(time))
-            }
-            _ => Err(serde::ser::Error::custom(format!(
-                "time {} ms is outside 1970..=9999",
-                self.0
-            ))),
-        }
     }
 }
 

@@ -17,9 +17,9 @@
 //! first event to the last. A value that is not such JSON is dead-lettered.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+use sluice_sdk::time::{Rfc3339Millis, parse_rfc3339};
 use sluice_sdk::{Aggregate, Config, Emitter, Error, Record, Window};
 
 /// The fields of an input event this aggregate reads, borrowed from the
@@ -59,10 +59,8 @@ impl Aggregate for UserSessions {
     type Acc = Session;
 
     fn init(config: &Config) -> Result<Self, Error> {
-        match config.keys().next() {
-            None => Ok(UserSessions),
-            Some(key) => Err(format!("unknown config key `{key}`").into()),
-        }
+        config.deny_unknown(&[])?;
+        Ok(UserSessions)
     }
 
     fn key_and_time<'r>(&mut self, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64), Error> {
@@ -110,34 +108,6 @@ impl Aggregate for UserSessions {
             events: acc.events,
             duration_ms: acc.last - acc.first,
         })
-    }
-}
-
-/// Milliseconds since the epoch of an RFC 3339 UTC time.
-fn parse_rfc3339(text: &str) -> Result<i64, Error> {
-    let time =
-        humantime::parse_rfc3339(text).map_err(|e| format!("invalid timestamp `{text}`: {e}"))?;
-    let since_epoch = time.duration_since(UNIX_EPOCH)?;
-    Ok(i64::try_from(since_epoch.as_millis())?)
-}
-
-/// Milliseconds since the epoch, serialized as RFC 3339 with milliseconds.
-struct Rfc3339Millis(i64);
-
-impl Serialize for Rfc3339Millis {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // RFC 3339 years are 0000..=9999; humantime handles 1970..=9999.
-        const YEAR_10000: u64 = 253_402_300_800_000;
-        match u64::try_from(self.0) {
-            Ok(ms) if ms < YEAR_10000 => {
-                let time: SystemTime = UNIX_EPOCH + Duration::from_millis(ms);
-                serializer.collect_str(&humantime::format_rfc3339_millis(time))
-            }
-            _ => Err(serde::ser::Error::custom(format!(
-                "time {} ms is outside 1970..=9999",
-                self.0
-            ))),
-        }
     }
 }
 

@@ -1,15 +1,21 @@
 //! `#[aggregate] impl Aggregate for MyType { .. }`: exports a windowed
 //! aggregate. Only the trait form exists: an aggregate has an accumulator
 //! type and several methods, so there is no function form.
+//!
+//! The impl is kept as written, plus `type Parsed = ();` where it does not
+//! declare one (stable Rust has no defaults for associated types, and most
+//! aggregates keep nothing per record). An impl with neither `fold` nor
+//! `fold_parsed` is refused: the trait's default `fold` would dead-letter
+//! every record.
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
-use syn::Item;
+use syn::{ImplItem, Item, ItemImpl, parse_quote};
 
 use crate::{Kind, item_name, no_args, trait_impl, with_error};
 
-/// The attribute's expansion: the impl unchanged plus its export, or the
-/// item unchanged plus a spanned error.
+/// The attribute's expansion: the impl (with `type Parsed = ();` if it
+/// declares none) plus its export, or the item plus a spanned error.
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(error) = no_args(args, Kind::Aggregate) {
         return with_error(item, error);
@@ -18,15 +24,49 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(item) => item,
         Err(error) => return with_error(item, error),
     };
-    let result = match &item {
-        Item::Impl(i) => trait_impl::validate(i, Kind::Aggregate)
-            .map(|()| trait_impl::expand(i, Kind::Aggregate)),
-        other => Err(misplaced(other)),
+    let Item::Impl(i) = &item else {
+        let error = misplaced(&item);
+        return with_error(item.into_token_stream(), error);
     };
-    match result {
-        Ok(glue) => quote!(#item #glue),
-        Err(error) => with_error(item.into_token_stream(), error),
+    // Declared on the error paths too, so that a refused impl gets only the
+    // error that says why, not a missing `Parsed` besides.
+    let kept = with_parsed(i);
+    match trait_impl::validate(i, Kind::Aggregate).and_then(|()| has_fold(i)) {
+        Ok(()) => {
+            let glue = trait_impl::expand(i, Kind::Aggregate);
+            quote!(#kept #glue)
+        }
+        Err(error) => with_error(kept.into_token_stream(), error),
     }
+}
+
+/// The impl, with `type Parsed = ();` added if it declares no `Parsed`.
+fn with_parsed(i: &ItemImpl) -> ItemImpl {
+    let declared = i
+        .items
+        .iter()
+        .any(|item| matches!(item, ImplItem::Type(t) if t.ident == "Parsed"));
+    let mut i = i.clone();
+    if !declared {
+        i.items.push(parse_quote!(
+            type Parsed = ();
+        ));
+    }
+    i
+}
+
+/// Refuses an impl that defines neither `fold` nor `fold_parsed`.
+fn has_fold(i: &ItemImpl) -> syn::Result<()> {
+    let folds = i.items.iter().any(
+        |item| matches!(item, ImplItem::Fn(f) if f.sig.ident == "fold" || f.sig.ident == "fold_parsed"),
+    );
+    if folds {
+        return Ok(());
+    }
+    Err(syn::Error::new_spanned(
+        &i.self_ty,
+        "an aggregate must define `fold` (or `fold_parsed`, to fold with what `extract` parsed)",
+    ))
 }
 
 fn misplaced(item: &Item) -> syn::Error {
@@ -54,7 +94,10 @@ mod tests {
 
     #[test]
     fn exports_aggregate_impls_only_on_wasm() {
-        let out = expanded(quote!(), quote!(impl Aggregate for Sessions {}));
+        let out = expanded(
+            quote!(),
+            quote!(impl Aggregate for Sessions { fn fold() {} }),
+        );
         assert!(!out.contains("compile_error"), "{out}");
         assert!(out.contains("impl Aggregate for Sessions"), "{out}");
         assert!(out.contains("cfg (target_arch = \"wasm32\")"), "{out}");
@@ -97,6 +140,38 @@ mod tests {
             out.contains("`#[sluice_sdk::aggregate]` takes no arguments"),
             "{out}"
         );
+        assert!(!out.contains("__export_aggregate"), "{out}");
+    }
+
+    #[test]
+    fn declares_parsed_only_where_the_impl_does_not() {
+        let out = expanded(
+            quote!(),
+            quote!(impl Aggregate for Sessions { fn fold() {} }),
+        );
+        assert!(out.contains("type Parsed = () ;"), "{out}");
+        let out = expanded(
+            quote!(),
+            quote!(impl Aggregate for Sessions { type Parsed = f64; fn fold_parsed() {} }),
+        );
+        assert!(out.contains("type Parsed = f64 ;"), "{out}");
+        assert!(!out.contains("type Parsed = () ;"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn refuses_an_impl_without_a_fold_but_keeps_it() {
+        let out = expanded(
+            quote!(),
+            quote!(impl Aggregate for Sessions { type Acc = u64; fn merge() {} }),
+        );
+        assert!(
+            out.contains(
+                "an aggregate must define `fold` (or `fold_parsed`, to fold with what `extract` parsed)"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("fn merge"), "{out}");
         assert!(!out.contains("__export_aggregate"), "{out}");
     }
 

@@ -17,6 +17,7 @@ struct Collect;
 
 impl Aggregate for Collect {
     type Acc = Log;
+    type Parsed = ();
 
     fn init(config: &Config) -> Result<Self, Error> {
         match config.get("fail") {

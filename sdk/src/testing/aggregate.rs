@@ -46,6 +46,7 @@ pub fn tumbling(size: i64) -> impl Fn(i64) -> (i64, i64) {
 ///
 /// impl Aggregate for Sum {
 ///     type Acc = f64;
+///     # type Parsed = ();
 ///
 ///     fn init(_config: &Config) -> Result<Self, Error> {
 ///         Ok(Sum)
@@ -137,6 +138,7 @@ pub fn run_aggregate<T: Aggregate>(
 ///
 /// impl Aggregate for Visits {
 ///     type Acc = u32;
+///     # type Parsed = ();
 ///
 ///     fn init(_config: &Config) -> Result<Self, Error> {
 ///         Ok(Visits)

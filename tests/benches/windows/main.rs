@@ -1,5 +1,6 @@
 //! Throughput and state size of windowed aggregation: the count/sum
-//! aggregate (`tests/guests/count-sum`) through the host's window engine, in
+//! aggregate (`tests/guests/count-sum`) and the event-window example
+//! (`guest-examples/event-window-agg`) through the host's window engine, in
 //! Wasm and natively.
 //!
 //! Input: 1,000,000 sample events over 10,000 users, record timestamps 100 ms
@@ -12,6 +13,9 @@
 //!   (window, user) row and result: finish-heavy.
 //! - `tumbling-1h`: 1-hour windows, so ~10,000 (window, user) rows stay open
 //!   at once and most folds update an existing accumulator.
+//! - `event-window-agg-1m`: the event-window example, 1-minute windows per
+//!   event type (the end-to-end bench's aggregate row): a few rows, each
+//!   folding hundreds of records with their distinct users.
 //!
 //! Both with `watermark: { max_out_of_orderness: 5s, idle_timeout: 1h }` and
 //! `output: append`. Two ways:
@@ -68,21 +72,46 @@ const PARTITIONS: u64 = 4;
 const PASSES: usize = 5;
 /// The bar, in records per second through the wasm step.
 const BAR_RECORDS_PER_S: f64 = 1_000_000.0;
-const GUEST: &str = "count-sum";
+
+/// The aggregate a scenario runs, with no configuration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    /// `tests/guests/count-sum`.
+    CountSum,
+    /// `guest-examples/event-window-agg`.
+    EventWindowAgg,
+}
+
+impl Guest {
+    fn name(self) -> &'static str {
+        match self {
+            Guest::CountSum => "count-sum",
+            Guest::EventWindowAgg => "event-window-agg",
+        }
+    }
+}
 
 struct Scenario {
     name: &'static str,
+    guest: Guest,
     spec: &'static str,
 }
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "tumbling-1m",
+        guest: Guest::CountSum,
         spec: "window: { tumbling: 1m }\nwatermark: { max_out_of_orderness: 5s, idle_timeout: 1h }\noutput: append\n",
     },
     Scenario {
         name: "tumbling-1h",
+        guest: Guest::CountSum,
         spec: "window: { tumbling: 1h }\nwatermark: { max_out_of_orderness: 5s, idle_timeout: 1h }\noutput: append\n",
+    },
+    Scenario {
+        name: "event-window-agg-1m",
+        guest: Guest::EventWindowAgg,
+        spec: "window: { tumbling: 1m }\nwatermark: { max_out_of_orderness: 5s, idle_timeout: 1h }\noutput: append\n",
     },
 ];
 
@@ -230,7 +259,7 @@ impl Outcome {
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
-    let load_before = announce("Sluice window benchmark: count/sum aggregate, wasm vs native");
+    let load_before = announce("Sluice window benchmark: aggregates, wasm vs native");
     println!(
         "method: {RECORDS} sample events, {USERS} users, {BATCH}-record batches; per scenario and side 1 warm-up pass, {PASSES} alternating timed passes (median records/s), 1 phase-timing pass"
     );
@@ -246,10 +275,6 @@ fn main() -> anyhow::Result<()> {
     println!();
 
     let runtime = Runtime::new()?;
-    let path = sluice_tests::guest(GUEST);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| anyhow::anyhow!("cannot read guest {}: {e}", path.display()))?;
-    let module = runtime.load(GUEST, &bytes)?;
 
     let mut input = input;
     let mut outcomes = Vec::new();
@@ -257,9 +282,14 @@ fn main() -> anyhow::Result<()> {
         if !only.is_empty() && !only.iter().any(|o| scenario.name.contains(o.as_str())) {
             continue;
         }
+        let name = scenario.guest.name();
+        let path = sluice_tests::guest(name);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read guest {}: {e}", path.display()))?;
+        let module = runtime.load(name, &bytes)?;
         let outcome = run_scenario(&module, scenario, &mut input)?;
         println!(
-            "  {:<12} wasm {:>5.2} M rec/s, native {:>5.2} M rec/s, {} results, peak {} rows",
+            "  {:<19} wasm {:>5.2} M rec/s, native {:>5.2} M rec/s, {} results, peak {} rows",
             scenario.name,
             outcome.wasm.median.records_per_s() / 1e6,
             outcome.native.median.records_per_s() / 1e6,
@@ -305,6 +335,7 @@ fn main() -> anyhow::Result<()> {
         "bar_records_per_s": BAR_RECORDS_PER_S,
         "scenarios": outcomes.iter().map(|o| json!({
             "scenario": o.scenario.name,
+            "guest": o.scenario.guest.name(),
             "spec": o.scenario.spec,
             "wasm": o.wasm.json(),
             "native": o.native.json(),
@@ -324,8 +355,9 @@ fn run_scenario(
     let spec: WindowSpec = serde_yaml_ng::from_str(scenario.spec)?;
 
     // Both sides must agree before their times are compared.
+    let guest = scenario.guest;
     let wasm_check = wasm_pass(module, &spec, input, true)?;
-    let native_check = native_pass(&spec, input, true);
+    let native_check = native_pass(guest, &spec, input, true);
     assert_eq!(
         (wasm_check.results, wasm_check.digest),
         (native_check.results, native_check.digest),
@@ -342,13 +374,13 @@ fn run_scenario(
     let (mut wasm, mut native) = (Vec::new(), Vec::new());
     for _ in 0..PASSES {
         wasm.push(wasm_pass(module, &spec, input, false)?);
-        native.push(native_pass(&spec, input, false));
+        native.push(native_pass(guest, &spec, input, false));
     }
     for p in wasm.iter().chain(&native) {
         assert_eq!(p.results, wasm_check.results, "passes disagree");
     }
     let wasm_phases = wasm_phases(module, &spec, input)?;
-    let native_phases = native_phases(&spec, input);
+    let native_phases = native_phases(guest, &spec, input);
     Ok(Outcome {
         scenario,
         wasm: Side::from_passes(wasm, wasm_phases),
@@ -362,7 +394,7 @@ fn aggregator(module: &Module) -> anyhow::Result<sluice::runtime::Aggregator> {
     let labels = Labels {
         pipeline: Arc::from("bench"),
         step: Arc::from("windows"),
-        module: Arc::from(GUEST),
+        module: Arc::from(module.name()),
     };
     Ok(module.instantiate_aggregate(labels, Limits::default(), Vec::new())?)
 }

@@ -1,4 +1,4 @@
-//! The native side: the count-sum guest crate behind the SDK's aggregate
+//! The native side: the scenario's guest crate behind the SDK's aggregate
 //! glue (the code its wasm exports run), as the engine's `AggregateCalls`,
 //! driven by the same `WindowEngine` as the wasm side.
 
@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use count_sum::CountSumAgg;
+use event_window_agg::EventWindowAgg;
 use sluice::batch::calls::{self as window, AggregateCalls, AggregateError};
 use sluice::batch::{Batch, Columns};
 use sluice::batch::{Reason, StepOutput};
@@ -15,22 +16,23 @@ use sluice::window::{WindowEngine, WindowOutput};
 use sluice_sdk::__private::aggregate::types as wit;
 use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
+use sluice_sdk::Aggregate;
 
 use sluice_tests::bench::to_wit;
 
-use super::{Input, Pass, Phases, batch_keys, hash_results};
+use super::{Guest, Input, Pass, Phases, batch_keys, hash_results};
 
 /// The guest crate's aggregate behind the SDK glue the wasm exports run,
 /// as the engine's `AggregateCalls`: the runtime's adapter minus the
 /// boundary.
-struct Native {
-    state: AggregateState<CountSumAgg>,
+struct Native<T: Aggregate> {
+    state: AggregateState<T>,
 }
 
-impl Native {
+impl<T: Aggregate> Native<T> {
     fn new() -> Self {
         let mut state = AggregateState::new();
-        init(&mut state, Vec::new()).expect("count-sum takes no config");
+        init(&mut state, Vec::new()).expect("the bench's guests take no config");
         Self { state }
     }
 }
@@ -49,7 +51,7 @@ fn from_wit_accs(a: wit::Accumulators) -> window::Accumulators {
     }
 }
 
-impl AggregateCalls for Native {
+impl<T: Aggregate> AggregateCalls for Native<T> {
     fn fold(&mut self, r: window::FoldRequest) -> Result<window::FoldResult, AggregateError> {
         let request = wit::FoldRequest {
             accumulators: to_wit_accs(r.accumulators),
@@ -122,8 +124,8 @@ fn step_output(out: OutputBatch) -> StepOutput {
 }
 
 /// One batch natively: extract, then the engine through the native calls.
-fn native_batch(
-    native: &mut Native,
+fn native_batch<T: Aggregate>(
+    native: &mut Native<T>,
     engine: &mut WindowEngine,
     wit_batch: InputBatch,
     batch: &Batch,
@@ -145,10 +147,24 @@ fn native_batch(
     (out, keyed.dead_letters.len())
 }
 
-pub(super) fn native_pass(spec: &WindowSpec, input: &Input, digest: bool) -> Pass {
+pub(super) fn native_pass(guest: Guest, spec: &WindowSpec, input: &Input, digest: bool) -> Pass {
+    match guest {
+        Guest::CountSum => pass::<CountSumAgg>(spec, input, digest),
+        Guest::EventWindowAgg => pass::<EventWindowAgg>(spec, input, digest),
+    }
+}
+
+pub(super) fn native_phases(guest: Guest, spec: &WindowSpec, input: &Input) -> Phases {
+    match guest {
+        Guest::CountSum => phases::<CountSumAgg>(spec, input),
+        Guest::EventWindowAgg => phases::<EventWindowAgg>(spec, input),
+    }
+}
+
+fn pass<T: Aggregate>(spec: &WindowSpec, input: &Input, digest: bool) -> Pass {
     // The batches as the guest receives them (extract takes them by value).
     let wit_batches: Vec<InputBatch> = input.batches.iter().map(to_wit).collect();
-    let mut native = Native::new();
+    let mut native = Native::<T>::new();
     let mut engine = WindowEngine::new(spec.clone()).expect("valid spec");
     let mut pass = Pass::default();
     let mut hasher = DefaultHasher::new();
@@ -173,9 +189,9 @@ pub(super) fn native_pass(spec: &WindowSpec, input: &Input, digest: bool) -> Pas
     pass
 }
 
-pub(super) fn native_phases(spec: &WindowSpec, input: &Input) -> Phases {
+fn phases<T: Aggregate>(spec: &WindowSpec, input: &Input) -> Phases {
     let wit_batches: Vec<InputBatch> = input.batches.iter().map(to_wit).collect();
-    let mut native = Native::new();
+    let mut native = Native::<T>::new();
     let mut engine = WindowEngine::new(spec.clone()).expect("valid spec");
     let mut phases = Phases::default();
     let start = Instant::now();

@@ -58,9 +58,7 @@ pub struct Evil {
 #[sluice_sdk::transform]
 impl Transform for Evil {
     fn init(config: &Config) -> Result<Self, Error> {
-        if let Some(key) = config.keys().find(|k| !matches!(*k, "mode" | "trigger")) {
-            return Err(format!("unknown config key `{key}`").into());
-        }
+        config.deny_unknown(&["mode", "trigger"])?;
         let mode = match config.require("mode")? {
             "sleep" => Mode::Sleep,
             "poll" => Mode::Poll,

@@ -50,12 +50,9 @@ pub struct Faulty {
 #[sluice_sdk::transform]
 impl Transform for Faulty {
     fn init(config: &Config) -> Result<Self, Error> {
-        if let Some(key) = config.keys().find(|k| !matches!(*k, "mode" | "trigger")) {
-            return Err(format!(
-                "unknown config key `{key}` (expected `mode` and optionally `trigger`)"
-            )
-            .into());
-        }
+        config
+            .deny_unknown(&["mode", "trigger"])
+            .map_err(|e| format!("{e} (expected `mode` and optionally `trigger`)"))?;
         let mode = match config.require("mode")? {
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
