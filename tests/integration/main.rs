@@ -12,6 +12,7 @@ mod evil;
 mod faults;
 mod golden;
 mod guard;
+mod layers;
 mod metrics;
 mod parquet;
 mod pause;
