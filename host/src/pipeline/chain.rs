@@ -197,11 +197,7 @@ impl Chain {
                     reason,
                 });
             }
-            let named: Vec<Option<usize>> = result
-                .output_names
-                .iter()
-                .map(|n| self.outputs.get(n).copied())
-                .collect();
+            let named = self.configured(&result.output_names);
             for (j, record) in result.records.iter().enumerate() {
                 let i = result.inputs[j] as usize;
                 accounted[i] = true;
@@ -250,6 +246,11 @@ impl Chain {
         Ok(out)
     }
 
+    /// The configured output each of a step's output names stands for.
+    fn configured(&self, names: &[String]) -> Vec<Option<usize>> {
+        names.iter().map(|n| self.outputs.get(n).copied()).collect()
+    }
+
     /// Routes an aggregate step's results (with their window) and dead
     /// letters.
     fn route_windows(
@@ -268,11 +269,7 @@ impl Chain {
         }
         out.window_dead_letters
             .extend(result.window_dead_letters.into_iter().map(|w| (step, w)));
-        let named: Vec<Option<usize>> = result
-            .output_names
-            .iter()
-            .map(|n| self.outputs.get(n).copied())
-            .collect();
+        let named = self.configured(&result.output_names);
         for (j, record) in result.records.iter().enumerate() {
             let window = &result.windows[result.inputs[j] as usize];
             let target = match result.targets[j] {

@@ -90,45 +90,46 @@ pub trait World: Sized {
     ) -> Option<wasmtime::Result<(Self, Result<(), String>)>>;
 }
 
-impl World for TransformGuest {
-    const KIND: &'static str = "a transform";
-    const OTHER: &'static str = "an aggregate";
-    fn start(
-        pre: &Pre,
-        store: &mut Store<HostState>,
-        config: &[(String, String)],
-    ) -> Option<wasmtime::Result<(Self, Result<(), String>)>> {
-        let Pre::Transform(pre) = pre else {
-            return None;
-        };
-        Some(pre.instantiate(&mut *store).and_then(|guest| {
-            let init = guest
-                .sluice_transform_transform()
-                .call_init(&mut *store, &config.to_vec())?;
-            Ok((guest, init))
-        }))
-    }
+/// `World` for a generated guest type: its `Pre` variant and the accessor
+/// of its exported interface.
+macro_rules! world {
+    ($guest:ty, $variant:ident, $interface:ident, $kind:literal, $other:literal) => {
+        impl World for $guest {
+            const KIND: &'static str = $kind;
+            const OTHER: &'static str = $other;
+            fn start(
+                pre: &Pre,
+                store: &mut Store<HostState>,
+                config: &[(String, String)],
+            ) -> Option<wasmtime::Result<(Self, Result<(), String>)>> {
+                let Pre::$variant(pre) = pre else {
+                    return None;
+                };
+                Some(pre.instantiate(&mut *store).and_then(|guest| {
+                    let init = guest
+                        .$interface()
+                        .call_init(&mut *store, &config.to_vec())?;
+                    Ok((guest, init))
+                }))
+            }
+        }
+    };
 }
 
-impl World for AggregateGuest {
-    const KIND: &'static str = "an aggregate";
-    const OTHER: &'static str = "a transform";
-    fn start(
-        pre: &Pre,
-        store: &mut Store<HostState>,
-        config: &[(String, String)],
-    ) -> Option<wasmtime::Result<(Self, Result<(), String>)>> {
-        let Pre::Aggregate(pre) = pre else {
-            return None;
-        };
-        Some(pre.instantiate(&mut *store).and_then(|guest| {
-            let init = guest
-                .sluice_transform_aggregate()
-                .call_init(&mut *store, &config.to_vec())?;
-            Ok((guest, init))
-        }))
-    }
-}
+world!(
+    TransformGuest,
+    Transform,
+    sluice_transform_transform,
+    "a transform",
+    "an aggregate"
+);
+world!(
+    AggregateGuest,
+    Aggregate,
+    sluice_transform_aggregate,
+    "an aggregate",
+    "a transform"
+);
 
 /// A live guest instance of world `W`: its module, its store (memory cap,
 /// deadline) and counters that outlive restarts. See the module docs of
@@ -419,65 +420,34 @@ pub(super) fn step_output(output: OutputBatch, inputs_len: usize) -> Result<Step
 }
 
 /// The batch's columns are the WIT record field for field: converting
-/// moves the vectors.
-impl From<Columns> for bindings::Columns {
-    fn from(c: Columns) -> Self {
-        let Columns {
-            keys,
-            key_offsets,
-            values,
-            value_offsets,
-            flags,
-            timestamps,
-            header_offsets,
-            header_names,
-            header_name_offsets,
-            header_values,
-            header_value_offsets,
-        } = c;
-        Self {
-            keys,
-            key_offsets,
-            values,
-            value_offsets,
-            flags,
-            timestamps,
-            header_offsets,
-            header_names,
-            header_name_offsets,
-            header_values,
-            header_value_offsets,
+/// moves the vectors, both ways, from one list of the fields (a field
+/// added on one side only does not compile).
+macro_rules! columns_conversions {
+    ($($field:ident),* $(,)?) => {
+        impl From<Columns> for bindings::Columns {
+            fn from(c: Columns) -> Self {
+                Self { $($field: c.$field),* }
+            }
         }
-    }
+
+        impl From<bindings::Columns> for Columns {
+            fn from(c: bindings::Columns) -> Self {
+                Self { $($field: c.$field),* }
+            }
+        }
+    };
 }
 
-impl From<bindings::Columns> for Columns {
-    fn from(c: bindings::Columns) -> Self {
-        let bindings::Columns {
-            keys,
-            key_offsets,
-            values,
-            value_offsets,
-            flags,
-            timestamps,
-            header_offsets,
-            header_names,
-            header_name_offsets,
-            header_values,
-            header_value_offsets,
-        } = c;
-        Self {
-            keys,
-            key_offsets,
-            values,
-            value_offsets,
-            flags,
-            timestamps,
-            header_offsets,
-            header_names,
-            header_name_offsets,
-            header_values,
-            header_value_offsets,
-        }
-    }
-}
+columns_conversions!(
+    keys,
+    key_offsets,
+    values,
+    value_offsets,
+    flags,
+    timestamps,
+    header_offsets,
+    header_names,
+    header_name_offsets,
+    header_values,
+    header_value_offsets,
+);
