@@ -282,7 +282,7 @@ fn serve(
     {
         allow_hosts.push(name.to_owned());
     }
-    let store = api::store::ModuleStore::open(data)
+    let store = crate::registry::ModuleStore::open(data)
         .with_context(|| format!("cannot open the module store in {}", data.display()))?;
     let config = ApiConfig {
         token,
@@ -291,7 +291,7 @@ fn serve(
     };
     let state = AppState::new(store, Runtime::new()?, config);
     let manager = std::sync::Arc::new(
-        api::manager::Manager::open(data, state.store.clone(), allow_dir)
+        crate::manager::Manager::open(data, state.store.clone(), allow_dir)
             .with_context(|| format!("cannot open the pipelines in {}", data.display()))?,
     );
     manager.restore();

@@ -16,7 +16,7 @@ use super::{
     Desired, Entry, Manager, ManagerError, PipelineStatus, StepModule, Stored, Usage, hold, lock,
     now, persist,
 };
-use crate::api::store::{Kind, ModuleRef, StoreError};
+use crate::registry::{Kind, ModuleRef, StoreError};
 use crate::pipeline::{SwapListener, SwapRecord, SwapRequest, SwapState};
 use crate::spec::SpecError;
 

@@ -1,132 +1,20 @@
-//! The module store: content-addressed components plus a versioned index, in a
-//! data directory.
-//!
-//! ```text
-//! <data>/modules/blobs/<sha256>.wasm   the bytes, named by their hash (shared by identical uploads)
-//! <data>/modules/index.json            name -> last version number, versions [{version, sha256, ...}]
-//! ```
-//!
-//! Every write is atomic: a temp file in the same directory, fsynced, renamed
-//! into place, then the directory fsynced. A new version's blob is written
-//! before the index names it and a deleted version leaves the index before its
-//! blob goes, so a crash leaves at most an unreferenced blob, which the next
-//! [`ModuleStore::open`] removes (with any temp file). Version numbers are
-//! never reused: deleting the newest version and uploading again gives the
-//! next number, so `name@version` always means the same bytes.
+//! The store itself: the index of versions and the blobs it names.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::ModuleKind;
+use super::files::{private_dir, private_file, write_atomic};
+use super::{ModuleRef, StoreError, validate_name};
+use crate::runtime::{Inspection, ModuleKind};
 
 const INDEX_FORMAT: u32 = 1;
-
-/// Why a store operation failed. The messages are shown to API users.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(
-        "invalid module name `{0}`: use 1 to 63 lower-case letters, digits and '-', starting with a letter or digit"
-    )]
-    InvalidName(String),
-    #[error("invalid version `{0}`: versions are positive integers (1, 2, 3, ...)")]
-    InvalidVersion(String),
-    #[error("no module named `{0}`")]
-    NotFound(String),
-    #[error("module `{name}` has no version {version}")]
-    VersionNotFound { name: String, version: u32 },
-    #[error(
-        "module `{module}` is used by pipeline(s) {}; remove it from them first",
-        .pipelines.join(", ")
-    )]
-    InUse {
-        module: String,
-        pipelines: Vec<String>,
-    },
-    #[error("cannot {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the module store is damaged: {0}")]
-    Corrupt(String),
-    #[error("{0} is in use by another process (one `sluice serve` per data directory)")]
-    Locked(PathBuf),
-}
-
-impl StoreError {
-    fn io(what: impl std::fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> Self {
-        let what = format!("{what} {}", path.display());
-        move |source| Self::Io { what, source }
-    }
-}
-
-/// Checks a module name: `^[a-z0-9][a-z0-9-]{0,62}$` (so it is a safe file
-/// and URL path segment: no dots, slashes or upper case).
-pub fn validate_name(name: &str) -> Result<(), StoreError> {
-    let bytes = name.as_bytes();
-    let valid = (1..=63).contains(&bytes.len())
-        && bytes[0] != b'-'
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName(name.to_owned()))
-    }
-}
-
-/// Parses a version: a positive integer without sign or leading zeros.
-pub fn parse_version(text: &str) -> Result<u32, StoreError> {
-    let invalid = || StoreError::InvalidVersion(text.to_owned());
-    if text.is_empty() || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
-    }
-    text.parse().map_err(|_| invalid())
-}
-
-/// `name` or `name@version`, as users write it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleRef {
-    pub name: String,
-    /// `None`: every version (or the latest, depending on the operation).
-    pub version: Option<u32>,
-}
-
-impl FromStr for ModuleRef {
-    type Err = StoreError;
-
-    fn from_str(text: &str) -> Result<Self, StoreError> {
-        let (name, version) = match text.split_once('@') {
-            Some((name, version)) => (name, Some(parse_version(version)?)),
-            None => (text, None),
-        };
-        validate_name(name)?;
-        Ok(Self {
-            name: name.to_owned(),
-            version,
-        })
-    }
-}
-
-impl std::fmt::Display for ModuleRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.version {
-            Some(version) => write!(f, "{}@{version}", self.name),
-            None => f.write_str(&self.name),
-        }
-    }
-}
 
 /// Which Sluice world a stored component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +53,15 @@ pub struct VersionMeta {
 pub struct Checked {
     pub kind: Kind,
     pub exports: Vec<String>,
+}
+
+impl From<Inspection> for Checked {
+    fn from(inspection: Inspection) -> Self {
+        Self {
+            kind: inspection.kind.into(),
+            exports: inspection.exports,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -241,7 +138,8 @@ impl ModuleStore {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn blob_path(&self, sha256: &str) -> PathBuf {
+    /// Where the blob of the bytes with hash `sha256` is (or would be).
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
         self.dir.join("blobs").join(format!("{sha256}.wasm"))
     }
 
@@ -423,7 +321,7 @@ impl ModuleStore {
             },
         );
         let json = serde_json::to_vec_pretty(&*index).expect("the index serializes");
-        let written = write_atomic(&self.dir.join("index.json"), &json);
+        let written = write_atomic(&self.dir.join("index.json"), &json).map_err(StoreError::from);
         if written.is_err() {
             match previous {
                 Some(previous) => index.modules.insert(name.to_owned(), previous),
@@ -455,198 +353,5 @@ impl ModuleStore {
             }
         }
         Ok(())
-    }
-}
-
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename,
-/// fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().expect("store paths have a parent");
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = private_file(&tmp).map_err(StoreError::io("create", &tmp))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(StoreError::io("write", &tmp))?;
-        fs::rename(&tmp, path).map_err(StoreError::io("rename into place", path))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StoreError::io("fsync", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Creates `dir` and its missing parents, readable by this user only
-/// (0700): modules and pipeline documents may carry secrets.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Creates (or truncates) `path` for writing, readable by this user only
-/// (0600).
-pub fn private_file(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn checked() -> Checked {
-        Checked {
-            kind: Kind::Transform,
-            exports: vec!["sluice:transform/transform@0.1.0".into()],
-        }
-    }
-
-    fn none(_: &str, _: u32) -> Vec<String> {
-        Vec::new()
-    }
-
-    #[test]
-    fn names_versions_and_references() {
-        for ok in ["a", "0", "filter-heartbeats", "a-", &"x".repeat(63)] {
-            validate_name(ok).unwrap();
-        }
-        for bad in [
-            "",
-            "-a",
-            "A",
-            "a.b",
-            "..",
-            "a/b",
-            "a_b",
-            "é",
-            &"x".repeat(64),
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(parse_version("12").unwrap(), 12);
-        for bad in ["0", "01", "+1", "-1", "", "1.0", "99999999999"] {
-            assert!(parse_version(bad).is_err(), "{bad:?}");
-        }
-        let r: ModuleRef = "agg@3".parse().unwrap();
-        assert_eq!((r.name.as_str(), r.version), ("agg", Some(3)));
-        assert_eq!(r.to_string(), "agg@3");
-        assert_eq!("agg".parse::<ModuleRef>().unwrap().version, None);
-        assert!("agg@".parse::<ModuleRef>().is_err());
-        assert!("Agg@1".parse::<ModuleRef>().is_err());
-    }
-
-    #[test]
-    fn versions_persist_are_content_addressed_and_never_reused() {
-        let data = tempfile::tempdir().unwrap();
-        let store = ModuleStore::open(data.path()).unwrap();
-        let (v1, created) = store.add("m", b"one", checked()).unwrap();
-        assert!(created);
-        assert_eq!((v1.version, v1.size), (1, 3));
-        let (again, created) = store.add("m", b"one", checked()).unwrap();
-        assert_eq!((again.version, created), (1, false));
-        assert_eq!(store.add("m", b"two", checked()).unwrap().0.version, 2);
-        // The same bytes under another name share the blob.
-        assert_eq!(store.add("other", b"two", checked()).unwrap().0.version, 1);
-        let blobs = data.path().join("modules/blobs");
-        assert_eq!(fs::read_dir(&blobs).unwrap().count(), 2);
-
-        assert_eq!(store.remove("m", Some(2), &none).unwrap(), [2]);
-        assert_eq!(
-            fs::read_dir(&blobs).unwrap().count(),
-            2,
-            "still used by `other`"
-        );
-        assert_eq!(store.add("m", b"three", checked()).unwrap().0.version, 3);
-
-        fs::write(blobs.join(format!("{}.wasm", "0".repeat(64))), b"orphan").unwrap();
-        fs::write(data.path().join("modules/.tmp-1-1"), b"half").unwrap();
-        drop(store);
-        let store = ModuleStore::open(data.path()).unwrap();
-        let versions: Vec<u32> = store
-            .versions("m")
-            .unwrap()
-            .iter()
-            .map(|v| v.version)
-            .collect();
-        assert_eq!(versions, [1, 3]);
-        assert_eq!(store.read("m", 3).unwrap(), b"three");
-        assert_eq!(
-            fs::read_dir(&blobs).unwrap().count(),
-            3,
-            "the orphan is gone"
-        );
-        assert!(!data.path().join("modules/.tmp-1-1").exists());
-
-        assert_eq!(store.remove("m", None, &none).unwrap(), [1, 3]);
-        assert!(matches!(store.versions("m"), Err(StoreError::NotFound(_))));
-        assert_eq!(store.list().len(), 1);
-        assert_eq!(store.add("m", b"four", checked()).unwrap().0.version, 4);
-    }
-
-    #[test]
-    fn removal_is_refused_while_in_use() {
-        let data = tempfile::tempdir().unwrap();
-        let store = ModuleStore::open(data.path()).unwrap();
-        store.add("m", b"one", checked()).unwrap();
-        store.add("m", b"two", checked()).unwrap();
-        let users = |_: &str, v: u32| {
-            if v == 1 {
-                vec!["orders".to_string(), "audit".to_string()]
-            } else {
-                Vec::new()
-            }
-        };
-        let err = store.remove("m", None, &users).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "module `m` is used by pipeline(s) audit, orders; remove it from them first"
-        );
-        assert_eq!(store.remove("m", Some(2), &users).unwrap(), [2]);
-        assert!(matches!(
-            store.remove("m", Some(2), &users),
-            Err(StoreError::VersionNotFound { version: 2, .. })
-        ));
-        assert!(matches!(
-            store.remove("nope", None, &users),
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn one_process_per_data_directory() {
-        let data = tempfile::tempdir().unwrap();
-        let store = ModuleStore::open(data.path()).unwrap();
-        let err = ModuleStore::open(data.path()).unwrap_err().to_string();
-        assert!(
-            err.ends_with("is in use by another process (one `sluice serve` per data directory)"),
-            "{err}"
-        );
-        drop(store);
-        ModuleStore::open(data.path()).unwrap();
-    }
-
-    #[test]
-    fn a_damaged_index_is_an_error() {
-        let data = tempfile::tempdir().unwrap();
-        fs::create_dir_all(data.path().join("modules")).unwrap();
-        fs::write(data.path().join("modules/index.json"), b"{").unwrap();
-        let err = ModuleStore::open(data.path()).unwrap_err().to_string();
-        assert!(err.starts_with("the module store is damaged: "), "{err}");
     }
 }
