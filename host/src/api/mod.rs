@@ -387,7 +387,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidName(_) | StoreError::InvalidVersion(_) => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) | StoreError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::InUse { .. } => StatusCode::CONFLICT,
-            StoreError::Io { .. } | StoreError::Corrupt(_) | StoreError::Locked(_) => {
+            StoreError::Io(_) | StoreError::Corrupt(_) | StoreError::Locked(_) => {
                 return Self::internal(e);
             }
         };

@@ -74,7 +74,7 @@ impl From<ManagerError> for ApiError {
                 }
                 _ => return Self::internal(e),
             },
-            ManagerError::Io { .. } | ManagerError::Corrupt(_) => return Self::internal(e),
+            ManagerError::Io(_) | ManagerError::Corrupt(_) => return Self::internal(e),
         };
         Self::new(status, e.to_string())
     }

@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use super::{
     Control, Desired, Entry, FORMAT, Live, Manager, ManagerError, PipelineStatus, Start, Status,
-    Stored, io_error, lock, now,
+    Stored, lock, now,
 };
 use crate::pipeline::{Control as RunControl, RunOptions};
-use crate::registry::validate_name;
+use crate::registry::{IoError, validate_name};
 use crate::spec::{Confinement, PipelineSpec, SpecError};
 
 impl Manager {
@@ -114,7 +114,7 @@ impl Manager {
         }
         entry.halt(&mut control);
         let path = self.file(name);
-        fs::remove_file(&path).map_err(io_error("delete", &path))?;
+        fs::remove_file(&path).map_err(IoError::of("delete", &path))?;
         // Its checkpoints and outputs go with it: a pipeline created later
         // under the same name must not resume from them.
         let dir = self.data.join("pipelines").join(name);
@@ -212,7 +212,7 @@ impl Manager {
         let thread = std::thread::Builder::new()
             .name(format!("pipeline-{name}"))
             .spawn(move || run(&spec, &flag, &run_control, &live))
-            .map_err(|source| ManagerError::Io {
+            .map_err(|source| IoError {
                 what: format!("start a thread for pipeline {name}"),
                 source,
             })?;
@@ -264,7 +264,6 @@ impl Entry {
             let _ = thread.join();
         }
     }
-
 }
 
 /// The body of a pipeline's thread.

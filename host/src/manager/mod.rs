@@ -67,7 +67,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,11 +87,11 @@ mod tests;
 
 pub use status::PipelineStatus;
 
-use files::{io_error, persist};
+use files::persist;
 use modules::hold;
 
 use crate::pipeline::{Control as RunControl, Summary};
-use crate::registry::{ModuleStore, StoreError, validate_name};
+use crate::registry::{IoError, ModuleStore, StoreError, validate_name};
 use crate::spec::SpecError;
 
 const FORMAT: u32 = 1;
@@ -124,12 +123,8 @@ pub enum ManagerError {
         module: String,
         mismatch: &'static str,
     },
-    #[error("cannot {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("the pipeline store is damaged: {0}")]
     Corrupt(String),
     /// A request that cannot be carried out as asked (the message says why).
@@ -268,13 +263,13 @@ impl Manager {
         allowed: &[PathBuf],
     ) -> Result<Self, ManagerError> {
         let dir = data.join("pipelines");
-        crate::registry::private_dir(&dir).map_err(io_error("create", &dir))?;
+        crate::registry::private_dir(&dir).map_err(IoError::of("create", &dir))?;
         // Absolute: the paths of modules and checkpoints written into specs
         // must not be resolved against the spec's directory again.
-        let data = fs::canonicalize(data).map_err(io_error("resolve", data))?;
+        let data = fs::canonicalize(data).map_err(IoError::of("resolve", data))?;
         let allowed: Vec<PathBuf> = allowed
             .iter()
-            .map(|dir| fs::canonicalize(dir).map_err(io_error("resolve", dir)))
+            .map(|dir| fs::canonicalize(dir).map_err(IoError::of("resolve", dir)))
             .collect::<Result<_, _>>()?;
         // Inside the data directory, pipelines could reach each other's
         // files and the module store.
@@ -298,8 +293,8 @@ impl Manager {
             closing: AtomicBool::new(false),
         };
         let mut entries = BTreeMap::new();
-        for file in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
-            let path = file.map_err(io_error("list", &dir))?.path();
+        for file in fs::read_dir(&dir).map_err(IoError::of("list", &dir))? {
+            let path = file.map_err(IoError::of("list", &dir))?.path();
             let file_name = path.file_name().unwrap_or_default().to_string_lossy();
             if file_name.starts_with(".tmp-") {
                 let _ = fs::remove_file(&path);
@@ -308,7 +303,7 @@ impl Manager {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let bytes = fs::read(&path).map_err(io_error("read", &path))?;
+            let bytes = fs::read(&path).map_err(IoError::of("read", &path))?;
             let stored: Stored = serde_json::from_slice(&bytes)
                 .map_err(|e| ManagerError::Corrupt(format!("{}: {e}", path.display())))?;
             if path.file_stem().is_none_or(|stem| *stem != *stored.name) {

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Manager, ManagerError, StepModule, Usage, io_error, lock};
+use super::{Manager, ManagerError, StepModule, Usage, lock};
+use crate::registry::IoError;
 use crate::registry::{Kind, ModuleRef, StoreError};
 use crate::spec::{Confinement, PipelineSpec, SpecError};
 
@@ -158,11 +159,11 @@ impl Manager {
             .unwrap_or(false);
         if !current {
             let blob = self.store.blob_path(sha256);
-            crate::registry::private_dir(&dir).map_err(io_error("create", &dir))?;
+            crate::registry::private_dir(&dir).map_err(IoError::of("create", &dir))?;
             let _ = fs::remove_file(&file);
             fs::hard_link(&blob, &file)
                 .or_else(|_| fs::copy(&blob, &file).map(drop))
-                .map_err(io_error("link the module into", &file))?;
+                .map_err(IoError::of("link the module into", &file))?;
         }
         Ok(file)
     }

@@ -16,8 +16,8 @@ use super::{
     Desired, Entry, Manager, ManagerError, PipelineStatus, StepModule, Stored, Usage, hold, lock,
     now, persist,
 };
-use crate::registry::{Kind, ModuleRef, StoreError};
 use crate::pipeline::{SwapListener, SwapRecord, SwapRequest, SwapState};
+use crate::registry::{Kind, ModuleRef, StoreError};
 use crate::spec::SpecError;
 
 /// How long a request waits for the run: a pause waits for the current

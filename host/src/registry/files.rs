@@ -7,17 +7,17 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A file operation that failed: what was done (with the path) and why.
+/// An I/O operation that failed: what was done (naming the path) and why.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {what}: {source}")]
-pub struct FileError {
-    /// What was being done, ending with the path (`write /data/x`).
+pub struct IoError {
+    /// What was being done, usually ending with the path (`write /data/x`).
     pub what: String,
     #[source]
     pub source: io::Error,
 }
 
-impl FileError {
+impl IoError {
     /// Maps an `io::Error` of doing `what` to `path`.
     pub fn of(what: &str, path: &Path) -> impl FnOnce(io::Error) -> Self {
         let what = format!("{what} {}", path.display());
@@ -28,7 +28,7 @@ impl FileError {
 /// Writes `bytes` to `path` atomically and durably: a private temp file
 /// (`.tmp-<pid>-<n>`) in the same directory, fsync, rename, fsync of the
 /// directory. On failure the temp file is removed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -37,14 +37,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = private_file(&tmp).map_err(FileError::of("create", &tmp))?;
+        let mut file = private_file(&tmp).map_err(IoError::of("create", &tmp))?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .map_err(FileError::of("write", &tmp))?;
-        fs::rename(&tmp, path).map_err(FileError::of("rename into place", path))?;
+            .map_err(IoError::of("write", &tmp))?;
+        fs::rename(&tmp, path).map_err(IoError::of("rename into place", path))?;
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(FileError::of("fsync", dir))
+            .map_err(IoError::of("fsync", dir))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -46,10 +46,9 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-pub use files::{FileError, private_dir, private_file, write_atomic};
+pub use files::{IoError, private_dir, private_file, write_atomic};
 pub use names::{ModuleRef, parse_version, validate_name};
 pub use store::{Checked, Kind, ModuleStore, VersionMeta};
 
@@ -74,30 +73,10 @@ pub enum StoreError {
         module: String,
         pipelines: Vec<String>,
     },
-    #[error("cannot {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("the module store is damaged: {0}")]
     Corrupt(String),
     #[error("{0} is in use by another process (one `sluice serve` per data directory)")]
     Locked(PathBuf),
-}
-
-impl StoreError {
-    fn io(what: &str, path: &Path) -> impl FnOnce(io::Error) -> Self {
-        let error = FileError::of(what, path);
-        move |source| error(source).into()
-    }
-}
-
-impl From<FileError> for StoreError {
-    fn from(e: FileError) -> Self {
-        Self::Io {
-            what: e.what,
-            source: e.source,
-        }
-    }
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::files::{private_dir, private_file, write_atomic};
+use super::files::{IoError, private_dir, private_file, write_atomic};
 use super::{ModuleRef, StoreError, validate_name};
 use crate::runtime::{Inspection, ModuleKind};
 
@@ -95,13 +95,15 @@ impl ModuleStore {
     pub fn open(data: &Path) -> Result<Self, StoreError> {
         let dir = data.join("modules");
         let blobs = dir.join("blobs");
-        private_dir(&blobs).map_err(StoreError::io("create", &blobs))?;
+        private_dir(&blobs).map_err(IoError::of("create", &blobs))?;
         let lock_path = dir.join(".lock");
-        let lock = private_file(&lock_path).map_err(StoreError::io("create", &lock_path))?;
+        let lock = private_file(&lock_path).map_err(IoError::of("create", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
-            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path)(e)),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(IoError::of("lock", &lock_path)(e).into());
+            }
         }
         let path = dir.join("index.json");
         let index = match fs::read(&path) {
@@ -121,7 +123,7 @@ impl ModuleStore {
                 format: INDEX_FORMAT,
                 modules: BTreeMap::new(),
             },
-            Err(e) => return Err(StoreError::io("read", &path)(e)),
+            Err(e) => return Err(IoError::of("read", &path)(e).into()),
         };
         let store = Self {
             dir,
@@ -183,7 +185,7 @@ impl ModuleStore {
     pub fn read(&self, name: &str, version: u32) -> Result<Vec<u8>, StoreError> {
         let meta = self.version(name, version)?;
         let path = self.blob_path(&meta.sha256);
-        let bytes = fs::read(&path).map_err(StoreError::io("read", &path))?;
+        let bytes = fs::read(&path).map_err(IoError::of("read", &path))?;
         if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
             return Err(StoreError::Corrupt(format!(
                 "{} does not match its hash",
@@ -341,7 +343,7 @@ impl ModuleStore {
             .map(|v| format!("{}.wasm", v.sha256))
             .collect();
         for dir in [&self.dir, &blobs] {
-            let entries = fs::read_dir(dir).map_err(StoreError::io("list", dir))?;
+            let entries = fs::read_dir(dir).map_err(IoError::of("list", dir))?;
             for entry in entries.flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
                 let stale = file.starts_with(".tmp-")
