@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use sluice::batch::Batch;
 use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch};
 
-pub use sluice::cli::{Machine, loadavg};
+pub use sluice_bench::{Machine, loadavg};
 
 /// The CPUs this process may use.
 pub fn nproc() -> usize {
