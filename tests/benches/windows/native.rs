@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use count_sum::CountSumAgg;
-use sluice::batch::{Batch, Columns};
+use sluice::batch::Batch;
 use sluice::runtime::StepOutput;
 use sluice::window::{
     self, AggregateCalls, AggregateError, WindowEngine, WindowOutput, WindowSpec,
@@ -16,7 +16,7 @@ use sluice_sdk::__private::aggregate::types as wit;
 use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, init, merge};
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 
-use sluice_tests::bench::to_wit;
+use sluice_tests::bench::{from_wit_columns, to_wit};
 
 use super::{Input, Pass, Phases, batch_keys, hash_results};
 
@@ -93,21 +93,8 @@ impl AggregateCalls for Native {
 }
 
 fn step_output(out: OutputBatch) -> StepOutput {
-    let c = out.records;
     StepOutput {
-        records: Columns {
-            keys: c.keys,
-            key_offsets: c.key_offsets,
-            values: c.values,
-            value_offsets: c.value_offsets,
-            flags: c.flags,
-            timestamps: c.timestamps,
-            header_offsets: c.header_offsets,
-            header_names: c.header_names,
-            header_name_offsets: c.header_name_offsets,
-            header_values: c.header_values,
-            header_value_offsets: c.header_value_offsets,
-        },
+        records: from_wit_columns(out.records),
         inputs: out.inputs,
         targets: out.targets,
         output_names: out.output_names,
