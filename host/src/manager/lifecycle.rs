@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -93,10 +93,7 @@ impl Manager {
     /// Stops a pipeline after its current batch and waits for it.
     pub fn stop(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         let entry = self.entry(name)?;
-        let mut control = lock(&entry.control);
-        if control.deleted {
-            return Err(ManagerError::NotFound(name.to_owned()));
-        }
+        let mut control = entry.control(name)?;
         self.set_desired(&entry, Desired::Stopped)?;
         entry.halt(&mut control);
         self.forget_trials(name);
@@ -108,10 +105,7 @@ impl Manager {
     /// Stops a pipeline and forgets it.
     pub fn delete(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         let entry = self.entry(name)?;
-        let mut control = lock(&entry.control);
-        if control.deleted {
-            return Err(ManagerError::NotFound(name.to_owned()));
-        }
+        let mut control = entry.control(name)?;
         entry.halt(&mut control);
         let path = self.file(name);
         fs::remove_file(&path).map_err(IoError::of("delete", &path))?;
@@ -245,6 +239,16 @@ impl Entry {
             }),
             run: Mutex::new(None),
         }
+    }
+
+    /// Locks the pipeline's `control`, unless the pipeline (`name`) was
+    /// deleted meanwhile.
+    pub(super) fn control(&self, name: &str) -> Result<MutexGuard<'_, Control>, ManagerError> {
+        let control = lock(&self.control);
+        if control.deleted {
+            return Err(ManagerError::NotFound(name.to_owned()));
+        }
+        Ok(control)
     }
 
     /// The current run's control, if the pipeline's thread is running.
