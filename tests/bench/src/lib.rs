@@ -55,6 +55,8 @@ mod report;
 mod setup;
 mod throughput;
 
+/// Facts about the machine, for the figures of every benchmark (the
+/// criterion benches of `sluice-tests` report them too).
 pub use measure::{Machine, loadavg};
 
 use std::path::PathBuf;
