@@ -2,6 +2,7 @@
 //! `sluice_tests::brokers`), with guests built by `build.rs`.
 
 mod api;
+mod bench;
 mod cli;
 mod confine;
 mod crash;

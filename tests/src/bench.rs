@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sluice::batch::Batch;
+use sluice::batch::{Batch, Columns};
 use sluice_sdk::__private::types::{Columns as WitColumns, InputBatch};
 
-pub use sluice::cli::{Machine, loadavg};
+pub use sluice_bench::{Machine, loadavg};
 
 /// The CPUs this process may use.
 pub fn nproc() -> usize {
@@ -72,12 +72,13 @@ pub fn write_report(
     Ok(())
 }
 
-/// A host batch as a guest receives it (the SDK's view of the WIT types),
-/// for driving a guest crate natively.
-pub fn to_wit(batch: &Batch) -> InputBatch {
-    let c = batch.records.clone();
-    InputBatch {
-        records: WitColumns {
+/// Moves a `Columns` into another struct of the same eleven fields (the
+/// host's [`Columns`], the SDK's view of the WIT type): the one place the
+/// benches spell the fields out, for both directions.
+macro_rules! move_columns {
+    ($columns:expr => $to:path) => {{
+        let c = $columns;
+        $to {
             keys: c.keys,
             key_offsets: c.key_offsets,
             values: c.values,
@@ -89,7 +90,25 @@ pub fn to_wit(batch: &Batch) -> InputBatch {
             header_name_offsets: c.header_name_offsets,
             header_values: c.header_values,
             header_value_offsets: c.header_value_offsets,
-        },
+        }
+    }};
+}
+
+/// The host's columns as a guest receives them.
+pub fn to_wit_columns(columns: Columns) -> WitColumns {
+    move_columns!(columns => WitColumns)
+}
+
+/// A guest's output columns as the host holds them.
+pub fn from_wit_columns(columns: WitColumns) -> Columns {
+    move_columns!(columns => Columns)
+}
+
+/// A host batch as a guest receives it (the SDK's view of the WIT types),
+/// for driving a guest crate natively.
+pub fn to_wit(batch: &Batch) -> InputBatch {
+    InputBatch {
+        records: to_wit_columns(batch.records.clone()),
         partitions: batch.partitions.clone(),
         offsets: batch.offsets.clone(),
     }

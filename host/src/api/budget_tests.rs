@@ -6,9 +6,9 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::manager::Manager;
-use super::store::{Checked, Kind, ModuleStore};
 use super::{ApiConfig, AppState, router};
+use crate::manager::Manager;
+use crate::registry::{Checked, Kind, ModuleStore};
 use crate::runtime::Runtime;
 
 /// `\0asm`, version 1: an empty core module.

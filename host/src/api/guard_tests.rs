@@ -8,8 +8,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::store::ModuleStore;
 use super::{ApiConfig, AppState, router};
+use crate::registry::ModuleStore;
 use crate::runtime::Runtime;
 
 /// `\0asm`, version 1: an empty core module.

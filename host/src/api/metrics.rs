@@ -27,7 +27,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use super::manager::{PipelineStatus, Status};
+use crate::manager::{PipelineStatus, Status};
 use crate::pipeline::{DURATION_BUCKETS_MS, Progress};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -1,4 +1,9 @@
-//! The HTTP control plane (`sluice serve`): a module store and its API.
+//! The HTTP control plane (`sluice serve`): routes, authentication (the
+//! [`guard`] and the bearer token) and rendering (JSON error bodies,
+//! `/metrics` text, the dashboard, the OpenAPI document). The work behind
+//! the routes is done elsewhere: modules are kept by the
+//! [`crate::registry`] and checked by [`crate::runtime::inspect()`],
+//! pipelines are run by the [`crate::manager`].
 //!
 //! Routes (the full description, with request and response shapes, is
 //! `GET /v1/openapi.json`, kept in `api/openapi.json`):
@@ -49,15 +54,20 @@
 //! length or the bytes received pass it, without reading further), then
 //! checked like `sluice validate` checks a step: a component of the transform
 //! or aggregate world, compiled, instantiated with the default limits and its
-//! `init` run. Storage is [`store::ModuleStore`]; pipelines are run by
-//! [`manager::Manager`].
+//! `init` run. Storage is [`crate::registry::ModuleStore`]; pipelines are
+//! run by [`crate::manager::Manager`].
+//!
+//! # Failures
+//!
+//! Every rejection is an [`ApiError`]: the registry's, the runtime's and
+//! the manager's errors map to their status codes in one place each
+//! (`From` impls here and in `pipelines.rs`), and their messages go to the
+//! user as they are.
 
 pub mod guard;
-pub mod manager;
 pub mod metrics;
 pub mod modules;
 pub mod pipelines;
-pub mod store;
 
 #[cfg(test)]
 mod budget_tests;
@@ -80,10 +90,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::{InstantiateError, ModuleError, Runtime};
+use crate::manager::Manager;
+use crate::registry::{ModuleStore, StoreError};
+use crate::runtime::{InspectError, InstantiateError, ModuleError, Runtime};
 use crate::spec::Limits;
-use manager::Manager;
-use store::{ModuleStore, StoreError};
 
 /// Default cap on an uploaded component's size: 32 MiB.
 pub const DEFAULT_MAX_UPLOAD: u64 = 32 * 1024 * 1024;
@@ -377,7 +387,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidName(_) | StoreError::InvalidVersion(_) => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) | StoreError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::InUse { .. } => StatusCode::CONFLICT,
-            StoreError::Io { .. } | StoreError::Corrupt(_) | StoreError::Locked(_) => {
+            StoreError::Io(_) | StoreError::Corrupt(_) | StoreError::Locked(_) => {
                 return Self::internal(e);
             }
         };
@@ -406,6 +416,15 @@ impl From<ModuleError> for ApiError {
 impl From<InstantiateError> for ApiError {
     fn from(e: InstantiateError) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+    }
+}
+
+impl From<InspectError> for ApiError {
+    fn from(e: InspectError) -> Self {
+        match e {
+            InspectError::Module(e) => e.into(),
+            InspectError::Instantiate(e) => e.into(),
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //!   none) rejects the configuration or traps. 201 with
 //!   `{name, version, sha256, size, kind, exports, uploaded_at, used_by}` for
 //!   a new version, 200 with the existing version when the bytes equal the
-//!   latest version's.
+//!   latest version's. The check is [`crate::runtime::inspect()`]; the
+//!   version is stored in the [`crate::registry`].
 //! - `GET /v1/modules`: `{modules: [{name, latest_version, versions, kind, size, sha256, uploaded_at}]}`.
 //! - `GET /v1/modules/{name}`: `{name, latest_version, versions: [<version>...]}`, each version with `used_by`.
 //! - `GET /v1/modules/{name}/{version}`: one `<version>`.
@@ -30,9 +31,9 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::store::{Checked, Kind, VersionMeta, parse_version, validate_name};
 use super::{ApiError, AppState};
-use crate::runtime::{Labels, ModuleKind};
+use crate::registry::{Kind, VersionMeta, parse_version, validate_name};
+use crate::runtime;
 
 /// The module routes (state: [`AppState`]).
 pub fn routes() -> Router<AppState> {
@@ -213,9 +214,10 @@ async fn upload(
     let worker = state.clone();
     let module = name.clone();
     let (meta, created) = blocking(move || {
-        let checked = check(&worker, &module, &bytes, config);
+        let limits = worker.config.limits;
+        let inspected = runtime::inspect(&worker.runtime, &module, &bytes, limits, config);
         drop(permit);
-        Ok(worker.store.add(&module, &bytes, checked?)?)
+        Ok(worker.store.add(&module, &bytes, inspected?.into())?)
     })
     .await?;
     let meta = info(&state, &name, meta);
@@ -316,50 +318,4 @@ async fn read_limited(
         ));
     }
     Ok(bytes)
-}
-
-/// Checks a component as a pipeline step would load it: compiled, of a
-/// Sluice world, and started (its `init` run with `config`) within the
-/// default limits.
-fn check(
-    state: &AppState,
-    name: &str,
-    bytes: &[u8],
-    config: Vec<(String, String)>,
-) -> Result<Checked, ApiError> {
-    let module = state.runtime.load(name, bytes)?;
-    let labels = Labels {
-        pipeline: "(upload)".into(),
-        step: name.into(),
-        module: name.into(),
-    };
-    let limits = state.config.limits;
-    match module.kind() {
-        ModuleKind::Transform => drop(module.instantiate(labels, limits, config)?),
-        ModuleKind::Aggregate => drop(module.instantiate_aggregate(labels, limits, config)?),
-    }
-    Ok(Checked {
-        kind: module.kind().into(),
-        exports: component_exports(bytes),
-    })
-}
-
-/// The names a component exports at its top level (not those of the
-/// modules and components nested in it).
-pub fn component_exports(bytes: &[u8]) -> Vec<String> {
-    let mut exports = Vec::new();
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let Ok(payload) = payload else { break };
-        match payload {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
-                exports.extend(reader.into_iter().flatten().map(|e| e.name.name.to_owned()));
-            }
-            _ => {}
-        }
-    }
-    exports
 }

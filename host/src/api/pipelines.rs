@@ -37,10 +37,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::manager::{Manager, ManagerError, PipelineStatus};
-use super::store::StoreError;
 use super::{ApiError, AppState};
+use crate::manager::{Manager, ManagerError, PipelineStatus};
 use crate::pipeline::SwapState;
+use crate::registry::StoreError;
 
 /// The pipeline routes (state: [`AppState`]).
 pub fn routes() -> Router<AppState> {
@@ -74,7 +74,7 @@ impl From<ManagerError> for ApiError {
                 }
                 _ => return Self::internal(e),
             },
-            ManagerError::Io { .. } | ManagerError::Corrupt(_) => return Self::internal(e),
+            ManagerError::Io(_) | ManagerError::Corrupt(_) => return Self::internal(e),
         };
         Self::new(status, e.to_string())
     }

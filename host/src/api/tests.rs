@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::store::{Checked, Kind, ModuleStore};
 use super::{ApiConfig, AppState, check_exposure, router, same_token};
+use crate::registry::{Checked, Kind, ModuleStore};
 use crate::runtime::Runtime;
 
 const TOKEN: &str = "s3cret";

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::api::store::{ModuleRef, validate_name};
+use crate::registry::{ModuleRef, validate_name};
 
 /// The options of every command that talks to a `sluice serve`.
 #[derive(Debug, clap::Args)]

@@ -1,13 +1,9 @@
 //! The `sluice` command line.
 
-mod bench;
 pub mod client;
 mod dev;
 pub mod kafka_tools;
 mod pipeline_cmd;
-
-/// Facts about the machine, for the figures of every benchmark.
-pub use bench::{Machine, loadavg};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,13 +84,6 @@ enum Command {
         #[arg(long)]
         max: Option<usize>,
         topic: String,
-    },
-    /// Benchmark end to end against a running broker: a raw consume -> produce
-    /// copy, then example pipelines on the same input, then latency at a fixed
-    /// load. Prints a Markdown table and writes JSON.
-    Bench {
-        #[command(flatten)]
-        args: bench::BenchArgs,
     },
     /// Serve the control plane's HTTP API (the module store) until
     /// SIGINT/SIGTERM. Prints `listening on http://ADDR` when ready.
@@ -217,7 +206,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { args } => bench::run(&args),
         Command::Serve {
             data,
             listen,
@@ -282,7 +270,7 @@ fn serve(
     {
         allow_hosts.push(name.to_owned());
     }
-    let store = api::store::ModuleStore::open(data)
+    let store = crate::registry::ModuleStore::open(data)
         .with_context(|| format!("cannot open the module store in {}", data.display()))?;
     let config = ApiConfig {
         token,
@@ -291,7 +279,7 @@ fn serve(
     };
     let state = AppState::new(store, Runtime::new()?, config);
     let manager = std::sync::Arc::new(
-        api::manager::Manager::open(data, state.store.clone(), allow_dir)
+        crate::manager::Manager::open(data, state.store.clone(), allow_dir)
             .with_context(|| format!("cannot open the pipelines in {}", data.display()))?,
     );
     manager.restore();

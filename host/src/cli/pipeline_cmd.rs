@@ -9,8 +9,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::client::{Client, ServerArgs, text};
-use crate::api::manager::ManagerError;
-use crate::api::store::validate_name;
+use crate::manager::ManagerError;
+use crate::registry::validate_name;
 
 /// `sluice pipeline ...`.
 #[derive(Debug, clap::Args)]

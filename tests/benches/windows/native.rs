@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use count_sum::CountSumAgg;
 use event_window_agg::EventWindowAgg;
+use sluice::batch::Batch;
 use sluice::batch::calls::{self as window, AggregateCalls, AggregateError};
-use sluice::batch::{Batch, Columns};
 use sluice::batch::{Reason, StepOutput};
 use sluice::spec::window::WindowSpec;
 use sluice::window::{WindowEngine, WindowOutput};
@@ -18,7 +18,7 @@ use sluice_sdk::__private::aggregate::{AggregateState, extract, finish, fold, in
 use sluice_sdk::__private::types::{InputBatch, OutputBatch};
 use sluice_sdk::Aggregate;
 
-use sluice_tests::bench::to_wit;
+use sluice_tests::bench::{from_wit_columns, to_wit};
 
 use super::{Guest, Input, Pass, Phases, batch_keys, hash_results};
 
@@ -97,21 +97,8 @@ impl<T: Aggregate> AggregateCalls for Native<T> {
 }
 
 fn step_output(out: OutputBatch) -> StepOutput {
-    let c = out.records;
     StepOutput {
-        records: Columns {
-            keys: c.keys,
-            key_offsets: c.key_offsets,
-            values: c.values,
-            value_offsets: c.value_offsets,
-            flags: c.flags,
-            timestamps: c.timestamps,
-            header_offsets: c.header_offsets,
-            header_names: c.header_names,
-            header_name_offsets: c.header_name_offsets,
-            header_values: c.header_values,
-            header_value_offsets: c.header_value_offsets,
-        },
+        records: from_wit_columns(out.records),
         inputs: out.inputs,
         targets: out.targets,
         output_names: out.output_names,

@@ -11,8 +11,8 @@ use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::cli::kafka_tools::{self, SampleOptions, sample_record};
-use crate::spec::PipelineSpec;
+use sluice::cli::kafka_tools::{self, SampleOptions, sample_record};
+use sluice::spec::PipelineSpec;
 
 /// The example guests the bench runs, as `.wasm` file stems.
 const GUESTS: [&str; 3] = ["filter_heartbeats", "strategy_map", "event_window_agg"];
@@ -203,7 +203,7 @@ pub fn spec(p: &PipelineParams<'_>) -> anyhow::Result<(PipelineSpec, String)> {
         spec["delivery"] = json!("exactly-once");
     }
     let text = serde_json::to_string_pretty(&spec)?;
-    let spec = crate::spec::parse(&text, Path::new("/"))
+    let spec = sluice::spec::parse(&text, Path::new("/"))
         .with_context(|| format!("the bench built an invalid spec:\n{text}"))?;
     Ok((spec, text))
 }
@@ -284,11 +284,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            crate::spec::parse(&text, Path::new("/")).unwrap().name,
+            sluice::spec::parse(&text, Path::new("/")).unwrap().name,
             spec.name
         );
         assert_eq!(spec.batch.max_wait, Duration::from_millis(10));
-        assert_eq!(spec.delivery, crate::spec::Delivery::ExactlyOnce);
+        assert_eq!(spec.delivery, sluice::spec::Delivery::ExactlyOnce);
         assert_eq!(spec.checkpoint.as_ref().unwrap().dir, dir);
         assert!(spec.transforms[0].aggregate.is_some());
         assert_eq!(spec.group_id(), "sluice-bench-1a-agg");

@@ -16,8 +16,8 @@ use super::{
     Desired, Entry, Manager, ManagerError, PipelineStatus, StepModule, Stored, Usage, hold, lock,
     now, persist,
 };
-use crate::api::store::{Kind, ModuleRef, StoreError};
 use crate::pipeline::{SwapListener, SwapRecord, SwapRequest, SwapState};
+use crate::registry::{Kind, ModuleRef, StoreError};
 use crate::spec::SpecError;
 
 /// How long a request waits for the run: a pause waits for the current
@@ -39,10 +39,7 @@ impl Manager {
 
     fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineStatus, ManagerError> {
         let entry = self.entry(name)?;
-        let control = lock(&entry.control);
-        if control.deleted {
-            return Err(ManagerError::NotFound(name.to_owned()));
-        }
+        let control = entry.control(name)?;
         let Some(run) = entry.running(&control) else {
             return Err(ManagerError::NotRunning(name.to_owned()));
         };
@@ -75,10 +72,7 @@ impl Manager {
         module: &str,
     ) -> Result<(PipelineStatus, Option<SwapRecord>), ManagerError> {
         let entry = self.entry(name)?;
-        let control = lock(&entry.control);
-        if control.deleted {
-            return Err(ManagerError::NotFound(name.to_owned()));
-        }
+        let control = entry.control(name)?;
         let doc = lock(&entry.doc).clone();
         let steps = || {
             doc.modules

@@ -7,13 +7,13 @@ use serde::Serialize;
 use super::latency::Latency;
 use super::measure::{Machine, Usage};
 use super::setup::Input;
-use crate::pipeline::Summary;
+use sluice::pipeline::Summary;
 
 /// The row every other row of the same input is compared with.
 pub const RAW: &str = "raw passthrough";
 
 /// One throughput row. `seconds` is the row's wall time: see the module
-/// docs of `bench` for what it includes.
+/// docs of the crate for what it includes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub name: String,

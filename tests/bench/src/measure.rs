@@ -148,10 +148,14 @@ pub fn loadavg() -> String {
 }
 
 /// Peak RSS (MiB) of the host alone: runs the pipeline `spec` (JSON text)
-/// with `sluice run --until-caught-up` in a process of its own, under a
+/// with `<sluice> run --until-caught-up` in a process of its own, under a
 /// name (and so a consumer group) of its own, and follows the process's
 /// `VmHWM` (its peak resident set) every 10 ms until it ends.
-pub fn host_alone_peak_rss_mib(spec: &str, dir: &std::path::Path) -> anyhow::Result<f64> {
+pub fn host_alone_peak_rss_mib(
+    sluice: &std::path::Path,
+    spec: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<f64> {
     use anyhow::Context;
     let mut doc: serde_json::Value = serde_json::from_str(spec)?;
     let name = format!("{}-alone", doc["name"].as_str().unwrap_or("bench"));
@@ -159,7 +163,7 @@ pub fn host_alone_peak_rss_mib(spec: &str, dir: &std::path::Path) -> anyhow::Res
     std::fs::create_dir_all(dir)?;
     let file = dir.join(format!("{name}.json"));
     std::fs::write(&file, serde_json::to_vec_pretty(&doc)?)?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = std::process::Command::new(sluice)
         .args(["run", "--until-caught-up"])
         .arg(&file)
         .env("RUST_LOG", "warn")

@@ -14,13 +14,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use crate::pipeline::{self, RunOptions, Summary};
-use crate::runtime::Runtime;
-use crate::spec::PipelineSpec;
+use sluice::pipeline::{self, RunOptions, Summary};
+use sluice::runtime::Runtime;
+use sluice::spec::PipelineSpec;
 
 /// The host sink's producer settings, so that the baseline produces the
 /// way the host does.
-pub const HOST_PRODUCER: &[(&str, &str)] = crate::sink::PRODUCER_DEFAULTS;
+pub const HOST_PRODUCER: &[(&str, &str)] = sluice::sink::PRODUCER_DEFAULTS;
 
 /// Extra librdkafka properties, applied after the defaults.
 pub type Properties = [(String, String)];

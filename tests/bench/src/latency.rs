@@ -18,9 +18,9 @@ use serde::Serialize;
 
 use super::measure::percentile;
 use super::throughput::{Deliveries, send};
-use crate::cli::kafka_tools::{SampleOptions, now_ms, sample_record};
-use crate::pipeline::{self, RunOptions, Summary};
-use crate::spec::PipelineSpec;
+use sluice::cli::kafka_tools::{SampleOptions, now_ms, sample_record};
+use sluice::pipeline::{self, RunOptions, Summary};
+use sluice::spec::PipelineSpec;
 
 /// How long to wait, after the last record was sent, for the rest to arrive.
 const DRAIN: Duration = Duration::from_secs(15);

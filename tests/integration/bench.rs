@@ -1,0 +1,86 @@
+//! `sluice-bench`, the end-to-end benchmark, on a small input through the
+//! real broker: its command line, every row and the latency phase, the
+//! host-alone memory through the `sluice` binary, and its JSON report.
+
+use clap::Parser;
+use serde_json::Value;
+use sluice_tests::kafka_tools::{SampleOptions, sample_record};
+use sluice_tests::{brokers, guest};
+
+#[test]
+fn the_bench_runs_every_row_on_a_small_input() {
+    const RECORDS: u64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("e2e.json");
+    let modules = guest("filter-heartbeats");
+    let cli = sluice_bench::Cli::try_parse_from([
+        "sluice-bench",
+        "--brokers",
+        brokers(),
+        "--records",
+        &RECORDS.to_string(),
+        "--users",
+        "50",
+        "--partitions",
+        "2",
+        "--latency-rate",
+        "500",
+        "--latency-seconds",
+        "1",
+        "--modules",
+        modules.parent().unwrap().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--sluice",
+        env!("CARGO_BIN_EXE_sluice"),
+    ])
+    .unwrap();
+    sluice_bench::run(&cli.args).unwrap();
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "raw passthrough",
+            "filter-heartbeats",
+            "event-window-agg",
+            "raw passthrough",
+            "strategy-map",
+            "strategy-map exactly-once",
+        ]
+    );
+    for row in rows {
+        assert_eq!(row["records"], RECORDS, "{}", row["name"]);
+        assert_eq!(row["dead_lettered"], 0, "{}", row["name"]);
+    }
+    let options = SampleOptions {
+        count: RECORDS,
+        users: 50,
+        ..Default::default()
+    };
+    let heartbeats = (0..RECORDS)
+        .filter(|&n| {
+            let event: Value = serde_json::from_slice(&sample_record(&options, n).1).unwrap();
+            event["event_type"] == "heartbeat"
+        })
+        .count() as u64;
+    let outputs: Vec<u64> = rows
+        .iter()
+        .map(|r| r["outputs"].as_u64().unwrap())
+        .collect();
+    assert_eq!(outputs[0], RECORDS);
+    assert_eq!(outputs[1], RECORDS - heartbeats);
+    assert_eq!(outputs[3..], [RECORDS, RECORDS, RECORDS]);
+    // The host alone (a `sluice run` process) is measured for the
+    // at-least-once pipelines.
+    let alone: Vec<bool> = rows.iter().map(|r| r["host_rss_mib"].is_f64()).collect();
+    assert_eq!(alone, [false, true, true, false, true, false]);
+    assert!(
+        report["latency"]["end_to_end"]["measured"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
