@@ -425,7 +425,7 @@ fn instantiate(runtime: &Runtime, case: &Case) -> anyhow::Result<Transform> {
         .iter()
         .map(|&(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    Ok(module.instantiate(labels, Limits::default(), config)?)
+    Ok(Transform::new(&module, labels, Limits::default(), config)?)
 }
 
 type NativeFn = Box<dyn FnMut(&InputBatch) -> OutputBatch>;

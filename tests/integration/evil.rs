@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::runtime::{InstantiateError, Labels, Runtime};
+use sluice::runtime::{InstantiateError, Labels, Runtime, Transform};
 use sluice::spec::Limits;
 use sluice_tests::*;
 
@@ -149,7 +149,7 @@ fn instantiate(mode: &str, limits: Limits) -> Result<(), InstantiateError> {
         module: "evil".into(),
     };
     let config = vec![("mode".to_owned(), mode.to_owned())];
-    module.instantiate(labels, limits, config).map(drop)
+    Transform::new(&module, labels, limits, config).map(drop)
 }
 
 #[test]

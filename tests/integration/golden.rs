@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use sluice::batch::Batch;
 use sluice::pipeline::AggregateStep;
-use sluice::runtime::{Labels, Runtime};
+use sluice::runtime::{Aggregator, Labels, Runtime};
 use sluice::spec::Limits;
 use sluice_tests::guest;
 
@@ -41,9 +41,7 @@ fn run_case(name: &str, guest_name: &str) {
         step: name.into(),
         module: guest_name.into(),
     };
-    let aggregator = module
-        .instantiate_aggregate(labels, Limits::default(), vec![])
-        .unwrap();
+    let aggregator = Aggregator::new(&module, labels, Limits::default(), vec![]).unwrap();
     let mut step = AggregateStep::new(aggregator, window).unwrap();
 
     let input = lines(&dir.join("input.jsonl"));

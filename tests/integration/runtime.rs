@@ -1,7 +1,7 @@
 //! The Wasm runtime without Kafka: module checks, init, limits.
 
 use sluice::batch::Batch;
-use sluice::runtime::{InstantiateError, Labels, ModuleError, Runtime};
+use sluice::runtime::{InstantiateError, Labels, ModuleError, Runtime, Transform};
 use sluice::spec::Limits;
 use sluice_tests::guest;
 
@@ -45,20 +45,24 @@ fn init_rejection_and_init_trap_are_distinguished() {
     let module = rt
         .load("faulty", &std::fs::read(guest("faulty-guest")).unwrap())
         .unwrap();
-    let err = module
-        .instantiate(labels(), Limits::default(), config(&[("mode", "bogus")]))
-        .unwrap_err();
+    let err = Transform::new(
+        &module,
+        labels(),
+        Limits::default(),
+        config(&[("mode", "bogus")]),
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, InstantiateError::ConfigRejected(m) if m.starts_with("unknown mode `bogus`")),
         "{err}"
     );
-    let err = module
-        .instantiate(
-            labels(),
-            Limits::default(),
-            config(&[("mode", "init-trap")]),
-        )
-        .unwrap_err();
+    let err = Transform::new(
+        &module,
+        labels(),
+        Limits::default(),
+        config(&[("mode", "init-trap")]),
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, InstantiateError::Trapped(m) if m.contains("panicking inside init as configured")),
         "{err}"
@@ -71,13 +75,13 @@ fn one_batch_is_one_call_and_a_fault_costs_only_its_bisection() {
     let module = rt
         .load("faulty", &std::fs::read(guest("faulty-guest")).unwrap())
         .unwrap();
-    let mut t = module
-        .instantiate(
-            labels(),
-            Limits::default(),
-            config(&[("mode", "trap"), ("trigger", "r5")]),
-        )
-        .unwrap();
+    let mut t = Transform::new(
+        &module,
+        labels(),
+        Limits::default(),
+        config(&[("mode", "trap"), ("trigger", "r5")]),
+    )
+    .unwrap();
     let mut batch = Batch::with_capacity(16, 64);
     for i in 0..16 {
         batch
@@ -131,9 +135,7 @@ fn a_runtime_without_deadline_checks_gives_the_same_output() {
     let bytes = std::fs::read(guest("filter-heartbeats")).unwrap();
     let mut run = |rt: Runtime| {
         let module = rt.load("filter-heartbeats", &bytes).unwrap();
-        let mut t = module
-            .instantiate(labels(), Limits::default(), Vec::new())
-            .unwrap();
+        let mut t = Transform::new(&module, labels(), Limits::default(), Vec::new()).unwrap();
         let out = t.process(&mut batch).unwrap();
         (out.inputs, out.records.values, out.records.value_offsets)
     };

@@ -42,7 +42,7 @@ pub use deliver::{Rejected, Routing, StepInfo};
 use runner::Runner;
 
 use crate::batch::reason::Kind;
-use crate::runtime::{Labels, Module, Runtime};
+use crate::runtime::{Aggregator, Labels, Module, Runtime, Transform};
 use crate::source::NextOffset;
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
 
@@ -77,7 +77,7 @@ pub struct Summary {
 }
 
 /// Milliseconds a run spent in each stage of its batches (see
-/// [`control::Durations`]), summed over the run.
+/// `control::Durations`), summed over the run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TimeSpent {
     /// Waiting for and reading records.
@@ -146,13 +146,11 @@ pub fn load_step(
     };
     Ok(match &t.aggregate {
         None => Step::Transform(
-            module
-                .instantiate(labels, t.limits, t.config_pairs())
+            Transform::new(&module, labels, t.limits, t.config_pairs())
                 .with_context(|| field.clone())?,
         ),
         Some(window) => {
-            let aggregator = module
-                .instantiate_aggregate(labels, t.limits, t.config_pairs())
+            let aggregator = Aggregator::new(&module, labels, t.limits, t.config_pairs())
                 .with_context(|| field.clone())?;
             let step =
                 AggregateStep::new(aggregator, window.clone()).with_context(|| field.clone())?;

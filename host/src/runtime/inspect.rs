@@ -5,6 +5,7 @@
 use super::engine::Runtime;
 use super::module::{InstantiateError, ModuleError, ModuleKind};
 use super::sandbox::Labels;
+use super::{Aggregator, Transform};
 use crate::spec::Limits;
 
 /// A component that passed [`inspect`].
@@ -45,8 +46,8 @@ pub fn inspect(
         module: name.into(),
     };
     match module.kind() {
-        ModuleKind::Transform => drop(module.instantiate(labels, limits, config)?),
-        ModuleKind::Aggregate => drop(module.instantiate_aggregate(labels, limits, config)?),
+        ModuleKind::Transform => drop(Transform::new(&module, labels, limits, config)?),
+        ModuleKind::Aggregate => drop(Aggregator::new(&module, labels, limits, config)?),
     }
     Ok(Inspection {
         kind: module.kind(),

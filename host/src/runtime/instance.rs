@@ -167,15 +167,17 @@ impl<W> Instance<W> {
 }
 
 impl<W: World> Instance<W> {
-    pub(super) fn new(
-        module: Module,
+    /// A new instance of `module` in its own store, with `init(config)`
+    /// already run (`Transform::new`, `Aggregator::new`).
+    pub fn new(
+        module: &Module,
         labels: Labels,
         limits: Limits,
         config: Vec<(String, String)>,
     ) -> Result<Self, InstantiateError> {
-        let (store, guest) = start(&module, &labels, limits, &config)?;
+        let (store, guest) = start(module, &labels, limits, &config)?;
         Ok(Self {
-            module,
+            module: module.clone(),
             labels,
             limits,
             config,

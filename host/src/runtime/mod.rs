@@ -3,8 +3,9 @@
 //! A [`Runtime`] owns the engine (with an epoch ticker for deadlines) and the
 //! linker (WASI with nothing granted, plus the `log` import). [`Runtime::load`]
 //! checks and compiles a component once into a [`Module`], pre-instantiated.
-//! [`Module::instantiate`] makes a [`Transform`]: a store with a memory cap, an
-//! instance, and its `init` already run. [`Transform::process`] runs one
+//! `Transform::new` (or `Aggregator::new`, the same generic `Instance`
+//! for the other world) makes a store with a memory cap, an instance, and
+//! its `init` already run. `Transform::process` runs one
 //! micro-batch in one call across the boundary and, when the guest traps,
 //! runs out of time or memory, isolates the records responsible (see
 //! `isolate.rs`) so that only they are dead-lettered.

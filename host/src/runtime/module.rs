@@ -4,12 +4,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::aggregate::Aggregator;
 use super::bindings::{AGGREGATE_EXPORT, AggregateGuestPre, TRANSFORM_EXPORT, TransformGuestPre};
 use super::engine::Runtime;
-use super::instance::Transform;
-use super::sandbox::{HostState, Labels};
-use crate::spec::Limits;
+use super::sandbox::HostState;
 
 /// Why a module cannot be loaded. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -147,25 +144,5 @@ impl Module {
 
     pub(super) fn runtime(&self) -> &Runtime {
         &self.inner.runtime
-    }
-
-    /// A new instance in its own store, with `init(config)` already run.
-    pub fn instantiate(
-        &self,
-        labels: Labels,
-        limits: Limits,
-        config: Vec<(String, String)>,
-    ) -> Result<Transform, InstantiateError> {
-        Transform::new(self.clone(), labels, limits, config)
-    }
-
-    /// Like [`Module::instantiate`], for an aggregate module.
-    pub fn instantiate_aggregate(
-        &self,
-        labels: Labels,
-        limits: Limits,
-        config: Vec<(String, String)>,
-    ) -> Result<Aggregator, InstantiateError> {
-        Aggregator::new(self.clone(), labels, limits, config)
     }
 }

@@ -73,7 +73,7 @@
 //! copies into the fold request, `O(f log f)` to finalize `f` windows
 //! (whatever the number open), `O(p)` over partitions for the watermark. Hopping windows
 //! multiply timers and merged accumulators by `size / slide` (at most
-//! [`MAX_PANES_PER_WINDOW`]). See `state.rs` for the layout.
+//! [`crate::spec::window::MAX_PANES_PER_WINDOW`]). See `state.rs` for the layout.
 //!
 //! # Failures
 //!

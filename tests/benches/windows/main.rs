@@ -52,7 +52,7 @@ use sluice::batch::calls::{self as window, AggregateCalls, AggregateError};
 use sluice::batch::{Batch, Columns};
 use sluice::cli::kafka_tools::{SampleOptions, sample_record};
 use sluice::pipeline::AggregateStep;
-use sluice::runtime::{Labels, Module, Runtime};
+use sluice::runtime::{Aggregator, Labels, Module, Runtime};
 use sluice::spec::Limits;
 use sluice::spec::window::WindowSpec;
 use sluice::window::{BatchKeys, WindowEngine, WindowOutput};
@@ -390,13 +390,18 @@ fn run_scenario(
 
 // ---------------------------------------------------------------- wasm side
 
-fn aggregator(module: &Module) -> anyhow::Result<sluice::runtime::Aggregator> {
+fn aggregator(module: &Module) -> anyhow::Result<Aggregator> {
     let labels = Labels {
         pipeline: Arc::from("bench"),
         step: Arc::from("windows"),
         module: Arc::from(module.name()),
     };
-    Ok(module.instantiate_aggregate(labels, Limits::default(), Vec::new())?)
+    Ok(Aggregator::new(
+        module,
+        labels,
+        Limits::default(),
+        Vec::new(),
+    )?)
 }
 
 /// All batches through a fresh `AggregateStep`, as the pipeline runs it.
