@@ -85,28 +85,11 @@ async fn without_a_manager_the_routes_say_so() {
 }
 
 #[tokio::test]
-async fn the_pipeline_routes_are_documented() {
+async fn the_pipeline_document_schema_names_every_field() {
+    // Which routes are documented is `api::tests::health_and_openapi`'s.
     let f = open();
     let (status, doc) = send(&f, Method::GET, "/v1/openapi.json", "").await;
     assert_eq!(status, StatusCode::OK);
-    let paths = &doc["paths"];
-    for (path, methods) in [
-        ("/metrics", &["get"][..]),
-        ("/v1/pipelines", &["get", "post"]),
-        ("/v1/pipelines/{name}", &["get", "delete"]),
-        ("/v1/pipelines/{name}/stop", &["post"]),
-        ("/v1/pipelines/{name}/start", &["post"]),
-        ("/v1/pipelines/{name}/pause", &["post"]),
-        ("/v1/pipelines/{name}/resume", &["post"]),
-        ("/v1/pipelines/{name}/swap", &["post"]),
-    ] {
-        for method in methods {
-            assert!(
-                paths[path][method].is_object(),
-                "{method} {path} is not documented"
-            );
-        }
-    }
     assert_eq!(
         doc["components"]["schemas"]["Pipeline"]["required"],
         json!([
