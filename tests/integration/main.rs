@@ -24,4 +24,5 @@ mod secrets;
 mod serve;
 mod server;
 mod swap;
+mod tasks;
 mod windows;

@@ -19,7 +19,10 @@
 //! and state per source partition can later move between processes.
 //!
 //! Format 2 added the lineage and the digests; a format 1 checkpoint still
-//! loads (with neither).
+//! loads (with neither). Format 3 added the task: a pipeline that runs as
+//! tasks keeps one checkpoint directory per task, and each checkpoint says
+//! which source partition it holds and the source topics' partition counts
+//! it was taken with; a checkpoint of the whole pipeline has none.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -37,7 +40,7 @@ use crate::spec::CheckpointSpec;
 use crate::window::EngineSnapshot;
 
 /// Bumped when the layout of [`Checkpoint`] changes incompatibly.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// A source partition's next offset to process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +67,33 @@ pub struct Checkpoint {
     pub lineage: String,
     /// Each step's module when the checkpoint was taken (empty: format 1).
     pub modules: Vec<StepDigest>,
+    /// The task this checkpoint belongs to; `None` for the whole pipeline.
+    pub task: Option<TaskLayout>,
+}
+
+/// Which task a checkpoint belongs to, and the partition layout of the
+/// source it was cut from: a task's state is only valid for the same
+/// layout (a key's partition depends on the partition count).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLayout {
+    /// The source partition number the task owns (of every source topic).
+    pub partition: i32,
+    /// Each source topic and its partition count.
+    pub topics: Vec<(String, i32)>,
+}
+
+/// Format 2: [`Checkpoint`] without the task.
+#[derive(Serialize, Deserialize)]
+struct CheckpointV2 {
+    format: u32,
+    pipeline: String,
+    epoch: u64,
+    sources: Vec<SourcePosition>,
+    sinks: Vec<SinkPosition>,
+    windows: Option<EngineSnapshot>,
+    parquet: Vec<(String, ParquetCommit)>,
+    lineage: String,
+    modules: Vec<StepDigest>,
 }
 
 /// Format 1: [`Checkpoint`] without the lineage and the digests.
@@ -90,6 +120,7 @@ impl Checkpoint {
             parquet: Vec::new(),
             lineage: String::new(),
             modules: Vec::new(),
+            task: None,
         }
     }
 
@@ -102,6 +133,22 @@ impl Checkpoint {
             postcard::take_from_bytes::<u32>(bytes).context("cannot decode the checkpoint")?;
         match format {
             FORMAT => postcard::from_bytes(bytes).context("cannot decode the checkpoint"),
+            2 => {
+                let c: CheckpointV2 =
+                    postcard::from_bytes(bytes).context("cannot decode the checkpoint")?;
+                Ok(Self {
+                    format: c.format,
+                    pipeline: c.pipeline,
+                    epoch: c.epoch,
+                    sources: c.sources,
+                    sinks: c.sinks,
+                    windows: c.windows,
+                    parquet: c.parquet,
+                    lineage: c.lineage,
+                    modules: c.modules,
+                    task: None,
+                })
+            }
             1 => {
                 let c: CheckpointV1 =
                     postcard::from_bytes(bytes).context("cannot decode the checkpoint")?;
@@ -115,10 +162,11 @@ impl Checkpoint {
                     parquet: c.parquet,
                     lineage: String::new(),
                     modules: Vec::new(),
+                    task: None,
                 })
             }
             _ => anyhow::bail!(
-                "checkpoint format {format} is not supported (this Sluice reads 1 and {FORMAT})"
+                "checkpoint format {format} is not supported (this Sluice reads 1 to {FORMAT})"
             ),
         }
     }
@@ -168,8 +216,14 @@ pub struct Recovered {
 impl Checkpoints {
     /// Opens the checkpoint directory and reads the newest valid checkpoint
     /// and the epochs logged after it. Refuses to start when checkpoints
-    /// exist but none is valid.
-    pub fn open(spec: &CheckpointSpec, pipeline: &str) -> anyhow::Result<(Self, Recovered)> {
+    /// exist but none is valid. `task`: the task whose directory `spec.dir`
+    /// is (`None`: the whole pipeline's); a checkpoint of another task or
+    /// another partition layout is refused.
+    pub fn open(
+        spec: &CheckpointSpec,
+        pipeline: &str,
+        task: Option<&TaskLayout>,
+    ) -> anyhow::Result<(Self, Recovered)> {
         let store = LocalDirStore::open(&spec.dir, spec.keep).with_context(|| {
             format!(
                 "cannot open the checkpoint directory {}",
@@ -197,6 +251,7 @@ impl Checkpoints {
                     c.lineage,
                     store.lineage()
                 );
+                check_task(&c, id, &spec.dir, task)?;
                 Some(c)
             }
         };
@@ -278,6 +333,51 @@ impl Checkpoints {
     }
 }
 
+/// Refuses checkpoint `id` of `dir` unless it belongs to `task` (and the
+/// same source partition layout).
+fn check_task(
+    c: &Checkpoint,
+    id: u64,
+    dir: &Path,
+    task: Option<&TaskLayout>,
+) -> anyhow::Result<()> {
+    let dir = dir.display();
+    match (&c.task, task) {
+        (None, None) => Ok(()),
+        (Some(had), None) => anyhow::bail!(
+            "checkpoint {id} in {dir} belongs to task {} (partition {}), not to the whole pipeline",
+            had.partition,
+            had.partition
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "checkpoint {id} in {dir} is a checkpoint of the whole pipeline, not of a task"
+        ),
+        (Some(had), Some(now)) if had.partition != now.partition => anyhow::bail!(
+            "checkpoint {id} in {dir} belongs to the task of partition {}, not {}",
+            had.partition,
+            now.partition
+        ),
+        (Some(had), Some(now)) if had.topics != now.topics => anyhow::bail!(
+            "checkpoint {id} in {dir} was taken when the source topics had {} partitions; they now \
+             have {}: a task's state is only valid for the partition layout it was cut from (keys \
+             move between partitions when the count changes). Restore the partition counts, or \
+             remove the checkpoint directory to start over",
+            layout_text(&had.topics),
+            layout_text(&now.topics)
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `a: 4, b: 4`
+fn layout_text(topics: &[(String, i32)]) -> String {
+    topics
+        .iter()
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Crashes the process here when `SLUICE_FAILPOINT` names this point, for
 /// crash tests: `before-outputs` (exactly-once: an epoch logged, none of its
 /// records sent), `after-outputs` (outputs acknowledged, checkpoint not yet
@@ -347,7 +447,7 @@ mod tests {
             keep: 3,
             sync: false,
         };
-        let (mut checkpoints, _) = Checkpoints::open(&spec, "p").unwrap();
+        let (mut checkpoints, _) = Checkpoints::open(&spec, "p", None).unwrap();
         let lineage = checkpoints.lineage().to_owned();
         checkpoints
             .save(&Checkpoint {
@@ -356,7 +456,7 @@ mod tests {
             })
             .unwrap();
         drop(checkpoints);
-        let error = format!("{:#}", Checkpoints::open(&spec, "p").unwrap_err());
+        let error = format!("{:#}", Checkpoints::open(&spec, "p", None).unwrap_err());
         assert_eq!(
             error,
             format!(

@@ -23,6 +23,8 @@ mod checkpoint;
 mod control;
 mod deliver;
 mod runner;
+mod task;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -32,7 +34,7 @@ use serde::Serialize;
 
 pub use aggregate::{AggregateOutput, AggregateStep, StepError, WindowDeadLetter};
 pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, ResultWindow, Routed, Step};
-pub use checkpoint::{Checkpoint, SourcePosition};
+pub use checkpoint::{Checkpoint, SourcePosition, TaskLayout};
 pub use control::{
     Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,
     SwapState,
@@ -127,30 +129,51 @@ pub fn load_step(
     i: usize,
     file: &std::path::Path,
 ) -> anyhow::Result<Step> {
-    let t = &spec.transforms[i];
-    let name = t.step_name();
-    let field = format!("transforms[{i}] ({name})");
+    let module = load_module(spec, runtime, i, file)?;
+    start_step(spec, i, &module)
+}
+
+/// Loads and compiles step `i`'s component from `file`.
+fn load_module(
+    spec: &PipelineSpec,
+    runtime: &Runtime,
+    i: usize,
+    file: &std::path::Path,
+) -> anyhow::Result<Module> {
+    let field = step_field(spec, i);
     let bytes =
         std::fs::read(file).with_context(|| format!("{field}: cannot read {}", file.display()))?;
     let module_name = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let module = runtime
+    runtime
         .load(&module_name, &bytes)
-        .with_context(|| format!("{field}: {}", file.display()))?;
+        .with_context(|| format!("{field}: {}", file.display()))
+}
+
+/// `transforms[i] (name)`, for errors.
+fn step_field(spec: &PipelineSpec, i: usize) -> String {
+    format!("transforms[{i}] ({})", spec.transforms[i].step_name())
+}
+
+/// Starts an instance of `module` as step `i` of `spec` (its `init` runs
+/// with the step's config).
+fn start_step(spec: &PipelineSpec, i: usize, module: &Module) -> anyhow::Result<Step> {
+    let t = &spec.transforms[i];
+    let field = step_field(spec, i);
     let labels = Labels {
         pipeline: spec.name.as_str().into(),
-        step: name.as_str().into(),
-        module: module_name.into(),
+        step: t.step_name().as_str().into(),
+        module: module.name().into(),
     };
     Ok(match &t.aggregate {
         None => Step::Transform(
-            Transform::new(&module, labels, t.limits, t.config_pairs())
+            Transform::new(module, labels, t.limits, t.config_pairs())
                 .with_context(|| field.clone())?,
         ),
         Some(window) => {
-            let aggregator = Aggregator::new(&module, labels, t.limits, t.config_pairs())
+            let aggregator = Aggregator::new(module, labels, t.limits, t.config_pairs())
                 .with_context(|| field.clone())?;
             let step =
                 AggregateStep::new(aggregator, window.clone()).with_context(|| field.clone())?;
@@ -175,7 +198,22 @@ pub fn run_with(
 ) -> anyhow::Result<Summary> {
     let started = std::time::Instant::now();
     let runtime = Runtime::new().context("cannot start the Wasm runtime")?;
+    let tasks = spec.parallelism.tasks();
+    task::check_mode(spec, tasks)?;
+    if tasks {
+        let modules = (0..spec.transforms.len())
+            .map(|i| load_module(spec, &runtime, i, &spec.transforms[i].module))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return worker::run(spec, &runtime, &modules, options, stop, control, started);
+    }
     let transforms = load_steps(spec, &runtime)?;
+    let (chain, routing) = chain_of(spec, transforms);
+    let io = runner::Io::new(spec)?;
+    Runner::new(spec, runtime, chain, routing, control, io, None)?.run(options, stop, started)
+}
+
+/// The chain of `steps` and how its results are routed.
+fn chain_of(spec: &PipelineSpec, steps: Vec<Step>) -> (Chain, Routing) {
     let routing = Routing {
         pipeline: spec.name.clone(),
         outputs: spec
@@ -189,7 +227,7 @@ pub fn run_with(
         steps: spec
             .transforms
             .iter()
-            .zip(&transforms)
+            .zip(&steps)
             .map(|(t, x)| {
                 let module = step_module(x);
                 StepInfo {
@@ -201,8 +239,7 @@ pub fn run_with(
             .collect(),
     };
     let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
-    let chain = Chain::new(transforms, &output_names, DEFAULT_OUTPUT);
-    Runner::new(spec, runtime, chain, routing, control)?.run(options, stop, started)
+    (Chain::new(steps, &output_names, DEFAULT_OUTPUT), routing)
 }
 
 /// The module behind a step.
@@ -226,6 +263,50 @@ pub(super) fn hold_back(mut offsets: Vec<NextOffset>, chain: &Chain) -> Vec<Next
         }
     }
     offsets
+}
+
+impl std::ops::AddAssign for Summary {
+    /// The summary of two parts of a run (two tasks): counts add up, event
+    /// time is that of the slower part (the lower watermark).
+    fn add_assign(&mut self, other: Self) {
+        self.batches += other.batches;
+        self.records_in += other.records_in;
+        for (name, n) in other.outputs {
+            *self.outputs.entry(name).or_default() += n;
+        }
+        self.dead_lettered += other.dead_lettered;
+        for (kind, n) in other.dead_letter_reasons {
+            *self.dead_letter_reasons.entry(kind).or_default() += n;
+        }
+        self.dropped += other.dropped;
+        self.quarantined += other.quarantined;
+        self.time += other.time;
+        self.windows = match (self.windows.take(), other.windows) {
+            (Some(mut a), Some(b)) => {
+                a.watermark = match (a.watermark, b.watermark) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    _ => None,
+                };
+                a.partitions.extend(b.partitions);
+                a.partitions.sort_by_key(|p| (p.partition, p.source));
+                a.state_rows += b.state_rows;
+                a.state_bytes += b.state_bytes;
+                a.open_windows += b.open_windows;
+                a.late_records += b.late_records;
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+impl std::ops::AddAssign for TimeSpent {
+    fn add_assign(&mut self, other: Self) {
+        self.fetch_ms += other.fetch_ms;
+        self.transform_ms += other.transform_ms;
+        self.sink_ms += other.sink_ms;
+        self.checkpoint_ms += other.checkpoint_ms;
+    }
 }
 
 impl Summary {

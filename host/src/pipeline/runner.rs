@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
+use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, TaskLayout, failpoint};
 use super::control::{Control, Durations};
 use super::deliver::{self, Eos, Rejected, Routing};
 use super::{Chain, ChainOutput, RunOptions, Summary, TimeSpent};
@@ -32,22 +32,58 @@ use crate::sink::{
     BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, Quarantine, SinkPosition,
     end_offsets, written_since,
 };
-use crate::source::{CommitMode, KafkaSource, NextOffset, ReplaySource, source_partitions};
-use crate::spec::{Delivery, PipelineSpec};
+use crate::source::{
+    CommitMode, KafkaSource, NextOffset, ReplaySource, SourceBatch, source_partitions,
+};
+use crate::spec::{CheckpointSpec, Delivery, PipelineSpec};
 use crate::window::WindowEngine;
 
 /// How long a pipeline with windows waits without records before letting
 /// processing time pass in its window engine (idle partitions stop holding
 /// the watermark back, and windows that became due are emitted).
-const TICK: Duration = Duration::from_secs(1);
+pub(super) const TICK: Duration = Duration::from_secs(1);
 /// The shortest idle wake-up for commits.
-const MIN_TICK: Duration = Duration::from_millis(10);
+pub(super) const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// How many batches may be produced and not yet acknowledged. More than
 /// one, so that the producer's linger and the broker's round trip never
 /// stall the loop between two short batches; offsets are still committed
 /// in batch order.
 const MAX_IN_FLIGHT: usize = 16;
+
+/// What a run shares with the other tasks of its pipeline: the producer
+/// and the stage that feeds it.
+#[derive(Clone)]
+pub(super) struct Io {
+    sink: Arc<KafkaSink>,
+    send: Arc<send::SendStage>,
+}
+
+impl Io {
+    /// The pipeline's producer, started, with a send stage of its own.
+    pub fn new(spec: &PipelineSpec) -> anyhow::Result<Self> {
+        let quarantine = match &spec.checkpoint {
+            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
+            None => Quarantine::log_only(),
+        };
+        let sink = Arc::new(
+            KafkaSink::new(&spec.kafka, &spec.name, quarantine)
+                .context("cannot create the Kafka producer")?,
+        );
+        sink.start(&spec.dead_letter.topic);
+        Self::with_sink(spec, sink)
+    }
+
+    /// Another send stage for `sink` (one per worker).
+    pub fn with_sink(spec: &PipelineSpec, sink: Arc<KafkaSink>) -> anyhow::Result<Self> {
+        let send = Arc::new(send::SendStage::start(sink.clone(), &spec.name)?);
+        Ok(Self { sink, send })
+    }
+
+    pub fn sink(&self) -> &Arc<KafkaSink> {
+        &self.sink
+    }
+}
 
 /// A batch produced but not yet acknowledged.
 struct InFlight {
@@ -72,7 +108,12 @@ pub(super) struct Runner<'a> {
     output_names: Vec<String>,
     sink: Arc<KafkaSink>,
     /// Hands batches to `sink` on a thread of its own.
-    send: send::SendStage,
+    send: Arc<send::SendStage>,
+    /// The task this run is (partition `p` of every source topic), or
+    /// `None` for a run of the whole pipeline.
+    task: Option<TaskLayout>,
+    /// Whether the run keeps checkpoints (set by [`Self::start`]).
+    checkpointed: bool,
     /// Per configured output, its Parquet sink if it has one.
     parquet: Vec<Option<ParquetSink>>,
     checkpoints: Option<Checkpoints>,
@@ -108,18 +149,11 @@ impl<'a> Runner<'a> {
         chain: Chain,
         routing: Routing,
         control: Option<&'a Control>,
+        io: Io,
+        task: Option<TaskLayout>,
     ) -> anyhow::Result<Self> {
         let output_names: Vec<String> = spec.outputs.keys().cloned().collect();
-        let quarantine = match &spec.checkpoint {
-            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
-            None => Quarantine::log_only(),
-        };
-        let sink = Arc::new(
-            KafkaSink::new(&spec.kafka, &spec.name, quarantine)
-                .context("cannot create the Kafka producer")?,
-        );
-        sink.start(&spec.dead_letter.topic);
-        let send = send::SendStage::start(sink.clone(), &spec.name)?;
+        let Io { sink, send } = io;
         Ok(Self {
             spec,
             runtime,
@@ -137,6 +171,8 @@ impl<'a> Runner<'a> {
             output_names,
             sink,
             send,
+            task,
+            checkpointed: false,
             parquet: Vec::new(),
             checkpoints: None,
             exactly_once: spec.delivery == Delivery::ExactlyOnce,
@@ -159,9 +195,9 @@ impl<'a> Runner<'a> {
         stop: &AtomicBool,
         started: Instant,
     ) -> anyhow::Result<Summary> {
-        let checkpointed = self.recover()?;
-        let positions = checkpointed.then_some(&self.positions);
-        let mut source = KafkaSource::new(self.spec, options.until_caught_up, positions)?;
+        self.start()?;
+        let positions = self.checkpointed.then_some(&self.positions);
+        let mut source = KafkaSource::new(self.spec, options.until_caught_up, positions, None)?;
         tracing::info!(
             topics = ?self.spec.source.topics,
             group = %self.spec.group_id(),
@@ -170,19 +206,12 @@ impl<'a> Runner<'a> {
             ready_ms = started.elapsed().as_millis() as u64,
             "pipeline started"
         );
-        if self.chain.aggregate().is_some() {
-            source.set_tick(TICK);
-        } else if !checkpointed {
-            // Wake up while idle, to commit what was acknowledged since.
-            source.set_tick(self.spec.source.commit_interval.clamp(MIN_TICK, TICK));
+        if let Some(tick) = self.tick() {
+            source.set_tick(tick);
         }
-        self.read = self.positions.clone();
-        if let Some(control) = self.control {
-            control.watch_ends(source.reported_ends());
-        }
+        self.begin(&source);
         let never = AtomicBool::new(false);
         let wake = self.control.map_or(&never, Control::woken);
-        self.last_batch_end = Instant::now();
         loop {
             if let Some(control) = self.control
                 && wake.load(Ordering::Relaxed)
@@ -197,67 +226,131 @@ impl<'a> Runner<'a> {
             if next.batch.is_empty() && self.chain.aggregate().is_none() {
                 continue; // woken up by a request, or a tick
             }
-            self.durations = Durations {
-                fetch: ms(fetch_started.elapsed()),
-                ..Durations::default()
-            };
-            // An empty batch is a tick: processing time passing for the
-            // windows. It is an epoch like any other, so a replay sees it.
-            self.epoch += 1;
-            let now_ms = super::now_ms();
-            if self.exactly_once && self.checkpoints.is_some() {
-                let epoch = Epoch::of(
-                    &next.batch,
-                    now_ms,
-                    &self.spec.source.topics,
-                    self.modules(),
-                );
-                if let Some(c) = &mut self.checkpoints {
-                    c.log(self.epoch, &epoch)?;
-                }
-            }
-            let eos = self.exactly_once.then_some(Eos {
-                epoch: self.epoch,
-                written: None,
-            });
-            let records = next.batch.len();
-            let ack = self.process(next.batch, now_ms, eos)?;
-            for o in &next.commit {
-                self.read.insert((o.source, o.partition), o.offset);
-            }
-            let commit = if checkpointed {
-                next.commit
-            } else {
-                super::hold_back(next.commit, &self.chain)
-            };
-            for o in &commit {
-                self.positions.insert((o.source, o.partition), o.offset);
-            }
-            self.in_flight.push_back(InFlight { ack, commit });
-            let waiting = Instant::now();
-            while self.in_flight.len() > MAX_IN_FLIGHT {
-                let done = self.in_flight.pop_front().expect("not empty");
-                self.finish(&source, done)?;
-            }
-            if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
-                self.checkpoint(Some(&source))?;
-            }
-            self.durations.checkpoint = ms(waiting.elapsed());
-            self.add_time();
-            if let Some(control) = self.control {
-                self.publish(control, records);
-            }
-            self.last_batch_end = Instant::now();
+            self.run_batch(next, ms(fetch_started.elapsed()), &source)?;
         }
+        self.end(&source)
+    }
+
+    /// Recovers (see the module docs); then the run is ready for
+    /// [`Self::begin`].
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.checkpointed = self.recover()?;
+        Ok(())
+    }
+
+    /// Where to resume each source partition from, if the run keeps
+    /// checkpoints (else the consumer group knows).
+    pub fn resume_positions(&self) -> Option<&HashMap<(u16, i32), i64>> {
+        self.checkpointed.then_some(&self.positions)
+    }
+
+    /// How long the source may wait without records before this run wants
+    /// an empty batch: processing time for windows, or commits.
+    pub fn tick(&self) -> Option<Duration> {
+        if self.chain.aggregate().is_some() {
+            Some(TICK)
+        } else if !self.checkpointed {
+            // Wake up while idle, to commit what was acknowledged since.
+            Some(self.spec.source.commit_interval.clamp(MIN_TICK, TICK))
+        } else {
+            None
+        }
+    }
+
+    /// Whether an empty batch means anything to this run (processing
+    /// time passing for its windows).
+    pub fn wants_ticks(&self) -> bool {
+        self.chain.aggregate().is_some()
+    }
+
+    /// When its last batch ended.
+    pub fn last_batch_end(&self) -> Instant {
+        self.last_batch_end
+    }
+
+    /// Before the first batch from `source`.
+    pub fn begin(&mut self, source: &KafkaSource) {
+        self.read = self.positions.clone();
+        if let Some(control) = self.control {
+            control.watch_ends(source.reported_ends());
+        }
+        self.last_batch_end = Instant::now();
+    }
+
+    /// Runs one batch from the source (empty: a tick), which took
+    /// `fetch_ms` to gather.
+    pub fn run_batch(
+        &mut self,
+        next: SourceBatch,
+        fetch_ms: f64,
+        source: &KafkaSource,
+    ) -> anyhow::Result<()> {
+        self.durations = Durations {
+            fetch: fetch_ms,
+            ..Durations::default()
+        };
+        // An empty batch is a tick: processing time passing for the
+        // windows. It is an epoch like any other, so a replay sees it.
+        self.epoch += 1;
+        let now_ms = super::now_ms();
+        if self.exactly_once && self.checkpoints.is_some() {
+            let epoch = Epoch::of(
+                &next.batch,
+                now_ms,
+                &self.spec.source.topics,
+                self.modules(),
+            );
+            if let Some(c) = &mut self.checkpoints {
+                c.log(self.epoch, &epoch)?;
+            }
+        }
+        let eos = self.exactly_once.then_some(Eos {
+            epoch: self.epoch,
+            written: None,
+        });
+        let records = next.batch.len();
+        let ack = self.process(next.batch, now_ms, eos)?;
+        for o in &next.commit {
+            self.read.insert((o.source, o.partition), o.offset);
+        }
+        let commit = if self.checkpointed {
+            next.commit
+        } else {
+            super::hold_back(next.commit, &self.chain)
+        };
+        for o in &commit {
+            self.positions.insert((o.source, o.partition), o.offset);
+        }
+        self.in_flight.push_back(InFlight { ack, commit });
+        let waiting = Instant::now();
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            let done = self.in_flight.pop_front().expect("not empty");
+            self.finish(source, done)?;
+        }
+        if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
+            self.checkpoint(Some(source))?;
+        }
+        self.durations.checkpoint = ms(waiting.elapsed());
+        self.add_time();
+        if let Some(control) = self.control {
+            self.publish(control, records);
+        }
+        self.last_batch_end = Instant::now();
+        Ok(())
+    }
+
+    /// After the last batch: everything acknowledged, committed and
+    /// checkpointed, the producer flushed.
+    pub fn end(mut self, source: &KafkaSource) -> anyhow::Result<Summary> {
         self.abandon_trial();
-        self.drain(&source)?;
+        self.drain(source)?;
         if self.checkpoints.is_some() && self.saved != Some(self.epoch) {
-            self.checkpoint(Some(&source))?;
+            self.checkpoint(Some(source))?;
         }
         self.sink
             .flush(Duration::from_secs(30))
             .context("cannot flush the Kafka producer")?;
-        tracing::info!(summary = ?self.summary, "pipeline stopped");
+        tracing::info!(task = ?self.task.as_ref().map(|t| t.partition), summary = ?self.summary, "stopped");
         Ok(self.summary)
     }
 
@@ -270,7 +363,14 @@ impl<'a> Runner<'a> {
             self.parquet = self.open_parquet(None)?;
             return Ok(false);
         };
-        let (checkpoints, recovered) = Checkpoints::open(cspec, &spec.name)?;
+        let cspec = match &self.task {
+            None => cspec.clone(),
+            Some(task) => CheckpointSpec {
+                dir: super::task::dir(&cspec.dir, task.partition),
+                ..cspec.clone()
+            },
+        };
+        let (checkpoints, recovered) = Checkpoints::open(&cspec, &spec.name, self.task.as_ref())?;
         Arc::make_mut(&mut self.routing).lineage = checkpoints.lineage().to_owned();
         self.checkpoints = Some(checkpoints);
         let checkpoint = recovered.checkpoint;
@@ -313,7 +413,11 @@ impl<'a> Runner<'a> {
     /// Tells the aggregate step (if any) which partitions to wait for.
     fn expect_partitions(&mut self) -> anyhow::Result<()> {
         if let Some(step) = self.chain.aggregate_mut() {
-            step.expect_partitions(&source_partitions(self.spec)?);
+            let mut partitions = source_partitions(self.spec)?;
+            if let Some(task) = &self.task {
+                partitions.retain(|&(_, p)| p == task.partition);
+            }
+            step.expect_partitions(&partitions);
         }
         Ok(())
     }
@@ -331,8 +435,13 @@ impl<'a> Runner<'a> {
                     .as_ref()
                     .map(|p| {
                         let recovered = checkpoint.and_then(|c| c.parquet_commit(name));
-                        ParquetSink::open(name, p, recovered)
-                            .with_context(|| format!("outputs.{name}.parquet"))
+                        match &self.task {
+                            None => ParquetSink::open(name, p, recovered),
+                            Some(task) => {
+                                ParquetSink::open_for_task(name, p, recovered, task.partition)
+                            }
+                        }
+                        .with_context(|| format!("outputs.{name}.parquet"))
                     })
                     .transpose()
             })
@@ -552,6 +661,10 @@ impl<'a> Runner<'a> {
     /// Brings the summary up to date with what the sink could not send:
     /// outputs dead-lettered for their size, records quarantined.
     fn count_undeliverable(&mut self) {
+        if self.task.is_some() {
+            // The producer is the pipeline's: its workers count for it.
+            return;
+        }
         let too_large = self.sink.too_large();
         let new = too_large - self.too_large_counted;
         if new > 0 {
@@ -568,7 +681,7 @@ impl<'a> Runner<'a> {
 
     /// Finishes the oldest batches as long as they are acknowledged,
     /// without waiting.
-    fn finish_acknowledged(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
+    pub fn finish_acknowledged(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
         while self.in_flight.front().is_some_and(|b| b.ack.is_done()) {
             let done = self.in_flight.pop_front().expect("not empty");
             self.finish(source, done)?;
@@ -626,6 +739,7 @@ impl<'a> Runner<'a> {
             parquet,
             lineage: self.routing.lineage.clone(),
             modules: self.modules(),
+            task: self.task.clone(),
             ..Checkpoint::new(&spec.name)
         };
         failpoint("after-outputs");

@@ -45,6 +45,12 @@ pub struct SourceBatch {
     pub commit: Vec<NextOffset>,
 }
 
+/// One task's batch of a round, being filled.
+struct Slot {
+    batch: Batch,
+    commit: BTreeMap<(u16, i32), i64>,
+}
+
 /// For one partition in a batch, the offset after its last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextOffset {
@@ -127,6 +133,9 @@ pub struct KafkaSource {
     held: VecDeque<OwnedMessage>,
     /// When the end offsets were last asked for while paused.
     ends_asked: Option<Instant>,
+    /// Run as tasks: per source partition number, the index of its task's
+    /// batch in [`Self::next_batches`]. `None`: one batch for everything.
+    slots: Option<HashMap<i32, usize>>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -147,10 +156,16 @@ impl KafkaSource {
     /// position, or where the group's committed offset (else `start`) says
     /// for partitions the checkpoint does not know: the checkpoint, not the
     /// group, is then the truth about what was processed.
+    ///
+    /// With `tasks` (a worker's tasks: the partition numbers it owns), the
+    /// consumer is assigned those partitions of every source topic only,
+    /// and [`Self::next_batches`] gives one batch per task, in `tasks`'
+    /// order.
     pub fn new(
         spec: &PipelineSpec,
         until_caught_up: bool,
         positions: Option<&HashMap<(u16, i32), i64>>,
+        tasks: Option<&[i32]>,
     ) -> Result<Self, SourceError> {
         let mut config = ClientConfig::new();
         config
@@ -199,9 +214,20 @@ impl KafkaSource {
         for topic in topics {
             let ids = topic_partitions(&consumer, &spec.kafka.brokers, topic)?;
             if let Some(index) = spec.source.topics.iter().position(|s| s == topic) {
-                partitions.extend(ids.into_iter().map(|p| (index as u16, p)));
+                partitions.extend(
+                    ids.into_iter()
+                        .filter(|p| tasks.is_none_or(|tasks| tasks.contains(p)))
+                        .map(|p| (index as u16, p)),
+                );
             }
         }
+        let slots = tasks.map(|tasks| {
+            tasks
+                .iter()
+                .enumerate()
+                .map(|(slot, &partition)| (partition, slot))
+                .collect::<HashMap<i32, usize>>()
+        });
 
         let remaining = if until_caught_up {
             Some(end_offsets(
@@ -215,15 +241,15 @@ impl KafkaSource {
             None
         };
         match positions {
-            None => {
+            None if tasks.is_none() => {
                 let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topic_refs)?;
             }
-            Some(positions) => {
+            _ => {
                 let mut tpl = TopicPartitionList::with_capacity(partitions.len());
                 for &(source, partition) in &partitions {
                     let offset = positions
-                        .get(&(source, partition))
+                        .and_then(|p| p.get(&(source, partition)))
                         .map_or(Offset::Stored, |&o| Offset::Offset(o));
                     tpl.add_partition_offset(
                         &spec.source.topics[source as usize],
@@ -244,6 +270,7 @@ impl KafkaSource {
             paused: HashSet::new(),
             held: VecDeque::new(),
             ends_asked: None,
+            slots,
         })
     }
 
@@ -353,28 +380,45 @@ impl KafkaSource {
         stop: &AtomicBool,
         wake: &AtomicBool,
     ) -> Result<Option<SourceBatch>, SourceError> {
+        debug_assert!(self.slots.is_none(), "a task source gives batches per task");
+        Ok(self
+            .next_batches(stop, wake)?
+            .map(|mut batches| batches.swap_remove(0)))
+    }
+
+    /// Like [`Self::next_batch`], for a source of tasks: one batch per task
+    /// (in the order of the `tasks` given to [`Self::new`]; some may be
+    /// empty), built as the records arrive. The round closes when one
+    /// task's batch is full, or `max_wait` after its first record.
+    pub fn next_batches(
+        &mut self,
+        stop: &AtomicBool,
+        wake: &AtomicBool,
+    ) -> Result<Option<Vec<SourceBatch>>, SourceError> {
         let polling_since = Instant::now();
         let max_bytes = self.trigger.max_bytes.as_u64() as usize;
-        let mut batch = Batch::with_capacity(self.trigger.max_records, max_bytes.min(16 << 20));
-        let mut commit: BTreeMap<(u16, i32), i64> = BTreeMap::new();
+        let max_records = self.trigger.max_records;
+        let n = self.slots.as_ref().map_or(1, HashMap::len).max(1);
+        let mut round: Vec<Slot> = (0..n)
+            .map(|_| Slot {
+                batch: Batch::with_capacity(
+                    max_records.div_ceil(n),
+                    max_bytes.min(16 << 20).div_ceil(n),
+                ),
+                commit: BTreeMap::new(),
+            })
+            .collect();
+        let mut full = false;
         let mut closes_at: Option<Instant> = None;
-        while batch.len() < self.trigger.max_records
-            && let Some(message) = self.held.pop_front()
-        {
-            Self::take(
-                &self.topics,
-                &mut self.remaining,
-                &mut batch,
-                &mut commit,
-                &message,
-            );
+        while !full && let Some(message) = self.held.pop_front() {
+            full = self.take(&mut round, &message);
             closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
         }
         loop {
             if stop.load(Ordering::Relaxed) || self.caught_up() || wake.load(Ordering::Relaxed) {
                 break;
             }
-            if batch.len() >= self.trigger.max_records {
+            if full {
                 break;
             }
             let timeout = match closes_at {
@@ -384,17 +428,17 @@ impl KafkaSource {
             match self.consumer.poll(timeout) {
                 None => {}
                 Some(Ok(message)) => {
-                    Self::take(
+                    full = Self::take_into(
                         &self.topics,
+                        self.slots.as_ref(),
                         &mut self.remaining,
-                        &mut batch,
-                        &mut commit,
+                        &mut round,
                         &message,
+                        max_records,
+                        max_bytes,
                     );
                     closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
-                    if batch.len() >= self.trigger.max_records
-                        || batch.records.data_bytes() >= max_bytes
-                    {
+                    if full {
                         break;
                     }
                 }
@@ -414,32 +458,57 @@ impl KafkaSource {
                 break;
             }
         }
-        if batch.is_empty() && (stop.load(Ordering::Relaxed) || self.caught_up()) {
+        if round.iter().all(|s| s.batch.is_empty())
+            && (stop.load(Ordering::Relaxed) || self.caught_up())
+        {
             return Ok(None);
         }
-        Ok(Some(SourceBatch {
-            batch,
-            commit: commit
+        Ok(Some(
+            round
                 .into_iter()
-                .map(|((source, partition), offset)| NextOffset {
-                    source,
-                    partition,
-                    offset,
+                .map(|slot| SourceBatch {
+                    batch: slot.batch,
+                    commit: slot
+                        .commit
+                        .into_iter()
+                        .map(|((source, partition), offset)| NextOffset {
+                            source,
+                            partition,
+                            offset,
+                        })
+                        .collect(),
                 })
                 .collect(),
-        }))
+        ))
     }
 
-    /// Adds a consumed record to the batch, its offset to the batch's
-    /// commit, and (with `--until-caught-up`) notes its partition done at
-    /// its end offset. (Not a method: a polled record borrows the consumer.)
-    fn take<M: Message>(
+    /// [`Self::take_into`] for a held message.
+    fn take(&mut self, round: &mut [Slot], message: &OwnedMessage) -> bool {
+        Self::take_into(
+            &self.topics,
+            self.slots.as_ref(),
+            &mut self.remaining,
+            round,
+            message,
+            self.trigger.max_records,
+            self.trigger.max_bytes.as_u64() as usize,
+        )
+    }
+
+    /// Adds a consumed record to its task's batch, its offset to that
+    /// batch's commit, and (with `--until-caught-up`) notes its partition
+    /// done at its end offset. Returns whether that batch is now full.
+    /// (Not a method: a polled record borrows the consumer.)
+    fn take_into<M: Message>(
         topics: &[String],
+        slots: Option<&HashMap<i32, usize>>,
         remaining: &mut Option<HashMap<(u16, i32), i64>>,
-        batch: &mut Batch,
-        commit: &mut BTreeMap<(u16, i32), i64>,
+        round: &mut [Slot],
         message: &M,
-    ) where
+        max_records: usize,
+        max_bytes: usize,
+    ) -> bool
+    where
         M::Headers: crate::kafka_headers::AsBorrowedHeaders,
     {
         let source = topics
@@ -447,6 +516,8 @@ impl KafkaSource {
             .position(|t| t == message.topic())
             .unwrap_or(0) as u16;
         let (partition, offset) = (message.partition(), message.offset());
+        let slot = slots.map_or(0, |s| s.get(&partition).copied().unwrap_or(0));
+        let Slot { batch, commit } = &mut round[slot];
         super::push_message(batch, source, message);
         commit.insert((source, partition), offset + 1);
         if let Some(remaining) = remaining
@@ -456,6 +527,7 @@ impl KafkaSource {
         {
             remaining.remove(&(source, partition));
         }
+        batch.len() >= max_records || batch.records.data_bytes() >= max_bytes
     }
 
     /// A partition at its end reports EOF; its position then tells whether it

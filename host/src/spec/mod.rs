@@ -61,7 +61,73 @@ pub struct PipelineSpec {
     /// `at-least-once` (default) or `exactly-once` (needs `checkpoint`).
     #[serde(default)]
     pub delivery: Delivery,
+    /// How many worker threads run the pipeline's tasks (one task per
+    /// source partition number; see `pipeline::worker`). `1` (default):
+    /// one run loop over every partition, as a whole.
+    #[serde(default)]
+    pub parallelism: Parallelism,
 }
+
+/// `parallelism`: a number of worker threads, or `auto` (the cores this
+/// process may use), in either case at most one per task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallelism {
+    Workers(std::num::NonZeroUsize),
+    Auto,
+}
+
+impl Default for Parallelism {
+    fn default() -> Self {
+        Self::Workers(std::num::NonZeroUsize::MIN)
+    }
+}
+
+impl Parallelism {
+    /// Workers for `tasks` tasks: never more than the tasks, at least one.
+    pub fn workers(self, tasks: usize) -> usize {
+        let wanted = match self {
+            Self::Workers(n) => n.get(),
+            Self::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        wanted.min(tasks).max(1)
+    }
+
+    /// Whether the pipeline runs as tasks (per-partition state and
+    /// checkpoints) rather than as one whole.
+    pub fn tasks(self) -> bool {
+        self != Self::default()
+    }
+}
+
+impl<'de> Deserialize<'de> for Parallelism {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "auto" => Ok(Self::Auto),
+            Raw::Number(n) => usize::try_from(n)
+                .ok()
+                .and_then(std::num::NonZeroUsize::new)
+                .filter(|n| n.get() <= MAX_PARALLELISM)
+                .map(Self::Workers)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "parallelism must be `auto` or a number from 1 to {MAX_PARALLELISM}, not {n}"
+                    ))
+                }),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "parallelism must be `auto` or a number from 1 to {MAX_PARALLELISM}, not \"{w}\""
+            ))),
+        }
+    }
+}
+
+/// The most worker threads a spec may ask for.
+pub const MAX_PARALLELISM: usize = 256;
 
 /// Where and how often checkpoints are taken.
 #[derive(Debug, Clone, Deserialize)]

@@ -43,8 +43,14 @@ pub struct FileRename {
 impl FileRename {
     /// The temp and final names of the `n`th file started in `epoch` in
     /// partition directory `dir` (`""` for none): `part-{epoch:012}-{n:04}.parquet`.
+    #[cfg(test)]
     pub(super) fn new(dir: &str, epoch: u64, n: u32) -> Self {
-        let name = format!("part-{epoch:012}-{n:04}");
+        Self::tagged(dir, "", epoch, n)
+    }
+
+    /// Like [`Self::new`], with `tag` after `part-` (a task's files).
+    pub(super) fn tagged(dir: &str, tag: &str, epoch: u64, n: u32) -> Self {
+        let name = format!("part-{tag}{epoch:012}-{n:04}");
         let prefix = if dir.is_empty() {
             String::new()
         } else {
@@ -285,9 +291,12 @@ pub(super) struct Swept {
     pub(super) visible: usize,
 }
 
-/// Deletes every temp file below `dir`, and directories left empty by
-/// that; counts the visible part files.
-pub(super) fn sweep(dir: &Path, swept: &mut Swept) -> Result<(), ParquetError> {
+/// Deletes every temp file below `dir` whose name has `tag` after
+/// `.part-`, and (with no tag: the only writer of the tree) directories
+/// left empty by that; counts the visible part files of that tag. A task
+/// leaves empty directories alone: another task may be about to write in
+/// them.
+pub(super) fn sweep(dir: &Path, tag: &str, swept: &mut Swept) -> Result<(), ParquetError> {
     let entries = fs::read_dir(dir).map_err(|e| ParquetError::io("list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| ParquetError::io("list", dir, e))?;
@@ -299,15 +308,25 @@ pub(super) fn sweep(dir: &Path, swept: &mut Swept) -> Result<(), ParquetError> {
         let name = name.to_string_lossy();
         if ty.is_dir() {
             let before = swept.deleted;
-            sweep(&path, swept)?;
-            if swept.deleted > before && is_empty_dir(&path) {
+            sweep(&path, tag, swept)?;
+            if tag.is_empty() && swept.deleted > before && is_empty_dir(&path) {
                 // Left by a partition whose only files were temp ones.
                 fs::remove_dir(&path).map_err(|e| ParquetError::io("remove", &path, e))?;
             }
-        } else if ty.is_file() && name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+        } else if ty.is_file()
+            && name
+                .strip_prefix(TEMP_PREFIX)
+                .is_some_and(|rest| rest.starts_with(tag))
+            && name.ends_with(TEMP_SUFFIX)
+        {
             fs::remove_file(&path).map_err(|e| ParquetError::io("delete", &path, e))?;
             swept.deleted += 1;
-        } else if ty.is_file() && name.starts_with("part-") && name.ends_with(".parquet") {
+        } else if ty.is_file()
+            && name
+                .strip_prefix("part-")
+                .is_some_and(|rest| rest.starts_with(tag))
+            && name.ends_with(".parquet")
+        {
             swept.visible += 1;
         }
     }

@@ -48,6 +48,8 @@ impl Fixed {
 pub struct ParquetSink {
     name: String,
     root: PathBuf,
+    /// What its file names start with after `part-` (a task's tag).
+    tag: String,
     fixed: Option<Fixed>,
     partition_field: Option<String>,
     time: Option<Vec<Item<'static>>>,
@@ -72,11 +74,32 @@ impl ParquetSink {
     /// the newest valid checkpoint, if any: its renames are finished first,
     /// then every other temp file below `spec.path` is deleted (it holds
     /// work that never reached a checkpoint).
-    #[tracing::instrument(skip_all, fields(output = name))]
     pub fn open(
         name: &str,
         spec: &ParquetSpec,
         recovered: Option<&ParquetCommit>,
+    ) -> Result<Self, ParquetError> {
+        Self::open_tagged(name, spec, recovered, String::new())
+    }
+
+    /// Like [`Self::open`], for the task of source partition `task`: its
+    /// files are named `part-t{task:05}-...` and only its own temp files
+    /// are swept, so the tasks of a pipeline share the output directory.
+    pub fn open_for_task(
+        name: &str,
+        spec: &ParquetSpec,
+        recovered: Option<&ParquetCommit>,
+        task: i32,
+    ) -> Result<Self, ParquetError> {
+        Self::open_tagged(name, spec, recovered, format!("t{task:05}-"))
+    }
+
+    #[tracing::instrument(skip_all, fields(output = name, tag))]
+    fn open_tagged(
+        name: &str,
+        spec: &ParquetSpec,
+        recovered: Option<&ParquetCommit>,
+        tag: String,
     ) -> Result<Self, ParquetError> {
         spec.validate().map_err(ParquetError::Spec)?;
         let root = spec.path.clone();
@@ -110,7 +133,7 @@ impl ParquetSink {
             );
         }
         let mut swept = file::Swept::default();
-        file::sweep(&root, &mut swept)?;
+        file::sweep(&root, &tag, &mut swept)?;
         if swept.deleted > 0 {
             tracing::info!(
                 deleted = swept.deleted,
@@ -138,6 +161,7 @@ impl ParquetSink {
         Ok(Self {
             name: name.to_owned(),
             root,
+            tag,
             fixed,
             partition_field,
             time,
@@ -303,7 +327,7 @@ impl ParquetSink {
             .expect("rows exist only once the schema is fixed");
         OpenFile::create(
             &self.root,
-            FileRename::new(dir, epoch, n),
+            FileRename::tagged(dir, &self.tag, epoch, n),
             &fixed.columns,
             &fixed.arrow,
             &self.props,

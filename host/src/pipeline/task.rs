@@ -1,0 +1,87 @@
+//! Tasks: how a pipeline with `parallelism` other than 1 is cut up.
+//!
+//! A task is one source partition number: partition `p` of every source
+//! topic (topics read together are co-partitioned, as in a Kafka Streams
+//! task). It is the unit of work, state and recovery: a task has its own
+//! chain of guest instances, window state and watermark, epoch log and
+//! checkpoints (in `<checkpoint.dir>/tasks/<p>/`), Parquet files (named
+//! `part-t<p>-...`) and exactly-once lineage, so that it can run on any
+//! worker, and later on any process, without the others. Only the
+//! compiled modules and the producer are shared.
+//!
+//! A task's checkpoints record the partition counts of the source topics
+//! they were cut from: a key's partition depends on them, so a task's state
+//! is refused under another layout rather than misread. The checkpoint of
+//! a whole pipeline (parallelism 1) and those of tasks are not converted
+//! into each other: each mode refuses the other's directory, saying so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::TaskLayout;
+use crate::spec::PipelineSpec;
+
+/// The subdirectory of the checkpoint directory that holds the tasks'.
+const TASKS_DIR: &str = "tasks";
+
+/// The checkpoint directory of the task of partition `partition`.
+pub fn dir(root: &Path, partition: i32) -> PathBuf {
+    root.join(TASKS_DIR).join(format!("{partition:05}"))
+}
+
+/// The tasks of a source whose topics have these partitions (index into
+/// the source topics, partition): one per partition number, in order.
+pub fn layouts(spec: &PipelineSpec, partitions: &[(u16, i32)]) -> Vec<TaskLayout> {
+    let mut counts: BTreeMap<u16, i32> = BTreeMap::new();
+    for &(source, _) in partitions {
+        *counts.entry(source).or_default() += 1;
+    }
+    let topics: Vec<(String, i32)> = counts
+        .into_iter()
+        .map(|(source, n)| (spec.source.topics[source as usize].clone(), n))
+        .collect();
+    let mut numbers: Vec<i32> = partitions.iter().map(|&(_, p)| p).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+        .into_iter()
+        .map(|partition| TaskLayout {
+            partition,
+            topics: topics.clone(),
+        })
+        .collect()
+}
+
+/// Refuses a checkpoint directory written in the other mode: per-task
+/// checkpoints when the pipeline runs whole (`tasks` false), or a whole
+/// pipeline's checkpoint when it runs as tasks.
+pub fn check_mode(spec: &PipelineSpec, tasks: bool) -> anyhow::Result<()> {
+    let Some(checkpoint) = &spec.checkpoint else {
+        return Ok(());
+    };
+    let root = &checkpoint.dir;
+    if tasks && root.join("LINEAGE").is_file() {
+        anyhow::bail!(
+            "the checkpoint directory {} holds checkpoints of the whole pipeline (written with \
+             parallelism 1); a pipeline with parallelism other than 1 keeps one per task, and the \
+             whole pipeline's state cannot be split between tasks: set `parallelism: 1` to \
+             continue from it, or remove the directory to start over",
+            root.display()
+        );
+    }
+    let tasks_dir = root.join(TASKS_DIR);
+    if !tasks
+        && tasks_dir
+            .read_dir()
+            .is_ok_and(|mut entries| entries.next().is_some())
+    {
+        anyhow::bail!(
+            "the checkpoint directory {} holds per-task checkpoints (written with parallelism \
+             other than 1) under {}; they cannot be joined into one for parallelism 1: set \
+             `parallelism` as before to continue from them, or remove the directory to start over",
+            root.display(),
+            tasks_dir.display()
+        );
+    }
+    Ok(())
+}

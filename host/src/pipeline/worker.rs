@@ -1,0 +1,222 @@
+//! Workers: the threads that run a pipeline's tasks (see `task.rs`) when
+//! its `parallelism` is not 1.
+//!
+//! Task `p` (the `i`th partition number) goes to worker `i mod N`. A worker
+//! has its own consumer, assigned its tasks' partitions of every source
+//! topic, and polls it into one batch per task: a record is appended to
+//! its task's batch as it arrives, so no thread touches records of
+//! partitions it does not own. Each task's batch then runs through that
+//! task's own chain, window state and epoch log, exactly as a whole
+//! pipeline's batch does (`runner.rs`); its offsets are committed, or
+//! checkpointed, per task after its outputs are acknowledged, so outputs
+//! keep their per-partition order. A worker has its own send stage; the
+//! producer is the pipeline's.
+//!
+//! A worker that fails stops the others, which end cleanly (their
+//! batches acknowledged, committed, checkpointed); the run then fails with
+//! the first error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::checkpoint::TaskLayout;
+use super::control::Control;
+use super::runner::{Io, Runner, TICK};
+use super::{RunOptions, Summary, chain_of, start_step, task};
+use crate::batch::reason::Kind;
+use crate::runtime::{Module, Runtime};
+use crate::source::{KafkaSource, source_partitions};
+use crate::spec::PipelineSpec;
+
+/// How often the workers look at the caller's stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `spec` as tasks on worker threads until `stop` is set (or caught
+/// up, if asked); `modules` are its steps' compiled modules.
+pub(super) fn run(
+    spec: &PipelineSpec,
+    runtime: &Runtime,
+    modules: &[Module],
+    options: RunOptions,
+    stop: &AtomicBool,
+    control: Option<&Control>,
+    started: Instant,
+) -> anyhow::Result<Summary> {
+    let partitions = source_partitions(spec)?;
+    let layouts = task::layouts(spec, &partitions);
+    let workers = spec.parallelism.workers(layouts.len());
+    let mut groups: Vec<Vec<TaskLayout>> = vec![Vec::new(); workers];
+    for (i, layout) in layouts.into_iter().enumerate() {
+        groups[i % workers].push(layout);
+    }
+    let io = Io::new(spec)?;
+    tracing::info!(
+        topics = ?spec.source.topics,
+        group = %spec.group_id(),
+        tasks = groups.iter().map(Vec::len).sum::<usize>(),
+        workers,
+        "pipeline starting as tasks"
+    );
+    // Set by the caller's stop, or by a worker that failed.
+    let halt = AtomicBool::new(false);
+    let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(workers);
+        for (w, tasks) in groups.into_iter().enumerate() {
+            let (halt, io) = (&halt, &io);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-w{w}", spec.name))
+                .spawn_scoped(scope, move || {
+                    let result = Io::with_sink(spec, io.sink().clone()).and_then(|io| {
+                        work(spec, runtime, modules, tasks, io, options, halt, control)
+                    });
+                    if result.is_err() {
+                        halt.store(true, Ordering::Relaxed);
+                    }
+                    result.with_context(|| format!("worker {w}"))
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    halt.store(true, Ordering::Relaxed);
+                    handles.clear();
+                    return vec![Err(anyhow::Error::new(e).context("cannot start a worker"))];
+                }
+            }
+        }
+        while !handles.iter().all(|h| h.is_finished()) {
+            if stop.load(Ordering::Relaxed) {
+                halt.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")))
+            })
+            .collect()
+    });
+    let mut summary = Summary {
+        outputs: spec.outputs.keys().map(|n| (n.clone(), 0)).collect(),
+        ..Summary::default()
+    };
+    for result in results {
+        summary += result?;
+    }
+    // What the pipeline's producer could not send, counted once for all
+    // tasks.
+    let too_large = io.sink().too_large();
+    if too_large > 0 {
+        summary.dead_lettered += too_large;
+        *summary
+            .dead_letter_reasons
+            .entry(Kind::TooLarge)
+            .or_default() += too_large;
+    }
+    summary.quarantined = io.sink().quarantine().count();
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        summary = ?summary,
+        "pipeline stopped"
+    );
+    Ok(summary)
+}
+
+/// One worker: recovers its tasks, then polls and runs them until `halt`
+/// is set or its partitions are caught up.
+#[allow(clippy::too_many_arguments)]
+fn work(
+    spec: &PipelineSpec,
+    runtime: &Runtime,
+    modules: &[Module],
+    tasks: Vec<TaskLayout>,
+    io: Io,
+    options: RunOptions,
+    halt: &AtomicBool,
+    control: Option<&Control>,
+) -> anyhow::Result<Summary> {
+    let mut runners = Vec::with_capacity(tasks.len());
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for layout in tasks {
+        let partition = layout.partition;
+        let steps = (0..modules.len())
+            .map(|i| start_step(spec, i, &modules[i]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (chain, routing) = chain_of(spec, steps);
+        let mut runner = Runner::new(
+            spec,
+            runtime.clone(),
+            chain,
+            routing,
+            control,
+            io.clone(),
+            Some(layout),
+        )?;
+        runner
+            .start()
+            .with_context(|| format!("task {partition}"))?;
+        runners.push(runner);
+        partitions.push(partition);
+    }
+    let positions: HashMap<(u16, i32), i64> = runners
+        .iter()
+        .filter_map(Runner::resume_positions)
+        .flat_map(|p| p.iter().map(|(&k, &v)| (k, v)))
+        .collect();
+    let checkpointed = spec.checkpoint.is_some();
+    let mut source = KafkaSource::new(
+        spec,
+        options.until_caught_up,
+        checkpointed.then_some(&positions),
+        Some(&partitions),
+    )?;
+    if let Some(tick) = runners.iter().filter_map(Runner::tick).min() {
+        source.set_tick(tick);
+    }
+    for runner in &mut runners {
+        runner.begin(&source);
+    }
+    tracing::info!(tasks = ?partitions, "worker started");
+    let never = AtomicBool::new(false);
+    loop {
+        let fetch_started = Instant::now();
+        let Some(batches) = source.next_batches(halt, &never)? else {
+            break;
+        };
+        let fetched = fetch_started.elapsed();
+        let due: Vec<bool> = runners
+            .iter()
+            .zip(&batches)
+            .map(|(r, b)| {
+                !b.batch.is_empty() || (r.wants_ticks() && r.last_batch_end().elapsed() >= TICK)
+            })
+            .collect();
+        // The round's wait, shared by the tasks it fed.
+        let fetch_ms =
+            fetched.as_micros() as f64 / 1000.0 / due.iter().filter(|d| **d).count().max(1) as f64;
+        for ((runner, next), due) in runners.iter_mut().zip(batches).zip(due) {
+            runner.finish_acknowledged(&source)?;
+            if due {
+                runner.run_batch(next, fetch_ms, &source)?;
+            }
+        }
+    }
+    let mut summary = Summary::default();
+    let mut first_error = None;
+    for runner in runners {
+        match runner.end(&source) {
+            Ok(s) => summary += s,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}

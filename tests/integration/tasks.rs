@@ -1,0 +1,229 @@
+//! Pipelines run as tasks on several workers (`parallelism`): the same
+//! records, the same windows, exactly once, as a pipeline run whole; and
+//! the checkpoint directories of the two modes kept apart.
+
+use std::path::Path;
+
+use std::sync::atomic::AtomicBool;
+
+use sluice::pipeline::RunOptions;
+use sluice_tests::kafka_tools::{SampleOptions, produce_sample};
+use sluice_tests::*;
+
+/// A filter pipeline (all but heartbeats) over `input`, at `parallelism`.
+fn filter_spec(name: &str, input: &str, output: &str, dlq: &str, parallelism: &str) -> String {
+    format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\n\
+         source: {{ topics: [{input}], group: {group} }}\n\
+         batch: {{ max_records: 100, max_wait: 20ms }}\n\
+         transforms:\n  - module: {module}\n\
+         outputs: {{ default: {{ topic: {output} }} }}\ndead_letter: {{ topic: {dlq} }}\n\
+         parallelism: {parallelism}\n",
+        brokers = brokers(),
+        group = unique("tasks-group"),
+        module = guest("filter-heartbeats").display(),
+    )
+}
+
+/// Per user and minute (the Kafka key is the user): count and sum, exactly
+/// once, with checkpoints in `dir`.
+fn windows_spec(
+    dir: &Path,
+    name: &str,
+    input: &str,
+    output: &str,
+    dlq: &str,
+    parallelism: &str,
+) -> String {
+    format!(
+        r#"name: {name}
+kafka: {{ brokers: "{brokers}" }}
+source: {{ topics: [{input}], group: {group} }}
+batch: {{ max_records: 200, max_wait: 20ms }}
+transforms:
+  - module: {module}
+    aggregate:
+      window: {{ tumbling: 1m }}
+      watermark: {{ max_out_of_orderness: 5s, idle_timeout: 1h }}
+      output: append
+outputs: {{ default: {{ topic: {output} }} }}
+dead_letter: {{ topic: {dlq} }}
+checkpoint: {{ dir: {checkpoints}, interval: 200ms }}
+delivery: exactly-once
+parallelism: {parallelism}
+"#,
+        brokers = brokers(),
+        group = unique("tasks-group"),
+        module = guest("count-sum").display(),
+        checkpoints = dir.join("checkpoints").display(),
+    )
+}
+
+fn expected_filtered(o: &SampleOptions) -> Vec<String> {
+    let mut v: Vec<String> = (0..o.count)
+        .map(|n| String::from_utf8(kafka_tools::sample_record(o, n).1).unwrap())
+        .filter(|v| !v.contains(r#""event_type":"heartbeat""#))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn four_workers_over_eight_partitions_deliver_every_record_once() {
+    let (input, output, dlq) = (unique("tasks-in"), unique("tasks-out"), unique("tasks-dlq"));
+    create_topics(&[&input], 8);
+    create_topics(&[&output, &dlq], 2);
+    let o = SampleOptions {
+        count: 5000,
+        users: 200,
+        ..SampleOptions::default()
+    };
+    produce_sample(brokers(), &input, &o).unwrap();
+    let spec = spec(&filter_spec("tasks-filter", &input, &output, &dlq, "4"));
+    let summary = run_until_caught_up(&spec);
+    let want = expected_filtered(&o);
+    assert_eq!(summary.records_in, o.count);
+    assert_eq!(summary.outputs["default"], want.len() as u64);
+    assert_eq!(summary.dropped, o.count - want.len() as u64);
+    assert_eq!(sorted_values(&read(&output)), want);
+    assert!(read(&dlq).is_empty());
+}
+
+/// The sample events, then one record per key `flush-0..50` far later in
+/// event time, so that every partition's watermark passes every sample
+/// window: a task's watermark is its partitions' and a whole pipeline's is
+/// all partitions', so windows still open at the end would otherwise
+/// depend on the mode.
+fn produce_with_flush(input: &str, o: &SampleOptions) {
+    produce_sample(brokers(), input, o).unwrap();
+    let end = o.start_ms + o.count as i64 * 100;
+    let flush_at = (end / 60_000 + 2) * 60_000 + 30_000;
+    let records = (0..50).map(|j| {
+        let user = format!("flush-{j}");
+        let value = format!(
+            r#"{{"event_id":"f{j}","user_id":"{user}","event_type":"flush","timestamp":"-","amount":0.0}}"#
+        );
+        (
+            Some(user.into_bytes()),
+            Some(value.into_bytes()),
+            Some(flush_at),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers(), input, records).unwrap();
+}
+
+fn run(spec: &sluice::spec::PipelineSpec) -> anyhow::Result<sluice::pipeline::Summary> {
+    sluice::pipeline::run(
+        spec,
+        RunOptions {
+            until_caught_up: true,
+        },
+        &AtomicBool::new(false),
+    )
+}
+
+#[test]
+fn windows_at_four_workers_are_the_windows_at_one() {
+    let input = unique("tasks-win-in");
+    let (one, four, dlq) = (
+        unique("tasks-one"),
+        unique("tasks-four"),
+        unique("tasks-dlq"),
+    );
+    create_topics(&[&input], 4);
+    create_topics(&[&one, &four, &dlq], 2);
+    let o = SampleOptions {
+        count: 6000,
+        users: 100,
+        ..SampleOptions::default()
+    };
+    produce_with_flush(&input, &o);
+    let (dir_one, dir_four) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let whole = run_until_caught_up(&spec(&windows_spec(
+        dir_one.path(),
+        "tasks-one",
+        &input,
+        &one,
+        &dlq,
+        "1",
+    )));
+    let tasks = run_until_caught_up(&spec(&windows_spec(
+        dir_four.path(),
+        "tasks-four",
+        &input,
+        &four,
+        &dlq,
+        "4",
+    )));
+    let (got, want) = (sorted_values(&read(&four)), sorted_values(&read(&one)));
+    // One result per (user, minute) of the sample; the flush windows stay open.
+    let windows: std::collections::BTreeSet<(String, i64)> = (0..o.count)
+        .map(|n| {
+            let (user, _) = kafka_tools::sample_record(&o, n);
+            (user, (o.start_ms + n as i64 * 100) / 60_000)
+        })
+        .collect();
+    assert_eq!(want.len(), windows.len());
+    assert_eq!(got, want);
+    assert_eq!(tasks.records_in, whole.records_in);
+    assert_eq!(tasks.outputs, whole.outputs);
+    assert!(read(&dlq).is_empty());
+    let mut task_dirs: Vec<String> = std::fs::read_dir(dir_four.path().join("checkpoints/tasks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    task_dirs.sort();
+    assert_eq!(task_dirs, ["00000", "00001", "00002", "00003"]);
+
+    // Each mode refuses the other's checkpoint directory, saying why.
+    let error = run(&spec(&windows_spec(
+        dir_one.path(),
+        "tasks-one",
+        &input,
+        &one,
+        &dlq,
+        "4",
+    )))
+    .unwrap_err();
+    assert_eq!(
+        format!("{error:#}"),
+        format!(
+            "the checkpoint directory {} holds checkpoints of the whole pipeline (written with \
+             parallelism 1); a pipeline with parallelism other than 1 keeps one per task, and the \
+             whole pipeline's state cannot be split between tasks: set `parallelism: 1` to \
+             continue from it, or remove the directory to start over",
+            dir_one.path().join("checkpoints").display()
+        )
+    );
+    let error = run(&spec(&windows_spec(
+        dir_four.path(),
+        "tasks-four",
+        &input,
+        &four,
+        &dlq,
+        "1",
+    )))
+    .unwrap_err();
+    assert_eq!(
+        format!("{error:#}"),
+        format!(
+            "the checkpoint directory {root} holds per-task checkpoints (written with parallelism \
+             other than 1) under {root}/tasks; they cannot be joined into one for parallelism 1: set \
+             `parallelism` as before to continue from them, or remove the directory to start over",
+            root = dir_four.path().join("checkpoints").display()
+        )
+    );
+    // Another number of workers takes the same tasks: nothing new to do.
+    let again = run(&spec(&windows_spec(
+        dir_four.path(),
+        "tasks-four",
+        &input,
+        &four,
+        &dlq,
+        "2",
+    )))
+    .unwrap();
+    assert_eq!(again.records_in, 0);
+    assert_eq!(sorted_values(&read(&four)), want);
+}
