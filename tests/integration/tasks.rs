@@ -227,3 +227,41 @@ fn windows_at_four_workers_are_the_windows_at_one() {
     assert_eq!(again.records_in, 0);
     assert_eq!(sorted_values(&read(&four)), want);
 }
+
+#[test]
+fn an_aggregate_keyed_other_than_by_kafka_key_is_refused_when_run_as_tasks() {
+    let (input, output, dlq) = (
+        unique("tasks-key-in"),
+        unique("tasks-key-out"),
+        unique("tasks-dlq"),
+    );
+    // One partition: one task, whose first record is sample 0.
+    create_topics(&[&input, &output, &dlq], 1);
+    let o = SampleOptions {
+        count: 10,
+        users: 5,
+        ..SampleOptions::default()
+    };
+    produce_sample(brokers(), &input, &o).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // event-window-agg groups by event type; the records are keyed by user.
+    let yaml = windows_spec(dir.path(), "tasks-key", &input, &output, &dlq, "2").replace(
+        &guest("count-sum").display().to_string(),
+        &guest("event-window-agg").display().to_string(),
+    );
+    let error = format!("{:#}", run(&spec(&yaml)).unwrap_err());
+    let (user, value) = kafka_tools::sample_record(&o, 0);
+    let event: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "worker 0: a step failed; the batch is not committed: with parallelism other than 1, \
+             each task aggregates the records of its own \
+             partitions, so the aggregate key must be the record's Kafka key; the record at \
+             partition 0 offset 0 has Kafka key `{user}` and aggregate key `{}`. Run this pipeline \
+             with `parallelism: 1` (re-keying through a repartition topic is not built yet)",
+            event["event_type"].as_str().unwrap()
+        )
+    );
+    assert!(read(&output).is_empty());
+}

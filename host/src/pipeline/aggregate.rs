@@ -49,6 +49,14 @@ pub enum StepError {
     Instantiate(#[from] InstantiateError),
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
+    /// A pipeline run as tasks aggregates each partition's records apart:
+    /// a key must then be the records' Kafka key (what partitions them).
+    #[error(
+        "with parallelism other than 1, each task aggregates the records of its own partitions, so \
+         the aggregate key must be the record's Kafka key; {what}. Run this pipeline with \
+         `parallelism: 1` (re-keying through a repartition topic is not built yet)"
+    )]
+    NotPartitionKey { what: String },
 }
 
 /// A guest and the window engine that owns its state.
@@ -56,6 +64,8 @@ pub enum StepError {
 pub struct AggregateStep {
     aggregator: Aggregator,
     engine: WindowEngine,
+    /// Refuse keys other than the record's Kafka key (a task's step).
+    partition_keys: bool,
 }
 
 impl AggregateStep {
@@ -63,6 +73,7 @@ impl AggregateStep {
         Ok(Self {
             aggregator,
             engine: WindowEngine::new(spec)?,
+            partition_keys: false,
         })
     }
 
@@ -73,6 +84,12 @@ impl AggregateStep {
     /// See [`WindowEngine::expect_partitions`].
     pub fn expect_partitions(&mut self, partitions: &[crate::window::PartitionId]) {
         self.engine.expect_partitions(partitions);
+    }
+
+    /// Makes the step fail on a record whose aggregate key is not its
+    /// Kafka key (see [`StepError::NotPartitionKey`]).
+    pub fn require_partition_keys(&mut self) {
+        self.partition_keys = true;
     }
 
     /// Replaces the window engine: with one restored from a checkpoint.
@@ -133,6 +150,9 @@ impl AggregateStep {
             }
             // After isolation, extract's dead letters already use batch indices.
             Some(_) => dead_letters.extend(extracted.dead_letters.iter().cloned()),
+        }
+        if self.partition_keys {
+            check_partition_keys(held_batch, &extracted.keys, &extracted.key_offsets, &skip)?;
         }
         let keys = BatchKeys {
             keys: &extracted.keys,
@@ -213,4 +233,33 @@ impl AggregateStep {
             late: out.late,
         }
     }
+}
+
+/// Fails on the first record (not skipped) whose key, in `keys` /
+/// `key_offsets` (Arrow-style), is not its Kafka key.
+fn check_partition_keys(
+    batch: &Batch,
+    keys: &[u8],
+    key_offsets: &[u32],
+    skip: &[bool],
+) -> Result<(), StepError> {
+    for i in 0..batch.len() {
+        if skip.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let key = &keys[key_offsets[i] as usize..key_offsets[i + 1] as usize];
+        let kafka_key = batch.records.get(i).key.unwrap_or_default();
+        if key != kafka_key {
+            return Err(StepError::NotPartitionKey {
+                what: format!(
+                    "the record at partition {} offset {} has Kafka key `{}` and aggregate key `{}`",
+                    batch.partitions[i],
+                    batch.offsets[i],
+                    String::from_utf8_lossy(kafka_key),
+                    String::from_utf8_lossy(key)
+                ),
+            });
+        }
+    }
+    Ok(())
 }

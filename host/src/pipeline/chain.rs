@@ -84,6 +84,9 @@ pub struct ChainOutput {
 /// The steps of a pipeline and how named outputs map to configured ones.
 pub struct Chain {
     steps: Vec<Step>,
+    /// A task's chain with an aggregate: records keep their source key up
+    /// to the aggregate, whose key must be it (see [`Chain::keep_keys`]).
+    keep_keys: bool,
     /// Output name -> index in the spec's `outputs`.
     outputs: HashMap<String, usize>,
     default_output: usize,
@@ -109,8 +112,21 @@ impl Chain {
         let default_output = outputs[default_name];
         Self {
             steps,
+            keep_keys: false,
             outputs,
             default_output,
+        }
+    }
+
+    /// For a task (one partition's records): if the chain aggregates, the
+    /// steps before it must keep each record's Kafka key and the aggregate
+    /// must group by it, or the batch fails with
+    /// [`StepError::NotPartitionKey`]; a key is then never aggregated in
+    /// two tasks.
+    pub fn keep_keys(&mut self) {
+        if let Some(aggregate) = self.aggregate_mut() {
+            aggregate.require_partition_keys();
+            self.keep_keys = true;
         }
     }
 
@@ -202,6 +218,21 @@ impl Chain {
                 let i = result.inputs[j] as usize;
                 accounted[i] = true;
                 let fallback = input.records.get(i).timestamp;
+                if self.keep_keys
+                    && result.targets[j] == 0
+                    && record.key != input.records.get(i).key
+                {
+                    return Err(StepError::NotPartitionKey {
+                        what: format!(
+                            "step {step} changed the Kafka key of the record at partition {} offset {} \
+                             from `{}` to `{}` before the aggregate",
+                            input.partitions[i],
+                            input.offsets[i],
+                            String::from_utf8_lossy(input.records.get(i).key.unwrap_or_default()),
+                            String::from_utf8_lossy(record.key.unwrap_or_default())
+                        ),
+                    });
+                }
                 match result.targets[j] {
                     0 if last_step => {
                         let default = &mut out.outputs[self.default_output];

@@ -146,7 +146,8 @@ fn work(
         let steps = (0..modules.len())
             .map(|i| start_step(spec, i, &modules[i]))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (chain, routing) = chain_of(spec, steps);
+        let (mut chain, routing) = chain_of(spec, steps);
+        chain.keep_keys();
         let mut runner = Runner::new(
             spec,
             runtime.clone(),
