@@ -19,8 +19,55 @@ use serde_json::Value;
 use sluice_tests::kafka_tools::{SampleOptions, sample_record};
 use sluice_tests::*;
 
+/// Which aggregate the pipeline ends with, and how it runs.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// `event-window-agg` (per event type), the pipeline run whole.
+    EventTypes,
+    /// `count-sum` (per user, the records' Kafka key) at this parallelism:
+    /// as tasks, on that many workers, unless 1.
+    PerUser { parallelism: usize },
+}
+
+impl Shape {
+    /// The aggregate step's module, and the Parquet output's schema and
+    /// partitioning, as spec lines.
+    fn aggregate(self) -> (PathBuf, &'static str) {
+        match self {
+            Shape::EventTypes => (
+                guest("event-window-agg"),
+                r#"      schema:
+        - { name: window_start, type: string }
+        - { name: window_end, type: string }
+        - { name: event_type, type: string }
+        - { name: count, type: int64 }
+        - { name: sum_amount, type: float64 }
+        - { name: unique_users, type: int64 }
+      partition_by: { field: event_type }"#,
+            ),
+            Shape::PerUser { .. } => (
+                guest("count-sum"),
+                r#"      schema:
+        - { name: user_id, type: string }
+        - { name: window_start, type: int64 }
+        - { name: window_end, type: int64 }
+        - { name: count, type: int64 }
+        - { name: sum, type: float64 }"#,
+            ),
+        }
+    }
+
+    fn parallelism(self) -> usize {
+        match self {
+            Shape::EventTypes => 1,
+            Shape::PerUser { parallelism } => parallelism,
+        }
+    }
+}
+
 /// A pipeline of the shape above, with its own topics and directories.
 struct Fixture {
+    shape: Shape,
     brokers: String,
     input: String,
     alerts: String,
@@ -36,11 +83,16 @@ impl Fixture {
     }
 
     fn on(brokers: &str, name: &str, interval: &str) -> Self {
+        Self::shaped(brokers, name, interval, Shape::EventTypes)
+    }
+
+    fn shaped(brokers: &str, name: &str, interval: &str, shape: Shape) -> Self {
         let input = unique("crash-in");
         let (alerts, results, dlq) = (unique("alerts"), unique("results"), unique("crash-dlq"));
         kafka_tools::create_topics(brokers, &[&input], 4).unwrap();
         kafka_tools::create_topics(brokers, &[&alerts, &results, &dlq], 2).unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let (agg, parquet) = shape.aggregate();
         let yaml = format!(
             r#"name: {name}
 kafka: {{ brokers: "{brokers}" }}
@@ -58,26 +110,22 @@ outputs:
     topic: {results}
     parquet:
       path: parquet
-      schema:
-        - {{ name: window_start, type: string }}
-        - {{ name: window_end, type: string }}
-        - {{ name: event_type, type: string }}
-        - {{ name: count, type: int64 }}
-        - {{ name: sum_amount, type: float64 }}
-        - {{ name: unique_users, type: int64 }}
-      partition_by: {{ field: event_type }}
+{parquet}
   alerts: {{ topic: {alerts} }}
 dead_letter: {{ topic: {dlq} }}
 checkpoint: {{ dir: checkpoints, interval: {interval}, keep: 3 }}
 delivery: exactly-once
+parallelism: {parallelism}
 "#,
             group = unique("crash-group"),
             router = guest("alert-router").display(),
-            agg = guest("event-window-agg").display(),
+            agg = agg.display(),
+            parallelism = shape.parallelism(),
         );
         let spec = dir.path().join("pipeline.yaml");
         std::fs::write(&spec, yaml).unwrap();
         Self {
+            shape,
             brokers: brokers.to_owned(),
             input,
             alerts,
@@ -98,7 +146,9 @@ delivery: exactly-once
             .arg(&self.spec)
             .env(
                 "RUST_LOG",
-                std::env::var("CRASH_LOG").unwrap_or("warn,sluice::pipeline::runner=info".into()),
+                std::env::var("CRASH_LOG").unwrap_or(
+                    "warn,sluice::pipeline::runner=info,sluice::pipeline::worker=info".into(),
+                ),
             )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -133,6 +183,32 @@ delivery: exactly-once
         kafka_tools::produce_sample_range(&self.brokers, &self.input, o, range).unwrap();
     }
 
+    /// After the sample: for a pipeline per user, one record per key
+    /// `flush-0..50` far later in event time, so that every partition's
+    /// watermark passes every sample window (a task's watermark is its
+    /// partition's, a whole pipeline's the slowest partition's: windows
+    /// still open at the end would otherwise depend on the parallelism).
+    fn produce_end(&self, o: &SampleOptions) {
+        if matches!(self.shape, Shape::EventTypes) {
+            return;
+        }
+        let end = o.start_ms + o.count as i64 * 100;
+        let at = (end / 60_000 + 2) * 60_000 + 30_000;
+        let records = (0..50).map(|j| {
+            let user = format!("flush-{j}");
+            let value = format!(
+                r#"{{"event_id":"f{j}","user_id":"{user}","event_type":"flush","timestamp":"-","amount":0.0}}"#
+            );
+            (
+                Some(user.into_bytes()),
+                Some(value.into_bytes()),
+                Some(at),
+                vec![],
+            )
+        });
+        kafka_tools::produce(&self.brokers, &self.input, records).unwrap();
+    }
+
     fn outputs(&self) -> Outputs {
         let dead = self.read(&self.dlq);
         assert!(
@@ -144,7 +220,10 @@ delivery: exactly-once
         Outputs {
             results: sorted_values(&self.read(&self.results)),
             alerts: sorted_values(&self.read(&self.alerts)),
-            parquet: parquet_rows(&self.dir.path().join("parquet")),
+            parquet: parquet_rows(
+                &self.dir.path().join("parquet"),
+                matches!(self.shape, Shape::EventTypes),
+            ),
         }
     }
 }
@@ -159,16 +238,18 @@ struct Outputs {
 /// Every row of every visible Parquet file under `dir`, read by pyarrow, as
 /// sorted JSON lines (keys sorted), with the partition directory checked
 /// against the row.
-fn parquet_rows(dir: &Path) -> Vec<String> {
+fn parquet_rows(dir: &Path, by_event_type: bool) -> Vec<String> {
     let rows = read_parquet(dir);
     let mut lines: Vec<String> = rows
         .into_iter()
         .map(|(file, row)| {
-            let kind = row["event_type"].as_str().unwrap().to_owned();
-            assert!(
-                file.starts_with(&format!("event_type={kind}/")),
-                "{file} holds a row of {kind}"
-            );
+            if by_event_type {
+                let kind = row["event_type"].as_str().unwrap().to_owned();
+                assert!(
+                    file.starts_with(&format!("event_type={kind}/")),
+                    "{file} holds a row of {kind}"
+                );
+            }
             serde_json::to_string(&row).unwrap()
         })
         .collect();
@@ -262,16 +343,37 @@ impl Rng {
     }
 }
 
-/// The reference: the same input through the same pipeline, never killed.
+/// The reference: the same input through the same pipeline, never killed
+/// (and, for a pipeline per user, run whole: one worker).
 fn reference(o: &SampleOptions) -> Outputs {
-    let f = Fixture::new("reference", "1s");
+    reference_of(o, Shape::EventTypes)
+}
+
+fn reference_of(o: &SampleOptions, shape: Shape) -> Outputs {
+    let shape = match shape {
+        Shape::EventTypes => shape,
+        Shape::PerUser { .. } => Shape::PerUser { parallelism: 1 },
+    };
+    let f = Fixture::shaped(brokers(), "reference", "1s", shape);
     f.produce(o, 0..o.count);
+    f.produce_end(o);
     f.run_to_completion();
     f.outputs()
 }
 
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    kill_9_at_random_moments(Shape::EventTypes);
+}
+
+/// The same with the pipeline run as four tasks on four workers: the
+/// outputs are exactly those of one whole run, never killed.
+#[test]
+fn kill_9_at_random_moments_with_four_workers_loses_and_duplicates_nothing() {
+    kill_9_at_random_moments(Shape::PerUser { parallelism: 4 });
+}
+
+fn kill_9_at_random_moments(shape: Shape) {
     const CHUNKS: u64 = 20;
     const KILLS: usize = 20;
     let o = SampleOptions {
@@ -280,7 +382,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         ..SampleOptions::default()
     };
     let mut rng = Rng::new();
-    let f = Fixture::new("crash", "100ms");
+    let f = Fixture::shaped(brokers(), "crash", "100ms", shape);
     let chunk = o.count / CHUNKS;
     let (mut kills, mut runs) = (0, 0);
     // Time from process start to processing again, for runs after a kill.
@@ -321,6 +423,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     for n in runs..CHUNKS {
         f.produce(&o, n * chunk..(n + 1) * chunk);
     }
+    f.produce_end(&o);
     recoveries.extend(ready_ms(&f.run_to_completion()));
     recoveries.sort_unstable();
     let pct = |p: usize| recoveries[(recoveries.len() - 1) * p / 100];
@@ -335,7 +438,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 
     let got = f.outputs();
     assert_same(&got.alerts, &expected_alerts(&o, o.count), "alerts");
-    let want = reference(&o);
+    let want = reference_of(&o, shape);
     assert!(!want.results.is_empty());
     assert_same(&got.results, &want.results, "window results (Kafka)");
     assert_same(&got.parquet, &want.parquet, "window results (Parquet)");
@@ -522,7 +625,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     // the reference drained the same input, so its final watermark is the same.
     assert_same(&got(&f.results), &want.results, "window results (Kafka)");
     assert_same(
-        &parquet_rows(&f.dir.path().join("parquet")),
+        &parquet_rows(&f.dir.path().join("parquet"), true),
         &want.parquet,
         "window results (Parquet)",
     );

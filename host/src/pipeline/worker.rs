@@ -17,7 +17,7 @@
 //! the first error.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -62,15 +62,22 @@ pub(super) fn run(
     );
     // Set by the caller's stop, or by a worker that failed.
     let halt = AtomicBool::new(false);
+    let start = Start {
+        workers,
+        ready: AtomicUsize::new(0),
+        at: started,
+    };
     let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(workers);
         for (w, tasks) in groups.into_iter().enumerate() {
-            let (halt, io) = (&halt, &io);
+            let (halt, io, start) = (&halt, &io, &start);
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-w{w}", spec.name))
                 .spawn_scoped(scope, move || {
                     let result = Io::with_sink(spec, io.sink().clone()).and_then(|io| {
-                        work(spec, runtime, modules, tasks, io, options, halt, control)
+                        work(
+                            spec, runtime, modules, tasks, io, options, halt, control, start,
+                        )
                     });
                     if result.is_err() {
                         halt.store(true, Ordering::Relaxed);
@@ -126,6 +133,15 @@ pub(super) fn run(
     Ok(summary)
 }
 
+/// How far the workers are in starting.
+struct Start {
+    workers: usize,
+    /// Workers that recovered their tasks and are polling.
+    ready: AtomicUsize,
+    /// When the pipeline began loading.
+    at: Instant,
+}
+
 /// One worker: recovers its tasks, then polls and runs them until `halt`
 /// is set or its partitions are caught up.
 #[allow(clippy::too_many_arguments)]
@@ -138,6 +154,7 @@ fn work(
     options: RunOptions,
     halt: &AtomicBool,
     control: Option<&Control>,
+    start: &Start,
 ) -> anyhow::Result<Summary> {
     let mut runners = Vec::with_capacity(tasks.len());
     let mut partitions = Vec::with_capacity(tasks.len());
@@ -182,6 +199,13 @@ fn work(
         runner.begin(&source);
     }
     tracing::info!(tasks = ?partitions, "worker started");
+    if start.ready.fetch_add(1, Ordering::AcqRel) + 1 == start.workers {
+        tracing::info!(
+            workers = start.workers,
+            ready_ms = start.at.elapsed().as_millis() as u64,
+            "pipeline started"
+        );
+    }
     let never = AtomicBool::new(false);
     loop {
         let fetch_started = Instant::now();
