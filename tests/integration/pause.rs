@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_tests::*;
 
-use crate::serve::{Served, TOKEN, call, produce_pairs, sample, serve_filter, wait_for_status};
+use crate::serve::{Served, TOKEN, call, produce_pairs, sample, serve_filter_at, wait_for_status};
 use crate::server::Server;
 
 /// The sorted values of `topic` once it holds `n` records.
@@ -24,6 +24,18 @@ fn wait_for(topic: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
+    paused_reads_nothing_until_resumed(1);
+}
+
+/// The same for a pipeline run as two tasks on two workers: each worker
+/// pauses, and the pipeline is paused once both are; the progress has a
+/// row per task.
+#[test]
+fn a_paused_pipeline_of_two_workers_reads_nothing_until_resumed() {
+    paused_reads_nothing_until_resumed(2);
+}
+
+fn paused_reads_nothing_until_resumed(parallelism: usize) {
     let dir = tempfile::tempdir().unwrap();
     let Served {
         server,
@@ -33,7 +45,7 @@ fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
         clean,
         dlq,
         module: _,
-    } = serve_filter(dir.path(), "pause", 2);
+    } = serve_filter_at(dir.path(), "pause", 2, Some(TOKEN), parallelism);
     let (first, mut expected) = sample(0, 200);
     let (second, expected_second) = sample(200, 150);
     produce_pairs(&input, &first);
@@ -51,6 +63,31 @@ fn a_paused_pipeline_reads_nothing_until_resumed_even_across_a_restart() {
         (&"paused".into(), &"paused".into())
     );
     assert_eq!(doc["progress"]["totals"]["records_in"], 200, "{doc}");
+    if parallelism > 1 {
+        let tasks = doc["progress"]["tasks"].as_array().unwrap();
+        let partitions: Vec<&serde_json::Value> = tasks.iter().map(|t| &t["partition"]).collect();
+        assert_eq!(partitions, [0, 1], "{doc}");
+        let records: u64 = tasks
+            .iter()
+            .map(|t| t["records_in"].as_u64().unwrap())
+            .sum();
+        assert_eq!(records, 200, "{doc}");
+        // Live swaps wait for a later change: refused, saying why.
+        let (status, refused) = call(
+            &client,
+            "POST",
+            &format!("/v1/pipelines/{name}/swap"),
+            Some(br#"{"module": "filter-heartbeats@1"}"#),
+        );
+        assert_eq!(status, 422, "{refused}");
+        assert_eq!(
+            refused["error"],
+            "live module swaps are not supported yet for a pipeline with parallelism other than \
+             1: stop it and start it with the new module (its checkpoints carry over)",
+        );
+    } else {
+        assert!(doc["progress"]["tasks"].is_null(), "{doc}");
+    }
 
     // Records arriving now wait, across a restart of the server. The
     // client is still polled while paused, so the lag shows them.

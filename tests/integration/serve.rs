@@ -82,6 +82,17 @@ pub(crate) fn serve_filter_with(
     partitions: i32,
     token: Option<&str>,
 ) -> Served {
+    serve_filter_at(dir, prefix, partitions, token, 1)
+}
+
+/// [`serve_filter_with`] at `parallelism` (other than 1: as tasks).
+pub(crate) fn serve_filter_at(
+    dir: &Path,
+    prefix: &str,
+    partitions: i32,
+    token: Option<&str>,
+    parallelism: usize,
+) -> Served {
     let (input, clean, dlq) = (
         unique(&format!("{prefix}-in")),
         unique(&format!("{prefix}-clean")),
@@ -94,7 +105,8 @@ pub(crate) fn serve_filter_with(
         "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
          batch: {{ max_records: 64, max_wait: 20ms }}\n\
          transforms:\n  - module: filter-heartbeats@1\n\
-         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n",
+         outputs:\n  default: {{ topic: {clean} }}\ndead_letter: {{ topic: {dlq} }}\n\
+         parallelism: {parallelism}\n",
         brokers = brokers(),
     );
     let (status, doc) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));

@@ -17,6 +17,10 @@
 //!   for pipelines with windows.
 //! - `sluice_guest_traps_total`, `sluice_guest_deadline_hits_total`,
 //!   `sluice_guest_memory_hits_total`.
+//! - For a pipeline run as tasks (`parallelism` other than 1), per task
+//!   (`task` = its partition): `sluice_task_records_in_total`,
+//!   `sluice_task_lag`, and with windows `sluice_task_watermark_seconds`
+//!   and `sluice_task_state_rows`.
 //!
 //! And `sluice_modules`: stored module versions.
 
@@ -28,7 +32,7 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::manager::{PipelineStatus, Status};
-use crate::pipeline::{DURATION_BUCKETS_MS, Progress};
+use crate::pipeline::{DURATION_BUCKETS_MS, Progress, TaskProgress};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -256,6 +260,44 @@ pub fn render(state: &AppState) -> String {
         }
     }
 
+    let tasks: [TaskGauge; 4] = [
+        (
+            "sluice_task_records_in_total",
+            "counter",
+            "Records read by a task (a pipeline run as tasks).",
+            |t| Some(t.records_in as f64),
+        ),
+        (
+            "sluice_task_lag",
+            "gauge",
+            "Records between a task's positions and its partitions' end offsets.",
+            |t| t.lag.map(|l| l as f64),
+        ),
+        (
+            "sluice_task_watermark_seconds",
+            "gauge",
+            "A task's event-time watermark, Unix seconds.",
+            |t| t.watermark.map(|w| w as f64 / 1000.0),
+        ),
+        (
+            "sluice_task_state_rows",
+            "gauge",
+            "A task's open (window, key) pairs.",
+            |t| t.state.map(|s| s.rows as f64),
+        ),
+    ];
+    for (name, kind, help, value) in tasks {
+        family(&mut out, name, kind, help);
+        for (pipeline, p) in &progress {
+            for t in &p.tasks {
+                if let Some(v) = value(t) {
+                    let task = t.partition.to_string();
+                    sample(&mut out, name, pipeline, &[("task", task.as_str())], v);
+                }
+            }
+        }
+    }
+
     family(
         &mut out,
         "sluice_batch_duration_seconds",
@@ -294,6 +336,14 @@ pub fn render(state: &AppState) -> String {
     }
     out
 }
+
+/// A per-task family: name, type, help, and its value in a task's row.
+type TaskGauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TaskProgress) -> Option<f64>,
+);
 
 /// A counter family: name, help, and its value in a progress document.
 type Counter = (&'static str, &'static str, fn(&Progress) -> u64);

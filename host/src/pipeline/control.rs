@@ -6,10 +6,10 @@
 //! a source that is waiting for records, so a request on an idle pipeline
 //! takes effect within one poll (100 ms), not at the next record.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -53,6 +53,28 @@ pub struct Progress {
     /// Sum of the partitions' lag; `None` until the client reported end
     /// offsets.
     pub lag: Option<i64>,
+    /// A pipeline run as tasks (`parallelism` other than 1): one row per
+    /// task, by partition; the fields above are then the pipeline's
+    /// (totals summed, the lowest watermark, every partition's lag).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskProgress>,
+}
+
+/// One task of a pipeline run as tasks, after its last batch.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskProgress {
+    /// The source partition number the task owns.
+    pub partition: i32,
+    /// The task's last epoch (its batches are numbered apart).
+    pub batch_id: u64,
+    pub records_in: u64,
+    /// Its partitions (one per source topic): position, end offset, lag.
+    pub sources: Vec<SourceProgress>,
+    pub lag: Option<i64>,
+    /// Its event-time watermark, Unix milliseconds (with an aggregate).
+    pub watermark: Option<i64>,
+    /// Its window state (with an aggregate).
+    pub state: Option<StateInfo>,
 }
 
 /// Where the last batch's time went, in milliseconds.
@@ -209,6 +231,12 @@ struct Inner {
     paused: bool,
     swaps: VecDeque<(u64, SwapRequest)>,
     progress: Option<Progress>,
+    /// A pipeline run as tasks: how many workers run it, and how many of
+    /// them are paused.
+    workers: usize,
+    paused_workers: usize,
+    /// A pipeline run as tasks: each task's last progress, by partition.
+    tasks: BTreeMap<i32, Progress>,
     /// (Unix second, records read in it), oldest first.
     history: VecDeque<(i64, u64)>,
     /// Cumulative batch-duration histogram: counts per bucket, then +Inf.
@@ -216,8 +244,8 @@ struct Inner {
     duration_sum_ms: f64,
     log: Vec<SwapRecord>,
     next_swap: u64,
-    /// The source's end offsets, for the lag.
-    ends: Option<EndOffsets>,
+    /// The sources' end offsets, for the lag (one per worker).
+    ends: Vec<EndOffsets>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -314,23 +342,30 @@ impl Control {
     /// run polls).
     pub fn progress(&self) -> Option<Progress> {
         let inner = lock(&self.inner);
-        let mut progress = inner.progress.clone()?;
-        let ends = inner.ends.clone();
+        let mut progress = if inner.tasks.is_empty() {
+            inner.progress.clone()?
+        } else {
+            merge_tasks(inner.progress.as_ref()?, &inner.tasks)
+        };
+        let sources = inner.ends.clone();
         drop(inner);
-        if let Some(ends) = ends {
-            let ends = ends.lock().unwrap_or_else(|e| e.into_inner());
-            for s in &mut progress.sources {
-                s.end_offset = ends
-                    .get(&(s.topic.clone(), s.partition))
-                    .map(|&e| e.max(s.offset));
-                s.lag = s.end_offset.map(|e| e - s.offset);
+        if !sources.is_empty() {
+            let mut ends = HashMap::new();
+            for source in &sources {
+                ends.extend(
+                    source
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .map(|(k, &v)| (k.clone(), v)),
+                );
             }
-            progress.lag = progress
-                .sources
-                .iter()
-                .map(|s| s.lag)
-                .sum::<Option<i64>>()
-                .filter(|_| !progress.sources.is_empty());
+            fill_lag(&mut progress.sources, &ends);
+            progress.lag = sum_lag(&progress.sources);
+            for task in &mut progress.tasks {
+                fill_lag(&mut task.sources, &ends);
+                task.lag = sum_lag(&task.sources);
+            }
         }
         Some(progress)
     }
@@ -367,14 +402,22 @@ impl Control {
 
     // The run loop's side.
 
+    /// The end offsets of a source, for the lag. A pipeline run as tasks
+    /// has a source per worker: each adds its own.
     pub(super) fn watch_ends(&self, ends: EndOffsets) {
-        lock(&self.inner).ends = Some(ends);
+        let mut inner = lock(&self.inner);
+        if !inner.ends.iter().any(|known| Arc::ptr_eq(known, &ends)) {
+            inner.ends.push(ends);
+        }
     }
 
-    /// Publishes the progress after a batch of `rows` records that took
-    /// `total_ms`, finished at `now_ms`.
-    pub(super) fn publish(&self, progress: Progress, now_ms: i64) {
+    /// Publishes the progress after a batch, of the whole pipeline or
+    /// (`task`) of the task of that partition.
+    pub(super) fn publish(&self, task: Option<i32>, progress: Progress, now_ms: i64) {
         let mut inner = lock(&self.inner);
+        if let Some(task) = task {
+            inner.tasks.insert(task, progress.clone());
+        }
         let second = now_ms.div_euclid(1000);
         match inner.history.back_mut() {
             Some((s, n)) if *s == second => *n += progress.num_input_rows,
@@ -407,6 +450,48 @@ impl Control {
             .store(!swapping && !inner.swaps.is_empty(), Ordering::Relaxed);
         self.changed.notify_all();
         inner.pause
+    }
+
+    /// A pipeline run as tasks on `workers` workers: each pauses on its own
+    /// (see [`Self::worker_paused`]).
+    pub(super) fn set_workers(&self, workers: usize) {
+        let mut inner = lock(&self.inner);
+        inner.workers = workers;
+        inner.paused_workers = 0;
+    }
+
+    /// Whether a worker should pause (or stay paused).
+    pub(super) fn pause_requested(&self) -> bool {
+        lock(&self.inner).pause
+    }
+
+    /// A worker paused (or resumed); the pipeline is paused once all are.
+    pub(super) fn worker_paused(&self, paused: bool) {
+        let mut inner = lock(&self.inner);
+        if paused {
+            inner.paused_workers += 1;
+        } else {
+            inner.paused_workers = inner.paused_workers.saturating_sub(1);
+        }
+        inner.paused = inner.workers > 0 && inner.paused_workers == inner.workers;
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// A pipeline run as tasks does not swap modules (yet): every waiting
+    /// swap is refused, saying so.
+    pub(super) fn refuse_swaps(&self, reason: &str) {
+        let ids: Vec<u64> = {
+            let mut inner = lock(&self.inner);
+            self.wake.store(false, Ordering::Relaxed);
+            inner.swaps.drain(..).map(|(id, _)| id).collect()
+        };
+        for id in ids {
+            self.update_swap(id, |r| {
+                r.state = SwapState::RolledBack;
+                r.reason = Some(reason.to_owned());
+            });
+        }
     }
 
     /// Sleeps until a request arrives or `timeout` passes.
@@ -467,5 +552,165 @@ impl Control {
         {
             listener(&record);
         }
+    }
+}
+
+/// Sets each partition's end offset (never below its position) and lag.
+fn fill_lag(sources: &mut [SourceProgress], ends: &HashMap<(String, i32), i64>) {
+    for s in sources {
+        s.end_offset = ends
+            .get(&(s.topic.clone(), s.partition))
+            .map(|&e| e.max(s.offset));
+        s.lag = s.end_offset.map(|e| e - s.offset);
+    }
+}
+
+/// The partitions' total lag; `None` while any is unknown, or none.
+fn sum_lag(sources: &[SourceProgress]) -> Option<i64> {
+    sources
+        .iter()
+        .map(|s| s.lag)
+        .sum::<Option<i64>>()
+        .filter(|_| !sources.is_empty())
+}
+
+/// The progress of a pipeline run as tasks, from each task's: the last
+/// batch's figures are `last`'s (the latest published), rates and totals
+/// are summed, event time is the slowest task's, and each task has a row.
+fn merge_tasks(last: &Progress, tasks: &BTreeMap<i32, Progress>) -> Progress {
+    let mut merged = Progress {
+        totals: Totals::default(),
+        sources: Vec::new(),
+        event_time: None,
+        state: None,
+        input_rows_per_second: 0.0,
+        processed_rows_per_second: 0.0,
+        tasks: Vec::with_capacity(tasks.len()),
+        ..last.clone()
+    };
+    for (&partition, p) in tasks {
+        merged.totals.run += p.totals.run.clone();
+        merged.totals.late += p.totals.late;
+        merged.totals.traps += p.totals.traps;
+        merged.totals.deadline_hits += p.totals.deadline_hits;
+        merged.totals.memory_hits += p.totals.memory_hits;
+        merged.input_rows_per_second += p.input_rows_per_second;
+        merged.processed_rows_per_second += p.processed_rows_per_second;
+        merged.sources.extend(p.sources.iter().cloned());
+        if let Some(e) = p.event_time {
+            let m = merged.event_time.get_or_insert(e);
+            m.min = m.min.min(e.min).or(m.min).or(e.min);
+            m.max = m.max.max(e.max);
+            m.watermark = match (m.watermark, e.watermark) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
+        }
+        if let Some(st) = p.state {
+            let m = merged.state.get_or_insert_with(StateInfo::default);
+            m.rows += st.rows;
+            m.bytes += st.bytes;
+        }
+        merged.tasks.push(TaskProgress {
+            partition,
+            batch_id: p.batch_id,
+            records_in: p.totals.run.records_in,
+            sources: p.sources.clone(),
+            lag: None,
+            watermark: p.event_time.and_then(|e| e.watermark),
+            state: p.state,
+        });
+    }
+    merged.input_rows_per_second = (merged.input_rows_per_second * 10.0).round() / 10.0;
+    merged.processed_rows_per_second = (merged.processed_rows_per_second * 10.0).round() / 10.0;
+    merged
+        .sources
+        .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's progress: `records` read in all, its partition of `in` at
+    /// `offset`, a watermark and state.
+    fn task(partition: i32, records: u64, offset: i64, watermark: i64, rows: u64) -> Progress {
+        Progress {
+            batch_id: records / 10,
+            num_input_rows: 10,
+            input_rows_per_second: 100.0,
+            processed_rows_per_second: 1000.0,
+            event_time: Some(EventTime {
+                min: Some(watermark - 5000),
+                max: Some(watermark + 5000),
+                watermark: Some(watermark),
+            }),
+            state: Some(StateInfo {
+                rows,
+                bytes: rows * 100,
+            }),
+            totals: Totals {
+                run: Summary {
+                    records_in: records,
+                    ..Summary::default()
+                },
+                late: 1,
+                ..Totals::default()
+            },
+            sources: vec![SourceProgress {
+                topic: "in".into(),
+                partition,
+                offset,
+                end_offset: None,
+                lag: None,
+            }],
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn the_progress_of_tasks_is_the_pipelines_with_a_row_per_task() {
+        let control = Control::new();
+        let ends = EndOffsets::default();
+        ends.lock()
+            .unwrap()
+            .extend([(("in".to_owned(), 0), 50), (("in".to_owned(), 1), 45)]);
+        control.watch_ends(ends);
+        // A second worker's source knows nothing yet.
+        control.watch_ends(EndOffsets::default());
+        control.publish(Some(1), task(1, 40, 40, 90_000, 3), 1_000);
+        control.publish(Some(0), task(0, 30, 30, 60_000, 2), 1_500);
+        control.publish(Some(1), task(1, 45, 45, 95_000, 4), 1_900);
+        let p = control.progress().unwrap();
+        assert_eq!(p.totals.run.records_in, 75);
+        assert_eq!(p.totals.late, 2);
+        assert_eq!(p.input_rows_per_second, 200.0);
+        assert_eq!(p.batch_id, 4, "the latest batch's");
+        assert_eq!(
+            (
+                p.event_time.unwrap().min,
+                p.event_time.unwrap().max,
+                p.event_time.unwrap().watermark
+            ),
+            (Some(55_000), Some(100_000), Some(60_000)),
+            "the slowest task's watermark"
+        );
+        assert_eq!((p.state.unwrap().rows, p.state.unwrap().bytes), (6, 600));
+        assert_eq!(p.lag, Some(20));
+        let rows: Vec<_> = p
+            .tasks
+            .iter()
+            .map(|t| (t.partition, t.batch_id, t.records_in, t.lag, t.watermark))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (0, 3, 30, Some(20), Some(60_000)),
+                (1, 4, 45, Some(0), Some(95_000))
+            ]
+        );
+        let histogram = control.histogram().0;
+        assert_eq!(histogram.last(), Some(&3), "every task's batch counts");
     }
 }

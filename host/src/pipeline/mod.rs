@@ -37,7 +37,7 @@ pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, ResultWindow, Routed,
 pub use checkpoint::{Checkpoint, SourcePosition, TaskLayout};
 pub use control::{
     Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,
-    SwapState,
+    SwapState, TaskProgress,
 };
 pub use deliver::{Rejected, Routing, StepInfo};
 

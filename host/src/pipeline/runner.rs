@@ -13,6 +13,8 @@ mod progress;
 mod send;
 mod swap;
 
+pub(super) use swap::PAUSED_POLL;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -696,6 +698,16 @@ impl<'a> Runner<'a> {
             self.finish(source, done)?;
         }
         commit_offsets(source, &self.commits.take(), CommitMode::Sync);
+        Ok(())
+    }
+
+    /// Everything so far acknowledged, committed and (with checkpoints)
+    /// checkpointed: before a pause.
+    pub fn settle(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
+        self.drain(source)?;
+        if self.checkpoints.is_some() {
+            self.checkpoint(Some(source))?;
+        }
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use anyhow::Context;
 
 use super::checkpoint::TaskLayout;
 use super::control::Control;
-use super::runner::{Io, Runner, TICK};
+use super::runner::{Io, PAUSED_POLL, Runner, TICK};
 use super::{RunOptions, Summary, chain_of, start_step, task};
 use crate::batch::reason::Kind;
 use crate::runtime::{Module, Runtime};
@@ -53,6 +53,9 @@ pub(super) fn run(
         groups[i % workers].push(layout);
     }
     let io = Io::new(spec)?;
+    if let Some(control) = control {
+        control.set_workers(workers);
+    }
     tracing::info!(
         topics = ?spec.source.topics,
         group = %spec.group_id(),
@@ -133,6 +136,37 @@ pub(super) fn run(
     Ok(summary)
 }
 
+/// Why a swap is refused for a pipeline run as tasks.
+const SWAPS_REFUSED: &str = "live module swaps are not supported yet for a pipeline with parallelism \
+    other than 1: stop it and start it with the new module (its checkpoints carry over)";
+
+/// Pauses a worker until the pause is lifted (or the run stops): its
+/// tasks' batches acknowledged, committed and checkpointed first; the
+/// consumer is still served, without fetching, so that the group keeps it
+/// and the lag stays current.
+fn pause(
+    control: &Control,
+    runners: &mut [Runner<'_>],
+    source: &mut KafkaSource,
+    halt: &AtomicBool,
+) -> anyhow::Result<()> {
+    for runner in runners.iter_mut() {
+        runner.settle(source)?;
+    }
+    source.pause()?;
+    control.worker_paused(true);
+    tracing::info!("worker paused");
+    while control.pause_requested() && !halt.load(Ordering::Relaxed) {
+        control.sleep(PAUSED_POLL);
+        source.poll_paused();
+        control.refuse_swaps(SWAPS_REFUSED);
+    }
+    control.worker_paused(false);
+    source.resume()?;
+    tracing::info!("worker resumed");
+    Ok(())
+}
+
 /// How far the workers are in starting.
 struct Start {
     workers: usize,
@@ -208,6 +242,12 @@ fn work(
     }
     let never = AtomicBool::new(false);
     loop {
+        if let Some(control) = control {
+            control.refuse_swaps(SWAPS_REFUSED);
+            if control.pause_requested() {
+                pause(control, &mut runners, &mut source, halt)?;
+            }
+        }
         let fetch_started = Instant::now();
         let Some(batches) = source.next_batches(halt, &never)? else {
             break;

@@ -73,10 +73,11 @@ impl Runner<'_> {
             totals,
             sources,
             lag: None,
+            tasks: Vec::new(),
         };
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        control.publish(progress, now_ms);
+        control.publish(self.task.as_ref().map(|t| t.partition), progress, now_ms);
     }
 }

@@ -26,7 +26,7 @@ use crate::source::KafkaSource;
 use crate::window::{EngineSnapshot, WindowEngine};
 
 /// How long a paused run sleeps between looks at its requests.
-const PAUSED_POLL: Duration = Duration::from_millis(200);
+pub(in crate::pipeline) const PAUSED_POLL: Duration = Duration::from_millis(200);
 
 /// The instance a swap replaced.
 #[derive(Debug)]
@@ -56,11 +56,7 @@ impl Runner<'_> {
         stop: &AtomicBool,
     ) -> anyhow::Result<()> {
         if control.hold(self.trial.is_some()) {
-            // Everything so far acknowledged, committed and checkpointed.
-            self.drain(source)?;
-            if self.checkpoints.is_some() {
-                self.checkpoint(Some(source))?;
-            }
+            self.settle(source)?;
             // The client is still polled, without fetching: the group keeps
             // the consumer however long the pause, and the lag stays current.
             source.pause()?;
