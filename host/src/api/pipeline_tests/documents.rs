@@ -69,6 +69,14 @@ async fn metrics_are_prometheus_text() {
          # TYPE sluice_state_rows gauge\n\
          # HELP sluice_state_bytes Bytes of window state.\n\
          # TYPE sluice_state_bytes gauge\n\
+         # HELP sluice_task_records_in_total Records read by a task (a pipeline run as tasks).\n\
+         # TYPE sluice_task_records_in_total counter\n\
+         # HELP sluice_task_lag Records between a task's positions and its partitions' end offsets.\n\
+         # TYPE sluice_task_lag gauge\n\
+         # HELP sluice_task_watermark_seconds A task's event-time watermark, Unix seconds.\n\
+         # TYPE sluice_task_watermark_seconds gauge\n\
+         # HELP sluice_task_state_rows A task's open (window, key) pairs.\n\
+         # TYPE sluice_task_state_rows gauge\n\
          # HELP sluice_batch_duration_seconds Time to run a batch, fetch to acknowledgement.\n\
          # TYPE sluice_batch_duration_seconds histogram\n"
     );
