@@ -84,3 +84,66 @@ fn the_bench_runs_every_row_on_a_small_input() {
             > 0
     );
 }
+
+#[test]
+fn the_scaling_table_runs_each_pipeline_at_each_worker_count() {
+    const RECORDS: u64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("scaling.json");
+    let modules = guest("filter-heartbeats");
+    let cli = sluice_bench::Cli::try_parse_from([
+        "sluice-bench",
+        "--brokers",
+        brokers(),
+        "--records",
+        &RECORDS.to_string(),
+        "--users",
+        "50",
+        "--partitions",
+        "4",
+        "--scaling",
+        "1,2",
+        "--modules",
+        modules.parent().unwrap().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--sluice",
+        env!("CARGO_BIN_EXE_sluice"),
+    ])
+    .unwrap();
+    sluice_bench::run(&cli.args).unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let points: Vec<(&str, u64, u64)> = report["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pipeline"].as_str().unwrap(),
+                p["workers"].as_u64().unwrap(),
+                p["records"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let pipelines = [
+        "filter-heartbeats",
+        "window 1m per user (count-sum)",
+        "strategy-map",
+        "strategy-map exactly-once",
+    ];
+    let expected: Vec<(&str, u64, u64)> = pipelines
+        .iter()
+        .flat_map(|&p| [(p, 1, RECORDS), (p, 2, RECORDS)])
+        .collect();
+    assert_eq!(points, expected);
+    // Each point's speedup is its rate over its pipeline's one-worker rate.
+    for pair in report["points"].as_array().unwrap().chunks(2) {
+        let rate = |p: &Value| p["records_per_s"].as_f64().unwrap();
+        assert!(rate(&pair[0]) > 0.0 && rate(&pair[1]) > 0.0, "{pair:?}");
+        assert_eq!(pair[0]["speedup"].as_f64(), Some(1.0));
+        assert_eq!(
+            pair[1]["speedup"].as_f64(),
+            Some(rate(&pair[1]) / rate(&pair[0]))
+        );
+    }
+}

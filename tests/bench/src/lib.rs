@@ -142,6 +142,17 @@ pub struct BenchArgs {
     /// `kafka.producer`); repeatable.
     #[arg(long = "producer", value_name = "KEY=VALUE", value_parser = setup::parse_property)]
     pub producer: Vec<(String, String)>,
+    /// `parallelism` of every pipeline row (1: each runs whole).
+    #[arg(long, default_value_t = 1)]
+    pub parallelism: usize,
+    /// Instead of the rows above: the scaling table, each pipeline
+    /// (filter-heartbeats, a 1-minute window per user, strategy-map and
+    /// strategy-map exactly-once) at each of these worker counts, e.g.
+    /// `1,2,4,8` (with `--partitions 16`). The window is `count-sum` keyed
+    /// by the records' Kafka key: build it with `cargo build --profile
+    /// guest --target wasm32-wasip2 -p count-sum`.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub scaling: Vec<usize>,
     /// Pid of the broker, to report its CPU time per row too.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -190,7 +201,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         )
         .with(progress.clone().with_filter(batches));
     let dispatch = tracing::Dispatch::new(subscriber);
-    tracing::dispatcher::with_default(&dispatch, || rows::bench(args, &dispatch, &progress))
+    tracing::dispatcher::with_default(&dispatch, || {
+        if args.scaling.is_empty() {
+            rows::bench(args, &dispatch, &progress)
+        } else {
+            scaling::bench(args, &progress)
+        }
+    })
 }
 
 macro_rules! progress {
@@ -198,6 +215,7 @@ macro_rules! progress {
 }
 
 mod rows;
+mod scaling;
 
 /// The part of a row the steady-state rate covers, as fractions of its records.
 const STEADY: (f64, f64) = (0.1, 0.9);

@@ -138,6 +138,15 @@ impl Machine {
             loadavg_start: loadavg(),
         }
     }
+
+    /// `2 CPUs (nproc), <model>, 23.4 GiB RAM; load average <start> at
+    /// start, <end> at end`, for a report's first line.
+    pub fn describe(&self, loadavg_end: &str) -> String {
+        format!(
+            "{} CPUs (nproc), {}, {:.1} GiB RAM; load average {} at start, {} at end",
+            self.nproc, self.cpu, self.memory_gib, self.loadavg_start, loadavg_end
+        )
+    }
 }
 
 /// The first three fields of `/proc/loadavg`.

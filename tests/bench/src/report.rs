@@ -164,11 +164,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let m = &self.machine;
-        let _ = writeln!(
-            s,
-            "machine: {} CPUs (nproc), {}, {:.1} GiB RAM; load average {} at start, {} at end",
-            m.nproc, m.cpu, m.memory_gib, m.loadavg_start, self.loadavg_end
-        );
+        let _ = writeln!(s, "machine: {}", m.describe(&self.loadavg_end));
         for input in &self.inputs {
             let _ = writeln!(
                 s,

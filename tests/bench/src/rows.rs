@@ -76,6 +76,7 @@ pub(crate) fn bench(
             transform,
             batch: batch.clone(),
             exactly_once,
+            parallelism: args.parallelism,
         })
         .map(|(spec, text)| {
             // Exactly-once rows resume from their checkpoints: not run twice.
@@ -264,6 +265,7 @@ fn run_latency(
         transform: setup::transform(&modules.filter_heartbeats),
         batch: json!({ "max_wait": humantime::format_duration(args.max_wait).to_string() }),
         exactly_once: None,
+        parallelism: args.parallelism,
     })?;
     progress!(
         "latency: {} records/s for {} s, batch.max_wait {:?}",

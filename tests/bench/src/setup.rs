@@ -55,10 +55,27 @@ impl Modules {
     }
 }
 
+/// The per-user aggregate of the scaling table (`count-sum`, a test
+/// guest): its key is the records' Kafka key, so it runs as tasks.
+pub fn count_sum(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("count_sum.wasm");
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with\n  cargo build --profile guest --target wasm32-wasip2 -p count-sum",
+            path.display()
+        );
+    }
+    path.canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))
+}
+
 /// A run id for topic, group and pipeline names: lower-case hex of the
-/// start time in ms, so reruns never collide.
+/// start time in ms, and of a count of the runs in this process (two runs
+/// may start in the same millisecond), so reruns never collide.
 pub fn run_id() -> String {
-    format!("{:x}", kafka_tools::now_ms())
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}{n:x}", kafka_tools::now_ms())
 }
 
 /// A produced input topic.
@@ -180,6 +197,8 @@ pub struct PipelineParams<'a> {
     pub batch: Value,
     /// Checkpoint directory: with it the pipeline is exactly-once.
     pub exactly_once: Option<&'a Path>,
+    /// `parallelism` (1: the pipeline runs whole).
+    pub parallelism: usize,
 }
 
 /// Builds and validates a spec, exactly as `sluice run` would from a file;
@@ -201,6 +220,9 @@ pub fn spec(p: &PipelineParams<'_>) -> anyhow::Result<(PipelineSpec, String)> {
     if let Some(dir) = p.exactly_once {
         spec["checkpoint"] = json!({ "dir": dir, "interval": "1s" });
         spec["delivery"] = json!("exactly-once");
+    }
+    if p.parallelism != 1 {
+        spec["parallelism"] = json!(p.parallelism);
     }
     let text = serde_json::to_string_pretty(&spec)?;
     let spec = sluice::spec::parse(&text, Path::new("/"))
@@ -281,6 +303,7 @@ mod tests {
             transform: window_aggregate(&module),
             batch: json!({ "max_wait": "10ms" }),
             exactly_once: Some(dir),
+            parallelism: 4,
         })
         .unwrap();
         assert_eq!(
@@ -289,6 +312,7 @@ mod tests {
         );
         assert_eq!(spec.batch.max_wait, Duration::from_millis(10));
         assert_eq!(spec.delivery, sluice::spec::Delivery::ExactlyOnce);
+        assert_eq!(spec.parallelism.workers(16), 4);
         assert_eq!(spec.checkpoint.as_ref().unwrap().dir, dir);
         assert!(spec.transforms[0].aggregate.is_some());
         assert_eq!(spec.group_id(), "sluice-bench-1a-agg");
