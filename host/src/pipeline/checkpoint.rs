@@ -345,8 +345,8 @@ fn check_task(
     match (&c.task, task) {
         (None, None) => Ok(()),
         (Some(had), None) => anyhow::bail!(
-            "checkpoint {id} in {dir} belongs to task {} (partition {}), not to the whole pipeline",
-            had.partition,
+            "checkpoint {id} in {dir} belongs to the task of partition {}, not to the whole \
+             pipeline",
             had.partition
         ),
         (None, Some(_)) => anyhow::bail!(
@@ -436,6 +436,81 @@ mod tests {
         };
         assert_eq!(Checkpoint::decode(&new.encode()).unwrap(), new);
         assert_eq!(new.modules[0].sha256, [0xab; 32]);
+    }
+
+    #[test]
+    fn a_format_2_checkpoint_loads_as_the_whole_pipelines() {
+        let old = CheckpointV2 {
+            format: 2,
+            pipeline: "p".to_owned(),
+            epoch: 9,
+            sources: Vec::new(),
+            sinks: Vec::new(),
+            windows: None,
+            parquet: Vec::new(),
+            lineage: "00112233aabbccdd".to_owned(),
+            modules: Vec::new(),
+        };
+        let c = Checkpoint::decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        assert_eq!(
+            c,
+            Checkpoint {
+                format: 2,
+                epoch: 9,
+                lineage: old.lineage.clone(),
+                ..Checkpoint::new("p")
+            }
+        );
+        let task = Checkpoint {
+            task: Some(layout(3, 4)),
+            ..Checkpoint::new("p")
+        };
+        assert_eq!(Checkpoint::decode(&task.encode()).unwrap(), task);
+    }
+
+    fn layout(partition: i32, partitions: i32) -> TaskLayout {
+        TaskLayout {
+            partition,
+            topics: vec![
+                ("in".to_owned(), partitions),
+                ("more".to_owned(), partitions),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_task_takes_only_its_own_checkpoints_of_the_same_layout() {
+        let dir = Path::new("/cp/tasks/00003");
+        let of = |task: Option<TaskLayout>| Checkpoint {
+            task,
+            ..Checkpoint::new("p")
+        };
+        let refusal = |c: &Checkpoint, task: Option<&TaskLayout>| {
+            check_task(c, 7, dir, task).map_err(|e| e.to_string()).err()
+        };
+        assert_eq!(refusal(&of(Some(layout(3, 4))), Some(&layout(3, 4))), None);
+        assert_eq!(refusal(&of(None), None), None);
+        assert_eq!(
+            refusal(&of(Some(layout(3, 4))), Some(&layout(2, 4))).unwrap(),
+            "checkpoint 7 in /cp/tasks/00003 belongs to the task of partition 3, not 2"
+        );
+        assert_eq!(
+            refusal(&of(Some(layout(3, 4))), Some(&layout(3, 8))).unwrap(),
+            "checkpoint 7 in /cp/tasks/00003 was taken when the source topics had in: 4, more: 4 \
+             partitions; they now have in: 8, more: 8: a task's state is only valid for the \
+             partition layout it was cut from (keys move between partitions when the count \
+             changes). Restore the partition counts, or remove the checkpoint directory to start \
+             over"
+        );
+        assert_eq!(
+            refusal(&of(None), Some(&layout(3, 4))).unwrap(),
+            "checkpoint 7 in /cp/tasks/00003 is a checkpoint of the whole pipeline, not of a task"
+        );
+        assert_eq!(
+            refusal(&of(Some(layout(3, 4))), None).unwrap(),
+            "checkpoint 7 in /cp/tasks/00003 belongs to the task of partition 3, not to the whole \
+             pipeline"
+        );
     }
 
     #[test]

@@ -233,6 +233,13 @@ impl<'a> Runner<'a> {
         self.end(&source)
     }
 
+    /// Exactly-once: the sink partitions' end offsets as asked for once
+    /// for all tasks (instead of once per task). Any point before this
+    /// run's first record is a valid start for its later records.
+    pub fn know_sink_ends(&mut self, ends: &HashMap<(String, i32), i64>) {
+        self.sink_ends.clone_from(ends);
+    }
+
     /// Recovers (see the module docs); then the run is ready for
     /// [`Self::begin`].
     pub fn start(&mut self) -> anyhow::Result<()> {

@@ -85,3 +85,28 @@ pub fn check_mode(spec: &PipelineSpec, tasks: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_per_partition_number_with_every_topics_count() {
+        let spec = crate::spec::parse(
+            "name: t\nkafka: { brokers: b }\nsource: { topics: [a, b] }\n\
+             outputs: { default: { topic: o } }\ndead_letter: { topic: d }\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        let tasks = layouts(&spec, &[(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]);
+        let topics = vec![("a".to_owned(), 2), ("b".to_owned(), 3)];
+        assert_eq!(
+            tasks,
+            [0, 1, 2].map(|partition| TaskLayout {
+                partition,
+                topics: topics.clone(),
+            })
+        );
+        assert_eq!(dir(Path::new("/cp"), 2), Path::new("/cp/tasks/00002"));
+    }
+}

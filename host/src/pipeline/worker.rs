@@ -28,8 +28,9 @@ use super::runner::{Io, PAUSED_POLL, Runner, TICK};
 use super::{RunOptions, Summary, chain_of, start_step, task};
 use crate::batch::reason::Kind;
 use crate::runtime::{Module, Runtime};
+use crate::sink::end_offsets;
 use crate::source::{KafkaSource, source_partitions};
-use crate::spec::PipelineSpec;
+use crate::spec::{Delivery, PipelineSpec};
 
 /// How often the workers look at the caller's stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -53,6 +54,16 @@ pub(super) fn run(
         groups[i % workers].push(layout);
     }
     let io = Io::new(spec)?;
+    // Asked once for every task (see `Runner::know_sink_ends`).
+    let sink_ends: HashMap<(String, i32), i64> = if spec.delivery == Delivery::ExactlyOnce {
+        end_offsets(&spec.kafka, &spec.sink_topics())
+            .context("cannot read the sink topics' end offsets")?
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.offset))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     if let Some(control) = control {
         control.set_workers(workers);
     }
@@ -70,18 +81,31 @@ pub(super) fn run(
         ready: AtomicUsize::new(0),
         at: started,
     };
+    // Workers log (and report batches) where the caller's thread does.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let span = tracing::Span::current();
     let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(workers);
         for (w, tasks) in groups.into_iter().enumerate() {
-            let (halt, io, start) = (&halt, &io, &start);
+            let (halt, io) = (&halt, &io);
+            let worker = Worker {
+                spec,
+                runtime,
+                modules,
+                options,
+                halt,
+                control,
+                start: &start,
+                sink_ends: &sink_ends,
+            };
+            let (dispatch, span) = (dispatch.clone(), span.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-w{w}", spec.name))
                 .spawn_scoped(scope, move || {
-                    let result = Io::with_sink(spec, io.sink().clone()).and_then(|io| {
-                        work(
-                            spec, runtime, modules, tasks, io, options, halt, control, start,
-                        )
-                    });
+                    let _dispatch = tracing::dispatcher::set_default(&dispatch);
+                    let _span = span.enter();
+                    let result =
+                        Io::with_sink(spec, io.sink().clone()).and_then(|io| worker.run(tasks, io));
                     if result.is_err() {
                         halt.store(true, Ordering::Relaxed);
                     }
@@ -176,112 +200,129 @@ struct Start {
     at: Instant,
 }
 
-/// One worker: recovers its tasks, then polls and runs them until `halt`
-/// is set or its partitions are caught up.
-#[allow(clippy::too_many_arguments)]
-fn work(
-    spec: &PipelineSpec,
-    runtime: &Runtime,
-    modules: &[Module],
-    tasks: Vec<TaskLayout>,
-    io: Io,
+/// What every worker shares.
+struct Worker<'a> {
+    spec: &'a PipelineSpec,
+    runtime: &'a Runtime,
+    modules: &'a [Module],
     options: RunOptions,
-    halt: &AtomicBool,
-    control: Option<&Control>,
-    start: &Start,
-) -> anyhow::Result<Summary> {
-    let mut runners = Vec::with_capacity(tasks.len());
-    let mut partitions = Vec::with_capacity(tasks.len());
-    for layout in tasks {
-        let partition = layout.partition;
-        let steps = (0..modules.len())
-            .map(|i| start_step(spec, i, &modules[i]))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let (mut chain, routing) = chain_of(spec, steps);
-        chain.keep_keys();
-        let mut runner = Runner::new(
+    /// Set by the caller's stop, or by a worker that failed.
+    halt: &'a AtomicBool,
+    control: Option<&'a Control>,
+    start: &'a Start,
+    /// Exactly-once: the sink partitions' end offsets at the start.
+    sink_ends: &'a HashMap<(String, i32), i64>,
+}
+
+impl Worker<'_> {
+    /// Recovers `tasks`, then polls and runs them until `halt` is set or
+    /// their partitions are caught up.
+    fn run(&self, tasks: Vec<TaskLayout>, io: Io) -> anyhow::Result<Summary> {
+        let Self {
             spec,
-            runtime.clone(),
-            chain,
-            routing,
+            runtime,
+            modules,
+            options,
+            halt,
             control,
-            io.clone(),
-            Some(layout),
-        )?;
-        runner
-            .start()
-            .with_context(|| format!("task {partition}"))?;
-        runners.push(runner);
-        partitions.push(partition);
-    }
-    let positions: HashMap<(u16, i32), i64> = runners
-        .iter()
-        .filter_map(Runner::resume_positions)
-        .flat_map(|p| p.iter().map(|(&k, &v)| (k, v)))
-        .collect();
-    let checkpointed = spec.checkpoint.is_some();
-    let mut source = KafkaSource::new(
-        spec,
-        options.until_caught_up,
-        checkpointed.then_some(&positions),
-        Some(&partitions),
-    )?;
-    if let Some(tick) = runners.iter().filter_map(Runner::tick).min() {
-        source.set_tick(tick);
-    }
-    for runner in &mut runners {
-        runner.begin(&source);
-    }
-    tracing::info!(tasks = ?partitions, "worker started");
-    if start.ready.fetch_add(1, Ordering::AcqRel) + 1 == start.workers {
-        tracing::info!(
-            workers = start.workers,
-            ready_ms = start.at.elapsed().as_millis() as u64,
-            "pipeline started"
-        );
-    }
-    let never = AtomicBool::new(false);
-    loop {
-        if let Some(control) = control {
-            control.refuse_swaps(SWAPS_REFUSED);
-            if control.pause_requested() {
-                pause(control, &mut runners, &mut source, halt)?;
-            }
+            start,
+            sink_ends,
+        } = *self;
+        let mut runners = Vec::with_capacity(tasks.len());
+        let mut partitions = Vec::with_capacity(tasks.len());
+        for layout in tasks {
+            let partition = layout.partition;
+            let steps = (0..modules.len())
+                .map(|i| start_step(spec, i, &modules[i]))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (mut chain, routing) = chain_of(spec, steps);
+            chain.keep_keys();
+            let mut runner = Runner::new(
+                spec,
+                runtime.clone(),
+                chain,
+                routing,
+                control,
+                io.clone(),
+                Some(layout),
+            )?;
+            runner.know_sink_ends(sink_ends);
+            runner
+                .start()
+                .with_context(|| format!("task {partition}"))?;
+            runners.push(runner);
+            partitions.push(partition);
         }
-        let fetch_started = Instant::now();
-        let Some(batches) = source.next_batches(halt, &never)? else {
-            break;
-        };
-        let fetched = fetch_started.elapsed();
-        let due: Vec<bool> = runners
+        let positions: HashMap<(u16, i32), i64> = runners
             .iter()
-            .zip(&batches)
-            .map(|(r, b)| {
-                !b.batch.is_empty() || (r.wants_ticks() && r.last_batch_end().elapsed() >= TICK)
-            })
+            .filter_map(Runner::resume_positions)
+            .flat_map(|p| p.iter().map(|(&k, &v)| (k, v)))
             .collect();
-        // The round's wait, shared by the tasks it fed.
-        let fetch_ms =
-            fetched.as_micros() as f64 / 1000.0 / due.iter().filter(|d| **d).count().max(1) as f64;
-        for ((runner, next), due) in runners.iter_mut().zip(batches).zip(due) {
-            runner.finish_acknowledged(&source)?;
-            if due {
-                runner.run_batch(next, fetch_ms, &source)?;
+        let checkpointed = spec.checkpoint.is_some();
+        let mut source = KafkaSource::new(
+            spec,
+            options.until_caught_up,
+            checkpointed.then_some(&positions),
+            Some(&partitions),
+        )?;
+        if let Some(tick) = runners.iter().filter_map(Runner::tick).min() {
+            source.set_tick(tick);
+        }
+        for runner in &mut runners {
+            runner.begin(&source);
+        }
+        tracing::info!(tasks = ?partitions, "worker started");
+        if start.ready.fetch_add(1, Ordering::AcqRel) + 1 == start.workers {
+            tracing::info!(
+                workers = start.workers,
+                ready_ms = start.at.elapsed().as_millis() as u64,
+                "pipeline started"
+            );
+        }
+        let never = AtomicBool::new(false);
+        loop {
+            if let Some(control) = control {
+                control.refuse_swaps(SWAPS_REFUSED);
+                if control.pause_requested() {
+                    pause(control, &mut runners, &mut source, halt)?;
+                }
+            }
+            let fetch_started = Instant::now();
+            let Some(batches) = source.next_batches(halt, &never)? else {
+                break;
+            };
+            let fetched = fetch_started.elapsed();
+            let due: Vec<bool> = runners
+                .iter()
+                .zip(&batches)
+                .map(|(r, b)| {
+                    !b.batch.is_empty() || (r.wants_ticks() && r.last_batch_end().elapsed() >= TICK)
+                })
+                .collect();
+            // The round's wait, shared by the tasks it fed.
+            let fetch_ms = fetched.as_micros() as f64
+                / 1000.0
+                / due.iter().filter(|d| **d).count().max(1) as f64;
+            for ((runner, next), due) in runners.iter_mut().zip(batches).zip(due) {
+                runner.finish_acknowledged(&source)?;
+                if due {
+                    runner.run_batch(next, fetch_ms, &source)?;
+                }
             }
         }
-    }
-    let mut summary = Summary::default();
-    let mut first_error = None;
-    for runner in runners {
-        match runner.end(&source) {
-            Ok(s) => summary += s,
-            Err(e) => {
-                first_error.get_or_insert(e);
+        let mut summary = Summary::default();
+        let mut first_error = None;
+        for runner in runners {
+            match runner.end(&source) {
+                Ok(s) => summary += s,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(summary),
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 }

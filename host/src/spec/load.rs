@@ -400,6 +400,41 @@ dead_letter: { topic: dlq }
     }
 
     #[test]
+    fn parallelism_is_a_worker_count_or_auto() {
+        use crate::spec::Parallelism;
+        let dir = base();
+        let with = |value: &str| parse(&format!("{GOOD}parallelism: {value}\n"), dir.path());
+        assert_eq!(
+            parse(GOOD, dir.path()).unwrap().parallelism,
+            Parallelism::default()
+        );
+        assert!(!Parallelism::default().tasks());
+        let four = with("4").unwrap().parallelism;
+        assert!(four.tasks());
+        assert_eq!(
+            (four.workers(16), four.workers(3), four.workers(0)),
+            (4, 3, 1)
+        );
+        let auto = with("auto").unwrap().parallelism;
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(auto.workers(1000), cores);
+        for bad in ["0", "257", "-1", "2.5", "many"] {
+            let shown = if bad == "many" {
+                "\"many\"".to_owned()
+            } else {
+                bad.to_owned()
+            };
+            let error = with(bad).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "parallelism must be `auto` or a number from 1 to 256, not {shown}"
+                )),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_a_full_spec_with_defaults_and_resolved_paths() {
         let dir = base();
         let spec = parse(GOOD, dir.path()).unwrap();

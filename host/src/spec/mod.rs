@@ -104,9 +104,15 @@ impl<'de> Deserialize<'de> for Parallelism {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            Number(u64),
+            Number(i64),
+            Fraction(f64),
             Word(String),
         }
+        let wrong = |shown: String| {
+            serde::de::Error::custom(format!(
+                "parallelism must be `auto` or a number from 1 to {MAX_PARALLELISM}, not {shown}"
+            ))
+        };
         match Raw::deserialize(d)? {
             Raw::Word(w) if w == "auto" => Ok(Self::Auto),
             Raw::Number(n) => usize::try_from(n)
@@ -114,14 +120,9 @@ impl<'de> Deserialize<'de> for Parallelism {
                 .and_then(std::num::NonZeroUsize::new)
                 .filter(|n| n.get() <= MAX_PARALLELISM)
                 .map(Self::Workers)
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "parallelism must be `auto` or a number from 1 to {MAX_PARALLELISM}, not {n}"
-                    ))
-                }),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "parallelism must be `auto` or a number from 1 to {MAX_PARALLELISM}, not \"{w}\""
-            ))),
+                .ok_or_else(|| wrong(n.to_string())),
+            Raw::Fraction(x) => Err(wrong(x.to_string())),
+            Raw::Word(w) => Err(wrong(format!("\"{w}\""))),
         }
     }
 }
