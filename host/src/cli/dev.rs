@@ -50,6 +50,12 @@ struct Guest {
 /// Runs `sluice dev`.
 pub fn dev(path: &Path) -> anyhow::Result<()> {
     let mut spec = spec::load_unbuilt(path)?;
+    if spec.parallelism.tasks() {
+        // Every rebuild is swapped in live, which a pipeline run as tasks
+        // does not do yet.
+        eprintln!("[dev] the pipeline runs whole (parallelism 1), so that rebuilds swap in live");
+        spec.parallelism = spec::Parallelism::default();
+    }
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
