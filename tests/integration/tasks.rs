@@ -265,3 +265,83 @@ fn an_aggregate_keyed_other_than_by_kafka_key_is_refused_when_run_as_tasks() {
     );
     assert!(read(&output).is_empty());
 }
+
+/// Two source topics read together: task `p` owns partition `p` of both.
+#[test]
+fn a_task_reads_its_partition_of_every_source_topic() {
+    let (a, b) = (unique("tasks-a"), unique("tasks-b"));
+    let (output, dlq) = (unique("tasks-ab-out"), unique("tasks-dlq"));
+    create_topics(&[&a, &b], 2);
+    create_topics(&[&output, &dlq], 2);
+    let o = SampleOptions {
+        count: 1000,
+        users: 40,
+        ..SampleOptions::default()
+    };
+    let other = SampleOptions { seed: 11, ..o };
+    produce_sample(brokers(), &a, &o).unwrap();
+    produce_sample(brokers(), &b, &other).unwrap();
+    let yaml = filter_spec("tasks-ab", &format!("{a}, {b}"), &output, &dlq, "2");
+    let summary = run_until_caught_up(&spec(&yaml));
+    let mut want = expected_filtered(&o);
+    want.extend(expected_filtered(&other));
+    want.sort();
+    assert_eq!(summary.records_in, 2000);
+    assert_eq!(sorted_values(&read(&output)), want);
+}
+
+/// A task's state is cut from a partition layout: when a source topic's
+/// partition count changed, its checkpoints are refused, naming both.
+#[test]
+fn task_checkpoints_are_refused_when_the_partition_count_changed() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let (input, output, dlq) = (
+        unique("tasks-grow"),
+        unique("tasks-grow-out"),
+        unique("tasks-dlq"),
+    );
+    create_topics(&[&input], 2);
+    create_topics(&[&output, &dlq], 1);
+    let o = SampleOptions {
+        count: 100,
+        users: 10,
+        ..SampleOptions::default()
+    };
+    produce_sample(brokers(), &input, &o).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = windows_spec(dir.path(), "tasks-grow", &input, &output, &dlq, "2");
+    run_until_caught_up(&spec(&yaml));
+    // The test broker has no CreatePartitions: the topic is made again.
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.delete_topics(&[&input], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    create_topics(&[&input], 4);
+    let error = format!("{:#}", run(&spec(&yaml)).unwrap_err());
+    let task_dir = dir.path().join("checkpoints/tasks/00000");
+    assert!(
+        error.starts_with(&format!("worker 0: task 0: checkpoint ")),
+        "{error}"
+    );
+    assert!(
+        error.ends_with(&format!(
+            " in {} was taken when the source topics had {input}: 2 partitions; they now have \
+             {input}: 4: a task's state is only valid for the partition layout it was cut from \
+             (keys move between partitions when the count changes). Restore the partition \
+             counts, or remove the checkpoint directory to start over",
+            task_dir.display()
+        )),
+        "{error}"
+    );
+}
