@@ -331,7 +331,7 @@ fn task_checkpoints_are_refused_when_the_partition_count_changed() {
     let error = format!("{:#}", run(&spec(&yaml)).unwrap_err());
     let task_dir = dir.path().join("checkpoints/tasks/00000");
     assert!(
-        error.starts_with(&format!("worker 0: task 0: checkpoint ")),
+        error.starts_with("worker 0: task 0: checkpoint "),
         "{error}"
     );
     assert!(
