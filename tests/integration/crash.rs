@@ -183,30 +183,13 @@ parallelism: {parallelism}
         kafka_tools::produce_sample_range(&self.brokers, &self.input, o, range).unwrap();
     }
 
-    /// After the sample: for a pipeline per user, one record per key
-    /// `flush-0..50` far later in event time, so that every partition's
-    /// watermark passes every sample window (a task's watermark is its
-    /// partition's, a whole pipeline's the slowest partition's: windows
-    /// still open at the end would otherwise depend on the parallelism).
+    /// After the sample, for a pipeline per user: the flush records (see
+    /// `produce_flush`), so that the windows closed at the end do not
+    /// depend on the parallelism.
     fn produce_end(&self, o: &SampleOptions) {
-        if matches!(self.shape, Shape::EventTypes) {
-            return;
+        if matches!(self.shape, Shape::PerUser { .. }) {
+            produce_flush(&self.brokers, &self.input, o);
         }
-        let end = o.start_ms + o.count as i64 * 100;
-        let at = (end / 60_000 + 2) * 60_000 + 30_000;
-        let records = (0..50).map(|j| {
-            let user = format!("flush-{j}");
-            let value = format!(
-                r#"{{"event_id":"f{j}","user_id":"{user}","event_type":"flush","timestamp":"-","amount":0.0}}"#
-            );
-            (
-                Some(user.into_bytes()),
-                Some(value.into_bytes()),
-                Some(at),
-                vec![],
-            )
-        });
-        kafka_tools::produce(&self.brokers, &self.input, records).unwrap();
     }
 
     fn outputs(&self) -> Outputs {

@@ -258,17 +258,7 @@ fn admin() -> (
 /// CreatePartitions, so the topic is deleted and created again: for a
 /// checkpoint that saw it empty, the same as partitions added.
 fn grow_empty_topic(topic: &str, partitions: i32) {
-    use rdkafka::admin::AdminOptions;
-    let (admin, rt) = admin();
-    let results = rt
-        .block_on(admin.delete_topics(
-            &[topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|(topic, code)| panic!("cannot delete {topic}: {code}"));
-    }
+    delete_topics(&[topic]);
     create_topics(&[topic], partitions);
 }
 

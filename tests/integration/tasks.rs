@@ -89,28 +89,10 @@ fn four_workers_over_eight_partitions_deliver_every_record_once() {
     assert!(read(&dlq).is_empty());
 }
 
-/// The sample events, then one record per key `flush-0..50` far later in
-/// event time, so that every partition's watermark passes every sample
-/// window: a task's watermark is its partitions' and a whole pipeline's is
-/// all partitions', so windows still open at the end would otherwise
-/// depend on the mode.
+/// The sample events, then the flush records (see `produce_flush`).
 fn produce_with_flush(input: &str, o: &SampleOptions) {
     produce_sample(brokers(), input, o).unwrap();
-    let end = o.start_ms + o.count as i64 * 100;
-    let flush_at = (end / 60_000 + 2) * 60_000 + 30_000;
-    let records = (0..50).map(|j| {
-        let user = format!("flush-{j}");
-        let value = format!(
-            r#"{{"event_id":"f{j}","user_id":"{user}","event_type":"flush","timestamp":"-","amount":0.0}}"#
-        );
-        (
-            Some(user.into_bytes()),
-            Some(value.into_bytes()),
-            Some(flush_at),
-            vec![],
-        )
-    });
-    kafka_tools::produce(brokers(), input, records).unwrap();
+    produce_flush(brokers(), input, o);
 }
 
 fn run(spec: &sluice::spec::PipelineSpec) -> anyhow::Result<sluice::pipeline::Summary> {
@@ -294,7 +276,6 @@ fn a_task_reads_its_partition_of_every_source_topic() {
 /// partition count changed, its checkpoints are refused, naming both.
 #[test]
 fn task_checkpoints_are_refused_when_the_partition_count_changed() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
     let (input, output, dlq) = (
         unique("tasks-grow"),
         unique("tasks-grow-out"),
@@ -312,21 +293,7 @@ fn task_checkpoints_are_refused_when_the_partition_count_changed() {
     let yaml = windows_spec(dir.path(), "tasks-grow", &input, &output, &dlq, "2");
     run_until_caught_up(&spec(&yaml));
     // The test broker has no CreatePartitions: the topic is made again.
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for r in rt
-        .block_on(admin.delete_topics(&[&input], &AdminOptions::new()))
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    delete_topics(&[&input]);
     create_topics(&[&input], 4);
     let error = format!("{:#}", run(&spec(&yaml)).unwrap_err());
     let task_dir = dir.path().join("checkpoints/tasks/00000");

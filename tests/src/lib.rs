@@ -181,6 +181,35 @@ pub fn create_topics(topics: &[&str], partitions: i32) {
     kafka_tools::create_topics(brokers(), topics, partitions).expect("create topics");
 }
 
+/// Deletes topics on the shared broker.
+pub fn delete_topics(topics: &[&str]) {
+    kafka_tools::delete_topics(brokers(), topics).expect("delete topics");
+}
+
+/// After the sample stream `o` in `topic` (on `brokers`): one record per
+/// key `flush-0..50` (its `user_id` too) two minutes and a half after the
+/// last sample event, so that every partition's watermark passes every
+/// sample window. A task's watermark is its partition's and a whole
+/// pipeline's the slowest partition's, so windows still open at the end
+/// would otherwise depend on how the pipeline runs.
+pub fn produce_flush(brokers: &str, topic: &str, o: &kafka_tools::SampleOptions) {
+    let end = o.start_ms + o.count as i64 * 100;
+    let at = (end / 60_000 + 2) * 60_000 + 30_000;
+    let records = (0..50).map(|j| {
+        let user = format!("flush-{j}");
+        let value = format!(
+            r#"{{"event_id":"f{j}","user_id":"{user}","event_type":"flush","timestamp":"-","amount":0.0}}"#
+        );
+        (
+            Some(user.into_bytes()),
+            Some(value.into_bytes()),
+            Some(at),
+            vec![],
+        )
+    });
+    kafka_tools::produce(brokers, topic, records).expect("produce");
+}
+
 /// Parses a spec written in a test (module paths are absolute).
 pub fn spec(yaml: &str) -> PipelineSpec {
     sluice::spec::parse(yaml, Path::new("/"))

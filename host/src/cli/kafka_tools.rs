@@ -43,6 +43,27 @@ pub fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> anyhow:
     Ok(())
 }
 
+/// Deletes topics (a topic that does not exist is an error).
+pub fn delete_topics(brokers: &str, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create admin client")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(admin.delete_topics(
+        topics,
+        &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+    ))?;
+    for r in results {
+        if let Err((topic, code)) = r {
+            bail!("cannot delete topic `{topic}`: {code}");
+        }
+    }
+    Ok(())
+}
+
 /// One event of the sample stream: the tutorials' event shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SampleEvent {

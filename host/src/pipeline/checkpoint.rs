@@ -108,6 +108,41 @@ struct CheckpointV1 {
     parquet: Vec<(String, ParquetCommit)>,
 }
 
+impl From<CheckpointV1> for CheckpointV2 {
+    /// No lineage, no digests.
+    fn from(c: CheckpointV1) -> Self {
+        Self {
+            format: c.format,
+            pipeline: c.pipeline,
+            epoch: c.epoch,
+            sources: c.sources,
+            sinks: c.sinks,
+            windows: c.windows,
+            parquet: c.parquet,
+            lineage: String::new(),
+            modules: Vec::new(),
+        }
+    }
+}
+
+impl From<CheckpointV2> for Checkpoint {
+    /// A checkpoint of the whole pipeline.
+    fn from(c: CheckpointV2) -> Self {
+        Self {
+            format: c.format,
+            pipeline: c.pipeline,
+            epoch: c.epoch,
+            sources: c.sources,
+            sinks: c.sinks,
+            windows: c.windows,
+            parquet: c.parquet,
+            lineage: c.lineage,
+            modules: c.modules,
+            task: None,
+        }
+    }
+}
+
 impl Checkpoint {
     pub fn new(pipeline: &str) -> Self {
         Self {
@@ -133,38 +168,12 @@ impl Checkpoint {
             postcard::take_from_bytes::<u32>(bytes).context("cannot decode the checkpoint")?;
         match format {
             FORMAT => postcard::from_bytes(bytes).context("cannot decode the checkpoint"),
-            2 => {
-                let c: CheckpointV2 =
-                    postcard::from_bytes(bytes).context("cannot decode the checkpoint")?;
-                Ok(Self {
-                    format: c.format,
-                    pipeline: c.pipeline,
-                    epoch: c.epoch,
-                    sources: c.sources,
-                    sinks: c.sinks,
-                    windows: c.windows,
-                    parquet: c.parquet,
-                    lineage: c.lineage,
-                    modules: c.modules,
-                    task: None,
-                })
-            }
-            1 => {
-                let c: CheckpointV1 =
-                    postcard::from_bytes(bytes).context("cannot decode the checkpoint")?;
-                Ok(Self {
-                    format: c.format,
-                    pipeline: c.pipeline,
-                    epoch: c.epoch,
-                    sources: c.sources,
-                    sinks: c.sinks,
-                    windows: c.windows,
-                    parquet: c.parquet,
-                    lineage: String::new(),
-                    modules: Vec::new(),
-                    task: None,
-                })
-            }
+            2 => postcard::from_bytes::<CheckpointV2>(bytes)
+                .map(Self::from)
+                .context("cannot decode the checkpoint"),
+            1 => postcard::from_bytes::<CheckpointV1>(bytes)
+                .map(|c| Self::from(CheckpointV2::from(c)))
+                .context("cannot decode the checkpoint"),
             _ => anyhow::bail!(
                 "checkpoint format {format} is not supported (this Sluice reads 1 to {FORMAT})"
             ),

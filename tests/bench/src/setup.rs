@@ -2,12 +2,9 @@
 //! and the pipeline specs (built in code, validated like a spec file).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -160,24 +157,9 @@ pub fn produce_readings(
 
 /// Deletes topics; a broker that refuses is reported, not fatal.
 pub fn delete_topics(brokers: &str, topics: &[String]) {
-    let result = (|| -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for r in rt.block_on(admin.delete_topics(&names, &options))? {
-            if let Err((topic, code)) = r {
-                bail!("`{topic}`: {code}");
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        eprintln!("[bench] warning: cannot delete topics ({e:#}); they stay on the broker");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = kafka_tools::delete_topics(brokers, &names) {
+        eprintln!("[bench] warning: {e:#}; the topics stay on the broker");
     }
 }
 
@@ -310,7 +292,7 @@ mod tests {
             sluice::spec::parse(&text, Path::new("/")).unwrap().name,
             spec.name
         );
-        assert_eq!(spec.batch.max_wait, Duration::from_millis(10));
+        assert_eq!(spec.batch.max_wait, std::time::Duration::from_millis(10));
         assert_eq!(spec.delivery, sluice::spec::Delivery::ExactlyOnce);
         assert_eq!(spec.parallelism.workers(16), 4);
         assert_eq!(spec.checkpoint.as_ref().unwrap().dir, dir);
