@@ -312,3 +312,41 @@ fn task_checkpoints_are_refused_when_the_partition_count_changed() {
         "{error}"
     );
 }
+
+/// Without checkpoints (at-least-once), each task holds its commits back
+/// behind its own open windows: the same windows as one whole run.
+#[test]
+fn windows_without_checkpoints_at_two_workers_are_the_windows_at_one() {
+    let input = unique("tasks-nocp-in");
+    let (one, two, dlq) = (
+        unique("tasks-nocp-one"),
+        unique("tasks-nocp-two"),
+        unique("tasks-dlq"),
+    );
+    create_topics(&[&input], 4);
+    create_topics(&[&one, &two, &dlq], 2);
+    let o = SampleOptions {
+        count: 3000,
+        users: 60,
+        ..SampleOptions::default()
+    };
+    produce_with_flush(&input, &o);
+    let dir = tempfile::tempdir().unwrap();
+    let without_checkpoints = |name: &str, output: &str, parallelism: &str| {
+        let yaml = windows_spec(dir.path(), name, &input, output, &dlq, parallelism);
+        let yaml: String = yaml
+            .lines()
+            .filter(|l| !l.starts_with("checkpoint:") && !l.starts_with("delivery:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        spec(&yaml)
+    };
+    let whole = run_until_caught_up(&without_checkpoints("tasks-nocp-one", &one, "1"));
+    let tasks = run_until_caught_up(&without_checkpoints("tasks-nocp-two", &two, "2"));
+    assert_eq!(tasks.records_in, o.count + 50);
+    assert_eq!(tasks.outputs, whole.outputs);
+    let want = sorted_values(&read(&one));
+    assert!(!want.is_empty());
+    assert_eq!(sorted_values(&read(&two)), want);
+    assert!(!dir.path().join("checkpoints").exists());
+}
