@@ -85,6 +85,19 @@ fn four_workers_over_eight_partitions_deliver_every_record_once() {
     assert_eq!(summary.records_in, o.count);
     assert_eq!(summary.outputs["default"], want.len() as u64);
     assert_eq!(summary.dropped, o.count - want.len() as u64);
+    // `sluice run` prints a row per task: each read its own partition.
+    let partitions: Vec<i32> = summary.tasks.iter().map(|t| t.partition).collect();
+    assert_eq!(partitions, (0..8).collect::<Vec<_>>());
+    let records: Vec<u64> = summary.tasks.iter().map(|t| t.records_in).collect();
+    let mut per_partition = vec![0u64; 8];
+    for r in read(&input) {
+        per_partition[r.partition as usize] += 1;
+    }
+    assert_eq!(records, per_partition);
+    assert_eq!(
+        summary.tasks.iter().map(|t| t.outputs).sum::<u64>(),
+        want.len() as u64
+    );
     assert_eq!(sorted_values(&read(&output)), want);
     assert!(read(&dlq).is_empty());
 }

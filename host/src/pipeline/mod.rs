@@ -76,6 +76,43 @@ pub struct Summary {
     /// Event-time progress of the aggregate step, if the pipeline has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<crate::window::Progress>,
+    /// A pipeline run as tasks: what each task did, by partition.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSummary>,
+}
+
+/// One task's part of a run (a pipeline run as tasks).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskSummary {
+    /// The source partition number the task owns.
+    pub partition: i32,
+    pub batches: u64,
+    pub records_in: u64,
+    pub outputs: u64,
+    pub dead_lettered: u64,
+    pub dropped: u64,
+    /// Its watermark at the end (with an aggregate), Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
+    /// Its open (window, key) pairs at the end (with an aggregate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_rows: Option<usize>,
+}
+
+impl TaskSummary {
+    /// The row of the task of `partition`, from its summary.
+    pub fn of(partition: i32, s: &Summary) -> Self {
+        Self {
+            partition,
+            batches: s.batches,
+            records_in: s.records_in,
+            outputs: s.outputs.values().sum(),
+            dead_lettered: s.dead_lettered,
+            dropped: s.dropped,
+            watermark: s.windows.as_ref().and_then(|w| w.watermark),
+            state_rows: s.windows.as_ref().map(|w| w.state_rows),
+        }
+    }
 }
 
 /// Milliseconds a run spent in each stage of its batches (see
@@ -297,6 +334,8 @@ impl std::ops::AddAssign for Summary {
             }
             (a, b) => a.or(b),
         };
+        self.tasks.extend(other.tasks);
+        self.tasks.sort_by_key(|t| t.partition);
     }
 }
 

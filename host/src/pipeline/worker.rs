@@ -25,7 +25,7 @@ use anyhow::Context;
 use super::checkpoint::TaskLayout;
 use super::control::Control;
 use super::runner::{Io, PAUSED_POLL, Runner, TICK};
-use super::{RunOptions, Summary, chain_of, start_step, task};
+use super::{RunOptions, Summary, TaskSummary, chain_of, start_step, task};
 use crate::batch::reason::Kind;
 use crate::runtime::{Module, Runtime};
 use crate::sink::end_offsets;
@@ -312,9 +312,13 @@ impl Worker<'_> {
         }
         let mut summary = Summary::default();
         let mut first_error = None;
-        for runner in runners {
+        for (runner, &partition) in runners.into_iter().zip(&partitions) {
             match runner.end(&source) {
-                Ok(s) => summary += s,
+                Ok(s) => {
+                    let row = TaskSummary::of(partition, &s);
+                    summary += s;
+                    summary.tasks.push(row);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
