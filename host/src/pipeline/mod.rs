@@ -16,6 +16,10 @@
 //!   reason, or counted as dropped by a guest's decision.
 //! - Up to 16 produced batches await their acknowledgements while the
 //!   next ones run; the Kafka client fetches ahead in its own threads.
+//! - With `parallelism` other than 1, all of the above holds per task (one
+//!   per source partition number, see `task.rs`), and the tasks run on
+//!   worker threads (`worker.rs`); otherwise the pipeline runs whole, as
+//!   one run loop (`runner.rs`).
 
 mod aggregate;
 mod chain;
