@@ -64,6 +64,12 @@ pub(super) struct Io {
 impl Io {
     /// The pipeline's producer, started, with a send stage of its own.
     pub fn new(spec: &PipelineSpec) -> anyhow::Result<Self> {
+        Self::with_sink(spec, Self::producer(spec)?)
+    }
+
+    /// The pipeline's producer, started (shared by its workers' send
+    /// stages).
+    pub fn producer(spec: &PipelineSpec) -> anyhow::Result<Arc<KafkaSink>> {
         let quarantine = match &spec.checkpoint {
             Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
             None => Quarantine::log_only(),
@@ -73,17 +79,13 @@ impl Io {
                 .context("cannot create the Kafka producer")?,
         );
         sink.start(&spec.dead_letter.topic);
-        Self::with_sink(spec, sink)
+        Ok(sink)
     }
 
     /// Another send stage for `sink` (one per worker).
     pub fn with_sink(spec: &PipelineSpec, sink: Arc<KafkaSink>) -> anyhow::Result<Self> {
         let send = Arc::new(send::SendStage::start(sink.clone(), &spec.name)?);
         Ok(Self { sink, send })
-    }
-
-    pub fn sink(&self) -> &Arc<KafkaSink> {
-        &self.sink
     }
 }
 

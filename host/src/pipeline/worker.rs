@@ -53,7 +53,7 @@ pub(super) fn run(
     for (i, layout) in layouts.into_iter().enumerate() {
         groups[i % workers].push(layout);
     }
-    let io = Io::new(spec)?;
+    let sink = Io::producer(spec)?;
     // Asked once for every task (see `Runner::know_sink_ends`).
     let sink_ends: HashMap<(String, i32), i64> = if spec.delivery == Delivery::ExactlyOnce {
         end_offsets(&spec.kafka, &spec.sink_topics())
@@ -87,7 +87,7 @@ pub(super) fn run(
     let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(workers);
         for (w, tasks) in groups.into_iter().enumerate() {
-            let (halt, io) = (&halt, &io);
+            let (halt, sink) = (&halt, &sink);
             let worker = Worker {
                 spec,
                 runtime,
@@ -105,7 +105,7 @@ pub(super) fn run(
                     let _dispatch = tracing::dispatcher::set_default(&dispatch);
                     let _span = span.enter();
                     let result =
-                        Io::with_sink(spec, io.sink().clone()).and_then(|io| worker.run(tasks, io));
+                        Io::with_sink(spec, sink.clone()).and_then(|io| worker.run(tasks, io));
                     if result.is_err() {
                         halt.store(true, Ordering::Relaxed);
                     }
@@ -143,7 +143,7 @@ pub(super) fn run(
     }
     // What the pipeline's producer could not send, counted once for all
     // tasks.
-    let too_large = io.sink().too_large();
+    let too_large = sink.too_large();
     if too_large > 0 {
         summary.dead_lettered += too_large;
         *summary
@@ -151,7 +151,7 @@ pub(super) fn run(
             .entry(Kind::TooLarge)
             .or_default() += too_large;
     }
-    summary.quarantined = io.sink().quarantine().count();
+    summary.quarantined = sink.quarantine().count();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         summary = ?summary,
