@@ -11,7 +11,7 @@
 //! - Exactly-once: each batch (epoch) is described in the epoch log before
 //!   any of its outputs is produced; after a crash the epochs since the last
 //!   checkpoint run again identically and records already in Kafka are not
-//!   produced again (see `runner.rs` and `sink/written.rs`).
+//!   produced again (see `runner/recovery.rs` and `sink/written.rs`).
 //! - Every source record is accounted for: emitted, dead-lettered with a
 //!   reason, or counted as dropped by a guest's decision.
 //! - Up to 16 produced batches await their acknowledgements while the

@@ -1,15 +1,9 @@
 //! The run loop: batches through the chain into the sinks, with offsets
 //! committed after acknowledgement and, when configured, checkpoints and
-//! exactly-once recovery.
-//!
-//! Recovery, in order: open the newest valid checkpoint; restore the window
-//! engine from it; open the Parquet sinks (which publish the files that
-//! checkpoint listed and delete any other unfinished ones); re-execute, with
-//! the same records in the same order at the same processing time, every
-//! epoch logged after the checkpoint, skipping records the broker already
-//! has; checkpoint; then continue from where the last epoch ended.
+//! exactly-once recovery (`recovery.rs`).
 
 mod progress;
+mod recovery;
 mod send;
 mod swap;
 
@@ -22,23 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::checkpoint::{Checkpoint, Checkpoints, SourcePosition, TaskLayout, failpoint};
+use super::checkpoint::{Checkpoints, TaskLayout};
 use super::control::{Control, Durations};
 use super::deliver::{self, Eos, Rejected, Routing};
 use super::{Chain, ChainOutput, RunOptions, Summary, TimeSpent};
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Reason};
-use crate::checkpoint::{Epoch, StepDigest, digests_by_step};
+use crate::checkpoint::Epoch;
 use crate::runtime::Runtime;
-use crate::sink::{
-    BatchAck, KafkaSink, ParquetCommit, ParquetRecord, ParquetSink, Quarantine, SinkPosition,
-    end_offsets, written_since,
-};
-use crate::source::{
-    CommitMode, KafkaSource, NextOffset, ReplaySource, SourceBatch, source_partitions,
-};
-use crate::spec::{CheckpointSpec, Delivery, PipelineSpec};
-use crate::window::WindowEngine;
+use crate::sink::{BatchAck, KafkaSink, ParquetRecord, ParquetSink, Quarantine};
+use crate::source::{CommitMode, KafkaSource, NextOffset, SourceBatch};
+use crate::spec::{Delivery, PipelineSpec};
 
 /// How long a pipeline with windows waits without records before letting
 /// processing time pass in its window engine (idle partitions stop holding
@@ -365,179 +353,6 @@ impl<'a> Runner<'a> {
         Ok(self.summary)
     }
 
-    /// Restores state from the newest checkpoint and re-executes the epochs
-    /// logged after it. Returns whether the pipeline is checkpointed.
-    fn recover(&mut self) -> anyhow::Result<bool> {
-        let spec = self.spec;
-        let Some(cspec) = &spec.checkpoint else {
-            self.expect_partitions()?;
-            self.parquet = self.open_parquet(None)?;
-            return Ok(false);
-        };
-        let cspec = match &self.task {
-            None => cspec.clone(),
-            Some(task) => CheckpointSpec {
-                dir: super::task::dir(&cspec.dir, task.partition),
-                ..cspec.clone()
-            },
-        };
-        let (checkpoints, recovered) = Checkpoints::open(&cspec, &spec.name, self.task.as_ref())?;
-        Arc::make_mut(&mut self.routing).lineage = checkpoints.lineage().to_owned();
-        self.checkpoints = Some(checkpoints);
-        let checkpoint = recovered.checkpoint;
-        if let Some(c) = &checkpoint {
-            self.epoch = c.epoch;
-            self.saved = Some(c.epoch);
-            self.positions = c.positions(&spec.source.topics);
-            if let Some(snapshot) = &c.windows
-                && let Some(step) = self.chain.aggregate_mut()
-            {
-                let window = spec
-                    .transforms
-                    .last()
-                    .and_then(|t| t.aggregate.clone())
-                    .context("the aggregate step has no window spec")?;
-                let engine = WindowEngine::restore(window, snapshot.clone())
-                    .context("cannot restore the window state of the checkpoint")?;
-                step.set_engine(engine);
-            }
-        }
-        // Before any re-execution: the original run had declared them too.
-        self.expect_partitions()?;
-        self.parquet = self.open_parquet(checkpoint.as_ref())?;
-
-        match checkpoint {
-            None if !self.exactly_once => {}
-            // The starting point that exactly-once recovery reads back from,
-            // before anything is produced.
-            None if recovered.epochs.is_empty() => self.checkpoint(None)?,
-            None => anyhow::bail!(
-                "the epoch log holds {} epochs but there is no checkpoint to replay them from; \
-                 remove the checkpoint directory to start over",
-                recovered.epochs.len()
-            ),
-            Some(c) => self.replay(&c, &recovered.epochs)?,
-        }
-        Ok(true)
-    }
-
-    /// Tells the aggregate step (if any) which partitions to wait for.
-    fn expect_partitions(&mut self) -> anyhow::Result<()> {
-        if let Some(step) = self.chain.aggregate_mut() {
-            let mut partitions = source_partitions(self.spec)?;
-            if let Some(task) = &self.task {
-                partitions.retain(|&(_, p)| p == task.partition);
-            }
-            step.expect_partitions(&partitions);
-        }
-        Ok(())
-    }
-
-    fn open_parquet(
-        &self,
-        checkpoint: Option<&Checkpoint>,
-    ) -> anyhow::Result<Vec<Option<ParquetSink>>> {
-        self.spec
-            .outputs
-            .iter()
-            .map(|(name, output)| {
-                output
-                    .parquet
-                    .as_ref()
-                    .map(|p| {
-                        let recovered = checkpoint.and_then(|c| c.parquet_commit(name));
-                        match &self.task {
-                            None => ParquetSink::open(name, p, recovered),
-                            Some(task) => {
-                                ParquetSink::open_for_task(name, p, recovered, task.partition)
-                            }
-                        }
-                        .with_context(|| format!("outputs.{name}.parquet"))
-                    })
-                    .transpose()
-            })
-            .collect()
-    }
-
-    /// Each step's module now (a swap changes them).
-    fn modules(&self) -> Vec<StepDigest> {
-        self.routing
-            .steps
-            .iter()
-            .map(|s| StepDigest::new(&s.name, &s.sha256))
-            .collect()
-    }
-
-    /// Re-executes the epochs logged after checkpoint `c`.
-    fn replay(&mut self, c: &Checkpoint, epochs: &[(u64, Epoch)]) -> anyhow::Result<()> {
-        let modules = self.modules();
-        if epochs.is_empty() {
-            let logged = digests_by_step(&c.modules);
-            for m in &modules {
-                if let Some(&before) = logged.get(m.step.as_str())
-                    && *before != m.sha256
-                {
-                    tracing::info!(
-                        step = %m.step,
-                        checkpointed = %hex::encode(before),
-                        now = %hex::encode(m.sha256),
-                        "the step's module changed since the checkpoint; no epoch to re-execute"
-                    );
-                }
-            }
-            return Ok(());
-        }
-        if !self.exactly_once {
-            tracing::warn!(
-                epochs = epochs.len(),
-                "the epoch log holds epochs from an exactly-once run; this run is at-least-once and resumes from the checkpoint"
-            );
-            return Ok(());
-        }
-        let mut epochs = epochs.to_vec();
-        for (n, epoch) in &mut epochs {
-            epoch
-                .resolve(*n, &self.spec.source.topics, &modules)
-                .context("refusing to recover")?;
-        }
-        let started = Instant::now();
-        let written = written_since(
-            &self.spec.kafka,
-            &self.routing.lineage,
-            &self.spec.sink_topics(),
-            &c.sinks,
-        )
-        .context("cannot read back what the sinks already hold")?;
-        let mut replay = ReplaySource::new(self.spec, epochs.iter().map(|(_, e)| &e.layout))?;
-        let mut produced = 0;
-        for (n, epoch) in &epochs {
-            let batch = replay
-                .read(&epoch.layout)
-                .with_context(|| format!("cannot re-read epoch {n}"))?;
-            self.epoch = *n;
-            let eos = Some(Eos {
-                epoch: *n,
-                written: Some(&written),
-            });
-            produced += batch.len();
-            let ack = self.process(batch, epoch.now_ms, eos)?;
-            ack.wait()
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("a replayed batch could not be delivered")?;
-            for r in &epoch.layout.ranges {
-                self.positions.insert((r.source, r.partition), r.to);
-            }
-        }
-        tracing::info!(
-            epochs = epochs.len(),
-            records = produced,
-            already_written = written.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "re-executed the epochs logged after the checkpoint"
-        );
-        self.checkpoint(None)
-    }
-
     /// Runs one batch through the chain and hands the results to the sinks:
     /// to the send stage, or (re-executing with ids already written to
     /// skip) to the producer directly.
@@ -718,120 +533,6 @@ impl<'a> Runner<'a> {
             self.checkpoint(Some(source))?;
         }
         Ok(())
-    }
-
-    /// Takes a checkpoint: everything produced so far is acknowledged first.
-    fn checkpoint(&mut self, source: Option<&KafkaSource>) -> anyhow::Result<()> {
-        if let Some(source) = source {
-            self.drain(source)?;
-        }
-        debug_assert!(self.in_flight.is_empty(), "a batch in flight has a source");
-        let started = Instant::now();
-        let spec = self.spec;
-        let sinks = if self.exactly_once {
-            self.sink_positions()?
-        } else {
-            Vec::new()
-        };
-        let mut parquet: Vec<(String, ParquetCommit)> = Vec::new();
-        for (name, sink) in self.output_names.iter().zip(&mut self.parquet) {
-            if let Some(sink) = sink {
-                let commit = sink
-                    .prepare_commit()
-                    .with_context(|| format!("outputs.{name}: cannot close Parquet files"))?;
-                parquet.push((name.clone(), commit));
-            }
-        }
-        let mut sources: Vec<SourcePosition> = self
-            .positions
-            .iter()
-            .map(|(&(s, partition), &offset)| SourcePosition {
-                topic: spec.source.topics[s as usize].clone(),
-                partition,
-                offset,
-            })
-            .collect();
-        sources.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        let checkpoint = Checkpoint {
-            epoch: self.epoch,
-            sources,
-            sinks,
-            windows: self.chain.aggregate().map(|a| a.engine().snapshot()),
-            parquet,
-            lineage: self.routing.lineage.clone(),
-            modules: self.modules(),
-            task: self.task.clone(),
-            ..Checkpoint::new(&spec.name)
-        };
-        failpoint("after-outputs");
-        let checkpoints = self
-            .checkpoints
-            .as_mut()
-            .expect("checkpoint() runs only with checkpoints");
-        checkpoints.save(&checkpoint)?;
-        self.saved = Some(self.epoch);
-        failpoint("after-checkpoint");
-        for ((name, commit), sink) in checkpoint
-            .parquet
-            .iter()
-            .zip(self.parquet.iter_mut().flatten())
-        {
-            sink.commit(commit)
-                .with_context(|| format!("outputs.{name}: cannot publish Parquet files"))?;
-        }
-        checkpoints.trim_log()?;
-        if let Some(source) = source {
-            // For lag monitoring and tools; the checkpoint is what a restart uses.
-            let offsets: Vec<NextOffset> = self
-                .positions
-                .iter()
-                .map(|(&(source, partition), &offset)| NextOffset {
-                    source,
-                    partition,
-                    offset,
-                })
-                .collect();
-            commit_offsets(source, &offsets, CommitMode::Sync);
-        }
-        tracing::debug!(
-            epoch = self.epoch,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "checkpoint saved"
-        );
-        Ok(())
-    }
-}
-
-impl Runner<'_> {
-    /// Where each sink partition's records of later epochs can start, at
-    /// the earliest: asked of the broker once, then moved forward by the
-    /// producer's own acknowledgements (so a checkpoint needs no round
-    /// trip). Other producers' records after that point are skipped by the
-    /// read-back, which looks at this pipeline's ids only.
-    fn sink_positions(&mut self) -> anyhow::Result<Vec<SinkPosition>> {
-        if self.sink_ends.is_empty() {
-            let spec = self.spec;
-            self.sink_ends = end_offsets(&spec.kafka, &spec.sink_topics())
-                .context("cannot read the sink topics' end offsets")?
-                .into_iter()
-                .map(|p| ((p.topic, p.partition), p.offset))
-                .collect();
-        }
-        for (key, end) in self.sink.acknowledged_ends() {
-            let known = self.sink_ends.entry(key).or_insert(end);
-            *known = (*known).max(end);
-        }
-        let mut positions: Vec<SinkPosition> = self
-            .sink_ends
-            .iter()
-            .map(|((topic, partition), &offset)| SinkPosition {
-                topic: topic.clone(),
-                partition: *partition,
-                offset,
-            })
-            .collect();
-        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        Ok(positions)
     }
 }
 
