@@ -104,8 +104,18 @@ pub(super) fn run(
                 .spawn_scoped(scope, move || {
                     let _dispatch = tracing::dispatcher::set_default(&dispatch);
                     let _span = span.enter();
-                    let result =
-                        Io::with_sink(spec, sink.clone()).and_then(|io| worker.run(tasks, io));
+                    // A panic stops the others too, like an error.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        Io::with_sink(spec, sink.clone()).and_then(|io| worker.run(tasks, io))
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(anyhow::anyhow!("the worker panicked: {message}"))
+                    });
                     if result.is_err() {
                         halt.store(true, Ordering::Relaxed);
                     }
