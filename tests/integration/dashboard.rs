@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::serve::{Served, call, produce_pairs, sample, serve_filter};
+use crate::serve::{Served, TOKEN, call, produce_pairs, sample, serve_filter, serve_filter_at};
 use crate::server::Server;
 use sluice_tests::*;
 
@@ -416,4 +416,54 @@ fn the_dashboard_follows_a_pipeline_in_a_browser() {
         assert!(Instant::now() < deadline, "no notice: {page:#}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A pipeline run as tasks: the cells are the pipeline's, and the hover
+/// text has a line per task.
+#[test]
+fn the_dashboard_shows_a_line_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        server,
+        name,
+        input,
+        ..
+    } = serve_filter_at(dir.path(), "dashboard-tasks", 2, Some(TOKEN), 2);
+    let dashboard = Dashboard {
+        browser: Browser::start().unwrap(),
+        server: &server,
+        pipeline: name.clone(),
+    };
+    dashboard.browser.goto(&format!("{}/", server.url));
+    dashboard.wait_for_cell("status", "running");
+    let (records, _) = sample(0, 200);
+    produce_pairs(&input, &records);
+    let page = dashboard.wait_until("200 input rows over 2 tasks, no lag", |page| {
+        page["cells"]["input_rows"] == "200" && page["titles"]["lag"] == "task 0: 0\ntask 1: 0"
+    });
+    assert_eq!(page["notes"]["input_rows"], "2 tasks", "{page:#}");
+    let per_task: Vec<u64> = page["titles"]["input_rows"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let rest = line
+                .strip_prefix(&format!("task {i}: "))
+                .and_then(|r| r.strip_suffix(" records"))
+                .unwrap_or_else(|| panic!("{line:?} in {page:#}"));
+            rest.parse().unwrap()
+        })
+        .collect();
+    // Each task read its own partition of the input.
+    let mut by_partition = vec![0u64; 2];
+    for r in read(&input) {
+        by_partition[r.partition as usize] += 1;
+    }
+    assert_eq!(per_task, by_partition);
+    assert_eq!(
+        page["titles"]["watermark"], "task 0: —\ntask 1: —",
+        "no event time"
+    );
+    server.stop();
 }
