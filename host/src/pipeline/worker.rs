@@ -225,44 +225,67 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
+    /// The task of `layout` with its own instances of the steps,
+    /// recovered.
+    fn start_task(&self, layout: TaskLayout, io: Io) -> anyhow::Result<Runner<'_>> {
+        let steps = (0..self.modules.len())
+            .map(|i| start_step(self.spec, i, &self.modules[i]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (mut chain, routing) = chain_of(self.spec, steps);
+        chain.keep_keys();
+        let mut runner = Runner::new(
+            self.spec,
+            self.runtime.clone(),
+            chain,
+            routing,
+            self.control,
+            io,
+            Some(layout),
+        )?;
+        runner.know_sink_ends(self.sink_ends);
+        runner.start()?;
+        Ok(runner)
+    }
+
     /// Recovers `tasks`, then polls and runs them until `halt` is set or
     /// their partitions are caught up.
     fn run(&self, tasks: Vec<TaskLayout>, io: Io) -> anyhow::Result<Summary> {
         let Self {
             spec,
-            runtime,
-            modules,
             options,
             halt,
             control,
             start,
-            sink_ends,
+            ..
         } = *self;
-        let mut runners = Vec::with_capacity(tasks.len());
-        let mut partitions = Vec::with_capacity(tasks.len());
-        for layout in tasks {
-            let partition = layout.partition;
-            let steps = (0..modules.len())
-                .map(|i| start_step(spec, i, &modules[i]))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let (mut chain, routing) = chain_of(spec, steps);
-            chain.keep_keys();
-            let mut runner = Runner::new(
-                spec,
-                runtime.clone(),
-                chain,
-                routing,
-                control,
-                io.clone(),
-                Some(layout),
-            )?;
-            runner.know_sink_ends(sink_ends);
-            runner
-                .start()
-                .with_context(|| format!("task {partition}"))?;
-            runners.push(runner);
-            partitions.push(partition);
-        }
+        let partitions: Vec<i32> = tasks.iter().map(|t| t.partition).collect();
+        // Tasks recover side by side: each opens its own checkpoint
+        // directory and epoch log, and may re-execute epochs.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let span = tracing::Span::current();
+        let started: Vec<anyhow::Result<Runner<'_>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = tasks
+                .into_iter()
+                .map(|layout| {
+                    let (io, dispatch, span) = (io.clone(), dispatch.clone(), span.clone());
+                    scope.spawn(move || {
+                        let _dispatch = tracing::dispatcher::set_default(&dispatch);
+                        let _span = span.enter();
+                        let partition = layout.partition;
+                        self.start_task(layout, io)
+                            .with_context(|| format!("task {partition}"))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a task panicked while starting")))
+                })
+                .collect()
+        });
+        let mut runners = started.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
         let positions: HashMap<(u16, i32), i64> = runners
             .iter()
             .filter_map(Runner::resume_positions)
