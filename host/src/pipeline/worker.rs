@@ -343,10 +343,33 @@ impl Worker<'_> {
                 }
             }
         }
+        // The tasks end side by side too: each drains, checkpoints and
+        // commits its own partitions.
+        let source = &source;
+        let ended: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = runners
+                .into_iter()
+                .map(|runner| {
+                    let (dispatch, span) = (dispatch.clone(), span.clone());
+                    scope.spawn(move || {
+                        let _dispatch = tracing::dispatcher::set_default(&dispatch);
+                        let _span = span.enter();
+                        runner.end(source)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a task panicked while ending")))
+                })
+                .collect()
+        });
         let mut summary = Summary::default();
         let mut first_error = None;
-        for (runner, &partition) in runners.into_iter().zip(&partitions) {
-            match runner.end(&source) {
+        for (result, &partition) in ended.into_iter().zip(&partitions) {
+            match result {
                 Ok(s) => {
                     let row = TaskSummary::of(partition, &s);
                     summary += s;
