@@ -82,8 +82,7 @@ pub(super) fn run(
         at: started,
     };
     // Workers log (and report batches) where the caller's thread does.
-    let dispatch = tracing::dispatcher::get_default(Clone::clone);
-    let span = tracing::Span::current();
+    let traced = Traced::capture();
     let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(workers);
         for (w, tasks) in groups.into_iter().enumerate() {
@@ -98,23 +97,13 @@ pub(super) fn run(
                 start: &start,
                 sink_ends: &sink_ends,
             };
-            let (dispatch, span) = (dispatch.clone(), span.clone());
+            let traced = &traced;
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-w{w}", spec.name))
                 .spawn_scoped(scope, move || {
-                    let _dispatch = tracing::dispatcher::set_default(&dispatch);
-                    let _span = span.enter();
                     // A panic stops the others too, like an error.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let result = traced.run("the worker", || {
                         Io::with_sink(spec, sink.clone()).and_then(|io| worker.run(tasks, io))
-                    }))
-                    .unwrap_or_else(|panic| {
-                        let message = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(anyhow::anyhow!("the worker panicked: {message}"))
                     });
                     if result.is_err() {
                         halt.store(true, Ordering::Relaxed);
@@ -201,6 +190,63 @@ fn pause(
     Ok(())
 }
 
+/// The caller's tracing subscriber and span, for threads it starts: their
+/// logs (and the bench's batch reports) go where the caller's do.
+struct Traced {
+    dispatch: tracing::Dispatch,
+    span: tracing::Span,
+}
+
+impl Traced {
+    fn capture() -> Self {
+        Self {
+            dispatch: tracing::dispatcher::get_default(Clone::clone),
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// Runs `f` in the captured context; a panic becomes an error saying
+    /// that `who` panicked, with its message.
+    fn run<R>(&self, who: &str, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+        let _dispatch = tracing::dispatcher::set_default(&self.dispatch);
+        let _span = self.span.enter();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("{who} panicked: {message}"))
+        })
+    }
+
+    /// `f` on each item, each on a thread of its own in the captured
+    /// context; the results in the items' order.
+    fn side_by_side<T: Send, R: Send>(
+        &self,
+        who: &str,
+        items: Vec<T>,
+        f: impl Fn(T) -> anyhow::Result<R> + Sync,
+    ) -> Vec<anyhow::Result<R>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .into_iter()
+                .map(|item| {
+                    let f = &f;
+                    scope.spawn(move || self.run(who, || f(item)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("{who} panicked")))
+                })
+                .collect()
+        })
+    }
+}
+
 /// How far the workers are in starting.
 struct Start {
     workers: usize,
@@ -261,29 +307,11 @@ impl Worker<'_> {
         let partitions: Vec<i32> = tasks.iter().map(|t| t.partition).collect();
         // Tasks recover side by side: each opens its own checkpoint
         // directory and epoch log, and may re-execute epochs.
-        let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let span = tracing::Span::current();
-        let started: Vec<anyhow::Result<Runner<'_>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = tasks
-                .into_iter()
-                .map(|layout| {
-                    let (io, dispatch, span) = (io.clone(), dispatch.clone(), span.clone());
-                    scope.spawn(move || {
-                        let _dispatch = tracing::dispatcher::set_default(&dispatch);
-                        let _span = span.enter();
-                        let partition = layout.partition;
-                        self.start_task(layout, io)
-                            .with_context(|| format!("task {partition}"))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a task panicked while starting")))
-                })
-                .collect()
+        let traced = Traced::capture();
+        let started = traced.side_by_side("the start of a task", tasks, |layout| {
+            let partition = layout.partition;
+            self.start_task(layout, io.clone())
+                .with_context(|| format!("task {partition}"))
         });
         let mut runners = started.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
         let positions: HashMap<(u16, i32), i64> = runners
@@ -345,27 +373,7 @@ impl Worker<'_> {
         }
         // The tasks end side by side too: each drains, checkpoints and
         // commits its own partitions.
-        let source = &source;
-        let ended: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = runners
-                .into_iter()
-                .map(|runner| {
-                    let (dispatch, span) = (dispatch.clone(), span.clone());
-                    scope.spawn(move || {
-                        let _dispatch = tracing::dispatcher::set_default(&dispatch);
-                        let _span = span.enter();
-                        runner.end(source)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a task panicked while ending")))
-                })
-                .collect()
-        });
+        let ended = traced.side_by_side("the end of a task", runners, |runner| runner.end(&source));
         let mut summary = Summary::default();
         let mut first_error = None;
         for (result, &partition) in ended.into_iter().zip(&partitions) {
