@@ -50,17 +50,7 @@ pub(crate) fn bench(
         None
     };
 
-    let (events_topic, readings_topic) = (topic("events"), topic("readings"));
-    kafka_tools::create_topics(brokers, &[&events_topic, &readings_topic], args.partitions)?;
-    let sample = SampleOptions {
-        count: args.records,
-        users: args.users,
-        ..Default::default()
-    };
-    let events = setup::produce_events(brokers, &events_topic, &sample)?;
-    progress!("produced {events_topic} in {:.2} s", events.produce_s);
-    let readings = setup::produce_readings(brokers, &readings_topic, &sample)?;
-    progress!("produced {readings_topic} in {:.2} s", readings.produce_s);
+    let (events, readings) = produce_inputs(args, &id)?;
 
     let checkpoints = json_dir.join(format!("checkpoints-{id}"));
     let batch = json!({ "max_records": args.batch_records });
@@ -198,7 +188,7 @@ pub(crate) fn bench(
     }
     let _ = std::fs::remove_dir_all(&checkpoints);
     if !args.keep_topics {
-        setup::delete_topics(brokers, &[events_topic, readings_topic]);
+        setup::delete_topics(brokers, &[events.topic.clone(), readings.topic.clone()]);
     }
 
     let mut report = Report {
@@ -234,6 +224,25 @@ pub(crate) fn bench(
         .with_context(|| format!("cannot write {}", args.json.display()))?;
     progress!("wrote {}", args.json.display());
     Ok(())
+}
+
+/// The bench's two inputs, in fresh topics of run `id`: the sample events
+/// and the readings made from them (see the crate docs).
+pub(crate) fn produce_inputs(args: &BenchArgs, id: &str) -> anyhow::Result<(Input, Input)> {
+    let brokers = args.brokers.as_str();
+    let (events_topic, readings_topic) =
+        (format!("bench-{id}-events"), format!("bench-{id}-readings"));
+    kafka_tools::create_topics(brokers, &[&events_topic, &readings_topic], args.partitions)?;
+    let sample = SampleOptions {
+        count: args.records,
+        users: args.users,
+        ..Default::default()
+    };
+    let events = setup::produce_events(brokers, &events_topic, &sample)?;
+    progress!("produced {events_topic} in {:.2} s", events.produce_s);
+    let readings = setup::produce_readings(brokers, &readings_topic, &sample)?;
+    progress!("produced {readings_topic} in {:.2} s", readings.produce_s);
+    Ok((events, readings))
 }
 
 /// The steady-state rate of a row: between 10% and 90% of its records done.

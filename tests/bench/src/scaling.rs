@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
 
-use sluice::cli::kafka_tools::{self, SampleOptions};
+use sluice::cli::kafka_tools;
 
 use crate::measure::{self, Machine, Meter};
 use crate::setup::{self, Input, Modules, PipelineParams};
@@ -55,15 +55,7 @@ pub(crate) fn bench(args: &BenchArgs, progress: &BatchProgress) -> anyhow::Resul
         args.partitions,
         args.scaling
     );
-    let (events_topic, readings_topic) = (topic("events"), topic("readings"));
-    kafka_tools::create_topics(brokers, &[&events_topic, &readings_topic], args.partitions)?;
-    let sample = SampleOptions {
-        count: args.records,
-        users: args.users,
-        ..Default::default()
-    };
-    let events = setup::produce_events(brokers, &events_topic, &sample)?;
-    let readings = setup::produce_readings(brokers, &readings_topic, &sample)?;
+    let (events, readings) = crate::rows::produce_inputs(args, &id)?;
     let pipelines: [(&str, &Input, serde_json::Value, bool); 4] = [
         (
             "filter-heartbeats",
@@ -150,7 +142,7 @@ pub(crate) fn bench(args: &BenchArgs, progress: &BatchProgress) -> anyhow::Resul
         }
     }
     if !args.keep_topics {
-        setup::delete_topics(brokers, &[events_topic, readings_topic]);
+        setup::delete_topics(brokers, &[events.topic.clone(), readings.topic.clone()]);
     }
     let report = Scaling {
         machine,
