@@ -7,35 +7,49 @@ use serde_json::Value;
 use sluice_tests::kafka_tools::{SampleOptions, sample_record};
 use sluice_tests::{brokers, guest};
 
-#[test]
-fn the_bench_runs_every_row_on_a_small_input() {
-    const RECORDS: u64 = 2000;
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("e2e.json");
+/// Records of the small input both tests run on.
+const RECORDS: u64 = 2000;
+
+/// `sluice-bench` on `RECORDS` records of 50 users through the test broker,
+/// with the test guests and the `sluice` binary, writing `json`, plus `args`.
+fn run_bench(json: &std::path::Path, args: &[&str]) {
     let modules = guest("filter-heartbeats");
-    let cli = sluice_bench::Cli::try_parse_from([
+    let records = RECORDS.to_string();
+    let mut argv = vec![
         "sluice-bench",
         "--brokers",
         brokers(),
         "--records",
-        &RECORDS.to_string(),
+        &records,
         "--users",
         "50",
-        "--partitions",
-        "2",
-        "--latency-rate",
-        "500",
-        "--latency-seconds",
-        "1",
         "--modules",
         modules.parent().unwrap().to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
         "--sluice",
         env!("CARGO_BIN_EXE_sluice"),
-    ])
-    .unwrap();
+    ];
+    argv.extend_from_slice(args);
+    let cli = sluice_bench::Cli::try_parse_from(argv).unwrap();
     sluice_bench::run(&cli.args).unwrap();
+}
+
+#[test]
+fn the_bench_runs_every_row_on_a_small_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("e2e.json");
+    run_bench(
+        &json,
+        &[
+            "--partitions",
+            "2",
+            "--latency-rate",
+            "500",
+            "--latency-seconds",
+            "1",
+        ],
+    );
 
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
@@ -87,31 +101,9 @@ fn the_bench_runs_every_row_on_a_small_input() {
 
 #[test]
 fn the_scaling_table_runs_each_pipeline_at_each_worker_count() {
-    const RECORDS: u64 = 2000;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("scaling.json");
-    let modules = guest("filter-heartbeats");
-    let cli = sluice_bench::Cli::try_parse_from([
-        "sluice-bench",
-        "--brokers",
-        brokers(),
-        "--records",
-        &RECORDS.to_string(),
-        "--users",
-        "50",
-        "--partitions",
-        "4",
-        "--scaling",
-        "1,2",
-        "--modules",
-        modules.parent().unwrap().to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-        "--sluice",
-        env!("CARGO_BIN_EXE_sluice"),
-    ])
-    .unwrap();
-    sluice_bench::run(&cli.args).unwrap();
+    run_bench(&json, &["--partitions", "4", "--scaling", "1,2"]);
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let points: Vec<(&str, u64, u64)> = report["points"]
         .as_array()
