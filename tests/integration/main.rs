@@ -19,6 +19,7 @@ mod parquet;
 mod pause;
 mod pipeline;
 mod records;
+mod repartition;
 mod runtime;
 mod secrets;
 mod serve;

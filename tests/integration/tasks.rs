@@ -253,8 +253,9 @@ fn an_aggregate_keyed_other_than_by_kafka_key_is_refused_when_run_as_tasks() {
             "worker 0: a step failed; the batch is not committed: with parallelism other than 1, \
              each task aggregates the records of its own \
              partitions, so the aggregate key must be the record's Kafka key; the record at \
-             partition 0 offset 0 has Kafka key `{user}` and aggregate key `{}`. Run this pipeline \
-             with `parallelism: 1` (re-keying through a repartition topic is not built yet)",
+             partition 0 offset 0 has Kafka key `{user}` and aggregate key `{}`. Add \
+             `repartition: true` to the aggregate step (the records are re-keyed through a \
+             repartition topic), or run this pipeline with `parallelism: 1`",
             event["event_type"].as_str().unwrap()
         )
     );

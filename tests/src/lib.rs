@@ -210,6 +210,43 @@ pub fn produce_flush(brokers: &str, topic: &str, o: &kafka_tools::SampleOptions)
     kafka_tools::produce(brokers, topic, records).expect("produce");
 }
 
+/// Like [`produce_flush`], for an aggregate per event type: a record of
+/// each of `types` for each key `flush-0..60` (so every partition of
+/// `topic` has each type), stamped two minutes and a half after the last
+/// sample event in its `timestamp` field and as its Kafka timestamp. Once
+/// a pipeline has read them, every watermark, of every source partition
+/// and of every (upstream task, partition) of a repartition topic, has
+/// passed every sample window.
+pub fn produce_type_flush(
+    brokers: &str,
+    topic: &str,
+    o: &kafka_tools::SampleOptions,
+    types: &[&str],
+) {
+    let end = o.start_ms + o.count as i64 * 100;
+    let at = (end / 60_000 + 2) * 60_000 + 30_000;
+    let stamp = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(at as u64),
+    )
+    .to_string();
+    let stamp = &stamp;
+    let records = types.iter().flat_map(|kind| {
+        (0..60).map(move |j| {
+            let user = format!("flush-{j}");
+            let value = format!(
+                r#"{{"event_id":"f{kind}{j}","user_id":"{user}","event_type":"{kind}","timestamp":"{stamp}","amount":0.0}}"#
+            );
+            (
+                Some(user.into_bytes()),
+                Some(value.into_bytes()),
+                Some(at),
+                vec![],
+            )
+        })
+    });
+    kafka_tools::produce(brokers, topic, records).expect("produce");
+}
+
 /// Parses a spec written in a test (module paths are absolute).
 pub fn spec(yaml: &str) -> PipelineSpec {
     sluice::spec::parse(yaml, Path::new("/"))

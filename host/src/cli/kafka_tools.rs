@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -20,27 +20,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates topics (idempotently: an existing topic is fine).
 pub fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .context("cannot create admin client")?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let results = rt.block_on(
-        admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT))),
-    )?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("cannot create topic `{topic}`: {code}"),
-        }
-    }
-    Ok(())
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    crate::sink::create_topics(&config, topics, partitions, Some(1))
 }
 
 /// Deletes topics (a topic that does not exist is an error).

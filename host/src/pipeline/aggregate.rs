@@ -4,6 +4,7 @@
 use crate::batch::calls::AggregateError;
 use crate::batch::{Batch, Columns, Reason};
 use crate::runtime::{Aggregator, BatchCalls, InstantiateError};
+use crate::spec::UPSTREAM_HEADER;
 use crate::spec::window::{InvalidSpec, WindowSpec};
 use crate::window::{BatchKeys, WindowEngine, WindowOutput, WindowRef};
 
@@ -53,8 +54,9 @@ pub enum StepError {
     /// a key must then be the records' Kafka key (what partitions them).
     #[error(
         "with parallelism other than 1, each task aggregates the records of its own partitions, so \
-         the aggregate key must be the record's Kafka key; {what}. Run this pipeline with \
-         `parallelism: 1` (re-keying through a repartition topic is not built yet)"
+         the aggregate key must be the record's Kafka key; {what}. Add `repartition: true` to \
+         the aggregate step (the records are re-keyed through a repartition topic), or run this \
+         pipeline with `parallelism: 1`"
     )]
     NotPartitionKey { what: String },
 }
@@ -66,6 +68,9 @@ pub struct AggregateStep {
     engine: WindowEngine,
     /// Refuse keys other than the record's Kafka key (a task's step).
     partition_keys: bool,
+    /// Keep a watermark per upstream task (a stage reading a repartition
+    /// topic): see [`Self::read_upstreams`].
+    upstreams: bool,
 }
 
 impl AggregateStep {
@@ -74,6 +79,7 @@ impl AggregateStep {
             aggregator,
             engine: WindowEngine::new(spec)?,
             partition_keys: false,
+            upstreams: false,
         })
     }
 
@@ -90,6 +96,15 @@ impl AggregateStep {
     /// Kafka key (see [`StepError::NotPartitionKey`]).
     pub fn require_partition_keys(&mut self) {
         self.partition_keys = true;
+    }
+
+    /// For a stage that reads a repartition topic: each record's upstream
+    /// task is its last `sluice.upstream` header, and each (upstream,
+    /// partition) has a watermark of its own (see [`BatchKeys::upstreams`]).
+    /// A record without that header (not written by the stage upstream)
+    /// counts as upstream [`UNKNOWN_UPSTREAM`].
+    pub fn read_upstreams(&mut self) {
+        self.upstreams = true;
     }
 
     /// Replaces the window engine: with one restored from a checkpoint.
@@ -154,6 +169,11 @@ impl AggregateStep {
         if self.partition_keys {
             check_partition_keys(held_batch, &extracted.keys, &extracted.key_offsets, &skip)?;
         }
+        let upstreams = if self.upstreams {
+            upstreams_of(held_batch)
+        } else {
+            Vec::new()
+        };
         let keys = BatchKeys {
             keys: &extracted.keys,
             key_offsets: &extracted.key_offsets,
@@ -162,6 +182,7 @@ impl AggregateStep {
             sources: &held_batch.sources,
             partitions: &held_batch.partitions,
             offsets: &held_batch.offsets,
+            upstreams: &upstreams,
         };
         let mut calls = BatchCalls {
             aggregator: &mut self.aggregator,
@@ -233,6 +254,29 @@ impl AggregateStep {
             late: out.late,
         }
     }
+}
+
+/// The upstream of a record whose `sluice.upstream` header is missing or
+/// not a partition number.
+pub const UNKNOWN_UPSTREAM: u16 = u16::MAX;
+
+/// Each record's upstream task: its last `sluice.upstream` header (the one
+/// the upstream stage added after any the record carried).
+fn upstreams_of(batch: &Batch) -> Vec<u16> {
+    let name = UPSTREAM_HEADER.as_bytes();
+    batch
+        .records
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .last()
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+                .filter(|&u| u != UNKNOWN_UPSTREAM)
+                .unwrap_or(UNKNOWN_UPSTREAM)
+        })
+        .collect()
 }
 
 /// Fails on the first record (not skipped) whose key, in `keys` /

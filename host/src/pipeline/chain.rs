@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::aggregate::{AggregateStep, StepError, WindowDeadLetter};
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Columns, Reason};
-use crate::runtime::Transform;
+use crate::runtime::{Aggregator, Transform};
 
 /// The origin of a record that comes from no single source record: a
 /// window result.
@@ -19,6 +19,10 @@ pub enum Step {
     Transform(Transform),
     /// Only ever the last step. Boxed: its window state is large.
     Aggregate(Box<AggregateStep>),
+    /// Only ever the last step, of a stage that feeds a repartition topic
+    /// (see `spec::Stages`): the aggregate guest's `extract` keys each
+    /// record by its aggregate key, and nothing else changes.
+    Rekey(Box<Aggregator>),
 }
 
 /// Records bound for one configured output, with the source record each
@@ -199,6 +203,11 @@ impl Chain {
                     break;
                 }
                 _ if input.is_empty() => return Ok(out),
+                Step::Rekey(a) => {
+                    let default = &mut out.outputs[self.default_output];
+                    rekey(a, input, &origins, step, default, &mut out.dead_letters)?;
+                    break;
+                }
                 Step::Transform(t) => t,
             };
             let result = transform.process(input)?;
@@ -330,6 +339,49 @@ impl Chain {
             ));
         }
     }
+}
+
+/// Runs `input` through `aggregator`'s `extract` into `output`: each
+/// record as it is, with its aggregate key as its Kafka key; the records
+/// the guest could not key become dead letters of `step`.
+fn rekey(
+    aggregator: &mut Aggregator,
+    input: &mut Batch,
+    origins: &[u32],
+    step: usize,
+    output: &mut Routed,
+    dead_letters: &mut Vec<DeadLetter>,
+) -> Result<(), StepError> {
+    let extracted = aggregator.extract(input)?;
+    // Dead letters are batch indices; keys are per held record (every
+    // record, or after a fault the `kept` ones).
+    let mut dead = vec![false; input.len()];
+    for (i, reason) in extracted.dead_letters {
+        dead[i as usize] = true;
+        dead_letters.push(DeadLetter {
+            origin: origins[i as usize],
+            step,
+            reason,
+        });
+    }
+    let held = extracted.key_offsets.len().saturating_sub(1);
+    for j in 0..held {
+        let i = extracted.kept.as_ref().map_or(j, |kept| kept[j] as usize);
+        if dead[i] {
+            continue;
+        }
+        let key = &extracted.keys
+            [extracted.key_offsets[j] as usize..extracted.key_offsets[j + 1] as usize];
+        let record = input.records.get(i);
+        output.records.push(
+            Some(key),
+            record.value,
+            record.timestamp,
+            record.headers.iter().map(|(n, v)| (n, Some(v))),
+        );
+        output.origins.push(origins[i]);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

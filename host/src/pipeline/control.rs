@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Summary;
+use super::{Stage, Summary};
 use crate::source::EndOffsets;
 
 /// Upper bounds (ms) of the batch-duration histogram's buckets.
@@ -63,7 +63,10 @@ pub struct Progress {
 /// One task of a pipeline run as tasks, after its last batch.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TaskProgress {
-    /// The source partition number the task owns.
+    /// The topics it reads: `source`, or the `repartition` topic of a
+    /// pipeline cut in two.
+    pub stage: Stage,
+    /// The partition number the task owns.
     pub partition: i32,
     /// The task's last epoch (its batches are numbered apart).
     pub batch_id: u64,
@@ -235,8 +238,9 @@ struct Inner {
     /// them are paused.
     workers: usize,
     paused_workers: usize,
-    /// A pipeline run as tasks: each task's last progress, by partition.
-    tasks: BTreeMap<i32, Progress>,
+    /// A pipeline run as tasks: each task's last progress, by stage and
+    /// partition.
+    tasks: BTreeMap<(Stage, i32), Progress>,
     /// (Unix second, records read in it), oldest first.
     history: VecDeque<(i64, u64)>,
     /// Cumulative batch-duration histogram: counts per bucket, then +Inf.
@@ -412,16 +416,22 @@ impl Control {
     }
 
     /// Publishes the progress after a batch, of the whole pipeline or
-    /// (`task`) of the task of that partition.
-    pub(super) fn publish(&self, task: Option<i32>, progress: Progress, now_ms: i64) {
+    /// (`task`) of the task of that stage and partition. A repartition
+    /// task's records were counted once already, as they came in.
+    pub(super) fn publish(&self, task: Option<(Stage, i32)>, progress: Progress, now_ms: i64) {
         let mut inner = lock(&self.inner);
         if let Some(task) = task {
             inner.tasks.insert(task, progress.clone());
         }
+        let read = if task.is_some_and(|(stage, _)| stage == Stage::Repartition) {
+            0
+        } else {
+            progress.num_input_rows
+        };
         let second = now_ms.div_euclid(1000);
         match inner.history.back_mut() {
-            Some((s, n)) if *s == second => *n += progress.num_input_rows,
-            _ => inner.history.push_back((second, progress.num_input_rows)),
+            Some((s, n)) if *s == second => *n += read,
+            _ => inner.history.push_back((second, read)),
         }
         while inner
             .history
@@ -458,6 +468,11 @@ impl Control {
         let mut inner = lock(&self.inner);
         inner.workers = workers;
         inner.paused_workers = 0;
+    }
+
+    /// More workers (a stage's, beside another's): see [`Self::set_workers`].
+    pub(super) fn add_workers(&self, workers: usize) {
+        lock(&self.inner).workers += workers;
     }
 
     /// Whether a worker should pause (or stay paused).
@@ -577,7 +592,7 @@ fn sum_lag(sources: &[SourceProgress]) -> Option<i64> {
 /// The progress of a pipeline run as tasks, from each task's: the last
 /// batch's figures are `last`'s (the latest published), rates and totals
 /// are summed, event time is the slowest task's, and each task has a row.
-fn merge_tasks(last: &Progress, tasks: &BTreeMap<i32, Progress>) -> Progress {
+fn merge_tasks(last: &Progress, tasks: &BTreeMap<(Stage, i32), Progress>) -> Progress {
     let mut merged = Progress {
         totals: Totals::default(),
         sources: Vec::new(),
@@ -588,14 +603,22 @@ fn merge_tasks(last: &Progress, tasks: &BTreeMap<i32, Progress>) -> Progress {
         tasks: Vec::with_capacity(tasks.len()),
         ..last.clone()
     };
-    for (&partition, p) in tasks {
-        merged.totals.run += p.totals.run.clone();
+    // A pipeline cut in two: its records come in once, through the source
+    // stage; its results come out of the repartition stage.
+    let mut repartitioned = Summary::default();
+    for (&(stage, partition), p) in tasks {
+        match stage {
+            Stage::Source => {
+                merged.totals.run += p.totals.run.clone();
+                merged.input_rows_per_second += p.input_rows_per_second;
+                merged.processed_rows_per_second += p.processed_rows_per_second;
+            }
+            Stage::Repartition => repartitioned += p.totals.run.clone(),
+        }
         merged.totals.late += p.totals.late;
         merged.totals.traps += p.totals.traps;
         merged.totals.deadline_hits += p.totals.deadline_hits;
         merged.totals.memory_hits += p.totals.memory_hits;
-        merged.input_rows_per_second += p.input_rows_per_second;
-        merged.processed_rows_per_second += p.processed_rows_per_second;
         merged.sources.extend(p.sources.iter().cloned());
         if let Some(e) = p.event_time {
             let m = merged.event_time.get_or_insert(e);
@@ -612,6 +635,7 @@ fn merge_tasks(last: &Progress, tasks: &BTreeMap<i32, Progress>) -> Progress {
             m.bytes += st.bytes;
         }
         merged.tasks.push(TaskProgress {
+            stage,
             partition,
             batch_id: p.batch_id,
             records_in: p.totals.run.records_in,
@@ -620,6 +644,10 @@ fn merge_tasks(last: &Progress, tasks: &BTreeMap<i32, Progress>) -> Progress {
             watermark: p.event_time.and_then(|e| e.watermark),
             state: p.state,
         });
+    }
+    if tasks.keys().any(|(stage, _)| *stage == Stage::Repartition) {
+        merged.totals.run =
+            Summary::of_stages(std::mem::take(&mut merged.totals.run), repartitioned);
     }
     merged.input_rows_per_second = (merged.input_rows_per_second * 10.0).round() / 10.0;
     merged.processed_rows_per_second = (merged.processed_rows_per_second * 10.0).round() / 10.0;
@@ -679,9 +707,9 @@ mod tests {
         control.watch_ends(ends);
         // A second worker's source knows nothing yet.
         control.watch_ends(EndOffsets::default());
-        control.publish(Some(1), task(1, 40, 40, 90_000, 3), 1_000);
-        control.publish(Some(0), task(0, 30, 30, 60_000, 2), 1_500);
-        control.publish(Some(1), task(1, 45, 45, 95_000, 4), 1_900);
+        control.publish(Some((Stage::Source, 1)), task(1, 40, 40, 90_000, 3), 1_000);
+        control.publish(Some((Stage::Source, 0)), task(0, 30, 30, 60_000, 2), 1_500);
+        control.publish(Some((Stage::Source, 1)), task(1, 45, 45, 95_000, 4), 1_900);
         let p = control.progress().unwrap();
         assert_eq!(p.totals.run.records_in, 75);
         assert_eq!(p.totals.late, 2);

@@ -12,8 +12,9 @@ use crate::batch::reason::Kind;
 use crate::batch::{Batch, Columns, Reason, RecordRef};
 use crate::sink::{
     BatchAck, EOS_HEADER, EosId, KafkaSink, Quarantined, TooLarge, WINDOW_INPUT, headers,
-    wire_size, write_eos_id,
+    partition_for_key, wire_size, write_eos_id,
 };
+use crate::spec::UPSTREAM_HEADER;
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -37,6 +38,20 @@ pub struct Routing {
     /// Exactly-once: the checkpoint directory's lineage id, which starts
     /// every record's id (set once the directory is open).
     pub lineage: String,
+    /// The output that is a repartition topic (the front stage's
+    /// `default`, see `spec::Stages`), if any.
+    pub exchange: Option<Exchange>,
+}
+
+/// An output written for another stage to read: each record goes to the
+/// partition of its key (see [`partition_for_key`]) and says which source
+/// partition it came from ([`UPSTREAM_HEADER`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    /// Index of the output in the spec.
+    pub output: usize,
+    /// The topic's partition count.
+    pub partitions: i32,
 }
 
 /// An output record a sink refused (a Parquet schema mismatch): it goes to
@@ -133,14 +148,30 @@ pub fn deliver(
         delivered: Delivered::default(),
         id: String::new(),
     };
-    for (routed, (name, topic)) in out.outputs.iter().zip(&routing.outputs) {
+    let mut upstream = String::new();
+    for (o, (routed, (name, topic))) in out.outputs.iter().zip(&routing.outputs).enumerate() {
         let Some(topic) = topic else { continue };
+        let exchange = routing.exchange.filter(|e| e.output == o);
         let records = routed.records.iter().zip(&routed.origins);
         for ((record, &input), window) in records.zip(routed.record_windows()) {
             let window = window.map(WindowHeaders::new);
             let headers = window.as_ref().map(WindowHeaders::headers);
-            let extra = headers.as_ref().map_or(&[][..], |h| &h[..]);
-            let Err(too_large) = sender.send(topic, record, extra, input)? else {
+            let mut extra = headers.as_ref().map_or(&[][..], |h| &h[..]);
+            let mut partition = None;
+            let exchanged: [(&str, &[u8]); 1];
+            if let Some(e) = exchange
+                && input != NO_ORIGIN
+            {
+                partition = Some(partition_for_key(
+                    record.key.unwrap_or_default(),
+                    e.partitions,
+                ));
+                upstream.clear();
+                upstream.push_str(&source.partitions[input as usize].to_string());
+                exchanged = [(UPSTREAM_HEADER, upstream.as_bytes())];
+                extra = &exchanged;
+            }
+            let Err(too_large) = sender.send(topic, partition, record, extra, input)? else {
                 continue;
             };
             let reason = format!(
@@ -206,7 +237,7 @@ pub fn deliver(
             [],
         );
         let topic = &routing.dead_letter_topic;
-        if let Err(too_large) = sender.send(topic, record.get(0), &extra, WINDOW_INPUT)? {
+        if let Err(too_large) = sender.send(topic, None, record.get(0), &extra, WINDOW_INPUT)? {
             sender.quarantine(topic, None, record.get(0), &window.reason.text, too_large);
         }
     }
@@ -220,7 +251,7 @@ pub fn deliver(
             ("sluice.output", routing.outputs[r.output].0.as_bytes()),
         ];
         let topic = &routing.dead_letter_topic;
-        if let Err(too_large) = sender.send(topic, record, &extra, input)? {
+        if let Err(too_large) = sender.send(topic, None, record, &extra, input)? {
             sender.quarantine(topic, None, record, &r.reason.text, too_large);
         }
     }
@@ -292,7 +323,9 @@ impl DeadRecord<'_> {
         extra.push(("sluice.source.topic", topic.as_bytes()));
         extra.push(("sluice.source.partition", partition.as_bytes()));
         extra.push(("sluice.source.offset", offset.as_bytes()));
-        if let Err(too_large) = sender.send(&routing.dead_letter_topic, record, &extra, i as u32)? {
+        if let Err(too_large) =
+            sender.send(&routing.dead_letter_topic, None, record, &extra, i as u32)?
+        {
             let at = Some((source.partitions[i], source.offsets[i]));
             sender.quarantine(topic, at, record, self.reason, too_large);
         }
@@ -319,6 +352,7 @@ impl Sender<'_> {
     fn send(
         &mut self,
         topic: &str,
+        partition: Option<i32>,
         record: RecordRef<'_>,
         extra: &[(&str, &[u8])],
         input: u32,
@@ -358,6 +392,7 @@ impl Sender<'_> {
         let sent = self.sink.send(
             self.ack,
             topic,
+            partition,
             record.key,
             record.value,
             record.timestamp,

@@ -27,6 +27,7 @@ mod checkpoint;
 mod control;
 mod deliver;
 mod runner;
+mod stages;
 mod task;
 mod worker;
 
@@ -43,7 +44,8 @@ pub use control::{
     Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,
     SwapState, TaskProgress,
 };
-pub use deliver::{Rejected, Routing, StepInfo};
+pub use deliver::{Exchange, Rejected, Routing, StepInfo};
+pub use task::Stage;
 
 use runner::Runner;
 
@@ -80,7 +82,11 @@ pub struct Summary {
     /// Event-time progress of the aggregate step, if the pipeline has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<crate::window::Progress>,
-    /// A pipeline run as tasks: what each task did, by partition.
+    /// A pipeline cut at a repartition topic: the records written to it
+    /// (and read back by the aggregating tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repartitioned: Option<u64>,
+    /// A pipeline run as tasks: what each task did, by stage and partition.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskSummary>,
 }
@@ -88,7 +94,9 @@ pub struct Summary {
 /// One task's part of a run (a pipeline run as tasks).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskSummary {
-    /// The source partition number the task owns.
+    /// The topics it reads: `source`, or `repartition`.
+    pub stage: Stage,
+    /// The partition number the task owns.
     pub partition: i32,
     pub batches: u64,
     pub records_in: u64,
@@ -104,9 +112,10 @@ pub struct TaskSummary {
 }
 
 impl TaskSummary {
-    /// The row of the task of `partition`, from its summary.
-    pub fn of(partition: i32, s: &Summary) -> Self {
+    /// The row of the task of `partition` in `stage`, from its summary.
+    pub fn of(stage: Stage, partition: i32, s: &Summary) -> Self {
         Self {
+            stage,
             partition,
             batches: s.batches,
             records_in: s.records_in,
@@ -208,6 +217,11 @@ fn start_step(spec: &PipelineSpec, i: usize, module: &Module) -> anyhow::Result<
         step: t.step_name().as_str().into(),
         module: module.name().into(),
     };
+    if t.rekey {
+        let aggregator = Aggregator::new(module, labels, t.limits, t.config_pairs())
+            .with_context(|| field.clone())?;
+        return Ok(Step::Rekey(Box::new(aggregator)));
+    }
     Ok(match &t.aggregate {
         None => Step::Transform(
             Transform::new(module, labels, t.limits, t.config_pairs())
@@ -245,7 +259,15 @@ pub fn run_with(
         let modules = (0..spec.transforms.len())
             .map(|i| load_module(spec, &runtime, i, &spec.transforms[i].module))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        return worker::run(spec, &runtime, &modules, options, stop, control, started);
+        if let Some(control) = control {
+            control.set_workers(0);
+        }
+        if let Some(stages) = spec.stages() {
+            return stages::run(stages, &runtime, &modules, options, stop, control, started);
+        }
+        return worker::run(
+            spec, &runtime, &modules, None, options, stop, control, started,
+        );
     }
     let transforms = load_steps(spec, &runtime)?;
     let (chain, routing) = chain_of(spec, transforms);
@@ -265,6 +287,7 @@ fn chain_of(spec: &PipelineSpec, steps: Vec<Step>) -> (Chain, Routing) {
         dead_letter_topic: spec.dead_letter.topic.clone(),
         source_topics: spec.source.topics.clone(),
         lineage: String::new(),
+        exchange: None,
         steps: spec
             .transforms
             .iter()
@@ -288,6 +311,7 @@ pub fn step_module(step: &Step) -> &Module {
     match step {
         Step::Transform(t) => t.module(),
         Step::Aggregate(a) => a.aggregator().module(),
+        Step::Rekey(a) => a.module(),
     }
 }
 
@@ -338,8 +362,28 @@ impl std::ops::AddAssign for Summary {
             }
             (a, b) => a.or(b),
         };
+        self.repartitioned = match (self.repartitioned, other.repartitioned) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         self.tasks.extend(other.tasks);
-        self.tasks.sort_by_key(|t| t.partition);
+        self.tasks.sort_by_key(|t| (t.stage, t.partition));
+    }
+}
+
+impl Summary {
+    /// The summary of a pipeline cut at its repartition topic, from its
+    /// stages': the records in are the source's (the front's); the
+    /// front's `default` output is the topic (`repartitioned`), the
+    /// pipeline's outputs are the back's plus the front's named ones; the
+    /// rest adds up.
+    pub fn of_stages(mut front: Summary, back: Summary) -> Summary {
+        let repartitioned = front.outputs.remove(DEFAULT_OUTPUT).unwrap_or(0);
+        let records_in = front.records_in;
+        front += back;
+        front.records_in = records_in;
+        front.repartitioned = Some(repartitioned);
+        front
     }
 }
 

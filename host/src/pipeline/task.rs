@@ -21,6 +21,27 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::TaskLayout;
 use crate::spec::PipelineSpec;
 
+/// Which topics a task reads: its pipeline's source topics, or the
+/// repartition topic of a pipeline cut in two (see `spec::Stages`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    #[default]
+    Source,
+    Repartition,
+}
+
+impl Stage {
+    /// The stage a (derived) spec runs.
+    pub fn of(spec: &PipelineSpec) -> Self {
+        if spec.source.upstream_tasks.is_some() {
+            Self::Repartition
+        } else {
+            Self::Source
+        }
+    }
+}
+
 /// The subdirectory of the checkpoint directory that holds the tasks'.
 const TASKS_DIR: &str = "tasks";
 

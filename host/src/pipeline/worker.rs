@@ -25,7 +25,7 @@ use anyhow::Context;
 use super::checkpoint::TaskLayout;
 use super::control::Control;
 use super::runner::{Io, PAUSED_POLL, Runner, TICK};
-use super::{RunOptions, Summary, TaskSummary, chain_of, start_step, task};
+use super::{Exchange, RunOptions, Stage, Summary, TaskSummary, chain_of, start_step, task};
 use crate::batch::reason::Kind;
 use crate::runtime::{Module, Runtime};
 use crate::sink::end_offsets;
@@ -37,10 +37,14 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// Runs `spec` as tasks on worker threads until `stop` is set (or caught
 /// up, if asked); `modules` are its steps' compiled modules.
+/// `exchange`: the output that is a repartition topic (a front stage's,
+/// see `stages.rs`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     spec: &PipelineSpec,
     runtime: &Runtime,
     modules: &[Module],
+    exchange: Option<Exchange>,
     options: RunOptions,
     stop: &AtomicBool,
     control: Option<&Control>,
@@ -65,13 +69,14 @@ pub(super) fn run(
         HashMap::new()
     };
     if let Some(control) = control {
-        control.set_workers(workers);
+        control.add_workers(workers);
     }
     tracing::info!(
         topics = ?spec.source.topics,
         group = %spec.group_id(),
         tasks = groups.iter().map(Vec::len).sum::<usize>(),
         workers,
+        stage = ?Stage::of(spec),
         "pipeline starting as tasks"
     );
     // Set by the caller's stop, or by a worker that failed.
@@ -91,6 +96,7 @@ pub(super) fn run(
                 spec,
                 runtime,
                 modules,
+                exchange,
                 options,
                 halt,
                 control,
@@ -192,13 +198,13 @@ fn pause(
 
 /// The caller's tracing subscriber and span, for threads it starts: their
 /// logs (and the bench's batch reports) go where the caller's do.
-struct Traced {
+pub(super) struct Traced {
     dispatch: tracing::Dispatch,
     span: tracing::Span,
 }
 
 impl Traced {
-    fn capture() -> Self {
+    pub(super) fn capture() -> Self {
         Self {
             dispatch: tracing::dispatcher::get_default(Clone::clone),
             span: tracing::Span::current(),
@@ -207,7 +213,11 @@ impl Traced {
 
     /// Runs `f` in the captured context; a panic becomes an error saying
     /// that `who` panicked, with its message.
-    fn run<R>(&self, who: &str, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+    pub(super) fn run<R>(
+        &self,
+        who: &str,
+        f: impl FnOnce() -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
         let _dispatch = tracing::dispatcher::set_default(&self.dispatch);
         let _span = self.span.enter();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
@@ -261,6 +271,7 @@ struct Worker<'a> {
     spec: &'a PipelineSpec,
     runtime: &'a Runtime,
     modules: &'a [Module],
+    exchange: Option<Exchange>,
     options: RunOptions,
     /// Set by the caller's stop, or by a worker that failed.
     halt: &'a AtomicBool,
@@ -277,7 +288,8 @@ impl Worker<'_> {
         let steps = (0..self.modules.len())
             .map(|i| start_step(self.spec, i, &self.modules[i]))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (mut chain, routing) = chain_of(self.spec, steps);
+        let (mut chain, mut routing) = chain_of(self.spec, steps);
+        routing.exchange = self.exchange;
         chain.keep_keys();
         let mut runner = Runner::new(
             self.spec,
@@ -379,7 +391,7 @@ impl Worker<'_> {
         for (result, &partition) in ended.into_iter().zip(&partitions) {
             match result {
                 Ok(s) => {
-                    let row = TaskSummary::of(partition, &s);
+                    let row = TaskSummary::of(Stage::of(spec), partition, &s);
                     summary += s;
                     summary.tasks.push(row);
                 }

@@ -331,6 +331,7 @@ impl KafkaSink {
         &self,
         ack: &Arc<BatchAck>,
         topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         timestamp: Option<i64>,
@@ -346,6 +347,9 @@ impl KafkaSink {
         }
         let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
             BaseRecord::with_opaque_to(topic, ack.clone());
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }

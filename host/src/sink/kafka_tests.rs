@@ -91,7 +91,7 @@ mod refused {
         ];
         let h = headers(std::iter::empty(), &extra);
         let sent = sink
-            .send(&ack, "dlq", Some(b"k"), Some(b"v"), None, h, 100)
+            .send(&ack, "dlq", None, Some(b"k"), Some(b"v"), None, h, 100)
             .unwrap();
         assert_eq!(sent, Ok(()));
         assert_eq!(ack.wait(), Ok(()));

@@ -5,14 +5,18 @@
 
 mod kafka;
 mod parquet;
+mod partitioner;
 mod quarantine;
 mod size;
+mod topics;
 mod written;
 
 pub use self::parquet::{FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink};
 pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
+pub use partitioner::partition_for_key;
 pub use quarantine::{Quarantine, Quarantined};
 pub use size::{TooLarge, wire_size};
+pub use topics::{create_topics, ensure_topic};
 pub use written::{
     EOS_HEADER, EosId, ReadBackError, SinkPosition, WINDOW_INPUT, end_offsets, write_eos_id,
     written_since,

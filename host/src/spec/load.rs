@@ -270,6 +270,26 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
                 ));
             }
         }
+        if t.repartition.is_some() {
+            if t.aggregate.is_none() {
+                return Err(SpecError::new(
+                    field("repartition"),
+                    "only an aggregate step repartitions (by its key)",
+                ));
+            }
+            let (_, topic) = spec.repartition().expect("this step repartitions");
+            let at = field("repartition.topic");
+            check_topic(&at, &topic)?;
+            if spec.source.topics.contains(&topic) || spec.sink_topics().contains(&topic.as_str()) {
+                return Err(SpecError::new(
+                    at,
+                    format!(
+                        "`{topic}` is also a source, output or dead-letter topic; the repartition \
+                         topic is the pipeline's own"
+                    ),
+                ));
+            }
+        }
     }
 
     if !spec.outputs.contains_key(DEFAULT_OUTPUT) {

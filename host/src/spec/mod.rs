@@ -15,6 +15,7 @@ mod kafka_props;
 mod load;
 pub mod parquet;
 mod secret;
+mod stages;
 pub mod window;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 pub use confine::Confinement;
 pub use load::{SpecError, load, load_unbuilt, parse, parse_confined};
 pub use secret::{SECRET_KEYS, is_secret_config, marked_secret, redacted};
+pub use stages::{Repartition, Stages, UPSTREAM_HEADER};
 
 /// The name of the output that a transform chain's last step emits to when a
 /// guest does not name one.
@@ -212,6 +214,11 @@ pub struct SourceSpec {
         with = "humantime_serde"
     )]
     pub commit_interval: Duration,
+    /// Set for the stage that reads a repartition topic, never written: the
+    /// source partitions of the stage that writes it (the upstream tasks,
+    /// whose event time each record's `sluice.upstream` header tells apart).
+    #[serde(skip)]
+    pub upstream_tasks: Option<Vec<i32>>,
 }
 
 impl SourceSpec {
@@ -270,6 +277,17 @@ pub struct TransformSpec {
     /// must be the last of the chain.
     #[serde(default)]
     pub aggregate: Option<window::WindowSpec>,
+    /// An aggregate step whose key is not the records' Kafka key, in a
+    /// pipeline run as tasks: `true` (topic `<pipeline>-repartition-<step>`)
+    /// or `{ topic: name }`. The records are re-keyed by the aggregate key
+    /// and written to that topic, which the aggregating tasks read (see
+    /// `stages.rs`). Ignored with `parallelism: 1`.
+    #[serde(default)]
+    pub repartition: Option<Repartition>,
+    /// Set by [`PipelineSpec::stages`], never written: the step only keys
+    /// the records for the repartition topic (its guest's `extract`).
+    #[serde(skip)]
+    pub rekey: bool,
 }
 
 impl TransformSpec {

@@ -32,6 +32,12 @@ pub struct BatchKeys<'a> {
     pub sources: &'a [u16],
     pub partitions: &'a [i32],
     pub offsets: &'a [i64],
+    /// Empty, or one entry per record: the upstream task that wrote it
+    /// (a stage reading a repartition topic, see `spec::Stages`). Each
+    /// (upstream, partition) then has a watermark of its own, as a source
+    /// partition does: the records of one upstream task are in its order,
+    /// those of several are interleaved.
+    pub upstreams: &'a [u16],
 }
 
 impl BatchKeys<'_> {
@@ -44,6 +50,7 @@ impl BatchKeys<'_> {
         sources: &[],
         partitions: &[],
         offsets: &[],
+        upstreams: &[],
     };
 
     pub fn len(&self) -> usize {
@@ -63,6 +70,15 @@ impl BatchKeys<'_> {
         (self.sources[i as usize], self.partitions[i as usize])
     }
 
+    /// Whose event time record `i` advances: its source partition's, or
+    /// with upstreams, (upstream, partition)'s.
+    fn clock(&self, i: u32) -> PartitionId {
+        match self.upstreams.get(i as usize) {
+            Some(&upstream) => (upstream, self.partitions[i as usize]),
+            None => self.partition(i),
+        }
+    }
+
     fn skipped(&self, i: usize) -> bool {
         self.skip.get(i).copied().unwrap_or(false)
     }
@@ -74,7 +90,8 @@ impl BatchKeys<'_> {
                 && self.sources.len() == n
                 && self.partitions.len() == n
                 && self.offsets.len() == n
-                && (self.skip.is_empty() || self.skip.len() == n),
+                && (self.skip.is_empty() || self.skip.len() == n)
+                && (self.upstreams.is_empty() || self.upstreams.len() == n),
             "BatchKeys columns disagree on the number of records ({n})"
         );
     }
@@ -254,7 +271,7 @@ impl WindowEngine {
         self.watermarks.observe_batch(
             (0..n)
                 .filter(|&i| counts(i))
-                .map(|i| (batch.partition(i as u32), batch.event_times[i])),
+                .map(|i| (batch.clock(i as u32), batch.event_times[i])),
             now,
         );
 

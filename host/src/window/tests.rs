@@ -199,6 +199,7 @@ impl Run {
             sources: &sources,
             partitions: &partitions,
             offsets: &offsets,
+            upstreams: &[],
         };
         self.engine.process(&mut self.guest, batch, now_ms).unwrap()
     }
@@ -743,6 +744,7 @@ fn fold_dead_letters_and_skipped_records() {
         sources: &[0, 0],
         partitions: &[0, 0],
         offsets: &[0, 1],
+        upstreams: &[],
     };
     let out = engine.process(&mut guest, batch, 0).unwrap();
     assert_eq!(out.dead_letters, vec![]);
@@ -764,6 +766,7 @@ fn a_failed_call_poisons_the_engine() {
         sources: &[0],
         partitions: &[0],
         offsets: &[0],
+        upstreams: &[],
     };
     assert_eq!(
         r.engine.process(&mut r.guest, batch, 0),
@@ -842,4 +845,50 @@ fn the_horizon_defaults_to_an_hour() {
         spec.watermark.max_ahead,
         std::time::Duration::from_secs(3600)
     );
+}
+
+/// Records of a repartition topic's partition, written by two upstream
+/// tasks: each upstream has a watermark of its own, so the records of a
+/// slow one are not late for being behind a fast one's. Without
+/// upstreams, the same records share one watermark and the slow one's
+/// record is late.
+#[test]
+fn each_upstream_of_a_partition_has_a_watermark_of_its_own() {
+    let run = |upstreams: &[u16; 2], later: &[u16; 1]| {
+        let mut engine = WindowEngine::new(test_spec(TUMBLING)).unwrap();
+        let mut guest = Guest::default();
+        let mut expected: Vec<_> = upstreams.iter().map(|&u| (u, 0)).collect();
+        expected.dedup();
+        engine.expect_partitions(&expected);
+        guest.values = vec![1, 1];
+        let first = BatchKeys {
+            keys: b"ab",
+            key_offsets: &[0, 1, 2],
+            event_times: &[s(100), s(10)],
+            skip: &[],
+            sources: &[0, 0],
+            partitions: &[0, 0],
+            offsets: &[0, 1],
+            upstreams,
+        };
+        engine.process(&mut guest, first, 0).unwrap();
+        let after_first = engine.watermark();
+        guest.values = vec![1];
+        let second = BatchKeys {
+            keys: b"b",
+            key_offsets: &[0, 1],
+            event_times: &[s(12)],
+            skip: &[],
+            sources: &[0],
+            partitions: &[0],
+            offsets: &[2],
+            upstreams: later,
+        };
+        let out = engine.process(&mut guest, second, 0).unwrap();
+        (after_first, engine.watermark(), out.late)
+    };
+    // Upstream 0 is at 100 s, upstream 1 at 10 s then 12 s (bound 10 s).
+    assert_eq!(run(&[0, 1], &[1]), (Some(s(0)), Some(s(2)), 0));
+    // Both as one: the record at 12 s is behind the watermark of 90 s.
+    assert_eq!(run(&[0, 0], &[0]), (Some(s(90)), Some(s(90)), 1));
 }

@@ -454,6 +454,7 @@ fn batch_keys<'a>(
         sources: &batch.sources,
         partitions: &batch.partitions,
         offsets: &batch.offsets,
+        upstreams: &[],
     }
 }
 

@@ -48,6 +48,7 @@ impl Runner<'_> {
             let stats = match step {
                 Step::Transform(t) => t.stats(),
                 Step::Aggregate(a) => a.aggregator().stats(),
+                Step::Rekey(a) => a.stats(),
             };
             totals.traps += stats.traps;
             totals.deadline_hits += stats.deadline_hits;
@@ -78,6 +79,12 @@ impl Runner<'_> {
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        control.publish(self.task.as_ref().map(|t| t.partition), progress, now_ms);
+        control.publish(
+            self.task
+                .as_ref()
+                .map(|t| (super::super::Stage::of(self.spec), t.partition)),
+            progress,
+            now_ms,
+        );
     }
 }

@@ -85,6 +85,15 @@ impl Runner<'_> {
             if let Some(task) = &self.task {
                 partitions.retain(|&(_, p)| p == task.partition);
             }
+            if let Some(upstreams) = &self.spec.source.upstream_tasks {
+                // A repartition topic: every upstream task may write to
+                // each of its partitions.
+                step.read_upstreams();
+                partitions = partitions
+                    .iter()
+                    .flat_map(|&(_, p)| upstreams.iter().map(move |&u| (u as u16, p)))
+                    .collect();
+            }
             step.expect_partitions(&partitions);
         }
         Ok(())
@@ -105,9 +114,13 @@ impl Runner<'_> {
                         let recovered = checkpoint.and_then(|c| c.parquet_commit(name));
                         match &self.task {
                             None => ParquetSink::open(name, p, recovered),
-                            Some(task) => {
-                                ParquetSink::open_for_task(name, p, recovered, task.partition)
-                            }
+                            Some(task) => ParquetSink::open_for_task(
+                                name,
+                                p,
+                                recovered,
+                                task.partition,
+                                self.spec.source.upstream_tasks.is_some(),
+                            ),
                         }
                         .with_context(|| format!("outputs.{name}.parquet"))
                     })

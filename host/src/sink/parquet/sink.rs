@@ -83,15 +83,19 @@ impl ParquetSink {
     }
 
     /// Like [`Self::open`], for the task of source partition `task`: its
-    /// files are named `part-t{task:05}-...` and only its own temp files
-    /// are swept, so the tasks of a pipeline share the output directory.
+    /// files are named `part-t{task:05}-...` (`part-r{task:05}-...` for a
+    /// task reading a repartition topic, `repartitioned`) and only its own
+    /// temp files are swept, so the tasks of a pipeline share the output
+    /// directory.
     pub fn open_for_task(
         name: &str,
         spec: &ParquetSpec,
         recovered: Option<&ParquetCommit>,
         task: i32,
+        repartitioned: bool,
     ) -> Result<Self, ParquetError> {
-        Self::open_tagged(name, spec, recovered, format!("t{task:05}-"))
+        let stage = if repartitioned { 'r' } else { 't' };
+        Self::open_tagged(name, spec, recovered, format!("{stage}{task:05}-"))
     }
 
     #[tracing::instrument(skip_all, fields(output = name, tag))]
