@@ -27,14 +27,20 @@ enum Shape {
     /// `count-sum` (per user, the records' Kafka key) at this parallelism:
     /// as tasks, on that many workers, unless 1.
     PerUser { parallelism: usize },
+    /// `event-window-agg` with `repartition: true` at this parallelism: as
+    /// tasks through the repartition topic, unless 1 (run whole).
+    Repartitioned { parallelism: usize },
 }
+
+/// The event types that reach the aggregate (errors go to `alerts`).
+const TYPES: [&str; 4] = ["click", "view", "heartbeat", "purchase"];
 
 impl Shape {
     /// The aggregate step's module, and the Parquet output's schema and
     /// partitioning, as spec lines.
     fn aggregate(self) -> (PathBuf, &'static str) {
         match self {
-            Shape::EventTypes => (
+            Shape::EventTypes | Shape::Repartitioned { .. } => (
                 guest("event-window-agg"),
                 r#"      schema:
         - { name: window_start, type: string }
@@ -60,8 +66,14 @@ impl Shape {
     fn parallelism(self) -> usize {
         match self {
             Shape::EventTypes => 1,
-            Shape::PerUser { parallelism } => parallelism,
+            Shape::PerUser { parallelism } | Shape::Repartitioned { parallelism } => parallelism,
         }
+    }
+
+    /// Whether the results are per event type (and the Parquet files
+    /// partitioned by it).
+    fn by_event_type(self) -> bool {
+        matches!(self, Shape::EventTypes | Shape::Repartitioned { .. })
     }
 }
 
@@ -100,7 +112,7 @@ source: {{ topics: [{input}], group: {group} }}
 batch: {{ max_records: 1000, max_wait: 20ms }}
 transforms:
   - module: {router}
-  - module: {agg}
+  - module: {agg}{repartition}
     aggregate:
       window: {{ tumbling: 1m }}
       watermark: {{ max_out_of_orderness: 5s, idle_timeout: 1h }}
@@ -120,6 +132,11 @@ parallelism: {parallelism}
             group = unique("crash-group"),
             router = guest("alert-router").display(),
             agg = agg.display(),
+            repartition = if matches!(shape, Shape::Repartitioned { .. }) {
+                "\n    repartition: true"
+            } else {
+                ""
+            },
             parallelism = shape.parallelism(),
         );
         let spec = dir.path().join("pipeline.yaml");
@@ -183,12 +200,16 @@ parallelism: {parallelism}
         kafka_tools::produce_sample_range(&self.brokers, &self.input, o, range).unwrap();
     }
 
-    /// After the sample, for a pipeline per user: the flush records (see
-    /// `produce_flush`), so that the windows closed at the end do not
-    /// depend on the parallelism.
+    /// After the sample, for a pipeline run as tasks or its reference: the
+    /// flush records (see `produce_flush`), so that the windows closed at
+    /// the end do not depend on the parallelism.
     fn produce_end(&self, o: &SampleOptions) {
-        if matches!(self.shape, Shape::PerUser { .. }) {
-            produce_flush(&self.brokers, &self.input, o);
+        match self.shape {
+            Shape::EventTypes => {}
+            Shape::PerUser { .. } => produce_flush(&self.brokers, &self.input, o),
+            Shape::Repartitioned { .. } => {
+                produce_type_flush(&self.brokers, &self.input, o, &TYPES);
+            }
         }
     }
 
@@ -203,10 +224,7 @@ parallelism: {parallelism}
         Outputs {
             results: sorted_values(&self.read(&self.results)),
             alerts: sorted_values(&self.read(&self.alerts)),
-            parquet: parquet_rows(
-                &self.dir.path().join("parquet"),
-                matches!(self.shape, Shape::EventTypes),
-            ),
+            parquet: parquet_rows(&self.dir.path().join("parquet"), self.shape.by_event_type()),
         }
     }
 }
@@ -336,6 +354,7 @@ fn reference_of(o: &SampleOptions, shape: Shape) -> Outputs {
     let shape = match shape {
         Shape::EventTypes => shape,
         Shape::PerUser { .. } => Shape::PerUser { parallelism: 1 },
+        Shape::Repartitioned { .. } => Shape::Repartitioned { parallelism: 1 },
     };
     let f = Fixture::shaped(brokers(), "reference", "1s", shape);
     f.produce(o, 0..o.count);
@@ -354,6 +373,13 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 #[test]
 fn kill_9_at_random_moments_with_four_workers_loses_and_duplicates_nothing() {
     kill_9_at_random_moments(Shape::PerUser { parallelism: 4 });
+}
+
+/// The same with an aggregate per event type run as four tasks: through
+/// the repartition topic, written and read exactly once whatever the kills.
+#[test]
+fn kill_9_at_random_moments_through_a_repartition_topic_loses_and_duplicates_nothing() {
+    kill_9_at_random_moments(Shape::Repartitioned { parallelism: 4 });
 }
 
 fn kill_9_at_random_moments(shape: Shape) {
