@@ -18,7 +18,8 @@
 //! - `sluice_guest_traps_total`, `sluice_guest_deadline_hits_total`,
 //!   `sluice_guest_memory_hits_total`.
 //! - For a pipeline run as tasks (`parallelism` other than 1), per task
-//!   (`task` = its partition): `sluice_task_records_in_total`,
+//!   (`task` = its partition; `stage` = `source`, or `repartition` for the
+//!   tasks that read a repartition topic): `sluice_task_records_in_total`,
 //!   `sluice_task_lag`, and with windows `sluice_task_watermark_seconds`
 //!   and `sluice_task_state_rows`.
 //!
@@ -32,7 +33,7 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::manager::{PipelineStatus, Status};
-use crate::pipeline::{DURATION_BUCKETS_MS, Progress, TaskProgress};
+use crate::pipeline::{DURATION_BUCKETS_MS, Progress, Stage, TaskProgress};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -292,7 +293,17 @@ pub fn render(state: &AppState) -> String {
             for t in &p.tasks {
                 if let Some(v) = value(t) {
                     let task = t.partition.to_string();
-                    sample(&mut out, name, pipeline, &[("task", task.as_str())], v);
+                    let stage = match t.stage {
+                        Stage::Source => "source",
+                        Stage::Repartition => "repartition",
+                    };
+                    sample(
+                        &mut out,
+                        name,
+                        pipeline,
+                        &[("stage", stage), ("task", task.as_str())],
+                        v,
+                    );
                 }
             }
         }
