@@ -73,6 +73,18 @@ fn expected_counts(o: &SampleOptions, n: u64) -> BTreeMap<(String, i64), (u64, f
 
 #[test]
 fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
+    five_swaps_and_a_rollback_under_load(1);
+}
+
+/// The same with the pipeline run as three tasks on two workers: each swap
+/// is one round for every task (all or nothing), and the rolled-back
+/// version runs no record in any task.
+#[test]
+fn five_swaps_and_a_rollback_of_a_pipeline_run_as_tasks_lose_and_duplicate_nothing() {
+    five_swaps_and_a_rollback_under_load(2);
+}
+
+fn five_swaps_and_a_rollback_under_load(parallelism: usize) {
     let dir = tempfile::tempdir().unwrap();
     let [input, tagged, counts, dlq] = topics("swap", ["in", "tagged", "counts", "dlq"], 3);
     let (server, client) = serve_taggers(dir.path(), b"1234X5");
@@ -91,7 +103,7 @@ fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
          \x20 - name: count\n    module: count-sum@1\n    aggregate:\n      window: {{ tumbling: 1m }}\n\
          \x20     watermark: {{ max_out_of_orderness: 1h, idle_timeout: 1h }}\n      output: update\n\
          outputs:\n  default: {{ topic: {counts} }}\n  tagged: {{ topic: {tagged} }}\n\
-         dead_letter: {{ topic: {dlq} }}\n",
+         dead_letter: {{ topic: {dlq} }}\nparallelism: {parallelism}\n",
         brokers = brokers(),
     );
     let (status, body) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
@@ -175,6 +187,13 @@ fn five_swaps_and_a_rollback_under_load_lose_and_duplicate_nothing() {
     .collect();
     assert_eq!(states, expected_states, "{doc:#}");
     let reason = log[4]["reason"].as_str().unwrap();
+    // Run as tasks, the reason names the task whose trial failed first.
+    let reason = match reason.split_once(": the new module") {
+        Some((task, rest)) if parallelism > 1 && task.starts_with("task ") => {
+            format!("the new module{rest}")
+        }
+        _ => reason.to_owned(),
+    };
     assert!(
         reason.starts_with("the new module failed on its first batch: trap: "),
         "{reason}"

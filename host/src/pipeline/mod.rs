@@ -26,6 +26,7 @@ mod chain;
 mod checkpoint;
 mod control;
 mod deliver;
+mod round;
 mod runner;
 mod stages;
 mod task;

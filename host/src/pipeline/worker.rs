@@ -18,14 +18,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::checkpoint::TaskLayout;
-use super::control::Control;
+use super::control::{Control, SwapState};
+use super::round::{Round, Verdict};
 use super::runner::{Io, PAUSED_POLL, Runner, TICK};
-use super::{Exchange, RunOptions, Stage, Summary, TaskSummary, chain_of, start_step, task};
+use super::{
+    Exchange, RunOptions, Stage, Summary, TaskSummary, chain_of, load_module, start_step, task,
+};
 use crate::batch::reason::Kind;
 use crate::runtime::{Module, Runtime};
 use crate::sink::end_offsets;
@@ -81,6 +85,11 @@ pub(super) fn run(
     );
     // Set by the caller's stop, or by a worker that failed.
     let halt = AtomicBool::new(false);
+    let swaps = Swaps {
+        allowed: Stage::of(spec) == Stage::Source && !spec.transforms.iter().any(|t| t.rekey),
+        current: Mutex::new(None),
+        tasks: groups.iter().map(Vec::len).sum(),
+    };
     let start = Start {
         workers,
         ready: AtomicUsize::new(0),
@@ -102,6 +111,7 @@ pub(super) fn run(
                 control,
                 start: &start,
                 sink_ends: &sink_ends,
+                swaps: &swaps,
             };
             let traced = &traced;
             let spawned = std::thread::Builder::new()
@@ -129,7 +139,15 @@ pub(super) fn run(
             if stop.load(Ordering::Relaxed) {
                 halt.store(true, Ordering::Relaxed);
             }
+            if let Some(control) = control
+                && swaps.allowed
+            {
+                swaps.coordinate(control, spec, runtime);
+            }
             std::thread::sleep(STOP_POLL);
+        }
+        if let Some(control) = control {
+            swaps.abandon(control);
         }
         handles
             .into_iter()
@@ -165,9 +183,109 @@ pub(super) fn run(
     Ok(summary)
 }
 
-/// Why a swap is refused for a pipeline run as tasks.
-const SWAPS_REFUSED: &str = "live module swaps are not supported yet for a pipeline with parallelism \
-    other than 1: stop it and start it with the new module (its checkpoints carry over)";
+/// Why a swap is refused for a pipeline run through a repartition topic.
+const SWAPS_REFUSED: &str = "live module swaps are not supported yet for a pipeline run through a \
+    repartition topic (its aggregate module runs in both stages): stop it and start it with the new \
+    module (its checkpoints carry over)";
+
+/// Module swaps of a run: one round at a time for all its tasks (see
+/// `round.rs`), started and decided by the thread that watches the workers.
+struct Swaps {
+    /// Not for a pipeline run through a repartition topic.
+    allowed: bool,
+    /// The round under way, until its verdict.
+    current: Mutex<Option<Arc<Round>>>,
+    /// How many tasks the run has.
+    tasks: usize,
+}
+
+impl Swaps {
+    fn current(&self) -> Option<Arc<Round>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, round: Option<Arc<Round>>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = round;
+    }
+
+    /// Records the current round's verdict once reached; else starts the
+    /// next waiting swap: its module compiled once, the tasks take it at
+    /// their next boundary.
+    fn coordinate(&self, control: &Control, spec: &PipelineSpec, runtime: &Runtime) {
+        if let Some(round) = self.current() {
+            if let Some(verdict) = round.trials.decide() {
+                Self::record(control, &round, verdict);
+                self.set(None);
+            }
+            return;
+        }
+        let Some((id, request)) = control.next_swap() else {
+            return;
+        };
+        match load_module(spec, runtime, request.step, &request.file) {
+            Ok(module) => {
+                tracing::info!(step = request.step, module = %request.module, version = ?request.version, "swapping in every task; on trial until their first batches");
+                control.update_swap(id, |r| r.state = SwapState::Trial);
+                self.set(Some(Round::new(id, request, module, self.tasks)));
+            }
+            Err(e) => {
+                let reason = format!("the new module cannot start: {e:#}");
+                tracing::warn!(step = request.step, module = %request.module, %reason, "swap rolled back");
+                control.update_swap(id, |r| {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(reason);
+                });
+            }
+        }
+    }
+
+    /// Records `round`'s verdict in its swap record.
+    fn record(control: &Control, round: &Round, verdict: Verdict) {
+        let (boundary, swap_ms, first_batch) = round.trials.figures();
+        match &verdict {
+            Verdict::Live => tracing::info!(step = round.request.step, "swap live in every task"),
+            Verdict::RolledBack(reason) => {
+                tracing::warn!(step = round.request.step, %reason, "swap rolled back in every task");
+            }
+        }
+        control.update_swap(round.id, |r| {
+            r.boundary = boundary;
+            r.swap_ms = Some(swap_ms);
+            r.first_batch = first_batch;
+            match verdict {
+                Verdict::Live => r.state = SwapState::Live,
+                Verdict::RolledBack(reason) => {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(reason);
+                }
+            }
+        });
+    }
+
+    /// At the end of a run: a round without a verdict did not happen (the
+    /// pipeline document keeps the previous version, which the next run
+    /// starts with); swaps still waiting neither.
+    fn abandon(&self, control: &Control) {
+        if let Some(round) = self.current() {
+            match round.trials.decide() {
+                Some(verdict) => Self::record(control, &round, verdict),
+                None => control.update_swap(round.id, |r| {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(
+                        "the pipeline stopped before the new module ran in every task; swap again \
+                         after it starts"
+                            .to_owned(),
+                    );
+                }),
+            }
+            self.set(None);
+        }
+        control.cancel_pending();
+    }
+}
 
 /// Pauses a worker until the pause is lifted (or the run stops): its
 /// tasks' batches acknowledged, committed and checkpointed first; the
@@ -178,6 +296,7 @@ fn pause(
     runners: &mut [Runner<'_>],
     source: &mut KafkaSource,
     halt: &AtomicBool,
+    swaps: bool,
 ) -> anyhow::Result<()> {
     for runner in runners.iter_mut() {
         runner.settle(source)?;
@@ -188,7 +307,9 @@ fn pause(
     while control.pause_requested() && !halt.load(Ordering::Relaxed) {
         control.sleep(PAUSED_POLL);
         source.poll_paused();
-        control.refuse_swaps(SWAPS_REFUSED);
+        if !swaps {
+            control.refuse_swaps(SWAPS_REFUSED);
+        }
     }
     control.worker_paused(false);
     source.resume()?;
@@ -279,6 +400,7 @@ struct Worker<'a> {
     start: &'a Start,
     /// Exactly-once: the sink partitions' end offsets at the start.
     sink_ends: &'a HashMap<(String, i32), i64>,
+    swaps: &'a Swaps,
 }
 
 impl Worker<'_> {
@@ -353,11 +475,27 @@ impl Worker<'_> {
             );
         }
         let never = AtomicBool::new(false);
+        // The last swap round this worker's tasks took part in.
+        let mut last_round = 0;
         loop {
             if let Some(control) = control {
-                control.refuse_swaps(SWAPS_REFUSED);
+                if self.swaps.allowed {
+                    for runner in &mut runners {
+                        runner.finish_round(&source)?;
+                    }
+                    if let Some(round) = self.swaps.current()
+                        && round.id != last_round
+                    {
+                        last_round = round.id;
+                        for runner in &mut runners {
+                            runner.start_round(&round, &source)?;
+                        }
+                    }
+                } else {
+                    control.refuse_swaps(SWAPS_REFUSED);
+                }
                 if control.pause_requested() {
-                    pause(control, &mut runners, &mut source, halt)?;
+                    pause(control, &mut runners, &mut source, halt, self.swaps.allowed)?;
                 }
             }
             let fetch_started = Instant::now();

@@ -20,7 +20,8 @@ use anyhow::Context;
 use super::{Runner, ms};
 use crate::batch::Batch;
 use crate::pipeline::control::{Control, SwapRequest, SwapState};
-use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, step_module};
+use crate::pipeline::round::{Round, Verdict};
+use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, start_step, step_module};
 use crate::runtime::{Aggregator, Transform};
 use crate::source::KafkaSource;
 use crate::window::{EngineSnapshot, WindowEngine};
@@ -44,6 +45,11 @@ pub(in crate::pipeline) struct Trial {
     previous_info: StepInfo,
     /// When the previous module's last batch ended.
     last_old_batch: Instant,
+    /// A task's part of a swap of all the tasks (see `round.rs`): the
+    /// previous instance is kept until the round's verdict.
+    round: Option<Arc<Round>>,
+    /// Whether the trial batch ran (and passed), in a round.
+    tried: bool,
 }
 
 impl Runner<'_> {
@@ -103,29 +109,8 @@ impl Runner<'_> {
                 return Ok(());
             }
         };
-        let info = StepInfo {
-            name: self.spec.transforms[step].step_name(),
-            module: step_module(&next).name().to_owned(),
-            sha256: step_module(&next).sha256().to_owned(),
-        };
-        let previous = match (next, &mut self.chain.steps_mut()[step]) {
-            (Step::Transform(new), Step::Transform(old)) => {
-                Previous::Transform(std::mem::replace(old, new))
-            }
-            (Step::Aggregate(new), Step::Aggregate(old)) => {
-                Previous::Aggregator(old.swap_aggregator(new.into_aggregator()))
-            }
-            // `load_step` instantiates the kind the spec's step asks for.
-            _ => anyhow::bail!("a swap changed the kind of step {step}"),
-        };
-        let previous_info =
-            std::mem::replace(&mut Arc::make_mut(&mut self.routing).steps[step], info);
-        let mut boundary: Vec<(String, i32, i64)> = self
-            .read
-            .iter()
-            .map(|(&(s, p), &o)| (self.spec.source.topics[s as usize].clone(), p, o))
-            .collect();
-        boundary.sort();
+        let (previous, previous_info) = self.put_in(step, next)?;
+        let boundary = self.boundary();
         tracing::info!(step, module = %request.module, version = ?request.version, "swapped in; on trial until its first batch");
         let swap_ms = ms(started.elapsed());
         control.update_swap(id, |r| {
@@ -139,8 +124,119 @@ impl Runner<'_> {
             previous,
             previous_info,
             last_old_batch,
+            round: None,
+            tried: false,
         });
         Ok(())
+    }
+
+    /// This task's part of `round`: at this boundary (after a checkpoint),
+    /// an instance of the round's module goes in, on trial until this
+    /// task's first batch with records.
+    pub(in crate::pipeline) fn start_round(
+        &mut self,
+        round: &Arc<Round>,
+        source: &KafkaSource,
+    ) -> anyhow::Result<()> {
+        let task = self.task_partition();
+        let last_old_batch = self.last_batch_end;
+        let started = Instant::now();
+        if self.checkpoints.is_some() {
+            self.checkpoint(Some(source))?;
+        }
+        let step = round.request.step;
+        let next = match start_step(self.spec, step, &round.module) {
+            Ok(next) => next,
+            Err(e) => {
+                round
+                    .trials
+                    .failed(task, format!("the new module cannot start: {e:#}"));
+                return Ok(());
+            }
+        };
+        let (previous, previous_info) = self.put_in(step, next)?;
+        round
+            .trials
+            .started(task, self.boundary(), ms(started.elapsed()));
+        tracing::debug!(
+            task,
+            step,
+            "swapped in; on trial until the task's first batch"
+        );
+        self.trial = Some(Trial {
+            id: round.id,
+            step,
+            previous,
+            previous_info,
+            last_old_batch,
+            round: Some(round.clone()),
+            tried: false,
+        });
+        Ok(())
+    }
+
+    /// Once its round has a verdict: live, the previous instance goes;
+    /// rolled back, it comes back, after a checkpoint (epochs of the new
+    /// module may have run).
+    pub(in crate::pipeline) fn finish_round(&mut self, source: &KafkaSource) -> anyhow::Result<()> {
+        let Some(verdict) = self
+            .trial
+            .as_ref()
+            .and_then(|t| t.round.as_ref())
+            .and_then(|r| r.trials.verdict())
+        else {
+            return Ok(());
+        };
+        match verdict {
+            Verdict::Live => self.trial = None,
+            Verdict::RolledBack(_) => {
+                if self.checkpoints.is_some() {
+                    self.checkpoint(Some(source))?;
+                }
+                let trial = self.trial.take().expect("checked above");
+                self.roll_back(trial, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The task's partition (0 for a whole pipeline).
+    fn task_partition(&self) -> i32 {
+        self.task.as_ref().map_or(0, |t| t.partition)
+    }
+
+    /// Puts `next` in as step `step`; returns the instance it replaced and
+    /// that one's description.
+    fn put_in(&mut self, step: usize, next: Step) -> anyhow::Result<(Previous, StepInfo)> {
+        let info = StepInfo {
+            name: self.spec.transforms[step].step_name(),
+            module: step_module(&next).name().to_owned(),
+            sha256: step_module(&next).sha256().to_owned(),
+        };
+        let previous = match (next, &mut self.chain.steps_mut()[step]) {
+            (Step::Transform(new), Step::Transform(old)) => {
+                Previous::Transform(std::mem::replace(old, new))
+            }
+            (Step::Aggregate(new), Step::Aggregate(old)) => {
+                Previous::Aggregator(old.swap_aggregator(new.into_aggregator()))
+            }
+            // `start_step` instantiates the kind the spec's step asks for.
+            _ => anyhow::bail!("a swap changed the kind of step {step}"),
+        };
+        let previous_info =
+            std::mem::replace(&mut Arc::make_mut(&mut self.routing).steps[step], info);
+        Ok((previous, previous_info))
+    }
+
+    /// Per source partition, the position the next batch starts at.
+    fn boundary(&self) -> Vec<(String, i32, i64)> {
+        let mut boundary: Vec<(String, i32, i64)> = self
+            .read
+            .iter()
+            .map(|(&(s, p), &o)| (self.spec.source.topics[s as usize].clone(), p, o))
+            .collect();
+        boundary.sort();
+        boundary
     }
 
     /// Runs the chain; the first batch with records after a swap is the
@@ -150,19 +246,25 @@ impl Runner<'_> {
         batch: &mut Batch,
         now_ms: i64,
     ) -> anyhow::Result<ChainOutput> {
-        let (Some(control), Some(trial)) = (self.control, &self.trial) else {
+        let Some(trial) = self.trial.as_ref().filter(|t| !t.tried) else {
             return self.chain_once(batch, now_ms);
         };
         if batch.is_empty() {
             return self.chain_once(batch, now_ms);
         }
-        let (id, step) = (trial.id, trial.step);
+        let (id, step, round) = (trial.id, trial.step, trial.round.clone());
         let pause_ms = ms(trial.last_old_batch.elapsed());
         let epoch = self.epoch;
-        control.update_swap(id, |r| {
-            r.first_batch = Some(epoch);
-            r.pause_ms = Some(pause_ms);
-        });
+        let control = match (&round, self.control) {
+            (None, Some(control)) => {
+                control.update_swap(id, |r| {
+                    r.first_batch = Some(epoch);
+                    r.pause_ms = Some(pause_ms);
+                });
+                Some(control)
+            }
+            _ => None,
+        };
         let snapshot: Option<EngineSnapshot> =
             self.chain.aggregate().map(|a| a.engine().snapshot());
         let verdict = match self.chain.run(batch, now_ms) {
@@ -179,6 +281,26 @@ impl Runner<'_> {
             },
             Err(e) => Err(format!("the new module failed on its first batch: {e:#}")),
         };
+        if let Some(round) = round {
+            let task = self.task_partition();
+            return match verdict {
+                Ok(out) => {
+                    round.trials.passed(task, epoch);
+                    if let Some(trial) = &mut self.trial {
+                        trial.tried = true;
+                    }
+                    Ok(out)
+                }
+                Err(reason) => {
+                    tracing::warn!(task, step, epoch, %reason, "the new module failed its trial in this task");
+                    let trial = self.trial.take().expect("checked above");
+                    self.roll_back(trial, snapshot)?;
+                    round.trials.failed(task, reason);
+                    self.chain_once(batch, now_ms)
+                }
+            };
+        }
+        let control = control.expect("a whole pipeline's swap comes through its control");
         let trial = self.trial.take().expect("checked above");
         control.rearm();
         match verdict {
@@ -241,7 +363,7 @@ impl Runner<'_> {
             return;
         };
         control.cancel_pending();
-        if let Some(trial) = self.trial.take() {
+        if let Some(trial) = self.trial.take_if(|t| t.round.is_none()) {
             control.update_swap(trial.id, |r| {
                 r.state = SwapState::RolledBack;
                 r.reason = Some(
