@@ -96,7 +96,10 @@ fn a_second_run_of_a_checkpoint_directory_fails_at_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lineage = dir.path().join("checkpoints/LINEAGE");
+    // Run as tasks (the default without an aggregate): the one task's
+    // directory is the one in use.
+    let task_dir = dir.path().join("checkpoints/tasks/00000");
+    let lineage = task_dir.join("LINEAGE");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !lineage.exists() {
         assert!(
@@ -118,7 +121,7 @@ fn a_second_run_of_a_checkpoint_directory_fails_at_once() {
     );
     let expected = format!(
         "checkpoint directory {} is in use by another process",
-        dir.path().join("checkpoints").display()
+        task_dir.display()
     );
     assert!(
         stderr.contains(&expected),

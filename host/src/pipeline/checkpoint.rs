@@ -366,14 +366,23 @@ fn check_task(
             had.partition,
             now.partition
         ),
-        (Some(had), Some(now)) if had.topics != now.topics => anyhow::bail!(
-            "checkpoint {id} in {dir} was taken when the source topics had {} partitions; they now \
+        // A topic added to or removed from the source moves no key between
+        // tasks; a topic whose partition count changed does.
+        (Some(had), Some(now))
+            if had
+                .topics
+                .iter()
+                .any(|(t, n)| now.topics.iter().any(|(u, m)| u == t && m != n)) =>
+        {
+            anyhow::bail!(
+                "checkpoint {id} in {dir} was taken when the source topics had {} partitions; they now \
              have {}: a task's state is only valid for the partition layout it was cut from (keys \
              move between partitions when the count changes). Restore the partition counts, or \
              remove the checkpoint directory to start over",
-            layout_text(&had.topics),
-            layout_text(&now.topics)
-        ),
+                layout_text(&had.topics),
+                layout_text(&now.topics)
+            )
+        }
         _ => Ok(()),
     }
 }
@@ -499,6 +508,11 @@ mod tests {
         };
         assert_eq!(refusal(&of(Some(layout(3, 4))), Some(&layout(3, 4))), None);
         assert_eq!(refusal(&of(None), None), None);
+        // A topic added or removed moves no key between tasks.
+        let mut added = layout(3, 4);
+        added.topics.push(("new".to_owned(), 8));
+        assert_eq!(refusal(&of(Some(layout(3, 4))), Some(&added)), None);
+        assert_eq!(refusal(&of(Some(added)), Some(&layout(3, 4))), None);
         assert_eq!(
             refusal(&of(Some(layout(3, 4))), Some(&layout(2, 4))).unwrap(),
             "checkpoint 7 in /cp/tasks/00003 belongs to the task of partition 3, not 2"

@@ -46,6 +46,9 @@ pub struct Round {
     pub module: Module,
     /// What each task's trial did, and the verdict.
     pub trials: Trials,
+    /// Whether the swap record says `trial` yet (once every task runs the
+    /// new module).
+    pub announced: std::sync::atomic::AtomicBool,
 }
 
 impl Round {
@@ -55,6 +58,7 @@ impl Round {
             request,
             module,
             trials: Trials::new(tasks),
+            announced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -126,6 +130,11 @@ impl Trials {
         s.tasks.remove(&task);
         s.verdict
             .get_or_insert(Verdict::RolledBack(format!("task {task}: {reason}")));
+    }
+
+    /// Whether every task runs the new module (or has passed its trial).
+    pub fn all_started(&self) -> bool {
+        self.state().tasks.len() == self.tasks
     }
 
     /// The verdict, if reached.

@@ -89,6 +89,7 @@ pub(super) fn run(
         allowed: Stage::of(spec) == Stage::Source && !spec.transforms.iter().any(|t| t.rekey),
         current: Mutex::new(None),
         tasks: groups.iter().map(Vec::len).sum(),
+        wake: AtomicBool::new(false),
     };
     let start = Start {
         workers,
@@ -197,6 +198,9 @@ struct Swaps {
     current: Mutex<Option<Arc<Round>>>,
     /// How many tasks the run has.
     tasks: usize,
+    /// Set while a round waits for tasks to take it: workers waiting for
+    /// records come back to their loop at once.
+    wake: AtomicBool,
 }
 
 impl Swaps {
@@ -217,19 +221,35 @@ impl Swaps {
     fn coordinate(&self, control: &Control, spec: &PipelineSpec, runtime: &Runtime) {
         if let Some(round) = self.current() {
             if let Some(verdict) = round.trials.decide() {
+                self.wake.store(false, Ordering::Relaxed);
                 Self::record(control, &round, verdict);
                 self.set(None);
+            } else if round.trials.all_started() && !round.announced.swap(true, Ordering::Relaxed) {
+                // Every task runs it now: from here on, records are the
+                // new module's (what a swap on trial means).
+                self.wake.store(false, Ordering::Relaxed);
+                let (boundary, swap_ms, _) = round.trials.figures();
+                control.update_swap(round.id, |r| {
+                    r.state = SwapState::Trial;
+                    r.boundary = boundary;
+                    r.swap_ms = Some(swap_ms);
+                });
             }
             return;
         }
         let Some((id, request)) = control.next_swap() else {
             return;
         };
-        match load_module(spec, runtime, request.step, &request.file) {
+        // Compiled once; one instance started here first, so that a module
+        // that cannot start (its `init` refusing the config) is refused at
+        // once, before any task swaps.
+        let module = load_module(spec, runtime, request.step, &request.file)
+            .and_then(|m| start_step(spec, request.step, &m).map(|_| m));
+        match module {
             Ok(module) => {
                 tracing::info!(step = request.step, module = %request.module, version = ?request.version, "swapping in every task; on trial until their first batches");
-                control.update_swap(id, |r| r.state = SwapState::Trial);
                 self.set(Some(Round::new(id, request, module, self.tasks)));
+                self.wake.store(true, Ordering::Relaxed);
             }
             Err(e) => {
                 let reason = format!("the new module cannot start: {e:#}");
@@ -499,7 +519,12 @@ impl Worker<'_> {
                 }
             }
             let fetch_started = Instant::now();
-            let Some(batches) = source.next_batches(halt, &never)? else {
+            let wake = if self.swaps.allowed {
+                &self.swaps.wake
+            } else {
+                &never
+            };
+            let Some(batches) = source.next_batches(halt, wake)? else {
                 break;
             };
             let fetched = fetch_started.elapsed();
@@ -517,6 +542,9 @@ impl Worker<'_> {
             for ((runner, next), due) in runners.iter_mut().zip(batches).zip(due) {
                 runner.finish_acknowledged(&source)?;
                 if due {
+                    // A swap decided while the worker waited: not one batch
+                    // more on a rolled-back version.
+                    runner.finish_round(&source)?;
                     runner.run_batch(next, fetch_ms, &source)?;
                 }
             }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Confinement, DEFAULT_OUTPUT, PipelineSpec};
+use super::{Confinement, DEFAULT_OUTPUT, Parallelism, PipelineSpec};
 
 /// A spec that cannot be used, with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +112,9 @@ fn parse_with(text: &str, paths: Paths<'_>) -> Result<PipelineSpec, SpecError> {
             false
         }
     };
+    if spec.parallelism == Parallelism::Unset {
+        spec.parallelism = Parallelism::default_for(&spec);
+    }
     validate(&spec, check_modules)?;
     Ok(spec)
 }
@@ -420,14 +423,45 @@ dead_letter: { topic: dlq }
     }
 
     #[test]
+    fn parallelism_defaults_to_auto_unless_the_pipeline_must_run_whole() {
+        let dir = base();
+        assert_eq!(
+            parse(GOOD, dir.path()).unwrap().parallelism,
+            Parallelism::Auto
+        );
+        let window = "    aggregate: { window: { tumbling: 1m }, watermark: { max_out_of_orderness: 1s } }\n";
+        let aggregate = GOOD.replace("    limits: { memory: 16 MiB, deadline: 250ms }\n", window);
+        assert_eq!(
+            parse(&aggregate, dir.path()).unwrap().parallelism,
+            Parallelism::default(),
+            "an aggregate's key may not be the Kafka key"
+        );
+        let repartitioned = aggregate.replace(window, &format!("    repartition: true\n{window}"));
+        assert_eq!(
+            parse(&repartitioned, dir.path()).unwrap().parallelism,
+            Parallelism::Auto
+        );
+        let checkpointed = format!("{GOOD}checkpoint: {{ dir: cp }}\n");
+        assert_eq!(
+            parse(&checkpointed, dir.path()).unwrap().parallelism,
+            Parallelism::Auto
+        );
+        std::fs::create_dir(dir.path().join("cp")).unwrap();
+        std::fs::write(dir.path().join("cp/LINEAGE"), "l").unwrap();
+        assert_eq!(
+            parse(&checkpointed, dir.path()).unwrap().parallelism,
+            Parallelism::default(),
+            "a whole pipeline's checkpoints carry on whole"
+        );
+        let explicit = format!("{checkpointed}parallelism: 2\n");
+        assert!(parse(&explicit, dir.path()).unwrap().parallelism.tasks());
+    }
+
+    #[test]
     fn parallelism_is_a_worker_count_or_auto() {
         use crate::spec::Parallelism;
         let dir = base();
         let with = |value: &str| parse(&format!("{GOOD}parallelism: {value}\n"), dir.path());
-        assert_eq!(
-            parse(GOOD, dir.path()).unwrap().parallelism,
-            Parallelism::default()
-        );
         assert!(!Parallelism::default().tasks());
         let four = with("4").unwrap().parallelism;
         assert!(four.tasks());

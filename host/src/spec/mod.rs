@@ -64,9 +64,11 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub delivery: Delivery,
     /// How many worker threads run the pipeline's tasks (one task per
-    /// source partition number; see `pipeline::worker`). `1` (default):
-    /// one run loop over every partition, as a whole.
-    #[serde(default)]
+    /// source partition number; see `pipeline::worker`); `1`: one run loop
+    /// over every partition, as a whole. Default: `auto`, except for a
+    /// pipeline that must run whole to keep its meaning or its state (see
+    /// [`Parallelism::default_for`]).
+    #[serde(default = "Parallelism::unset")]
     pub parallelism: Parallelism,
 }
 
@@ -76,6 +78,9 @@ pub struct PipelineSpec {
 pub enum Parallelism {
     Workers(std::num::NonZeroUsize),
     Auto,
+    /// Not written in the spec: resolved by [`Parallelism::default_for`]
+    /// as the spec is loaded, never seen after.
+    Unset,
 }
 
 impl Default for Parallelism {
@@ -85,11 +90,40 @@ impl Default for Parallelism {
 }
 
 impl Parallelism {
+    fn unset() -> Self {
+        Self::Unset
+    }
+
+    /// The parallelism of a spec that does not set one: `auto`, except
+    ///
+    /// - `1` for a pipeline with an aggregate step without `repartition`:
+    ///   whether its key is the records' Kafka key (what a task needs) only
+    ///   the guest knows, and a whole run is right for any key;
+    /// - `1` for a pipeline whose checkpoint directory holds a whole
+    ///   pipeline's checkpoints (written before tasks existed, or with
+    ///   `parallelism: 1`): it carries on from them rather than refusing.
+    pub fn default_for(spec: &PipelineSpec) -> Self {
+        let any_key = spec
+            .transforms
+            .iter()
+            .any(|t| t.aggregate.is_some() && t.repartition.is_none());
+        let whole_state = spec
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.dir.join("LINEAGE").is_file());
+        if any_key || whole_state {
+            Self::default()
+        } else {
+            Self::Auto
+        }
+    }
+
     /// Workers for `tasks` tasks: never more than the tasks, at least one.
     pub fn workers(self, tasks: usize) -> usize {
         let wanted = match self {
             Self::Workers(n) => n.get(),
             Self::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Self::Unset => 1,
         };
         wanted.min(tasks).max(1)
     }
@@ -97,7 +131,7 @@ impl Parallelism {
     /// Whether the pipeline runs as tasks (per-partition state and
     /// checkpoints) rather than as one whole.
     pub fn tasks(self) -> bool {
-        self != Self::default()
+        !matches!(self, Self::Unset) && self != Self::default()
     }
 }
 

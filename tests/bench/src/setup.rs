@@ -203,9 +203,9 @@ pub fn spec(p: &PipelineParams<'_>) -> anyhow::Result<(PipelineSpec, String)> {
         spec["checkpoint"] = json!({ "dir": dir, "interval": "1s" });
         spec["delivery"] = json!("exactly-once");
     }
-    if p.parallelism != 1 {
-        spec["parallelism"] = json!(p.parallelism);
-    }
+    // Always written: the default depends on the pipeline (see
+    // `Parallelism::default_for`), a row must not.
+    spec["parallelism"] = json!(p.parallelism);
     let text = serde_json::to_string_pretty(&spec)?;
     let spec = sluice::spec::parse(&text, Path::new("/"))
         .with_context(|| format!("the bench built an invalid spec:\n{text}"))?;
