@@ -181,10 +181,33 @@ fn an_aggregate_per_event_type_at_four_workers_goes_through_its_repartition_topi
 
     // The repartition topic: created with the source's partition count,
     // each event type in one partition (Kafka's murmur2 of the key), each
-    // record saying which source partition it came from.
+    // record saying which source partition it came from; and after each
+    // source batch, a watermark marker from its partition in every
+    // partition, no later than the records before it.
     let topic = format!("{name_four}-repartition-1");
-    let exchanged = read(&topic);
+    let (markers, exchanged): (Vec<TopicRecord>, Vec<TopicRecord>) = read(&topic)
+        .into_iter()
+        .partition(|r| r.headers.contains_key("sluice.watermark"));
     assert_eq!(exchanged.len() as u64, o.count + flush - malformed - errors);
+    let mut marked: BTreeMap<(i32, String), i64> = BTreeMap::new();
+    for m in &markers {
+        assert_eq!((&m.key, &m.value), (&None, &None));
+        let time: i64 = m.headers["sluice.watermark"].parse().unwrap();
+        let max = marked
+            .entry((m.partition, m.headers["sluice.upstream"].clone()))
+            .or_insert(i64::MIN);
+        *max = (*max).max(time);
+    }
+    // The flush records' time (see `produce_type_flush`): the latest event
+    // time of every source partition.
+    let flushed = ((o.start_ms + o.count as i64 * 100) / MINUTE + 2) * MINUTE + 30_000;
+    assert_eq!(
+        marked,
+        (0..4)
+            .flat_map(|q| (0..4).map(move |u| ((q, u.to_string()), flushed)))
+            .collect(),
+        "every source partition marked every partition of the topic up to its latest event"
+    );
     let mut partitions: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
     let mut upstreams = BTreeSet::new();
     for r in &exchanged {
@@ -237,5 +260,5 @@ fn an_aggregate_per_event_type_at_four_workers_goes_through_its_repartition_topi
     )));
     assert_eq!((again.records_in, again.repartitioned), (0, Some(0)));
     assert_eq!(values(&four), want);
-    assert_eq!(read(&topic).len(), exchanged.len());
+    assert_eq!(read(&topic).len(), exchanged.len() + markers.len());
 }

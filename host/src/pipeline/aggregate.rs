@@ -4,8 +4,8 @@
 use crate::batch::calls::AggregateError;
 use crate::batch::{Batch, Columns, Reason};
 use crate::runtime::{Aggregator, BatchCalls, InstantiateError};
-use crate::spec::UPSTREAM_HEADER;
 use crate::spec::window::{InvalidSpec, WindowSpec};
+use crate::spec::{UPSTREAM_HEADER, WATERMARK_HEADER};
 use crate::window::{BatchKeys, WindowEngine, WindowOutput, WindowRef};
 
 /// What an aggregate step made of one batch.
@@ -139,10 +139,47 @@ impl AggregateStep {
     }
 
     /// Runs one batch: `now_ms` is the processing time, for idle partitions.
+    /// Reading a repartition topic, its watermark markers advance event
+    /// time and reach neither the guest nor the outputs.
     pub fn process(
         &mut self,
         batch: &mut Batch,
         now_ms: i64,
+    ) -> Result<AggregateOutput, StepError> {
+        if !self.upstreams {
+            return self.process_marked(batch, now_ms, &[]);
+        }
+        let (marks, records) = split_marks(batch);
+        if marks.is_empty() {
+            return self.process_marked(batch, now_ms, &[]);
+        }
+        if records.is_empty() {
+            let empty = Batch::default();
+            let mut calls = BatchCalls {
+                aggregator: &mut self.aggregator,
+                held: &empty,
+            };
+            let keys = BatchKeys {
+                marks: &marks,
+                ..BatchKeys::EMPTY
+            };
+            let out = self.engine.process(&mut calls, keys, now_ms)?;
+            return Ok(Self::output(out, Vec::new(), None));
+        }
+        let mut held = batch.select(&records);
+        let mut out = self.process_marked(&mut held, now_ms, &marks)?;
+        for (i, _) in &mut out.dead_letters {
+            *i = records[*i as usize];
+        }
+        Ok(out)
+    }
+
+    /// [`Self::process`] of records only, with `marks` observed beside them.
+    fn process_marked(
+        &mut self,
+        batch: &mut Batch,
+        now_ms: i64,
+        marks: &[(crate::window::PartitionId, i64)],
     ) -> Result<AggregateOutput, StepError> {
         let extracted = self.aggregator.extract(batch)?;
         // The guest holds either the whole batch or, after a fault, `kept`.
@@ -183,6 +220,7 @@ impl AggregateStep {
             partitions: &held_batch.partitions,
             offsets: &held_batch.offsets,
             upstreams: &upstreams,
+            marks,
         };
         let mut calls = BatchCalls {
             aggregator: &mut self.aggregator,
@@ -259,6 +297,38 @@ impl AggregateStep {
 /// The upstream of a record whose `sluice.upstream` header is missing or
 /// not a partition number.
 pub const UNKNOWN_UPSTREAM: u16 = u16::MAX;
+
+/// The watermark markers of a batch read from a repartition topic, as
+/// ((upstream, partition), event time), and the indices of its other
+/// records. A marker is a record with a `sluice.watermark` header (see
+/// `spec::Stages`); one whose header is not a number is a record like any
+/// other (the guest will say what it makes of it).
+fn split_marks(batch: &Batch) -> (Vec<(crate::window::PartitionId, i64)>, Vec<u32>) {
+    let (upstream, watermark) = (UPSTREAM_HEADER.as_bytes(), WATERMARK_HEADER.as_bytes());
+    let mut marks = Vec::new();
+    let mut records = Vec::with_capacity(batch.len());
+    for (i, r) in batch.records.iter().enumerate() {
+        let number = |name: &[u8]| {
+            r.headers
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .last()
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+        };
+        let mark = match (r.key, r.value, number(watermark)) {
+            (None, None, Some(time)) => number(upstream)
+                .and_then(|u| u16::try_from(u).ok())
+                .filter(|&u| u != UNKNOWN_UPSTREAM)
+                .map(|u| ((u, batch.partitions[i]), time)),
+            _ => None,
+        };
+        match mark {
+            Some(m) => marks.push(m),
+            None => records.push(i as u32),
+        }
+    }
+    (marks, records)
+}
 
 /// Each record's upstream task: its last `sluice.upstream` header (the one
 /// the upstream stage added after any the record carried).

@@ -22,7 +22,17 @@ pub enum Step {
     /// Only ever the last step, of a stage that feeds a repartition topic
     /// (see `spec::Stages`): the aggregate guest's `extract` keys each
     /// record by its aggregate key, and nothing else changes.
-    Rekey(Box<Aggregator>),
+    Rekey(Box<Rekey>),
+}
+
+/// The aggregate's guest, keying records for a repartition topic.
+#[derive(Debug)]
+pub struct Rekey {
+    pub aggregator: Aggregator,
+    /// The aggregate's horizon (`watermark.max_ahead`), ms: a record
+    /// stamped further past the processing time will be dead-lettered by
+    /// the aggregating task and must not advance its watermark.
+    pub max_ahead: i64,
 }
 
 /// Records bound for one configured output, with the source record each
@@ -83,6 +93,12 @@ pub struct ChainOutput {
     /// Source records that a step dropped on purpose (no output, no dead
     /// letter).
     pub dropped: u64,
+    /// A stage that feeds a repartition topic: per source partition, the
+    /// largest event time of its records keyed in this batch (within the
+    /// horizon). Delivery sends it to every partition of the topic as a
+    /// watermark marker, so that the aggregating tasks' watermarks are those
+    /// of a whole pipeline (see `spec::Stages`).
+    pub exchange_times: Vec<(i32, i64)>,
 }
 
 /// The steps of a pipeline and how named outputs map to configured ones.
@@ -203,9 +219,17 @@ impl Chain {
                     break;
                 }
                 _ if input.is_empty() => return Ok(out),
-                Step::Rekey(a) => {
-                    let default = &mut out.outputs[self.default_output];
-                    rekey(a, input, &origins, step, default, &mut out.dead_letters)?;
+                Step::Rekey(r) => {
+                    let horizon = now_ms.saturating_add(r.max_ahead);
+                    out.exchange_times = rekey(
+                        &mut r.aggregator,
+                        input,
+                        &origins,
+                        step,
+                        horizon,
+                        &mut out.outputs[self.default_output],
+                        &mut out.dead_letters,
+                    )?;
                     break;
                 }
                 Step::Transform(t) => t,
@@ -343,15 +367,18 @@ impl Chain {
 
 /// Runs `input` through `aggregator`'s `extract` into `output`: each
 /// record as it is, with its aggregate key as its Kafka key; the records
-/// the guest could not key become dead letters of `step`.
+/// the guest could not key become dead letters of `step`. Returns, per
+/// source partition, the largest event time keyed up to `horizon`.
+#[allow(clippy::too_many_arguments)]
 fn rekey(
     aggregator: &mut Aggregator,
     input: &mut Batch,
     origins: &[u32],
     step: usize,
+    horizon: i64,
     output: &mut Routed,
     dead_letters: &mut Vec<DeadLetter>,
-) -> Result<(), StepError> {
+) -> Result<Vec<(i32, i64)>, StepError> {
     let extracted = aggregator.extract(input)?;
     // Dead letters are batch indices; keys are per held record (every
     // record, or after a fault the `kept` ones).
@@ -365,10 +392,19 @@ fn rekey(
         });
     }
     let held = extracted.key_offsets.len().saturating_sub(1);
+    let mut times: Vec<(i32, i64)> = Vec::with_capacity(1);
     for j in 0..held {
         let i = extracted.kept.as_ref().map_or(j, |kept| kept[j] as usize);
         if dead[i] {
             continue;
+        }
+        let t = extracted.event_times[j];
+        if t <= horizon {
+            let partition = input.partitions[i];
+            match times.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, max)) => *max = (*max).max(t),
+                None => times.push((partition, t)),
+            }
         }
         let key = &extracted.keys
             [extracted.key_offsets[j] as usize..extracted.key_offsets[j + 1] as usize];
@@ -381,7 +417,8 @@ fn rekey(
         );
         output.origins.push(origins[i]);
     }
-    Ok(())
+    times.sort_unstable();
+    Ok(times)
 }
 
 #[cfg(test)]

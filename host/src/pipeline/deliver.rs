@@ -14,7 +14,7 @@ use crate::sink::{
     BatchAck, EOS_HEADER, EosId, KafkaSink, Quarantined, TooLarge, WINDOW_INPUT, headers,
     partition_for_key, wire_size, write_eos_id,
 };
-use crate::spec::UPSTREAM_HEADER;
+use crate::spec::{UPSTREAM_HEADER, WATERMARK_HEADER};
 
 /// Where each step's dead letters came from, for their headers.
 #[derive(Debug, Clone)]
@@ -196,6 +196,9 @@ pub fn deliver(
                 }
             }
         }
+        if let Some(e) = exchange {
+            send_markers(&mut sender, topic, e.partitions, &out.exchange_times)?;
+        }
     }
     for dead in &out.dead_letters {
         let step = &routing.steps[dead.step];
@@ -256,6 +259,32 @@ pub fn deliver(
         }
     }
     Ok(sender.delivered)
+}
+
+/// After a batch's records in a repartition topic: a watermark marker per
+/// source partition that had records keyed (`times`) to each of the
+/// topic's `partitions` (see `spec::Stages`). Numbered like window
+/// results: their order depends on the batch alone.
+fn send_markers(
+    sender: &mut Sender<'_>,
+    topic: &str,
+    partitions: i32,
+    times: &[(i32, i64)],
+) -> Result<(), KafkaError> {
+    let mut marker = Columns::default();
+    marker.push(None, None, None, []);
+    for &(upstream, time) in times {
+        let (upstream, time) = (upstream.to_string(), time.to_string());
+        let headers = [
+            (UPSTREAM_HEADER, upstream.as_bytes()),
+            (WATERMARK_HEADER, time.as_bytes()),
+        ];
+        for q in 0..partitions {
+            // A marker is a few bytes: never too large.
+            let _ = sender.send(topic, Some(q), marker.get(0), &headers, WINDOW_INPUT)?;
+        }
+    }
+    Ok(())
 }
 
 /// A window result's `sluice.window.start`, `.end` and `.final` headers.

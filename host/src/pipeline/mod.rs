@@ -39,7 +39,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 pub use aggregate::{AggregateOutput, AggregateStep, StepError, WindowDeadLetter};
-pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, ResultWindow, Routed, Step};
+pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Rekey, ResultWindow, Routed, Step};
 pub use checkpoint::{Checkpoint, SourcePosition, TaskLayout};
 pub use control::{
     Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,
@@ -221,7 +221,11 @@ fn start_step(spec: &PipelineSpec, i: usize, module: &Module) -> anyhow::Result<
     if t.rekey {
         let aggregator = Aggregator::new(module, labels, t.limits, t.config_pairs())
             .with_context(|| field.clone())?;
-        return Ok(Step::Rekey(Box::new(aggregator)));
+        let max_ahead = t.aggregate.as_ref().map_or(i64::MAX, |w| w.max_ahead_ms());
+        return Ok(Step::Rekey(Box::new(Rekey {
+            aggregator,
+            max_ahead,
+        })));
     }
     Ok(match &t.aggregate {
         None => Step::Transform(
@@ -312,7 +316,7 @@ pub fn step_module(step: &Step) -> &Module {
     match step {
         Step::Transform(t) => t.module(),
         Step::Aggregate(a) => a.aggregator().module(),
-        Step::Rekey(a) => a.module(),
+        Step::Rekey(r) => r.aggregator.module(),
     }
 }
 

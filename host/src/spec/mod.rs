@@ -28,7 +28,7 @@ use serde::Deserialize;
 pub use confine::Confinement;
 pub use load::{SpecError, load, load_unbuilt, parse, parse_confined};
 pub use secret::{SECRET_KEYS, is_secret_config, marked_secret, redacted};
-pub use stages::{Repartition, Stages, UPSTREAM_HEADER};
+pub use stages::{Repartition, Stages, UPSTREAM_HEADER, WATERMARK_HEADER};
 
 /// The name of the output that a transform chain's last step emits to when a
 /// guest does not name one.

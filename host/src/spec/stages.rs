@@ -10,7 +10,10 @@
 //!   aggregate, and then the aggregate guest's `extract` only: each record
 //!   is written to the repartition topic with the aggregate key as its Kafka
 //!   key (partition `murmur2(key) mod n`, like Kafka's own producers), and
-//!   a `sluice.upstream` header naming its source partition;
+//!   a `sluice.upstream` header naming its source partition; after each
+//!   batch, a *watermark marker* (no key, no value, headers
+//!   `sluice.upstream` and `sluice.watermark`) goes to every partition of
+//!   the topic with the largest event time the batch keyed;
 //! - the **back** stage reads the repartition topic, one task per
 //!   partition, and runs the aggregate and the steps after it into the
 //!   pipeline's outputs.
@@ -19,10 +22,13 @@
 //! the user's spec): its own tasks, checkpoints (the back stage's under
 //! `<checkpoint.dir>/repartition-<step>/`) and exactly-once lineage, so the
 //! topic in between is written exactly once per record and read like any
-//! source. Event time crosses the topic per upstream task: the back stage
-//! keeps a watermark per (upstream task, partition), from the header, and
-//! takes the minimum, so records of a slow source partition are not made
-//! late by a fast one.
+//! source. Event time crosses the topic per upstream task, as Flink's
+//! watermarks cross an exchange: the back stage keeps a watermark per
+//! (upstream task, partition), from the records and the markers, and takes
+//! the minimum. A back task's watermark is thus the minimum over the source
+//! partitions, as a whole pipeline's is: records of a slow source partition
+//! are not made late by a fast one, and windows close as early as they
+//! would in a whole run.
 
 use serde::Deserialize;
 
@@ -30,6 +36,10 @@ use super::{DEFAULT_OUTPUT, OutputSpec, PipelineSpec, StartFrom};
 
 /// The header carrying a repartitioned record's source partition.
 pub const UPSTREAM_HEADER: &str = "sluice.upstream";
+/// The header of a watermark marker: a record without key or value that
+/// the front stage sends to every partition of the topic after each batch,
+/// saying how far its source partition's event time has come (ms).
+pub const WATERMARK_HEADER: &str = "sluice.watermark";
 
 /// `repartition: true`, or `repartition: { topic: name }`.
 #[derive(Debug, Clone, PartialEq, Eq)]

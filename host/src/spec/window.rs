@@ -235,7 +235,7 @@ impl WindowSpec {
         millis_or_max(self.watermark.idle_timeout)
     }
 
-    pub(crate) fn max_ahead_ms(&self) -> i64 {
+    pub fn max_ahead_ms(&self) -> i64 {
         millis_or_max(self.watermark.max_ahead)
     }
 }

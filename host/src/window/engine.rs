@@ -38,6 +38,10 @@ pub struct BatchKeys<'a> {
     /// partition does: the records of one upstream task are in its order,
     /// those of several are interleaved.
     pub upstreams: &'a [u16],
+    /// Event-time progress without records: (upstream, partition) has
+    /// come this far (the watermark markers of a repartition topic).
+    /// Observed with the batch's records.
+    pub marks: &'a [(PartitionId, i64)],
 }
 
 impl BatchKeys<'_> {
@@ -51,6 +55,7 @@ impl BatchKeys<'_> {
         partitions: &[],
         offsets: &[],
         upstreams: &[],
+        marks: &[],
     };
 
     pub fn len(&self) -> usize {
@@ -271,7 +276,8 @@ impl WindowEngine {
         self.watermarks.observe_batch(
             (0..n)
                 .filter(|&i| counts(i))
-                .map(|i| (batch.clock(i as u32), batch.event_times[i])),
+                .map(|i| (batch.clock(i as u32), batch.event_times[i]))
+                .chain(batch.marks.iter().copied().filter(|m| m.1 <= horizon)),
             now,
         );
 

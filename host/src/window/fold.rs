@@ -225,6 +225,7 @@ mod tests {
             partitions: &vec![0; n],
             offsets: &vec![0; n],
             upstreams: &[],
+            marks: &[],
         };
         let items: Vec<Item> = (0..n as u32).map(|i| Item::new(&batch, i, 0, 0)).collect();
         for a in &items {

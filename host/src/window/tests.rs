@@ -200,6 +200,7 @@ impl Run {
             partitions: &partitions,
             offsets: &offsets,
             upstreams: &[],
+            marks: &[],
         };
         self.engine.process(&mut self.guest, batch, now_ms).unwrap()
     }
@@ -745,6 +746,7 @@ fn fold_dead_letters_and_skipped_records() {
         partitions: &[0, 0],
         offsets: &[0, 1],
         upstreams: &[],
+        marks: &[],
     };
     let out = engine.process(&mut guest, batch, 0).unwrap();
     assert_eq!(out.dead_letters, vec![]);
@@ -767,6 +769,7 @@ fn a_failed_call_poisons_the_engine() {
         partitions: &[0],
         offsets: &[0],
         upstreams: &[],
+        marks: &[],
     };
     assert_eq!(
         r.engine.process(&mut r.guest, batch, 0),
@@ -870,6 +873,7 @@ fn each_upstream_of_a_partition_has_a_watermark_of_its_own() {
             partitions: &[0, 0],
             offsets: &[0, 1],
             upstreams,
+            marks: &[],
         };
         engine.process(&mut guest, first, 0).unwrap();
         let after_first = engine.watermark();
@@ -883,6 +887,7 @@ fn each_upstream_of_a_partition_has_a_watermark_of_its_own() {
             partitions: &[0],
             offsets: &[2],
             upstreams: later,
+            marks: &[],
         };
         let out = engine.process(&mut guest, second, 0).unwrap();
         (after_first, engine.watermark(), out.late)

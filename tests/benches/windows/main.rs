@@ -455,6 +455,7 @@ fn batch_keys<'a>(
         partitions: &batch.partitions,
         offsets: &batch.offsets,
         upstreams: &[],
+        marks: &[],
     }
 }
 

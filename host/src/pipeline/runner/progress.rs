@@ -48,7 +48,7 @@ impl Runner<'_> {
             let stats = match step {
                 Step::Transform(t) => t.stats(),
                 Step::Aggregate(a) => a.aggregator().stats(),
-                Step::Rekey(a) => a.stats(),
+                Step::Rekey(r) => r.aggregator.stats(),
             };
             totals.traps += stats.traps;
             totals.deadline_hits += stats.deadline_hits;
