@@ -5,8 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sluice::pipeline::{Control, RunOptions, SwapRecord, SwapRequest, SwapState};
 use sluice_tests::kafka_tools::{SampleOptions, sample_record};
 use sluice_tests::*;
 
@@ -261,4 +265,142 @@ fn an_aggregate_per_event_type_at_four_workers_goes_through_its_repartition_topi
     assert_eq!((again.records_in, again.repartitioned), (0, Some(0)));
     assert_eq!(values(&four), want);
     assert_eq!(read(&topic).len(), exchanged.len() + markers.len());
+}
+
+/// Asks `control` to run `file` in step `step`; returns the swap's record
+/// once it left `pending` (`trial` or later).
+fn swap(control: &Control, step: usize, file: &Path) -> SwapRecord {
+    let request = SwapRequest {
+        step,
+        module: "event-window-agg".into(),
+        version: None,
+        file: file.to_owned(),
+    };
+    let record = SwapRecord {
+        id: 0,
+        step: "event-window-agg".into(),
+        module: "event-window-agg".into(),
+        from_version: None,
+        to_version: None,
+        state: SwapState::Pending,
+        reason: None,
+        requested_at: String::new(),
+        first_batch: None,
+        boundary: Vec::new(),
+        pause_ms: None,
+        swap_ms: None,
+    };
+    let id = control.request_swap(request, record);
+    control
+        .wait_swap(id, Duration::from_secs(30))
+        .expect("the swap left pending")
+}
+
+/// Waits until swap `id` is live or rolled back.
+fn decided(control: &Control, id: u64) -> SwapRecord {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = control.swaps().into_iter().find(|r| r.id == id).unwrap();
+        if matches!(record.state, SwapState::Live | SwapState::RolledBack) {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "swap {id} undecided: {record:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A live swap of the aggregate of a pipeline run through its repartition
+/// topic: one round over both stages' tasks (the module keys in one and
+/// aggregates in the other). A module that cannot start is refused before
+/// any task swaps; a new version goes live in all of them, and the windows
+/// carry on: the results are those computed from the events.
+#[test]
+fn the_aggregate_of_a_repartitioned_pipeline_swaps_live_in_both_stages() {
+    let input = unique("repartition-swap-in");
+    let out = unique("repartition-swap-out");
+    create_topics(&[&input], 2);
+    create_topics(&[&out, &format!("{out}-alerts"), &format!("{out}-dlq")], 2);
+    let o = SampleOptions {
+        count: 4000,
+        users: 100,
+        ..SampleOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("rp-swap");
+    let yaml = per_type_spec(dir.path(), &name, &input, &out, 2).replace(
+        "batch: { max_records: 300, max_wait: 20ms }",
+        "batch: { max_records: 100, max_wait: 20ms }",
+    );
+    let spec = spec(&yaml);
+    let control = Arc::new(Control::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (control, stop) = (control.clone(), stop.clone());
+        std::thread::spawn(move || {
+            sluice::pipeline::run_with(&spec, RunOptions::default(), &stop, Some(&control))
+        })
+    };
+    kafka_tools::produce_sample_range(brokers(), &input, &o, 0..2000).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control
+        .progress()
+        .is_none_or(|p| p.totals.run.records_in < 2000)
+    {
+        assert!(Instant::now() < deadline, "the first records were not read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Not an aggregate: refused at once, nothing swapped.
+    let refused = swap(&control, 1, &guest("alert-router"));
+    assert_eq!(refused.state, SwapState::RolledBack, "{refused:?}");
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("the new module cannot start: "),
+        "{refused:?}"
+    );
+
+    // Another version of the aggregate: on trial once every task of both
+    // stages runs it, live once they have run records.
+    let v2 = dir.path().join("event_window_agg_v2.wasm");
+    std::fs::write(
+        &v2,
+        with_custom_section(
+            std::fs::read(guest("event-window-agg")).unwrap(),
+            "sluice-test",
+            b"2",
+        ),
+    )
+    .unwrap();
+    let trial = swap(&control, 1, &v2);
+    assert_eq!(trial.state, SwapState::Trial, "{trial:?}");
+    kafka_tools::produce_sample_range(brokers(), &input, &o, 2000..4000).unwrap();
+    produce_type_flush(brokers(), &input, &o, &TYPES);
+    let live = decided(&control, trial.id);
+    assert_eq!(live.state, SwapState::Live, "{live:?}");
+    // Where it took over: in both stages' partitions.
+    let topics: BTreeSet<&str> = live.boundary.iter().map(|b| b.0.as_str()).collect();
+    let repartition = format!("{name}-repartition-1");
+    assert_eq!(
+        topics,
+        BTreeSet::from([input.as_str(), repartition.as_str()]),
+        "{live:?}"
+    );
+    let want = expected(&o);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while values(&out).len() < want.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} results",
+            values(&out).len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    run.join().unwrap().unwrap();
+    assert_eq!(values(&out), want);
+    assert!(read(&format!("{out}-dlq")).is_empty());
 }

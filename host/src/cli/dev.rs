@@ -50,15 +50,6 @@ struct Guest {
 /// Runs `sluice dev`.
 pub fn dev(path: &Path) -> anyhow::Result<()> {
     let mut spec = spec::load_unbuilt(path)?;
-    if spec.stages().is_some() {
-        // Every rebuild is swapped in live, which a pipeline run through a
-        // repartition topic does not do yet.
-        eprintln!(
-            "[dev] the pipeline runs whole (parallelism 1), so that rebuilds swap in live \
-             (not yet done through a repartition topic)"
-        );
-        spec.parallelism = spec::Parallelism::default();
-    }
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -268,10 +268,12 @@ pub fn run_with(
             control.set_workers(0);
         }
         if let Some(stages) = spec.stages() {
-            return stages::run(stages, &runtime, &modules, options, stop, control, started);
+            return stages::run(
+                spec, stages, &runtime, &modules, options, stop, control, started,
+            );
         }
         return worker::run(
-            spec, &runtime, &modules, None, options, stop, control, started,
+            spec, &runtime, &modules, None, None, options, stop, control, started,
         );
     }
     let transforms = load_steps(spec, &runtime)?;

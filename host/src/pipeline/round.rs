@@ -23,8 +23,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::control::SwapRequest;
-use crate::runtime::Module;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::control::{Control, SwapRequest, SwapState};
+use super::{Stage, load_module, start_step};
+use crate::runtime::{Module, Runtime};
+use crate::spec::PipelineSpec;
 
 /// How long a task without records may keep a round from going live once
 /// another task passed its trial.
@@ -48,7 +52,7 @@ pub struct Round {
     pub trials: Trials,
     /// Whether the swap record says `trial` yet (once every task runs the
     /// new module).
-    pub announced: std::sync::atomic::AtomicBool,
+    pub announced: AtomicBool,
 }
 
 impl Round {
@@ -58,7 +62,7 @@ impl Round {
             request,
             module,
             trials: Trials::new(tasks),
-            announced: std::sync::atomic::AtomicBool::new(false),
+            announced: AtomicBool::new(false),
         })
     }
 }
@@ -73,8 +77,8 @@ pub struct Trials {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Per task (partition), its trial so far.
-    tasks: BTreeMap<i32, Trial>,
+    /// Per task (stage, partition), its trial so far.
+    tasks: BTreeMap<(Stage, i32), Trial>,
     verdict: Option<Verdict>,
     /// Per source partition, where the new module took over.
     boundary: Vec<(String, i32, i64)>,
@@ -107,7 +111,7 @@ impl Trials {
 
     /// Task `task` runs the new module from `boundary` on (per source
     /// partition), after `swap_ms` at its boundary.
-    pub fn started(&self, task: i32, boundary: Vec<(String, i32, i64)>, swap_ms: f64) {
+    pub fn started(&self, task: (Stage, i32), boundary: Vec<(String, i32, i64)>, swap_ms: f64) {
         let mut s = self.state();
         s.tasks.insert(task, Trial::Started);
         s.boundary.extend(boundary);
@@ -116,7 +120,7 @@ impl Trials {
     }
 
     /// Task `task` passed its trial, in epoch `epoch`.
-    pub fn passed(&self, task: i32, epoch: u64) {
+    pub fn passed(&self, task: (Stage, i32), epoch: u64) {
         let mut s = self.state();
         s.tasks.insert(task, Trial::Passed);
         s.first_batch = Some(s.first_batch.map_or(epoch, |e| e.min(epoch)));
@@ -125,11 +129,15 @@ impl Trials {
 
     /// Task `task` could not start the module, or failed its trial: the
     /// round is rolled back (the first reason is kept).
-    pub fn failed(&self, task: i32, reason: String) {
+    pub fn failed(&self, task: (Stage, i32), reason: String) {
         let mut s = self.state();
         s.tasks.remove(&task);
+        let name = match task {
+            (Stage::Source, p) => format!("task {p}"),
+            (Stage::Repartition, p) => format!("task {p} after the repartition topic"),
+        };
         s.verdict
-            .get_or_insert(Verdict::RolledBack(format!("task {task}: {reason}")));
+            .get_or_insert(Verdict::RolledBack(format!("{name}: {reason}")));
     }
 
     /// Whether every task runs the new module (or has passed its trial).
@@ -163,6 +171,186 @@ impl Trials {
     }
 }
 
+/// Why a swap is refused for a pipeline run through a repartition topic
+/// until caught up (its stages run one after the other).
+pub const SWAPS_REFUSED: &str = "live module swaps are not supported for a pipeline run through a \
+    repartition topic until caught up (its stages run one after the other): stop it and start it \
+    with the new module (its checkpoints carry over)";
+
+/// The module swaps of a run: one round at a time over all the tasks that
+/// run the step (both stages' for the aggregate of a pipeline cut at a
+/// repartition topic: the source stage keys with its `extract`), started
+/// and decided by the threads that watch the workers.
+pub struct Swaps<'a> {
+    /// The user's spec (a swap names its steps).
+    spec: &'a PipelineSpec,
+    runtime: &'a Runtime,
+    /// Tasks per stage.
+    tasks: BTreeMap<Stage, usize>,
+    /// With stages: the aggregate's step, where they meet.
+    cut: Option<usize>,
+    allowed: bool,
+    /// The round under way, until its verdict.
+    current: Mutex<Option<Arc<Round>>>,
+    /// Held while coordinating: each stage's watcher may.
+    coordinating: Mutex<()>,
+    /// Set while a round waits for tasks to take it: workers waiting for
+    /// records come back to their loop at once.
+    pub wake: AtomicBool,
+}
+
+impl<'a> Swaps<'a> {
+    pub fn new(
+        spec: &'a PipelineSpec,
+        runtime: &'a Runtime,
+        tasks: BTreeMap<Stage, usize>,
+        allowed: bool,
+    ) -> Self {
+        Self {
+            spec,
+            runtime,
+            tasks,
+            cut: spec.stages().map(|s| s.step),
+            allowed,
+            current: Mutex::new(None),
+            coordinating: Mutex::new(()),
+            wake: AtomicBool::new(false),
+        }
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    pub fn current(&self) -> Option<Arc<Round>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, round: Option<Arc<Round>>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = round;
+    }
+
+    /// The index in `stage`'s spec of the user's step `step`, if that
+    /// stage runs it.
+    pub fn local_step(&self, stage: Stage, step: usize) -> Option<usize> {
+        match (self.cut, stage) {
+            (None, _) => Some(step),
+            (Some(cut), Stage::Source) => (step <= cut).then_some(step),
+            (Some(cut), Stage::Repartition) => step.checked_sub(cut),
+        }
+    }
+
+    /// How many tasks run the user's step `step`.
+    fn tasks_of(&self, step: usize) -> usize {
+        self.tasks
+            .iter()
+            .filter(|(stage, _)| self.local_step(**stage, step).is_some())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Records the current round's verdict once reached; else starts the
+    /// next waiting swap: its module compiled once, the tasks take it at
+    /// their next boundary.
+    pub fn coordinate(&self, control: &Control) {
+        if !self.allowed {
+            return;
+        }
+        let _one = self.coordinating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(round) = self.current() {
+            if let Some(verdict) = round.trials.decide() {
+                self.wake.store(false, Ordering::Relaxed);
+                Self::record(control, &round, verdict);
+                self.set(None);
+            } else if round.trials.all_started() && !round.announced.swap(true, Ordering::Relaxed) {
+                // Every task runs it now: from here on, records are the
+                // new module's (what a swap on trial means).
+                self.wake.store(false, Ordering::Relaxed);
+                let (boundary, swap_ms, _) = round.trials.figures();
+                control.update_swap(round.id, |r| {
+                    r.state = SwapState::Trial;
+                    r.boundary = boundary;
+                    r.swap_ms = Some(swap_ms);
+                });
+            }
+            return;
+        }
+        let Some((id, request)) = control.next_swap() else {
+            return;
+        };
+        // Compiled once; one instance started here first, so that a module
+        // that cannot start (its `init` refusing the config) is refused at
+        // once, before any task swaps.
+        let (spec, runtime) = (self.spec, self.runtime);
+        let module = load_module(spec, runtime, request.step, &request.file)
+            .and_then(|m| start_step(spec, request.step, &m).map(|_| m));
+        match module {
+            Ok(module) => {
+                tracing::info!(step = request.step, module = %request.module, version = ?request.version, "swapping in every task; on trial until their first batches");
+                let tasks = self.tasks_of(request.step);
+                self.set(Some(Round::new(id, request, module, tasks)));
+                self.wake.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let reason = format!("the new module cannot start: {e:#}");
+                tracing::warn!(step = request.step, module = %request.module, %reason, "swap rolled back");
+                control.update_swap(id, |r| {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(reason);
+                });
+            }
+        }
+    }
+
+    /// Records `round`'s verdict in its swap record.
+    fn record(control: &Control, round: &Round, verdict: Verdict) {
+        let (boundary, swap_ms, first_batch) = round.trials.figures();
+        match &verdict {
+            Verdict::Live => tracing::info!(step = round.request.step, "swap live in every task"),
+            Verdict::RolledBack(reason) => {
+                tracing::warn!(step = round.request.step, %reason, "swap rolled back in every task");
+            }
+        }
+        control.update_swap(round.id, |r| {
+            r.boundary = boundary;
+            r.swap_ms = Some(swap_ms);
+            r.first_batch = first_batch;
+            match verdict {
+                Verdict::Live => r.state = SwapState::Live,
+                Verdict::RolledBack(reason) => {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(reason);
+                }
+            }
+        });
+    }
+
+    /// At the end of a run: a round without a verdict did not happen (the
+    /// pipeline document keeps the previous version, which the next run
+    /// starts with); swaps still waiting neither.
+    pub fn abandon(&self, control: &Control) {
+        let _one = self.coordinating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(round) = self.current() {
+            match round.trials.decide() {
+                Some(verdict) => Self::record(control, &round, verdict),
+                None => control.update_swap(round.id, |r| {
+                    r.state = SwapState::RolledBack;
+                    r.reason = Some(
+                        "the pipeline stopped before the new module ran in every task; swap again \
+                         after it starts"
+                            .to_owned(),
+                    );
+                }),
+            }
+            self.set(None);
+        }
+        control.cancel_pending();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,12 +358,12 @@ mod tests {
     #[test]
     fn live_once_every_task_passed_and_rolled_back_at_the_first_failure() {
         let r = Trials::new(2);
-        r.started(0, vec![("in".into(), 0, 10)], 1.0);
-        r.passed(0, 5);
+        r.started((Stage::Source, 0), vec![("in".into(), 0, 10)], 1.0);
+        r.passed((Stage::Source, 0), 5);
         assert_eq!(r.decide(), None, "task 1 has not started");
-        r.started(1, vec![("in".into(), 1, 20)], 3.0);
+        r.started((Stage::Source, 1), vec![("in".into(), 1, 20)], 3.0);
         assert_eq!(r.decide(), None, "task 1 is on trial");
-        r.passed(1, 4);
+        r.passed((Stage::Source, 1), 4);
         assert_eq!(r.decide(), Some(Verdict::Live));
         assert_eq!(
             r.figures(),
@@ -187,20 +375,25 @@ mod tests {
         );
 
         let r = Trials::new(3);
-        r.started(0, vec![], 1.0);
-        r.passed(0, 1);
-        r.failed(1, "trap".into());
-        r.failed(2, "later".into());
-        assert_eq!(r.decide(), Some(Verdict::RolledBack("task 1: trap".into())));
+        r.started((Stage::Source, 0), vec![], 1.0);
+        r.passed((Stage::Source, 0), 1);
+        r.failed((Stage::Repartition, 1), "trap".into());
+        r.failed((Stage::Source, 2), "later".into());
+        assert_eq!(
+            r.decide(),
+            Some(Verdict::RolledBack(
+                "task 1 after the repartition topic: trap".into()
+            ))
+        );
     }
 
     #[test]
     fn a_task_without_records_does_not_hold_the_round_once_another_passed() {
         let r = Trials::new(2);
-        r.started(0, vec![], 1.0);
-        r.started(1, vec![], 1.0);
+        r.started((Stage::Source, 0), vec![], 1.0);
+        r.started((Stage::Source, 1), vec![], 1.0);
         assert_eq!(r.decide(), None);
-        r.passed(0, 1);
+        r.passed((Stage::Source, 0), 1);
         assert_eq!(r.decide(), None, "task 1 gets its time");
         r.state().first_pass = Some(Instant::now() - IDLE_TRIAL);
         assert_eq!(r.decide(), Some(Verdict::Live));

@@ -10,18 +10,20 @@
 //! stage's end is the topic's end once the front stage has written
 //! everything up to the source's ends.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::control::Control;
+use super::round::Swaps;
 use super::worker::{self, Traced};
-use super::{Exchange, RunOptions, Summary};
+use super::{Exchange, RunOptions, Stage, Summary};
 use crate::runtime::{Module, Runtime};
 use crate::sink::ensure_topic;
 use crate::source::source_partitions;
-use crate::spec::{DEFAULT_OUTPUT, Stages};
+use crate::spec::{DEFAULT_OUTPUT, PipelineSpec, Stages};
 
 /// How often the stages look at the caller's stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -30,6 +32,7 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// `modules` are the user's spec's steps' compiled modules.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
+    user: &PipelineSpec,
     mut stages: Stages,
     runtime: &Runtime,
     modules: &[Module],
@@ -60,6 +63,23 @@ pub(super) fn run(
         "pipeline runs in two stages through its repartition topic"
     );
     let (front_modules, back_modules) = (&modules[..=stages.step], &modules[stages.step..]);
+    // One swap is one round over both stages' tasks (the aggregate's module
+    // keys in the front stage and aggregates in the back one); not when the
+    // stages run one after the other.
+    let tasks = BTreeMap::from([
+        (
+            Stage::Source,
+            stages
+                .back
+                .source
+                .upstream_tasks
+                .as_ref()
+                .map_or(0, Vec::len),
+        ),
+        (Stage::Repartition, partitions as usize),
+    ]);
+    let swaps = Swaps::new(user, runtime, tasks, !options.until_caught_up);
+    let swaps = &swaps;
     let Stages { front, back, .. } = &stages;
     let front_run = |stop: &AtomicBool| {
         worker::run(
@@ -67,6 +87,7 @@ pub(super) fn run(
             runtime,
             front_modules,
             Some(exchange),
+            Some(swaps),
             options,
             stop,
             control,
@@ -80,6 +101,7 @@ pub(super) fn run(
             runtime,
             back_modules,
             None,
+            Some(swaps),
             options,
             stop,
             control,

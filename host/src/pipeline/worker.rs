@@ -16,20 +16,17 @@
 //! batches acknowledged, committed, checkpointed); the run then fails with
 //! the first error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::checkpoint::TaskLayout;
-use super::control::{Control, SwapState};
-use super::round::{Round, Verdict};
+use super::control::Control;
+use super::round::{SWAPS_REFUSED, Swaps};
 use super::runner::{Io, PAUSED_POLL, Runner, TICK};
-use super::{
-    Exchange, RunOptions, Stage, Summary, TaskSummary, chain_of, load_module, start_step, task,
-};
+use super::{Exchange, RunOptions, Stage, Summary, TaskSummary, chain_of, start_step, task};
 use crate::batch::reason::Kind;
 use crate::runtime::{Module, Runtime};
 use crate::sink::end_offsets;
@@ -42,13 +39,15 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// Runs `spec` as tasks on worker threads until `stop` is set (or caught
 /// up, if asked); `modules` are its steps' compiled modules.
 /// `exchange`: the output that is a repartition topic (a front stage's,
-/// see `stages.rs`).
+/// see `stages.rs`); `swaps`: the module swaps of the whole pipeline, when
+/// this is one of its stages.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     spec: &PipelineSpec,
     runtime: &Runtime,
     modules: &[Module],
     exchange: Option<Exchange>,
+    swaps: Option<&Swaps<'_>>,
     options: RunOptions,
     stop: &AtomicBool,
     control: Option<&Control>,
@@ -85,11 +84,21 @@ pub(super) fn run(
     );
     // Set by the caller's stop, or by a worker that failed.
     let halt = AtomicBool::new(false);
-    let swaps = Swaps {
-        allowed: Stage::of(spec) == Stage::Source && !spec.transforms.iter().any(|t| t.rekey),
-        current: Mutex::new(None),
-        tasks: groups.iter().map(Vec::len).sum(),
-        wake: AtomicBool::new(false),
+    // A stage's swaps are the pipeline's (see `stages.rs`); otherwise the
+    // run's own.
+    let own;
+    let swaps = match swaps {
+        Some(swaps) => swaps,
+        None => {
+            let tasks = groups.iter().map(Vec::len).sum();
+            own = Swaps::new(
+                spec,
+                runtime,
+                BTreeMap::from([(Stage::Source, tasks)]),
+                true,
+            );
+            &own
+        }
     };
     let start = Start {
         workers,
@@ -112,7 +121,7 @@ pub(super) fn run(
                 control,
                 start: &start,
                 sink_ends: &sink_ends,
-                swaps: &swaps,
+                swaps,
             };
             let traced = &traced;
             let spawned = std::thread::Builder::new()
@@ -140,10 +149,8 @@ pub(super) fn run(
             if stop.load(Ordering::Relaxed) {
                 halt.store(true, Ordering::Relaxed);
             }
-            if let Some(control) = control
-                && swaps.allowed
-            {
-                swaps.coordinate(control, spec, runtime);
+            if let Some(control) = control {
+                swaps.coordinate(control);
             }
             std::thread::sleep(STOP_POLL);
         }
@@ -182,129 +189,6 @@ pub(super) fn run(
         "pipeline stopped"
     );
     Ok(summary)
-}
-
-/// Why a swap is refused for a pipeline run through a repartition topic.
-const SWAPS_REFUSED: &str = "live module swaps are not supported yet for a pipeline run through a \
-    repartition topic (its aggregate module runs in both stages): stop it and start it with the new \
-    module (its checkpoints carry over)";
-
-/// Module swaps of a run: one round at a time for all its tasks (see
-/// `round.rs`), started and decided by the thread that watches the workers.
-struct Swaps {
-    /// Not for a pipeline run through a repartition topic.
-    allowed: bool,
-    /// The round under way, until its verdict.
-    current: Mutex<Option<Arc<Round>>>,
-    /// How many tasks the run has.
-    tasks: usize,
-    /// Set while a round waits for tasks to take it: workers waiting for
-    /// records come back to their loop at once.
-    wake: AtomicBool,
-}
-
-impl Swaps {
-    fn current(&self) -> Option<Arc<Round>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set(&self, round: Option<Arc<Round>>) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = round;
-    }
-
-    /// Records the current round's verdict once reached; else starts the
-    /// next waiting swap: its module compiled once, the tasks take it at
-    /// their next boundary.
-    fn coordinate(&self, control: &Control, spec: &PipelineSpec, runtime: &Runtime) {
-        if let Some(round) = self.current() {
-            if let Some(verdict) = round.trials.decide() {
-                self.wake.store(false, Ordering::Relaxed);
-                Self::record(control, &round, verdict);
-                self.set(None);
-            } else if round.trials.all_started() && !round.announced.swap(true, Ordering::Relaxed) {
-                // Every task runs it now: from here on, records are the
-                // new module's (what a swap on trial means).
-                self.wake.store(false, Ordering::Relaxed);
-                let (boundary, swap_ms, _) = round.trials.figures();
-                control.update_swap(round.id, |r| {
-                    r.state = SwapState::Trial;
-                    r.boundary = boundary;
-                    r.swap_ms = Some(swap_ms);
-                });
-            }
-            return;
-        }
-        let Some((id, request)) = control.next_swap() else {
-            return;
-        };
-        // Compiled once; one instance started here first, so that a module
-        // that cannot start (its `init` refusing the config) is refused at
-        // once, before any task swaps.
-        let module = load_module(spec, runtime, request.step, &request.file)
-            .and_then(|m| start_step(spec, request.step, &m).map(|_| m));
-        match module {
-            Ok(module) => {
-                tracing::info!(step = request.step, module = %request.module, version = ?request.version, "swapping in every task; on trial until their first batches");
-                self.set(Some(Round::new(id, request, module, self.tasks)));
-                self.wake.store(true, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let reason = format!("the new module cannot start: {e:#}");
-                tracing::warn!(step = request.step, module = %request.module, %reason, "swap rolled back");
-                control.update_swap(id, |r| {
-                    r.state = SwapState::RolledBack;
-                    r.reason = Some(reason);
-                });
-            }
-        }
-    }
-
-    /// Records `round`'s verdict in its swap record.
-    fn record(control: &Control, round: &Round, verdict: Verdict) {
-        let (boundary, swap_ms, first_batch) = round.trials.figures();
-        match &verdict {
-            Verdict::Live => tracing::info!(step = round.request.step, "swap live in every task"),
-            Verdict::RolledBack(reason) => {
-                tracing::warn!(step = round.request.step, %reason, "swap rolled back in every task");
-            }
-        }
-        control.update_swap(round.id, |r| {
-            r.boundary = boundary;
-            r.swap_ms = Some(swap_ms);
-            r.first_batch = first_batch;
-            match verdict {
-                Verdict::Live => r.state = SwapState::Live,
-                Verdict::RolledBack(reason) => {
-                    r.state = SwapState::RolledBack;
-                    r.reason = Some(reason);
-                }
-            }
-        });
-    }
-
-    /// At the end of a run: a round without a verdict did not happen (the
-    /// pipeline document keeps the previous version, which the next run
-    /// starts with); swaps still waiting neither.
-    fn abandon(&self, control: &Control) {
-        if let Some(round) = self.current() {
-            match round.trials.decide() {
-                Some(verdict) => Self::record(control, &round, verdict),
-                None => control.update_swap(round.id, |r| {
-                    r.state = SwapState::RolledBack;
-                    r.reason = Some(
-                        "the pipeline stopped before the new module ran in every task; swap again \
-                         after it starts"
-                            .to_owned(),
-                    );
-                }),
-            }
-            self.set(None);
-        }
-        control.cancel_pending();
-    }
 }
 
 /// Pauses a worker until the pause is lifted (or the run stops): its
@@ -420,7 +304,7 @@ struct Worker<'a> {
     start: &'a Start,
     /// Exactly-once: the sink partitions' end offsets at the start.
     sink_ends: &'a HashMap<(String, i32), i64>,
-    swaps: &'a Swaps,
+    swaps: &'a Swaps<'a>,
 }
 
 impl Worker<'_> {
@@ -499,7 +383,7 @@ impl Worker<'_> {
         let mut last_round = 0;
         loop {
             if let Some(control) = control {
-                if self.swaps.allowed {
+                if self.swaps.allowed() {
                     for runner in &mut runners {
                         runner.finish_round(&source)?;
                     }
@@ -507,19 +391,29 @@ impl Worker<'_> {
                         && round.id != last_round
                     {
                         last_round = round.id;
-                        for runner in &mut runners {
-                            runner.start_round(&round, &source)?;
+                        if let Some(step) =
+                            self.swaps.local_step(Stage::of(spec), round.request.step)
+                        {
+                            for runner in &mut runners {
+                                runner.start_round(&round, step, &source)?;
+                            }
                         }
                     }
                 } else {
                     control.refuse_swaps(SWAPS_REFUSED);
                 }
                 if control.pause_requested() {
-                    pause(control, &mut runners, &mut source, halt, self.swaps.allowed)?;
+                    pause(
+                        control,
+                        &mut runners,
+                        &mut source,
+                        halt,
+                        self.swaps.allowed(),
+                    )?;
                 }
             }
             let fetch_started = Instant::now();
-            let wake = if self.swaps.allowed {
+            let wake = if self.swaps.allowed() {
                 &self.swaps.wake
             } else {
                 &never

@@ -19,6 +19,7 @@ use anyhow::Context;
 
 use super::{Runner, ms};
 use crate::batch::Batch;
+use crate::pipeline::Stage;
 use crate::pipeline::control::{Control, SwapRequest, SwapState};
 use crate::pipeline::round::{Round, Verdict};
 use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, start_step, step_module};
@@ -136,15 +137,15 @@ impl Runner<'_> {
     pub(in crate::pipeline) fn start_round(
         &mut self,
         round: &Arc<Round>,
+        step: usize,
         source: &KafkaSource,
     ) -> anyhow::Result<()> {
-        let task = self.task_partition();
+        let task = self.task_key();
         let last_old_batch = self.last_batch_end;
         let started = Instant::now();
         if self.checkpoints.is_some() {
             self.checkpoint(Some(source))?;
         }
-        let step = round.request.step;
         let next = match start_step(self.spec, step, &round.module) {
             Ok(next) => next,
             Err(e) => {
@@ -159,7 +160,7 @@ impl Runner<'_> {
             .trials
             .started(task, self.boundary(), ms(started.elapsed()));
         tracing::debug!(
-            task,
+            ?task,
             step,
             "swapped in; on trial until the task's first batch"
         );
@@ -200,9 +201,12 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// The task's partition (0 for a whole pipeline).
-    fn task_partition(&self) -> i32 {
-        self.task.as_ref().map_or(0, |t| t.partition)
+    /// The task's stage and partition (partition 0 for a whole pipeline).
+    fn task_key(&self) -> (Stage, i32) {
+        (
+            Stage::of(self.spec),
+            self.task.as_ref().map_or(0, |t| t.partition),
+        )
     }
 
     /// Puts `next` in as step `step`; returns the instance it replaced and
@@ -219,6 +223,9 @@ impl Runner<'_> {
             }
             (Step::Aggregate(new), Step::Aggregate(old)) => {
                 Previous::Aggregator(old.swap_aggregator(new.into_aggregator()))
+            }
+            (Step::Rekey(new), Step::Rekey(old)) => {
+                Previous::Aggregator(std::mem::replace(&mut old.aggregator, new.aggregator))
             }
             // `start_step` instantiates the kind the spec's step asks for.
             _ => anyhow::bail!("a swap changed the kind of step {step}"),
@@ -282,7 +289,7 @@ impl Runner<'_> {
             Err(e) => Err(format!("the new module failed on its first batch: {e:#}")),
         };
         if let Some(round) = round {
-            let task = self.task_partition();
+            let task = self.task_key();
             return match verdict {
                 Ok(out) => {
                     round.trials.passed(task, epoch);
@@ -292,7 +299,7 @@ impl Runner<'_> {
                     Ok(out)
                 }
                 Err(reason) => {
-                    tracing::warn!(task, step, epoch, %reason, "the new module failed its trial in this task");
+                    tracing::warn!(?task, step, epoch, %reason, "the new module failed its trial in this task");
                     let trial = self.trial.take().expect("checked above");
                     self.roll_back(trial, snapshot)?;
                     round.trials.failed(task, reason);
@@ -334,6 +341,7 @@ impl Runner<'_> {
             (Previous::Aggregator(old), Step::Aggregate(current)) => {
                 current.swap_aggregator(old);
             }
+            (Previous::Aggregator(old), Step::Rekey(current)) => current.aggregator = old,
             _ => anyhow::bail!("a swap changed the kind of step {}", trial.step),
         }
         Arc::make_mut(&mut self.routing).steps[trial.step] = trial.previous_info;
