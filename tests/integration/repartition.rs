@@ -182,6 +182,12 @@ fn an_aggregate_per_event_type_at_four_workers_goes_through_its_repartition_topi
         .flat_map(|s| (0..4).map(move |p| (s.to_string(), p)))
         .collect();
     assert_eq!(rows, want_rows, "a row per task of each stage");
+    let read_back: u64 = tasks.tasks[4..].iter().map(|t| t.records_in).sum();
+    assert_eq!(
+        Some(read_back),
+        tasks.repartitioned,
+        "the aggregating tasks read every record once (markers are not records)"
+    );
 
     // The repartition topic: created with the source's partition count,
     // each event type in one partition (Kafka's murmur2 of the key), each

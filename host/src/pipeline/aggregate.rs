@@ -25,6 +25,9 @@ pub struct AggregateOutput {
     /// Windows the guest could not finish.
     pub window_dead_letters: Vec<WindowDeadLetter>,
     pub late: u64,
+    /// Watermark markers of a repartition topic the batch held (not
+    /// records: they reach neither the guest nor the outputs).
+    pub marks: u64,
 }
 
 /// A window whose result the guest could not produce: its accumulator goes
@@ -164,13 +167,17 @@ impl AggregateStep {
                 ..BatchKeys::EMPTY
             };
             let out = self.engine.process(&mut calls, keys, now_ms)?;
-            return Ok(Self::output(out, Vec::new(), None));
+            return Ok(AggregateOutput {
+                marks: marks.len() as u64,
+                ..Self::output(out, Vec::new(), None)
+            });
         }
         let mut held = batch.select(&records);
         let mut out = self.process_marked(&mut held, now_ms, &marks)?;
         for (i, _) in &mut out.dead_letters {
             *i = records[*i as usize];
         }
+        out.marks = marks.len() as u64;
         Ok(out)
     }
 
@@ -290,6 +297,7 @@ impl AggregateStep {
             dead_letters,
             window_dead_letters,
             late: out.late,
+            marks: 0,
         }
     }
 }

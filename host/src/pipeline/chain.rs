@@ -99,6 +99,9 @@ pub struct ChainOutput {
     /// watermark marker, so that the aggregating tasks' watermarks are those
     /// of a whole pipeline (see `spec::Stages`).
     pub exchange_times: Vec<(i32, i64)>,
+    /// Reading a repartition topic: the watermark markers among the source
+    /// records (not records of the pipeline: not counted in).
+    pub marks: u64,
 }
 
 /// The steps of a pipeline and how named outputs map to configured ones.
@@ -324,6 +327,7 @@ impl Chain {
         step: usize,
         out: &mut ChainOutput,
     ) {
+        out.marks += result.marks;
         for (i, reason) in result.dead_letters {
             out.dead_letters.push(DeadLetter {
                 origin: origins[i as usize],

@@ -406,7 +406,7 @@ impl std::ops::AddAssign for TimeSpent {
 impl Summary {
     fn record(&mut self, batch: &crate::batch::Batch, out: &ChainOutput, names: &[String]) {
         self.batches += 1;
-        self.records_in += batch.len() as u64;
+        self.records_in += batch.len() as u64 - out.marks;
         for (routed, name) in out.outputs.iter().zip(names) {
             *self.outputs.entry(name.clone()).or_default() += routed.records.len() as u64;
         }
