@@ -47,6 +47,14 @@ fn a_valid_spec_is_reported_with_its_steps() {
         stdout.contains("step strategy-map (transform): "),
         "{stdout}"
     );
+    let cores = std::thread::available_parallelism().unwrap();
+    assert!(
+        stdout.ends_with(&format!(
+            "  runs as tasks, one per source partition number, on at most {cores} workers (auto: the \
+             cores this process may use)\n"
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -133,6 +141,26 @@ fn aggregate_steps_are_validated() {
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("step event-window-agg (aggregate): "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("  runs whole (parallelism 1): one run loop over every partition\n"),
+        "an aggregate that does not repartition runs whole by default: {stdout}"
+    );
+    let (ok, stdout, stderr) = validate(&format!(
+        "{}parallelism: 4\n",
+        spec_with(&aggregate_step(
+            "event-window-agg",
+            "{ window: { tumbling: 1m }, watermark: { max_out_of_orderness: 10s } }\n    repartition: true",
+        ))
+    ));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.ends_with(
+            "  runs as tasks, one per source partition number, on at most 4 workers; step \
+             event-window-agg aggregates through the repartition topic `v-repartition-0` (created \
+             with the source's partition count if missing)\n"
+        ),
         "{stdout}"
     );
 

@@ -332,7 +332,34 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             &module.sha256()[..16]
         );
     }
+    println!("  {}", how_it_runs(&spec));
     Ok(())
+}
+
+/// How `spec` runs: whole, or as tasks on how many workers, and through
+/// which repartition topic.
+fn how_it_runs(spec: &spec::PipelineSpec) -> String {
+    use spec::Parallelism;
+    let workers = match spec.parallelism {
+        Parallelism::Workers(n) if n.get() == 1 => {
+            return "runs whole (parallelism 1): one run loop over every partition".to_owned();
+        }
+        Parallelism::Workers(n) => format!("{n} workers"),
+        _ => format!(
+            "{} workers (auto: the cores this process may use)",
+            spec.parallelism.workers(usize::MAX)
+        ),
+    };
+    let mut line = format!("runs as tasks, one per source partition number, on at most {workers}");
+    if let Some(stages) = spec.stages() {
+        line.push_str(&format!(
+            "; step {} aggregates through the repartition topic `{}` (created with the source's \
+             partition count if missing)",
+            spec.transforms[stages.step].step_name(),
+            stages.topic
+        ));
+    }
+    line
 }
 
 fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<()> {
