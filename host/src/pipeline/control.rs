@@ -493,8 +493,8 @@ impl Control {
         self.changed.notify_all();
     }
 
-    /// A pipeline run through a repartition topic does not swap modules
-    /// (yet): every waiting swap is refused, saying so.
+    /// A run that cannot swap modules (a pipeline cut at a repartition
+    /// topic run until caught up): every waiting swap is refused, saying so.
     pub(super) fn refuse_swaps(&self, reason: &str) {
         let ids: Vec<u64> = {
             let mut inner = lock(&self.inner);

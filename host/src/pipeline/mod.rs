@@ -19,7 +19,8 @@
 //! - With `parallelism` other than 1, all of the above holds per task (one
 //!   per source partition number, see `task.rs`), and the tasks run on
 //!   worker threads (`worker.rs`); otherwise the pipeline runs whole, as
-//!   one run loop (`runner.rs`).
+//!   one run loop (`runner.rs`). An aggregate with `repartition` splits a
+//!   pipeline run as tasks in two stages joined by a topic (`stages.rs`).
 
 mod aggregate;
 mod chain;

@@ -14,7 +14,9 @@
 //!
 //! A worker that fails stops the others, which end cleanly (their
 //! batches acknowledged, committed, checkpointed); the run then fails with
-//! the first error.
+//! the first error. Module swaps are rounds over every task (`round.rs`):
+//! the thread that watches the workers starts and decides them, each
+//! worker's tasks take part at their batch boundaries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
