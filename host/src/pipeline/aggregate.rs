@@ -105,7 +105,7 @@ impl AggregateStep {
     /// task is its last `sluice.upstream` header, and each (upstream,
     /// partition) has a watermark of its own (see [`BatchKeys::upstreams`]).
     /// A record without that header (not written by the stage upstream)
-    /// counts as upstream [`UNKNOWN_UPSTREAM`].
+    /// counts as upstream `u16::MAX` (one unknown writer).
     pub fn read_upstreams(&mut self) {
         self.upstreams = true;
     }
@@ -304,7 +304,7 @@ impl AggregateStep {
 
 /// The upstream of a record whose `sluice.upstream` header is missing or
 /// not a partition number.
-pub const UNKNOWN_UPSTREAM: u16 = u16::MAX;
+const UNKNOWN_UPSTREAM: u16 = u16::MAX;
 
 /// The watermark markers of a batch read from a repartition topic, as
 /// ((upstream, partition), event time), and the indices of its other
