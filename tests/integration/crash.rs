@@ -158,9 +158,18 @@ parallelism: {parallelism}
     }
 
     fn spawn(&self, failpoint: Option<&str>) -> Child {
+        self.spawn_run(failpoint, true)
+    }
+
+    /// `sluice run` of the spec, until caught up or (`until` false) until
+    /// killed.
+    fn spawn_run(&self, failpoint: Option<&str>, until: bool) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.args(["run", "--until-caught-up"])
-            .arg(&self.spec)
+        cmd.arg("run");
+        if until {
+            cmd.arg("--until-caught-up");
+        }
+        cmd.arg(&self.spec)
             .env(
                 "RUST_LOG",
                 std::env::var("CRASH_LOG").unwrap_or(
@@ -404,7 +413,10 @@ fn kill_9_at_random_moments(shape: Shape) {
         }
         runs += 1;
         assert!(runs < 200, "could not kill the host {KILLS} times");
-        let mut child = f.spawn(None);
+        // Through a repartition topic, every other run goes on until killed:
+        // its stages then run side by side, not one after the other.
+        let until = !matches!(shape, Shape::Repartitioned { .. }) || runs % 2 == 1;
+        let mut child = f.spawn_run(None, until);
         std::thread::sleep(Duration::from_millis(50 + rng.below(600)));
         match child.try_wait().unwrap() {
             None => {
