@@ -385,3 +385,66 @@ fn check_partition_keys(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of partition 3 of these records: (key, value, headers).
+    fn batch(records: &[(Option<&str>, Option<&str>, &[(&str, &str)])]) -> Batch {
+        let mut batch = Batch::default();
+        for (i, (key, value, headers)) in records.iter().enumerate() {
+            batch.records.push(
+                key.map(str::as_bytes),
+                value.map(str::as_bytes),
+                None,
+                headers
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes(), Some(v.as_bytes()))),
+            );
+            batch.partitions.push(3);
+            batch.offsets.push(i as i64);
+            batch.sources.push(0);
+        }
+        batch
+    }
+
+    /// What the repartition topic holds is read as hostile: only a record
+    /// without key or value whose headers are numbers is a marker; any other
+    /// goes to the guest like a record, and a missing or bad upstream is the
+    /// unknown one.
+    #[test]
+    fn markers_and_upstreams_are_read_strictly() {
+        let up = |u: &'static str| (UPSTREAM_HEADER, u);
+        let at = |t: &'static str| (WATERMARK_HEADER, t);
+        let b = batch(&[
+            (None, None, &[up("1"), at("5000")]),
+            (Some("k"), Some("v"), &[up("2")]),
+            (Some("k"), None, &[up("1"), at("6000")]),
+            (None, None, &[up("one"), at("7000")]),
+            (None, None, &[up("1"), at("soon")]),
+            (None, None, &[up("70000"), at("8000")]),
+            (None, None, &[up("65535"), at("9000")]),
+            (None, None, &[up("0"), up("2"), at("1"), at("10000")]),
+            (Some("k"), Some("v"), &[]),
+            (Some("k"), Some("v"), &[up("-1")]),
+        ]);
+        let (marks, records) = split_marks(&b);
+        assert_eq!(marks, [((1, 3), 5000), ((2, 3), 10000)]);
+        assert_eq!(records, [1, 2, 3, 4, 5, 6, 8, 9]);
+        let held = b.select(&records);
+        assert_eq!(
+            upstreams_of(&held),
+            [
+                2,
+                1,
+                UNKNOWN_UPSTREAM,
+                1,
+                UNKNOWN_UPSTREAM,
+                UNKNOWN_UPSTREAM,
+                UNKNOWN_UPSTREAM,
+                UNKNOWN_UPSTREAM
+            ]
+        );
+    }
+}

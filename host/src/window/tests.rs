@@ -897,3 +897,31 @@ fn each_upstream_of_a_partition_has_a_watermark_of_its_own() {
     // Both as one: the record at 12 s is behind the watermark of 90 s.
     assert_eq!(run(&[0, 0], &[0]), (Some(s(90)), Some(s(90)), 1));
 }
+
+/// Watermark markers of a repartition topic advance event time like
+/// records, within the same horizon: one stamped beyond it (a hostile
+/// writer, a clock gone wrong) moves nothing.
+#[test]
+fn marks_advance_the_watermark_within_the_horizon_only() {
+    let spec = test_spec(
+        "window: { tumbling: 1m }\n\
+         watermark: { max_out_of_orderness: 10s, idle_timeout: 30s, max_ahead: 1h }\n",
+    );
+    let mut engine = WindowEngine::new(spec).unwrap();
+    let mut guest = Guest::default();
+    let now = s(100);
+    let far = [((0, 0), now + 2 * 3_600_000)];
+    let marks = BatchKeys {
+        marks: &far,
+        ..BatchKeys::EMPTY
+    };
+    engine.process(&mut guest, marks, now).unwrap();
+    assert_eq!(engine.watermark(), None);
+    let near = [((0, 0), s(100)), ((1, 0), s(50))];
+    let marks = BatchKeys {
+        marks: &near,
+        ..BatchKeys::EMPTY
+    };
+    engine.process(&mut guest, marks, now).unwrap();
+    assert_eq!(engine.watermark(), Some(s(40)), "the slower upstream's");
+}
