@@ -390,8 +390,11 @@ fn check_partition_keys(
 mod tests {
     use super::*;
 
-    /// A batch of partition 3 of these records: (key, value, headers).
-    fn batch(records: &[(Option<&str>, Option<&str>, &[(&str, &str)])]) -> Batch {
+    /// A record: key, value, headers.
+    type Raw<'a> = (Option<&'a str>, Option<&'a str>, &'a [(&'a str, &'a str)]);
+
+    /// A batch of partition 3 of these records.
+    fn batch(records: &[Raw<'_>]) -> Batch {
         let mut batch = Batch::default();
         for (i, (key, value, headers)) in records.iter().enumerate() {
             batch.records.push(
