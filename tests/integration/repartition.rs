@@ -381,7 +381,10 @@ fn the_aggregate_of_a_repartitioned_pipeline_swaps_live_in_both_stages() {
     )
     .unwrap();
     let trial = swap(&control, 1, &v2);
-    assert_eq!(trial.state, SwapState::Trial, "{trial:?}");
+    if trial.state != SwapState::Trial {
+        stop.store(true, Ordering::Relaxed);
+        panic!("{trial:?}; the run: {:?}", run.join().unwrap());
+    }
     kafka_tools::produce_sample_range(brokers(), &input, &o, 2000..4000).unwrap();
     produce_type_flush(brokers(), &input, &o, &TYPES);
     let live = decided(&control, trial.id);

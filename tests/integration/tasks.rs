@@ -364,3 +364,64 @@ fn windows_without_checkpoints_at_two_workers_are_the_windows_at_one() {
     assert_eq!(sorted_values(&read(&two)), want);
     assert!(!dir.path().join("checkpoints").exists());
 }
+
+/// A task that has run nothing since its last checkpoint (its partition
+/// idle) is asked to checkpoint again when the pipeline pauses: its last
+/// checkpoint stands, and the pipeline pauses, resumes and stops cleanly.
+#[test]
+fn an_idle_task_pauses_and_resumes_with_its_checkpoint_standing() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let (input, output, dlq) = (
+        unique("tasks-idle-in"),
+        unique("tasks-idle-out"),
+        unique("tasks-dlq"),
+    );
+    create_topics(&[&input], 2);
+    create_topics(&[&output, &dlq], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}checkpoint: {{ dir: {}, interval: 1h }}\ndelivery: exactly-once\n",
+        filter_spec("tasks-idle", &input, &output, &dlq, "2"),
+        dir.path().join("checkpoints").display()
+    );
+    let spec = spec(&yaml);
+    let control = Arc::new(sluice::pipeline::Control::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (control, stop) = (control.clone(), stop.clone());
+        std::thread::spawn(move || {
+            sluice::pipeline::run_with(&spec, RunOptions::default(), &stop, Some(&control))
+        })
+    };
+    // One key: one partition has records, the other none.
+    let pairs: Vec<(&str, String)> = (0..20)
+        .map(|n| ("one-key", format!(r#"{{"event_type":"click","n":{n}}}"#)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    produce(&input, &pairs);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read(&output).len() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records did not come out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        control.set_paused(true);
+        assert!(
+            control.wait_paused(true, Duration::from_secs(30)),
+            "did not pause"
+        );
+        control.set_paused(false);
+        assert!(
+            control.wait_paused(false, Duration::from_secs(30)),
+            "did not resume"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let summary = run.join().unwrap().unwrap();
+    assert_eq!(summary.records_in, 20);
+    assert_eq!(read(&output).len(), 20);
+}

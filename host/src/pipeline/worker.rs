@@ -366,7 +366,14 @@ impl Worker<'_> {
             checkpointed.then_some(&positions),
             Some(&partitions),
         )?;
-        if let Some(tick) = runners.iter().filter_map(Runner::tick).min() {
+        let mut tick = runners.iter().filter_map(Runner::tick).min();
+        if control.is_some() {
+            // Watched: an idle worker still comes back to its loop often
+            // enough to see a pause or a swap (a checkpointed task without
+            // windows has no tick of its own).
+            tick = Some(tick.map_or(PAUSED_POLL, |t| t.min(PAUSED_POLL)));
+        }
+        if let Some(tick) = tick {
             source.set_tick(tick);
         }
         for runner in &mut runners {
