@@ -132,13 +132,30 @@ impl AggregateStep {
     /// Lets processing time pass without records: idle partitions stop
     /// holding the watermark back and due windows are emitted.
     pub fn tick(&mut self, now_ms: i64) -> Result<AggregateOutput, StepError> {
+        self.without_records(now_ms, &[])
+    }
+
+    /// Processing time passing, and event time as far as `marks` say,
+    /// without records.
+    fn without_records(
+        &mut self,
+        now_ms: i64,
+        marks: &[(crate::window::PartitionId, i64)],
+    ) -> Result<AggregateOutput, StepError> {
         let empty = Batch::default();
         let mut calls = BatchCalls {
             aggregator: &mut self.aggregator,
             held: &empty,
         };
-        let out = self.engine.tick(&mut calls, now_ms)?;
-        Ok(Self::output(out, Vec::new(), None))
+        let keys = BatchKeys {
+            marks,
+            ..BatchKeys::EMPTY
+        };
+        let out = self.engine.process(&mut calls, keys, now_ms)?;
+        Ok(AggregateOutput {
+            marks: marks.len() as u64,
+            ..Self::output(out, Vec::new(), None)
+        })
     }
 
     /// Runs one batch: `now_ms` is the processing time, for idle partitions.
@@ -157,20 +174,7 @@ impl AggregateStep {
             return self.process_marked(batch, now_ms, &[]);
         }
         if records.is_empty() {
-            let empty = Batch::default();
-            let mut calls = BatchCalls {
-                aggregator: &mut self.aggregator,
-                held: &empty,
-            };
-            let keys = BatchKeys {
-                marks: &marks,
-                ..BatchKeys::EMPTY
-            };
-            let out = self.engine.process(&mut calls, keys, now_ms)?;
-            return Ok(AggregateOutput {
-                marks: marks.len() as u64,
-                ..Self::output(out, Vec::new(), None)
-            });
+            return self.without_records(now_ms, &marks);
         }
         let mut held = batch.select(&records);
         let mut out = self.process_marked(&mut held, now_ms, &marks)?;
@@ -316,16 +320,8 @@ fn split_marks(batch: &Batch) -> (Vec<(crate::window::PartitionId, i64)>, Vec<u3
     let mut marks = Vec::new();
     let mut records = Vec::with_capacity(batch.len());
     for (i, r) in batch.records.iter().enumerate() {
-        let number = |name: &[u8]| {
-            r.headers
-                .iter()
-                .filter(|(n, _)| *n == name)
-                .last()
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-        };
-        let mark = match (r.key, r.value, number(watermark)) {
-            (None, None, Some(time)) => number(upstream)
-                .and_then(|u| u16::try_from(u).ok())
+        let mark = match (r.key, r.value, last_number::<i64>(r, watermark)) {
+            (None, None, Some(time)) => last_number::<u16>(r, upstream)
                 .filter(|&u| u != UNKNOWN_UPSTREAM)
                 .map(|u| ((u, batch.partitions[i]), time)),
             _ => None,
@@ -338,23 +334,28 @@ fn split_marks(batch: &Batch) -> (Vec<(crate::window::PartitionId, i64)>, Vec<u3
     (marks, records)
 }
 
-/// Each record's upstream task: its last `sluice.upstream` header (the one
-/// the upstream stage added after any the record carried).
+/// Each record's upstream task: its last `sluice.upstream` header.
 fn upstreams_of(batch: &Batch) -> Vec<u16> {
     let name = UPSTREAM_HEADER.as_bytes();
     batch
         .records
         .iter()
         .map(|r| {
-            r.headers
-                .iter()
-                .filter(|(n, _)| *n == name)
-                .last()
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+            last_number::<u16>(r, name)
                 .filter(|&u| u != UNKNOWN_UPSTREAM)
                 .unwrap_or(UNKNOWN_UPSTREAM)
         })
         .collect()
+}
+
+/// The value of `record`'s last header named `name`, if it is a number
+/// (the one the upstream stage added comes after any the record carried).
+fn last_number<T: std::str::FromStr>(
+    record: crate::batch::RecordRef<'_>,
+    name: &[u8],
+) -> Option<T> {
+    let (_, value) = record.headers.iter().filter(|(n, _)| *n == name).last()?;
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Fails on the first record (not skipped) whose key, in `keys` /

@@ -462,15 +462,16 @@ impl Control {
         inner.pause
     }
 
-    /// A pipeline run as tasks on `workers` workers: each pauses on its own
-    /// (see [`Self::worker_paused`]).
-    pub(super) fn set_workers(&self, workers: usize) {
+    /// Before a run as tasks: no workers yet (each stage adds its own, see
+    /// [`Self::add_workers`]).
+    pub(super) fn reset_workers(&self) {
         let mut inner = lock(&self.inner);
-        inner.workers = workers;
+        inner.workers = 0;
         inner.paused_workers = 0;
     }
 
-    /// More workers (a stage's, beside another's): see [`Self::set_workers`].
+    /// `workers` more workers, each pausing on its own (see
+    /// [`Self::worker_paused`]).
     pub(super) fn add_workers(&self, workers: usize) {
         lock(&self.inner).workers += workers;
     }

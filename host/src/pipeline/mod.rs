@@ -266,7 +266,7 @@ pub fn run_with(
             .map(|i| load_module(spec, &runtime, i, &spec.transforms[i].module))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if let Some(control) = control {
-            control.set_workers(0);
+            control.reset_workers();
         }
         if let Some(stages) = spec.stages() {
             return stages::run(

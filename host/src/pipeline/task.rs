@@ -81,7 +81,7 @@ pub fn check_mode(spec: &PipelineSpec, tasks: bool) -> anyhow::Result<()> {
         return Ok(());
     };
     let root = &checkpoint.dir;
-    if tasks && root.join("LINEAGE").is_file() {
+    if tasks && checkpoint.holds_whole_pipeline() {
         anyhow::bail!(
             "the checkpoint directory {} holds checkpoints of the whole pipeline (written with \
              parallelism 1); a pipeline with parallelism other than 1 keeps one per task, and the \

@@ -54,8 +54,8 @@ pub fn ensure_topic(kafka: &KafkaSpec, topic: &str, partitions: i32) -> anyhow::
     for (k, v) in &kafka.consumer {
         config.set(k, v.to_string());
     }
+    let consumer: BaseConsumer = config.create()?;
     let count = || -> anyhow::Result<Option<i32>> {
-        let consumer: BaseConsumer = config.create()?;
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
             .with_context(|| format!("cannot reach the brokers {}", kafka.brokers))?;

@@ -110,7 +110,7 @@ impl Parallelism {
         let whole_state = spec
             .checkpoint
             .as_ref()
-            .is_some_and(|c| c.dir.join("LINEAGE").is_file());
+            .is_some_and(CheckpointSpec::holds_whole_pipeline);
         if any_key || whole_state {
             Self::default()
         } else {
@@ -187,6 +187,13 @@ pub struct CheckpointSpec {
 }
 
 impl CheckpointSpec {
+    /// Whether the directory holds a whole pipeline's checkpoints (written
+    /// with parallelism 1): its lineage file (see `checkpoint::dir`) is at
+    /// its root, where a pipeline run as tasks has one per task below.
+    pub fn holds_whole_pipeline(&self) -> bool {
+        self.dir.join("LINEAGE").is_file()
+    }
+
     fn default_interval() -> Duration {
         Duration::from_secs(5)
     }
