@@ -21,7 +21,7 @@ use sluice_tests::*;
 
 /// Which aggregate the pipeline ends with, and how it runs.
 #[derive(Debug, Clone, Copy)]
-enum Shape {
+pub(super) enum Shape {
     /// `event-window-agg` (per event type), the pipeline run whole.
     EventTypes,
     /// `count-sum` (per user, the records' Kafka key) at this parallelism:
@@ -78,15 +78,15 @@ impl Shape {
 }
 
 /// A pipeline of the shape above, with its own topics and directories.
-struct Fixture {
+pub(super) struct Fixture {
     shape: Shape,
     brokers: String,
-    input: String,
+    pub(super) input: String,
     alerts: String,
-    results: String,
+    pub(super) results: String,
     dlq: String,
-    dir: tempfile::TempDir,
-    spec: PathBuf,
+    pub(super) dir: tempfile::TempDir,
+    pub(super) spec: PathBuf,
 }
 
 impl Fixture {
@@ -99,9 +99,20 @@ impl Fixture {
     }
 
     fn shaped(brokers: &str, name: &str, interval: &str, shape: Shape) -> Self {
+        Self::shaped_over(brokers, name, interval, shape, 4)
+    }
+
+    /// [`Self::shaped`], its input topic of `partitions` partitions.
+    pub(super) fn shaped_over(
+        brokers: &str,
+        name: &str,
+        interval: &str,
+        shape: Shape,
+        partitions: i32,
+    ) -> Self {
         let input = unique("crash-in");
         let (alerts, results, dlq) = (unique("alerts"), unique("results"), unique("crash-dlq"));
-        kafka_tools::create_topics(brokers, &[&input], 4).unwrap();
+        kafka_tools::create_topics(brokers, &[&input], partitions).unwrap();
         kafka_tools::create_topics(brokers, &[&alerts, &results, &dlq], 2).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (agg, parquet) = shape.aggregate();
@@ -170,6 +181,9 @@ parallelism: {parallelism}
             cmd.arg("--until-caught-up");
         }
         cmd.arg(&self.spec)
+            // Each run takes the killed one's place in the group at once
+            // (static membership), as a restarted pod does.
+            .env("SLUICE_INSTANCE_ID", "crash")
             .env(
                 "RUST_LOG",
                 std::env::var("CRASH_LOG").unwrap_or(
@@ -194,7 +208,7 @@ parallelism: {parallelism}
         )
     }
 
-    fn run_to_completion(&self) -> String {
+    pub(super) fn run_to_completion(&self) -> String {
         let (status, stderr) = self.run(None);
         assert!(status.success(), "sluice run failed: {status}\n{stderr}");
         stderr
@@ -205,14 +219,14 @@ parallelism: {parallelism}
         kafka_tools::read_topic(&self.brokers, topic).unwrap()
     }
 
-    fn produce(&self, o: &SampleOptions, range: std::ops::Range<u64>) {
+    pub(super) fn produce(&self, o: &SampleOptions, range: std::ops::Range<u64>) {
         kafka_tools::produce_sample_range(&self.brokers, &self.input, o, range).unwrap();
     }
 
     /// After the sample, for a pipeline run as tasks or its reference: the
     /// flush records (see `produce_flush`), so that the windows closed at
     /// the end do not depend on the parallelism.
-    fn produce_end(&self, o: &SampleOptions) {
+    pub(super) fn produce_end(&self, o: &SampleOptions) {
         match self.shape {
             Shape::EventTypes => {}
             Shape::PerUser { .. } => produce_flush(&self.brokers, &self.input, o),
@@ -222,7 +236,7 @@ parallelism: {parallelism}
         }
     }
 
-    fn outputs(&self) -> Outputs {
+    pub(super) fn outputs(&self) -> Outputs {
         let dead = self.read(&self.dlq);
         assert!(
             dead.is_empty(),
@@ -239,10 +253,10 @@ parallelism: {parallelism}
 }
 
 #[derive(Debug, PartialEq)]
-struct Outputs {
-    results: Vec<String>,
-    alerts: Vec<String>,
-    parquet: Vec<String>,
+pub(super) struct Outputs {
+    pub(super) results: Vec<String>,
+    pub(super) alerts: Vec<String>,
+    pub(super) parquet: Vec<String>,
 }
 
 /// Every row of every visible Parquet file under `dir`, read by pyarrow, as
@@ -268,7 +282,7 @@ fn parquet_rows(dir: &Path, by_event_type: bool) -> Vec<String> {
 }
 
 /// The Kafka results as the same sorted JSON lines as `parquet_rows`.
-fn as_rows(values: &[String]) -> Vec<String> {
+pub(super) fn as_rows(values: &[String]) -> Vec<String> {
     let mut lines: Vec<String> = values
         .iter()
         .map(|v| {
@@ -281,7 +295,7 @@ fn as_rows(values: &[String]) -> Vec<String> {
 }
 
 /// The alerts every run must produce exactly once: the error events.
-fn expected_alerts(o: &SampleOptions, n: u64) -> Vec<String> {
+pub(super) fn expected_alerts(o: &SampleOptions, n: u64) -> Vec<String> {
     let mut v: Vec<String> = (0..n)
         .map(|i| String::from_utf8(sample_record(o, i).1).unwrap())
         .filter(|v| v.contains(r#""event_type":"error""#))
@@ -304,7 +318,7 @@ fn ready_ms(stderr: &str) -> Option<u64> {
 
 /// Asserts two sorted multisets are equal, reporting what is missing and
 /// what is extra (duplicates) rather than two walls of text.
-fn assert_same(got: &[String], want: &[String], what: &str) {
+pub(super) fn assert_same(got: &[String], want: &[String], what: &str) {
     if got == want {
         return;
     }
@@ -327,10 +341,10 @@ fn assert_same(got: &[String], want: &[String], what: &str) {
 
 /// A small deterministic generator (seeded from the clock unless
 /// `SLUICE_CRASH_SEED` is set; the seed is printed to reproduce a failure).
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let seed = std::env::var("SLUICE_CRASH_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -344,7 +358,7 @@ impl Rng {
         Self(seed)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -359,7 +373,7 @@ fn reference(o: &SampleOptions) -> Outputs {
     reference_of(o, Shape::EventTypes)
 }
 
-fn reference_of(o: &SampleOptions, shape: Shape) -> Outputs {
+pub(super) fn reference_of(o: &SampleOptions, shape: Shape) -> Outputs {
     let shape = match shape {
         Shape::EventTypes => shape,
         Shape::PerUser { .. } => Shape::PerUser { parallelism: 1 },

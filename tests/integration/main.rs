@@ -12,6 +12,7 @@ mod eos;
 mod evil;
 mod faults;
 mod golden;
+mod group;
 mod guard;
 mod layers;
 mod metrics;

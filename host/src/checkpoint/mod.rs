@@ -11,14 +11,18 @@
 //!   tail, which the next open cuts off. [`Epoch`] is what an entry
 //!   describes; [`LogWriter`] appends on a thread of its own, so that an
 //!   fsync overlaps the next batch's work, and [`Durable`] says how far.
+//! - [`Fence`]: the generation of a task's owner, raised by each process
+//!   that takes the task on, so that one that lost it writes no more.
 
 mod dir;
 mod epoch;
+mod fence;
 mod log;
 mod store;
 mod writer;
 
 pub use epoch::{Epoch, EpochError, StepDigest, digests_by_step};
+pub use fence::{Fence, Fenced};
 pub use log::{EpochLog, LoggedEpoch};
 pub use store::{CheckpointError, CheckpointStore, LocalDirStore};
 pub use writer::{Durable, LogWriter};

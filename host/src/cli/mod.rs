@@ -29,6 +29,27 @@ struct Cli {
     command: Command,
 }
 
+/// This process's identity in its pipelines' consumer groups.
+#[derive(Debug, clap::Args)]
+struct Instance {
+    /// A name for this process that stays the same across its restarts and
+    /// differs from every other process running the same pipelines (e.g. a
+    /// StatefulSet pod's name): static group membership, so that a restarted
+    /// process takes its tasks back at once, instead of after the session
+    /// timeout of the member it replaces.
+    #[arg(long, env = "SLUICE_INSTANCE_ID", value_name = "NAME")]
+    instance_id: Option<String>,
+}
+
+impl Instance {
+    fn apply(self) -> anyhow::Result<()> {
+        if let Some(id) = self.instance_id {
+            pipeline::set_instance(id)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one pipeline from a spec file until stopped (SIGINT/SIGTERM).
@@ -36,8 +57,12 @@ enum Command {
         /// The pipeline spec (YAML or JSON).
         spec: PathBuf,
         /// Drain the source topics up to the end offsets seen at start, commit, and exit 0.
+        /// With several processes in the pipeline's group: until the group's committed
+        /// positions reach them, whoever processed the records.
         #[arg(long)]
         until_caught_up: bool,
+        #[command(flatten)]
+        instance: Instance,
     },
     /// Run one pipeline like `run`, rebuilding its guests (found through
     /// cargo) when their source files change and swapping each new build in
@@ -123,6 +148,8 @@ enum Command {
         /// path. Repeatable.
         #[arg(long = "allow-dir", value_name = "DIR")]
         allow_dir: Vec<PathBuf>,
+        #[command(flatten)]
+        instance: Instance,
     },
     /// Upload, list and delete the modules of a running `sluice serve`.
     Module(client::ModuleArgs),
@@ -161,7 +188,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             spec,
             until_caught_up,
-        } => run(&spec, RunOptions { until_caught_up }),
+            instance,
+        } => {
+            instance.apply()?;
+            run(&spec, RunOptions { until_caught_up })
+        }
         Command::Dev { spec } => dev::dev(&spec),
         Command::Validate { spec } => validate(&spec),
         Command::CreateTopics {
@@ -216,7 +247,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             max_pipelines,
             max_module_versions,
             max_checks,
+            instance,
         } => {
+            instance.apply()?;
             let limits = ApiConfig {
                 max_upload: max_upload.as_u64(),
                 max_pipelines,

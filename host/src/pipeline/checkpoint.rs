@@ -33,7 +33,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointStore, Durable, Epoch, EpochLog, LocalDirStore, LogWriter, StepDigest,
+    CheckpointError, CheckpointStore, Durable, Epoch, EpochLog, Fence, LocalDirStore, LogWriter,
+    StepDigest,
 };
 use crate::sink::{ParquetCommit, SinkPosition};
 use crate::spec::CheckpointSpec;
@@ -200,9 +201,16 @@ impl Checkpoint {
     }
 }
 
+/// How long a new owner waits for a task's checkpoint directory held by
+/// the previous one, at most.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+const LOCK_RETRY: Duration = Duration::from_millis(100);
+
 /// The checkpoint store, the epoch log and the interval.
 #[derive(Debug)]
 pub struct Checkpoints {
+    /// This process's generation of the task, when the group assigns it.
+    fence: Option<Arc<Fence>>,
     store: LocalDirStore,
     log: LogWriter,
     interval: Duration,
@@ -228,17 +236,49 @@ impl Checkpoints {
     /// exist but none is valid. `task`: the task whose directory `spec.dir`
     /// is (`None`: the whole pipeline's); a checkpoint of another task or
     /// another partition layout is refused.
+    ///
+    /// `owner`: this process's name for the task, when the consumer group
+    /// assigns it: the task's generation is raised first (fencing off a
+    /// previous owner that has not noticed it lost the task), then the
+    /// directory's lock is waited for (that owner may still be handing it
+    /// off, or be paused holding it).
     pub fn open(
         spec: &CheckpointSpec,
         pipeline: &str,
         task: Option<&TaskLayout>,
+        owner: Option<&str>,
     ) -> anyhow::Result<(Self, Recovered)> {
-        let store = LocalDirStore::open(&spec.dir, spec.keep).with_context(|| {
-            format!(
-                "cannot open the checkpoint directory {}",
-                spec.dir.display()
-            )
-        })?;
+        let fence = owner
+            .map(|owner| Fence::take(&spec.dir, owner))
+            .transpose()
+            .with_context(|| format!("cannot take over {}", spec.dir.display()))?;
+        let mut waited = None;
+        let store = loop {
+            match LocalDirStore::open(&spec.dir, spec.keep) {
+                Err(CheckpointError::InUse { .. })
+                    if fence.is_some()
+                        && waited.is_none_or(|w: Instant| w.elapsed() < LOCK_WAIT) =>
+                {
+                    if waited.is_none() {
+                        tracing::warn!(dir = %spec.dir.display(), "the task's previous owner still holds its checkpoint directory (paused, or handing it off); waiting");
+                    }
+                    waited.get_or_insert_with(Instant::now);
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                result => {
+                    break result.with_context(|| {
+                        format!(
+                            "cannot open the checkpoint directory {}",
+                            spec.dir.display()
+                        )
+                    })?;
+                }
+            }
+        };
+        if let Some(fence) = &fence {
+            // Taken over again while waiting: not ours any more.
+            fence.check()?;
+        }
         let checkpoint = match store.load_latest().context(
             "refusing to start: no checkpoint can be used (restore one, or remove the directory to start over)",
         )? {
@@ -281,6 +321,7 @@ impl Checkpoints {
         }
         let after = checkpoint.as_ref().map(|c| c.epoch);
         let checkpoints = Self {
+            fence: fence.map(Arc::new),
             store,
             log: LogWriter::spawn(log),
             interval: spec.interval,
@@ -318,8 +359,17 @@ impl Checkpoints {
         self.log.durable()
     }
 
-    /// Saves `checkpoint` durably; the epoch log is then trimmed.
+    /// This process's generation of the task, if the group assigns it.
+    pub fn fence(&self) -> Option<Arc<Fence>> {
+        self.fence.clone()
+    }
+
+    /// Saves `checkpoint` durably; the epoch log is then trimmed. Refused
+    /// when a newer owner took the task over.
     pub fn save(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        if let Some(fence) = &self.fence {
+            fence.check()?;
+        }
         self.store
             .save(checkpoint.epoch, &checkpoint.encode())
             .with_context(|| format!("cannot save checkpoint {}", checkpoint.epoch))?;
@@ -545,7 +595,7 @@ mod tests {
             keep: 3,
             sync: false,
         };
-        let (mut checkpoints, _) = Checkpoints::open(&spec, "p", None).unwrap();
+        let (mut checkpoints, _) = Checkpoints::open(&spec, "p", None, None).unwrap();
         let lineage = checkpoints.lineage().to_owned();
         checkpoints
             .save(&Checkpoint {
@@ -554,7 +604,10 @@ mod tests {
             })
             .unwrap();
         drop(checkpoints);
-        let error = format!("{:#}", Checkpoints::open(&spec, "p", None).unwrap_err());
+        let error = format!(
+            "{:#}",
+            Checkpoints::open(&spec, "p", None, None).unwrap_err()
+        );
         assert_eq!(
             error,
             format!(

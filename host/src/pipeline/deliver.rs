@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use smallvec::SmallVec;
 
 use super::chain::{ChainOutput, NO_ORIGIN, ResultWindow};
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Columns, Reason, RecordRef};
+use crate::checkpoint::Fence;
 use crate::sink::{
     BatchAck, EOS_HEADER, EosId, KafkaSink, Quarantined, TooLarge, WINDOW_INPUT, headers,
     partition_for_key, wire_size, write_eos_id,
@@ -41,6 +42,11 @@ pub struct Routing {
     /// The output that is a repartition topic (the front stage's
     /// `default`, see `spec::Stages`), if any.
     pub exchange: Option<Exchange>,
+    /// The task's generation, when the group assigns it (see
+    /// `checkpoint::Fence`): its lease is looked at before each record, so
+    /// that a process paused in the middle of a batch sends none of the
+    /// rest once it lost the task.
+    pub fence: Option<Arc<Fence>>,
 }
 
 /// An output written for another stage to read: each record goes to the
@@ -141,6 +147,7 @@ pub fn deliver(
     let mut sender = Sender {
         sink,
         ack,
+        fence: routing.fence.as_deref(),
         pipeline: &routing.pipeline,
         lineage: &routing.lineage,
         eos,
@@ -365,6 +372,7 @@ impl DeadRecord<'_> {
 struct Sender<'a> {
     sink: &'a KafkaSink,
     ack: &'a Arc<BatchAck>,
+    fence: Option<&'a Fence>,
     pipeline: &'a str,
     lineage: &'a str,
     eos: Option<Eos<'a>>,
@@ -416,6 +424,12 @@ impl Sender<'_> {
                 bytes,
                 limit: self.sink.limit(),
             }));
+        }
+        if let Some(fence) = self.fence
+            && let Err(fenced) = fence.check_lease()
+        {
+            tracing::warn!(error = %fenced, "fenced off in the middle of a batch");
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fenced));
         }
         let h = headers(record.headers.iter(), extra);
         let sent = self.sink.send(

@@ -56,6 +56,31 @@ use crate::runtime::{Aggregator, Labels, Module, Runtime, Transform};
 use crate::source::NextOffset;
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
 
+/// This process's name for static group membership (`--instance-id`).
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process for static membership in its pipelines' consumer
+/// groups: each worker of a pipeline run as tasks joins as
+/// `<instance>-<pipeline>[-repartition]-w<n>`. Once per process.
+pub fn set_instance(id: String) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !id.is_empty()
+            && id.len() <= 200
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "--instance-id must be 1-200 characters of letters, digits, `-`, `_` and `.`"
+    );
+    INSTANCE
+        .set(id)
+        .map_err(|_| anyhow::anyhow!("the instance id is set already"))
+}
+
+/// This process's name for static group membership, if it has one.
+fn instance() -> Option<&'static str> {
+    INSTANCE.get().map(String::as_str)
+}
+
 /// How `run` ends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -296,6 +321,7 @@ fn chain_of(spec: &PipelineSpec, steps: Vec<Step>) -> (Chain, Routing) {
         source_topics: spec.source.topics.clone(),
         lineage: String::new(),
         exchange: None,
+        fence: None,
         steps: spec
             .transforms
             .iter()

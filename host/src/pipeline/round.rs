@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::control::{Control, SwapRequest, SwapState};
 use super::{Stage, load_module, start_step};
@@ -185,8 +185,12 @@ pub struct Swaps<'a> {
     /// The user's spec (a swap names its steps).
     spec: &'a PipelineSpec,
     runtime: &'a Runtime,
-    /// Tasks per stage.
-    tasks: BTreeMap<Stage, usize>,
+    /// Tasks per stage (this process's: they come and go with the group's
+    /// assignment).
+    tasks: Mutex<BTreeMap<Stage, usize>>,
+    /// Per user step, the module of its last swap that went live: what a
+    /// task taken on later starts with.
+    live: Mutex<BTreeMap<usize, Module>>,
     /// With stages: the aggregate's step, where they meet.
     cut: Option<usize>,
     allowed: bool,
@@ -197,6 +201,10 @@ pub struct Swaps<'a> {
     /// Set while a round waits for tasks to take it: workers waiting for
     /// records come back to their loop at once.
     pub wake: AtomicBool,
+    /// Runs (stages) whose workers do not all have their first tasks yet:
+    /// no round starts before (a member's tasks come with its first
+    /// assignment; a round over none would be live at once).
+    unready: AtomicUsize,
 }
 
 impl<'a> Swaps<'a> {
@@ -204,18 +212,28 @@ impl<'a> Swaps<'a> {
         spec: &'a PipelineSpec,
         runtime: &'a Runtime,
         tasks: BTreeMap<Stage, usize>,
+        runs: usize,
         allowed: bool,
     ) -> Self {
         Self {
             spec,
             runtime,
-            tasks,
+            tasks: Mutex::new(tasks),
+            live: Mutex::default(),
             cut: spec.stages().map(|s| s.step),
             allowed,
             current: Mutex::new(None),
             coordinating: Mutex::new(()),
             wake: AtomicBool::new(false),
+            unready: AtomicUsize::new(runs),
         }
+    }
+
+    /// One run's workers all have their first tasks.
+    pub fn run_ready(&self) {
+        let _ = self
+            .unready
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     pub fn allowed(&self) -> bool {
@@ -243,9 +261,42 @@ impl<'a> Swaps<'a> {
         }
     }
 
+    /// The module a task of `stage` taken on now starts step `local` (an
+    /// index into that stage's steps) with, if a swap of it went live.
+    pub fn live_module(&self, stage: Stage, local: usize) -> Option<Module> {
+        let step = match (self.cut, stage) {
+            (Some(cut), Stage::Repartition) => local + cut,
+            _ => local,
+        };
+        lock(&self.live).get(&step).cloned()
+    }
+
+    /// `partitions`' tasks of `stage` were taken on (`added`) or given up
+    /// in a rebalance. A round under way is rolled back: its all-or-nothing
+    /// verdict is over the tasks it started with.
+    pub fn tasks_moved(&self, stage: Stage, partitions: &[i32], added: bool) {
+        {
+            let mut tasks = lock(&self.tasks);
+            let n = tasks.entry(stage).or_default();
+            *n = if added {
+                *n + partitions.len()
+            } else {
+                n.saturating_sub(partitions.len())
+            };
+        }
+        if let (Some(round), Some(&partition)) = (self.current(), partitions.first()) {
+            round.trials.failed(
+                (stage, partition),
+                "the task moved to or from this process in a rebalance during the swap; swap \
+                 again"
+                    .to_owned(),
+            );
+        }
+    }
+
     /// How many tasks run the user's step `step`.
     fn tasks_of(&self, step: usize) -> usize {
-        self.tasks
+        lock(&self.tasks)
             .iter()
             .filter(|(stage, _)| self.local_step(**stage, step).is_some())
             .map(|(_, n)| n)
@@ -260,10 +311,13 @@ impl<'a> Swaps<'a> {
             return;
         }
         let _one = self.coordinating.lock().unwrap_or_else(|e| e.into_inner());
+        if self.unready.load(Ordering::Acquire) > 0 {
+            return;
+        }
         if let Some(round) = self.current() {
             if let Some(verdict) = round.trials.decide() {
                 self.wake.store(false, Ordering::Relaxed);
-                Self::record(control, &round, verdict);
+                self.record(control, &round, verdict);
                 self.set(None);
             } else if round.trials.all_started() && !round.announced.swap(true, Ordering::Relaxed) {
                 // Every task runs it now: from here on, records are the
@@ -306,7 +360,10 @@ impl<'a> Swaps<'a> {
     }
 
     /// Records `round`'s verdict in its swap record.
-    fn record(control: &Control, round: &Round, verdict: Verdict) {
+    fn record(&self, control: &Control, round: &Round, verdict: Verdict) {
+        if verdict == Verdict::Live {
+            lock(&self.live).insert(round.request.step, round.module.clone());
+        }
         let (boundary, swap_ms, first_batch) = round.trials.figures();
         match &verdict {
             Verdict::Live => tracing::info!(step = round.request.step, "swap live in every task"),
@@ -335,7 +392,7 @@ impl<'a> Swaps<'a> {
         let _one = self.coordinating.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(round) = self.current() {
             match round.trials.decide() {
-                Some(verdict) => Self::record(control, &round, verdict),
+                Some(verdict) => self.record(control, &round, verdict),
                 None => control.update_swap(round.id, |r| {
                     r.state = SwapState::RolledBack;
                     r.reason = Some(
@@ -349,6 +406,10 @@ impl<'a> Swaps<'a> {
         }
         control.cancel_pending();
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use super::deliver::{self, Eos, Rejected, Routing};
 use super::{Chain, ChainOutput, RunOptions, Summary, TimeSpent};
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Reason};
-use crate::checkpoint::Epoch;
+use crate::checkpoint::{Epoch, Fence};
 use crate::runtime::Runtime;
 use crate::sink::{BatchAck, KafkaSink, ParquetRecord, ParquetSink, Quarantine};
 use crate::source::{CommitMode, KafkaSource, NextOffset, SourceBatch};
@@ -62,8 +62,15 @@ impl Io {
             Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
             None => Quarantine::log_only(),
         };
+        let mut kafka = std::borrow::Cow::Borrowed(&spec.kafka);
+        if let Some(timeout) = zombie_timeout(spec) {
+            kafka.to_mut().producer.insert(
+                "message.timeout.ms".to_owned(),
+                crate::spec::Scalar::Int(timeout),
+            );
+        }
         let sink = Arc::new(
-            KafkaSink::new(&spec.kafka, &spec.name, quarantine)
+            KafkaSink::new(&kafka, &spec.name, quarantine)
                 .context("cannot create the Kafka producer")?,
         );
         sink.start(&spec.dead_letter.topic);
@@ -124,6 +131,11 @@ pub(super) struct Runner<'a> {
     /// Exactly-once: per sink partition, a lower bound of where records of
     /// epochs after the last checkpoint start (see `sink_positions`).
     sink_ends: HashMap<(String, i32), i64>,
+    /// The name this process takes the task's checkpoint directory over
+    /// with, when the group assigns the task (see [`Self::fence_as`]).
+    owner: Option<String>,
+    /// This process's generation of the task (with `owner`).
+    fence: Option<Arc<Fence>>,
     /// Batches produced but not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
     /// Offsets of acknowledged batches, to commit (without checkpoints).
@@ -174,6 +186,8 @@ impl<'a> Runner<'a> {
             read: HashMap::new(),
             sink_ends: HashMap::new(),
             in_flight: VecDeque::new(),
+            owner: None,
+            fence: None,
             commits: PendingCommits::new(spec.source.commit_interval),
             too_large_counted: 0,
         })
@@ -228,6 +242,14 @@ impl<'a> Runner<'a> {
     /// run's first record is a valid start for its later records.
     pub fn know_sink_ends(&mut self, ends: &HashMap<(String, i32), i64>) {
         self.sink_ends.clone_from(ends);
+    }
+
+    /// Before [`Self::start`], for a task the group assigned: its
+    /// checkpoint directory is taken over as `owner` (see
+    /// `checkpoint::Fence`), and the task writes nothing once another
+    /// process took it over.
+    pub fn fence_as(&mut self, owner: String) {
+        self.owner = Some(owner);
     }
 
     /// Recovers (see the module docs); then the run is ready for
@@ -353,6 +375,38 @@ impl<'a> Runner<'a> {
         Ok(self.summary)
     }
 
+    /// Gives the task up in a rebalance: everything acknowledged,
+    /// committed and checkpointed first, so that its next owner starts
+    /// exactly where this one stopped.
+    pub fn release(mut self, source: &KafkaSource) -> anyhow::Result<Summary> {
+        self.abandon_trial();
+        self.settle(source)?;
+        tracing::info!(task = ?self.partition(), summary = ?self.summary, "task handed off");
+        Ok(self.summary)
+    }
+
+    /// Drops a task taken away without a hand-off (its assignment lost):
+    /// another member may own it already, so nothing of it is committed or
+    /// checkpointed. Its batches in flight are still waited for (their
+    /// records reach the outputs or fail), so that what it wrote is in
+    /// place before it lets go; the next owner reads it back.
+    pub fn drop_lost(mut self) -> Summary {
+        self.abandon_trial();
+        while let Some(done) = self.in_flight.pop_front() {
+            if let Err(e) = done.ack.wait() {
+                tracing::warn!(task = ?self.partition(), error = %e, "a batch of a lost task was not delivered; its next owner runs it again");
+            }
+        }
+        tracing::warn!(task = ?self.partition(), "task lost (out of the group): dropped without a checkpoint or a commit");
+        self.summary
+    }
+
+    /// The partition number of the task this run is (`None`: a whole
+    /// pipeline).
+    pub fn partition(&self) -> Option<i32> {
+        self.task.as_ref().map(|t| t.partition)
+    }
+
     /// Runs one batch through the chain and hands the results to the sinks:
     /// to the send stage, or (re-executing with ids already written to
     /// skip) to the producer directly.
@@ -383,6 +437,11 @@ impl<'a> Runner<'a> {
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch processed"
         );
+        if let Some(fence) = &self.fence {
+            // Right before the batch's records leave: not if another
+            // process took the task over.
+            fence.check_lease()?;
+        }
         if let Some(aggregate) = self.chain.aggregate() {
             let progress = aggregate.engine().progress();
             tracing::debug!(
@@ -534,6 +593,34 @@ impl<'a> Runner<'a> {
         }
         Ok(())
     }
+}
+
+/// librdkafka's default `session.timeout.ms`.
+const SESSION_TIMEOUT_MS: i64 = 45_000;
+
+/// For a checkpointed pipeline whose tasks the group assigns, unless its
+/// spec says otherwise: a `message.timeout.ms` below the session timeout.
+/// A process paused long enough to lose its tasks then finds the records
+/// it had queued before the pause expired, instead of sending them after
+/// the next owner took over (see `checkpoint::Fence` for the records it
+/// would queue after).
+fn zombie_timeout(spec: &PipelineSpec) -> Option<i64> {
+    let producer = &spec.kafka.producer;
+    if spec.checkpoint.is_none()
+        || !spec.parallelism.tasks()
+        || !super::task::grouped(spec)
+        || producer.contains_key("message.timeout.ms")
+        || producer.contains_key("delivery.timeout.ms")
+    {
+        return None;
+    }
+    let session = spec
+        .kafka
+        .consumer
+        .get("session.timeout.ms")
+        .and_then(|v| v.to_string().parse::<i64>().ok())
+        .unwrap_or(SESSION_TIMEOUT_MS);
+    Some((session * 2 / 3).max(1000))
 }
 
 impl Runner<'_> {

@@ -65,20 +65,28 @@ pub(super) fn run(
     let (front_modules, back_modules) = (&modules[..=stages.step], &modules[stages.step..]);
     // One swap is one round over both stages' tasks (the aggregate's module
     // keys in the front stage and aggregates in the back one); not when the
-    // stages run one after the other.
+    // stages run one after the other. A stage whose tasks the group
+    // assigns counts them as they come.
+    let grouped = |spec: &PipelineSpec, n: usize| if super::task::grouped(spec) { 0 } else { n };
     let tasks = BTreeMap::from([
         (
             Stage::Source,
-            stages
-                .back
-                .source
-                .upstream_tasks
-                .as_ref()
-                .map_or(0, Vec::len),
+            grouped(
+                &stages.front,
+                stages
+                    .back
+                    .source
+                    .upstream_tasks
+                    .as_ref()
+                    .map_or(0, Vec::len),
+            ),
         ),
-        (Stage::Repartition, partitions as usize),
+        (
+            Stage::Repartition,
+            grouped(&stages.back, partitions as usize),
+        ),
     ]);
-    let swaps = Swaps::new(user, runtime, tasks, !options.until_caught_up);
+    let swaps = Swaps::new(user, runtime, tasks, 2, !options.until_caught_up);
     let swaps = &swaps;
     let Stages { front, back, .. } = &stages;
     let front_run = |stop: &AtomicBool| {

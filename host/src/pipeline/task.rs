@@ -42,6 +42,16 @@ impl Stage {
     }
 }
 
+/// Whether the consumer group assigns `spec`'s tasks (to this process's
+/// workers and to other processes of the pipeline), as it does a plain
+/// consumer's partitions: a source of one topic. A task of several topics
+/// needs partition `p` of each together, which the group's assignors do
+/// not promise; those tasks are dealt out to this process's workers, and
+/// the pipeline runs in one process.
+pub fn grouped(spec: &PipelineSpec) -> bool {
+    spec.source.topics.len() == 1
+}
+
 /// The subdirectory of the checkpoint directory that holds the tasks'.
 const TASKS_DIR: &str = "tasks";
 

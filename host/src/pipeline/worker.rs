@@ -19,6 +19,7 @@
 //! worker's tasks take part at their batch boundaries.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,13 +31,114 @@ use super::round::{SWAPS_REFUSED, Swaps};
 use super::runner::{Io, PAUSED_POLL, Runner, TICK};
 use super::{Exchange, RunOptions, Stage, Summary, TaskSummary, chain_of, start_step, task};
 use crate::batch::reason::Kind;
+use crate::checkpoint::Fenced;
 use crate::runtime::{Module, Runtime};
 use crate::sink::end_offsets;
-use crate::source::{KafkaSource, source_partitions};
+use crate::source::{GroupOffsets, KafkaSource, Rebalance, source_partitions};
 use crate::spec::{Delivery, PipelineSpec};
 
 /// How often the workers look at the caller's stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// Until caught up as members: how often the group's committed offsets
+/// are asked for.
+const DRAIN_POLL: Duration = Duration::from_millis(250);
+
+/// The sink partitions' end offsets now: where an exactly-once task's
+/// records can start, at the earliest (see `Runner::know_sink_ends`).
+fn sink_ends_now(spec: &PipelineSpec) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    Ok(end_offsets(&spec.kafka, &spec.sink_topics())
+        .context("cannot read the sink topics' end offsets")?
+        .into_iter()
+        .map(|p| ((p.topic, p.partition), p.offset))
+        .collect())
+}
+
+/// A stage in names of group members and owners.
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Source => "source",
+        Stage::Repartition => "repartition",
+    }
+}
+
+/// Whether `e` says the task was fenced off (see `checkpoint::Fence`):
+/// anywhere in its chain, or as the message a batch's acknowledgement
+/// carried back from the send stage.
+fn is_fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<Fenced>().is_some()
+            || cause.to_string().starts_with("fenced off:")
+            || matches!(
+                cause.downcast_ref::<rdkafka::error::KafkaError>(),
+                Some(rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::Fenced
+                ))
+            )
+    })
+}
+
+/// What the workers of a pipeline whose tasks the group assigns share.
+struct Group {
+    /// Every task the pipeline has, by partition number.
+    layouts: HashMap<i32, TaskLayout>,
+    /// This process's name for static membership, if it has one.
+    instance: Option<String>,
+}
+
+/// `--until-caught-up` of a pipeline whose tasks the group assigns: done
+/// once every partition reached the end offset it had at the start, read
+/// here or committed by any member of the group (another process's).
+struct Drain {
+    group: GroupOffsets,
+    /// The partitions to drain, and their end offsets at the start.
+    targets: HashMap<(u16, i32), i64>,
+    /// How far this process's tasks have read (or resumed from).
+    read: Mutex<HashMap<(u16, i32), i64>>,
+}
+
+impl Drain {
+    fn new(spec: &PipelineSpec) -> anyhow::Result<Self> {
+        let group = GroupOffsets::new(spec)?;
+        let targets = group.targets(spec.source.start)?;
+        tracing::info!(
+            partitions = targets.len(),
+            "draining until the group is caught up with the end offsets seen at start"
+        );
+        Ok(Self {
+            group,
+            targets,
+            read: Mutex::default(),
+        })
+    }
+
+    /// This process's tasks have read up to `offsets` (the next offsets).
+    fn read(&self, offsets: impl IntoIterator<Item = ((u16, i32), i64)>) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, offset) in offsets {
+            let known = read.entry(partition).or_insert(offset);
+            *known = (*known).max(offset);
+        }
+    }
+
+    fn done(&self) -> bool {
+        let committed = match self.group.committed() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the group's committed offsets");
+                HashMap::new()
+            }
+        };
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        self.targets.iter().all(|(partition, &end)| {
+            let at = committed
+                .get(partition)
+                .into_iter()
+                .chain(read.get(partition))
+                .max();
+            at.is_some_and(|&at| at >= end)
+        })
+    }
+}
 
 /// Runs `spec` as tasks on worker threads until `stop` is set (or caught
 /// up, if asked); `modules` are its steps' compiled modules.
@@ -58,30 +160,51 @@ pub(super) fn run(
     let partitions = source_partitions(spec)?;
     let layouts = task::layouts(spec, &partitions);
     let workers = spec.parallelism.workers(layouts.len());
-    let mut groups: Vec<Vec<TaskLayout>> = vec![Vec::new(); workers];
-    for (i, layout) in layouts.into_iter().enumerate() {
-        groups[i % workers].push(layout);
+    let stage = Stage::of(spec);
+    // Members of the group take tasks as the group assigns them; otherwise
+    // task `i` is worker `i mod N`'s.
+    let group = task::grouped(spec).then(|| Group {
+        layouts: layouts.iter().map(|l| (l.partition, l.clone())).collect(),
+        // The process's name, else one the spec gives (each worker joins
+        // under its own, derived from it).
+        instance: super::instance().map(str::to_owned).or_else(|| {
+            spec.kafka
+                .consumer
+                .get("group.instance.id")
+                .map(ToString::to_string)
+        }),
+    });
+    let mut groups: Vec<Option<Vec<TaskLayout>>> = vec![None; workers];
+    if group.is_none() {
+        groups = vec![Some(Vec::new()); workers];
+        for (i, layout) in layouts.into_iter().enumerate() {
+            groups[i % workers].as_mut().expect("static").push(layout);
+        }
     }
-    let sink = Io::producer(spec)?;
-    // Asked once for every task (see `Runner::know_sink_ends`).
-    let sink_ends: HashMap<(String, i32), i64> = if spec.delivery == Delivery::ExactlyOnce {
-        end_offsets(&spec.kafka, &spec.sink_topics())
-            .context("cannot read the sink topics' end offsets")?
-            .into_iter()
-            .map(|p| ((p.topic, p.partition), p.offset))
-            .collect()
-    } else {
-        HashMap::new()
+    let drain = match (&group, options.until_caught_up) {
+        (Some(_), true) => Some(Drain::new(spec)?),
+        _ => None,
     };
+    let sink = Io::producer(spec)?;
+    // Asked once for every task (see `Runner::know_sink_ends`); a member
+    // asks at each assignment instead.
+    let sink_ends: HashMap<(String, i32), i64> =
+        if spec.delivery == Delivery::ExactlyOnce && group.is_none() {
+            sink_ends_now(spec)?
+        } else {
+            HashMap::new()
+        };
     if let Some(control) = control {
         control.add_workers(workers);
     }
+    let tasks = groups.iter().flatten().map(Vec::len).sum::<usize>();
     tracing::info!(
         topics = ?spec.source.topics,
         group = %spec.group_id(),
-        tasks = groups.iter().map(Vec::len).sum::<usize>(),
+        tasks,
         workers,
-        stage = ?Stage::of(spec),
+        members = group.is_some(),
+        ?stage,
         "pipeline starting as tasks"
     );
     // Set by the caller's stop, or by a worker that failed.
@@ -92,11 +215,11 @@ pub(super) fn run(
     let swaps = match swaps {
         Some(swaps) => swaps,
         None => {
-            let tasks = groups.iter().map(Vec::len).sum();
             own = Swaps::new(
                 spec,
                 runtime,
                 BTreeMap::from([(Stage::Source, tasks)]),
+                1,
                 true,
             );
             &own
@@ -124,6 +247,15 @@ pub(super) fn run(
                 start: &start,
                 sink_ends: &sink_ends,
                 swaps,
+                group: group.as_ref(),
+                drain: drain.as_ref(),
+                owner: group.as_ref().map(|g| {
+                    let process = g
+                        .instance
+                        .clone()
+                        .unwrap_or_else(|| format!("pid{}", std::process::id()));
+                    format!("{process}-{}-w{w}", stage_name(stage))
+                }),
             };
             let traced = &traced;
             let spawned = std::thread::Builder::new()
@@ -131,7 +263,7 @@ pub(super) fn run(
                 .spawn_scoped(scope, move || {
                     // A panic stops the others too, like an error.
                     let result = traced.run("the worker", || {
-                        Io::with_sink(spec, sink.clone()).and_then(|io| worker.run(tasks, io))
+                        Io::with_sink(spec, sink.clone()).and_then(|io| worker.run(w, tasks, io))
                     });
                     if result.is_err() {
                         halt.store(true, Ordering::Relaxed);
@@ -147,9 +279,19 @@ pub(super) fn run(
                 }
             }
         }
+        let mut drained_asked = Instant::now();
         while !handles.iter().all(|h| h.is_finished()) {
             if stop.load(Ordering::Relaxed) {
                 halt.store(true, Ordering::Relaxed);
+            }
+            if let Some(drain) = &drain
+                && drained_asked.elapsed() >= DRAIN_POLL
+            {
+                drained_asked = Instant::now();
+                if drain.done() {
+                    tracing::info!("caught up: the group reached the end offsets seen at start");
+                    halt.store(true, Ordering::Relaxed);
+                }
             }
             if let Some(control) = control {
                 swaps.coordinate(control);
@@ -293,6 +435,21 @@ struct Start {
     at: Instant,
 }
 
+impl Start {
+    /// A worker has its first tasks and is polling.
+    fn worker_ready(&self, tasks: &[i32], swaps: &Swaps<'_>) {
+        tracing::info!(?tasks, "worker started");
+        if self.ready.fetch_add(1, Ordering::AcqRel) + 1 == self.workers {
+            swaps.run_ready();
+            tracing::info!(
+                workers = self.workers,
+                ready_ms = self.at.elapsed().as_millis() as u64,
+                "pipeline started"
+            );
+        }
+    }
+}
+
 /// What every worker shares.
 struct Worker<'a> {
     spec: &'a PipelineSpec,
@@ -307,14 +464,29 @@ struct Worker<'a> {
     /// Exactly-once: the sink partitions' end offsets at the start.
     sink_ends: &'a HashMap<(String, i32), i64>,
     swaps: &'a Swaps<'a>,
+    /// Set when the group assigns the tasks.
+    group: Option<&'a Group>,
+    /// The name this worker takes its tasks' checkpoint directories over
+    /// with, when the group assigns them (see `checkpoint::Fence`).
+    owner: Option<String>,
+    drain: Option<&'a Drain>,
 }
 
 impl Worker<'_> {
     /// The task of `layout` with its own instances of the steps,
     /// recovered.
-    fn start_task(&self, layout: TaskLayout, io: Io) -> anyhow::Result<Runner<'_>> {
+    fn start_task(
+        &self,
+        layout: TaskLayout,
+        io: Io,
+        sink_ends: &HashMap<(String, i32), i64>,
+    ) -> anyhow::Result<Runner<'_>> {
+        let stage = Stage::of(self.spec);
         let steps = (0..self.modules.len())
-            .map(|i| start_step(self.spec, i, &self.modules[i]))
+            .map(|i| match self.swaps.live_module(stage, i) {
+                Some(live) => start_step(self.spec, i, &live),
+                None => start_step(self.spec, i, &self.modules[i]),
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (mut chain, mut routing) = chain_of(self.spec, steps);
         routing.exchange = self.exchange;
@@ -328,14 +500,121 @@ impl Worker<'_> {
             io,
             Some(layout),
         )?;
-        runner.know_sink_ends(self.sink_ends);
+        runner.know_sink_ends(sink_ends);
+        if let Some(owner) = &self.owner {
+            runner.fence_as(owner.clone());
+        }
         runner.start()?;
         Ok(runner)
     }
 
-    /// Recovers `tasks`, then polls and runs them until `halt` is set or
-    /// their partitions are caught up.
-    fn run(&self, tasks: Vec<TaskLayout>, io: Io) -> anyhow::Result<Summary> {
+    /// Starts the tasks of `layouts` side by side (each opens its own
+    /// checkpoint directory and epoch log, and may re-execute epochs).
+    fn start_tasks(
+        &self,
+        layouts: Vec<TaskLayout>,
+        io: &Io,
+        sink_ends: &HashMap<(String, i32), i64>,
+    ) -> anyhow::Result<Vec<Runner<'_>>> {
+        let started = Traced::capture().side_by_side("the start of a task", layouts, |layout| {
+            let partition = layout.partition;
+            self.start_task(layout, io.clone(), sink_ends)
+                .with_context(|| format!("task {partition}"))
+        });
+        started.into_iter().collect()
+    }
+
+    /// Carries out a rebalance of this worker's group membership. Revoked
+    /// tasks hand off: their batches acknowledged, checkpointed and
+    /// committed before their partitions are released, so that the next
+    /// owner resumes exactly there (a lost one is only dropped). Assigned
+    /// ones are recovered (checkpoint, epoch log, read-back), then fetched
+    /// from where they resume.
+    fn rebalance<'w>(
+        &'w self,
+        event: Rebalance,
+        runners: &mut Vec<Runner<'w>>,
+        source: &mut KafkaSource,
+        io: &Io,
+        ended: &mut Summary,
+    ) -> anyhow::Result<()> {
+        let (spec, stage) = (self.spec, Stage::of(self.spec));
+        match event {
+            Rebalance::Revoked { partitions, lost } => {
+                let numbers: Vec<i32> = partitions.iter().map(|&(_, p)| p).collect();
+                let (going, staying): (Vec<_>, Vec<_>) = std::mem::take(runners)
+                    .into_iter()
+                    .partition(|r| r.partition().is_some_and(|p| numbers.contains(&p)));
+                *runners = staying;
+                let moved: Vec<i32> = going.iter().filter_map(Runner::partition).collect();
+                for runner in going {
+                    let partition = runner.partition().unwrap_or_default();
+                    let summary = if lost {
+                        runner.drop_lost()
+                    } else {
+                        runner
+                            .release(source)
+                            .with_context(|| format!("task {partition}: cannot hand it off"))?
+                    };
+                    ended
+                        .tasks
+                        .push(TaskSummary::of(stage, partition, &summary));
+                    *ended += summary;
+                }
+                source.remove_tasks(&partitions)?;
+                self.swaps.tasks_moved(stage, &moved, false);
+                tracing::info!(tasks = ?moved, lost, "tasks given up");
+            }
+            Rebalance::Assigned(partitions) => {
+                let group = self.group.expect("a member has a group");
+                let mut layouts = Vec::new();
+                for &(_, p) in &partitions {
+                    let layout = group.layouts.get(&p).with_context(|| {
+                        format!(
+                            "the group assigned partition {p}, which the source topics did not                              have at the start (partitions added while running: restart the                              pipeline)"
+                        )
+                    })?;
+                    if !layouts.contains(layout) && !source.tasks().contains(&p) {
+                        layouts.push(layout.clone());
+                    }
+                }
+                let sink_ends = if spec.delivery == Delivery::ExactlyOnce && !layouts.is_empty() {
+                    sink_ends_now(spec)?
+                } else {
+                    HashMap::new()
+                };
+                let numbers: Vec<i32> = layouts.iter().map(|l| l.partition).collect();
+                let mut started = self.start_tasks(layouts, io, &sink_ends)?;
+                let positions: HashMap<(u16, i32), i64> = started
+                    .iter()
+                    .filter_map(Runner::resume_positions)
+                    .flat_map(|p| p.iter().map(|(&k, &v)| (k, v)))
+                    .collect();
+                if let Some(drain) = self.drain {
+                    drain.read(positions.iter().map(|(&k, &v)| (k, v)));
+                }
+                source.add_tasks(&partitions, &positions)?;
+                for runner in &mut started {
+                    runner.begin(source);
+                }
+                runners.append(&mut started);
+                // In the source's order of batches.
+                let order = source.tasks().to_vec();
+                runners.sort_by_key(|r| {
+                    r.partition()
+                        .and_then(|p| order.iter().position(|&o| o == p))
+                });
+                self.swaps.tasks_moved(stage, &numbers, true);
+                tracing::info!(tasks = ?numbers, "tasks taken on");
+            }
+        }
+        Ok(())
+    }
+
+    /// Recovers `tasks` (or, as a member of the group, the tasks it
+    /// assigns, as it assigns them), then polls and runs them until `halt`
+    /// is set or their partitions are caught up.
+    fn run(&self, w: usize, tasks: Option<Vec<TaskLayout>>, io: Io) -> anyhow::Result<Summary> {
         let Self {
             spec,
             options,
@@ -344,29 +623,40 @@ impl Worker<'_> {
             start,
             ..
         } = *self;
-        let partitions: Vec<i32> = tasks.iter().map(|t| t.partition).collect();
-        // Tasks recover side by side: each opens its own checkpoint
-        // directory and epoch log, and may re-execute epochs.
-        let traced = Traced::capture();
-        let started = traced.side_by_side("the start of a task", tasks, |layout| {
-            let partition = layout.partition;
-            self.start_task(layout, io.clone())
-                .with_context(|| format!("task {partition}"))
-        });
-        let mut runners = started.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        let positions: HashMap<(u16, i32), i64> = runners
-            .iter()
-            .filter_map(Runner::resume_positions)
-            .flat_map(|p| p.iter().map(|(&k, &v)| (k, v)))
-            .collect();
         let checkpointed = spec.checkpoint.is_some();
-        let mut source = KafkaSource::new(
-            spec,
-            options.until_caught_up,
-            checkpointed.then_some(&positions),
-            Some(&partitions),
-        )?;
+        let (mut runners, mut source) = match tasks {
+            Some(tasks) => {
+                let partitions: Vec<i32> = tasks.iter().map(|t| t.partition).collect();
+                let runners = self.start_tasks(tasks, &io, self.sink_ends)?;
+                let positions: HashMap<(u16, i32), i64> = runners
+                    .iter()
+                    .filter_map(Runner::resume_positions)
+                    .flat_map(|p| p.iter().map(|(&k, &v)| (k, v)))
+                    .collect();
+                let source = KafkaSource::new(
+                    spec,
+                    options.until_caught_up,
+                    checkpointed.then_some(&positions),
+                    Some(&partitions),
+                )?;
+                (runners, source)
+            }
+            None => {
+                let group = self.group.expect("a member has a group");
+                let instance = group
+                    .instance
+                    .as_ref()
+                    .map(|i| format!("{i}-{}-{}-w{w}", spec.name, stage_name(Stage::of(spec))));
+                (Vec::new(), KafkaSource::member(spec, instance.as_deref())?)
+            }
+        };
+        // What tasks given up in rebalances did.
+        let mut ended = Summary::default();
         let mut tick = runners.iter().filter_map(Runner::tick).min();
+        if self.group.is_some() {
+            // A member's tasks come later: the shortest tick any can want.
+            tick = Some(super::runner::TICK);
+        }
         if control.is_some() {
             // Watched: an idle worker still comes back to its loop often
             // enough to see a pause or a swap (a checkpointed task without
@@ -379,18 +669,26 @@ impl Worker<'_> {
         for runner in &mut runners {
             runner.begin(&source);
         }
-        tracing::info!(tasks = ?partitions, "worker started");
-        if start.ready.fetch_add(1, Ordering::AcqRel) + 1 == start.workers {
-            tracing::info!(
-                workers = start.workers,
-                ready_ms = start.at.elapsed().as_millis() as u64,
-                "pipeline started"
-            );
+        let partitions: Vec<i32> = source.tasks().to_vec();
+        // A member is started once the group gave it its first assignment
+        // (possibly none): from then on, what is produced to the source
+        // is read by someone.
+        let mut started = self.group.is_none();
+        if started {
+            start.worker_ready(&partitions, self.swaps);
         }
         let never = AtomicBool::new(false);
         // The last swap round this worker's tasks took part in.
         let mut last_round = 0;
         loop {
+            while let Some(event) = source.take_rebalance() {
+                let assigned = matches!(event, Rebalance::Assigned(_));
+                self.rebalance(event, &mut runners, &mut source, &io, &mut ended)?;
+                if assigned && !started {
+                    started = true;
+                    start.worker_ready(source.tasks(), self.swaps);
+                }
+            }
             if let Some(control) = control {
                 if self.swaps.allowed() {
                     for runner in &mut runners {
@@ -442,22 +740,54 @@ impl Worker<'_> {
             let fetch_ms = fetched.as_micros() as f64
                 / 1000.0
                 / due.iter().filter(|d| **d).count().max(1) as f64;
-            for ((runner, next), due) in runners.iter_mut().zip(batches).zip(due) {
-                runner.finish_acknowledged(&source)?;
-                if due {
-                    // A swap decided while the worker waited: not one batch
-                    // more on a rolled-back version.
-                    runner.finish_round(&source)?;
-                    runner.run_batch(next, fetch_ms, &source)?;
+            if let Some(drain) = self.drain {
+                drain.read(
+                    batches
+                        .iter()
+                        .flat_map(|b| b.commit.iter().map(|o| ((o.source, o.partition), o.offset))),
+                );
+            }
+            let mut fenced = Vec::new();
+            for (i, ((runner, next), due)) in runners.iter_mut().zip(batches).zip(due).enumerate() {
+                let step = || -> anyhow::Result<()> {
+                    runner.finish_acknowledged(&source)?;
+                    if due {
+                        // A swap decided while the worker waited: not one
+                        // batch more on a rolled-back version.
+                        runner.finish_round(&source)?;
+                        runner.run_batch(next, fetch_ms, &source)?;
+                    }
+                    Ok(())
+                };
+                match step() {
+                    Ok(()) => {}
+                    Err(e) if self.group.is_some() && is_fenced(&e) => {
+                        tracing::warn!(task = ?runner.partition(), error = %format!("{e:#}"), "task fenced off: dropped");
+                        fenced.push(i);
+                    }
+                    Err(e) => return Err(e),
                 }
+            }
+            for i in fenced.into_iter().rev() {
+                let runner = runners.remove(i);
+                let partition = runner.partition().unwrap_or_default();
+                let summary = runner.drop_lost();
+                ended
+                    .tasks
+                    .push(TaskSummary::of(Stage::of(spec), partition, &summary));
+                ended += summary;
+                source.drop_tasks(&[(0, partition)])?;
+                self.swaps.tasks_moved(Stage::of(spec), &[partition], false);
             }
         }
         // The tasks end side by side too: each drains, checkpoints and
         // commits its own partitions.
-        let ended = traced.side_by_side("the end of a task", runners, |runner| runner.end(&source));
-        let mut summary = Summary::default();
+        let partitions: Vec<i32> = runners.iter().filter_map(Runner::partition).collect();
+        let results = Traced::capture()
+            .side_by_side("the end of a task", runners, |runner| runner.end(&source));
+        let mut summary = ended;
         let mut first_error = None;
-        for (result, &partition) in ended.into_iter().zip(&partitions) {
+        for (result, &partition) in results.into_iter().zip(&partitions) {
             match result {
                 Ok(s) => {
                     let row = TaskSummary::of(Stage::of(spec), partition, &s);

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 pub use rdkafka::consumer::CommitMode;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::batch::Batch;
@@ -69,6 +70,34 @@ pub type EndOffsets = Arc<Mutex<HashMap<(String, i32), i64>>>;
 /// offsets of its periodic statistics (for lag).
 struct SourceContext {
     ends: EndOffsets,
+    /// The source topics, in the spec's order.
+    topics: Vec<String>,
+    /// A member of the group whose tasks come and go (see
+    /// [`KafkaSource::member`]): rebalances are queued here for the worker
+    /// to carry out between batches, instead of at once inside a poll.
+    rebalances: Option<Mutex<VecDeque<Rebalance>>>,
+    /// Whether `rebalances` holds any (read on every poll).
+    rebalancing: AtomicBool,
+    /// Set when the consumer is being closed: closing leaves the group,
+    /// whose revocation must then be carried out at once (nothing polls
+    /// the queue any more).
+    closing: AtomicBool,
+}
+
+/// A change of a group member's partitions, to carry out between batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalance {
+    /// These partitions (index into the source topics, partition) are now
+    /// the member's: recover their tasks, then fetch them.
+    Assigned(Vec<(u16, i32)>),
+    /// These are no longer the member's. `lost`: taken away without a
+    /// hand-off (the member was out of the group, e.g. paused past the
+    /// session timeout): another member may own them already, so nothing
+    /// of them may be committed or checkpointed.
+    Revoked {
+        partitions: Vec<(u16, i32)>,
+        lost: bool,
+    },
 }
 
 /// Records end offsets. They only move forward: the statistics keep
@@ -105,6 +134,85 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let queue = self
+            .rebalances
+            .as_ref()
+            .filter(|_| !self.closing.load(Ordering::Acquire));
+        let Some(queue) = queue else {
+            // Closing (its tasks ended), or a whole pipeline subscribed
+            // without checkpoints: the group's assignment is taken as it
+            // comes (librdkafka's default).
+            let result = match (err, cooperative) {
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
+                    consumer.incremental_assign(tpl)
+                }
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => {
+                    consumer.assign(tpl)
+                }
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, true) => {
+                    consumer.incremental_unassign(tpl)
+                }
+                _ => consumer.unassign(),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cannot take the group's assignment");
+            }
+            return;
+        };
+        let partitions: Vec<(u16, i32)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let source = self.topics.iter().position(|t| t == e.topic())?;
+                Some((source as u16, e.partition()))
+            })
+            .collect();
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assigned(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoked {
+                partitions,
+                lost: consumer.assignment_lost(),
+            },
+            other => {
+                // librdkafka's own answer to a failed rebalance: give up
+                // the whole assignment, which may be another member's now.
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(error = %code, "rebalance failed; giving up every partition");
+                Rebalance::Revoked {
+                    partitions: consumer
+                        .assignment()
+                        .map(|a| {
+                            a.elements()
+                                .iter()
+                                .filter_map(|e| {
+                                    let source = self.topics.iter().position(|t| t == e.topic())?;
+                                    Some((source as u16, e.partition()))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    lost: true,
+                }
+            }
+        };
+        tracing::info!(?event, "rebalance");
+        queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(event);
+        self.rebalancing.store(true, Ordering::Release);
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
             // Still safe: a later commit covers these offsets, or the
@@ -136,6 +244,39 @@ pub struct KafkaSource {
     /// Run as tasks: per source partition number, the index of its task's
     /// batch in [`Self::next_batches`]. `None`: one batch for everything.
     slots: Option<HashMap<i32, usize>>,
+    /// Run as tasks: the tasks' partition numbers, in batch order.
+    order: Vec<i32>,
+    /// The rebalance last taken, until carried out (the group waits for
+    /// it: closing answers it if the run failed before).
+    unanswered: Option<Rebalance>,
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Before the consumer closes (the fields drop after this): closing
+        // leaves the group, which waits for rebalances handed to us to be
+        // carried out. Those not carried out (the run failed) are taken
+        // as they are, then given up with the rest.
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Release);
+        let mut left = self.unanswered.take();
+        while let Some(event) = left.take().or_else(|| self.take_rebalance()) {
+            self.unanswered = None;
+            let result = match event {
+                Rebalance::Assigned(partitions) => positioned(&self.topics, &partitions, None)
+                    .and_then(|tpl| self.assign_more(&tpl)),
+                Rebalance::Revoked { partitions, .. } => {
+                    positioned(&self.topics, &partitions, None)
+                        .and_then(|tpl| self.unassign_some(&tpl))
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "a rebalance left undone at close");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -167,6 +308,76 @@ impl KafkaSource {
         positions: Option<&HashMap<(u16, i32), i64>>,
         tasks: Option<&[i32]>,
     ) -> Result<Self, SourceError> {
+        let config = Self::config(spec, until_caught_up);
+        let ends = EndOffsets::default();
+        let consumer: BaseConsumer<SourceContext> =
+            config.create_with_context(SourceContext::new(spec, ends.clone(), false))?;
+        let partitions: Vec<(u16, i32)> = check_topics(&consumer, spec)?
+            .into_iter()
+            .filter(|(_, p)| tasks.is_none_or(|tasks| tasks.contains(p)))
+            .collect();
+        let remaining = if until_caught_up {
+            Some(end_offsets(
+                &consumer,
+                &spec.source.topics,
+                &partitions,
+                spec.source.start,
+                positions,
+            )?)
+        } else {
+            None
+        };
+        match positions {
+            None if tasks.is_none() => {
+                let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topic_refs)?;
+            }
+            _ => {
+                let tpl = positioned(&spec.source.topics, &partitions, positions)?;
+                consumer.assign(&tpl)?;
+            }
+        }
+        let mut source = Self::with(spec, consumer, ends, remaining);
+        if let Some(tasks) = tasks {
+            source.order = tasks.to_vec();
+            source.slots = Some(slots_of(&source.order));
+        }
+        Ok(source)
+    }
+
+    /// A member of the pipeline's consumer group whose tasks come and go
+    /// with the group's assignment (cooperative-sticky by default, so that
+    /// partitions that stay keep running through a rebalance). Starts
+    /// without tasks: the owner carries out each [`Rebalance`] that
+    /// [`Self::take_rebalance`] gives, with [`Self::add_tasks`] and
+    /// [`Self::remove_tasks`]. `instance`: a `group.instance.id` (static
+    /// membership: a member that comes back within the session timeout
+    /// gets its partitions back without a rebalance).
+    pub fn member(spec: &PipelineSpec, instance: Option<&str>) -> Result<Self, SourceError> {
+        let mut config = Self::config(spec, false);
+        if !spec
+            .kafka
+            .consumer
+            .contains_key("partition.assignment.strategy")
+        {
+            config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        if let Some(instance) = instance {
+            config.set("group.instance.id", instance);
+        }
+        let ends = EndOffsets::default();
+        let consumer: BaseConsumer<SourceContext> =
+            config.create_with_context(SourceContext::new(spec, ends.clone(), true))?;
+        check_topics(&consumer, spec)?;
+        let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs)?;
+        let mut source = Self::with(spec, consumer, ends, None);
+        source.slots = Some(HashMap::new());
+        Ok(source)
+    }
+
+    /// The consumer's settings (the spec's own `kafka.consumer` last).
+    fn config(spec: &PipelineSpec, until_caught_up: bool) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &spec.kafka.brokers)
@@ -204,63 +415,16 @@ impl KafkaSource {
         for (k, v) in &spec.kafka.consumer {
             config.set(k, v.to_string());
         }
-        let ends = EndOffsets::default();
-        let consumer: BaseConsumer<SourceContext> =
-            config.create_with_context(SourceContext { ends: ends.clone() })?;
+        config
+    }
 
-        let mut partitions = Vec::new();
-        let mut topics: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
-        topics.extend(spec.sink_topics());
-        for topic in topics {
-            let ids = topic_partitions(&consumer, &spec.kafka.brokers, topic)?;
-            if let Some(index) = spec.source.topics.iter().position(|s| s == topic) {
-                partitions.extend(
-                    ids.into_iter()
-                        .filter(|p| tasks.is_none_or(|tasks| tasks.contains(p)))
-                        .map(|p| (index as u16, p)),
-                );
-            }
-        }
-        let slots = tasks.map(|tasks| {
-            tasks
-                .iter()
-                .enumerate()
-                .map(|(slot, &partition)| (partition, slot))
-                .collect::<HashMap<i32, usize>>()
-        });
-
-        let remaining = if until_caught_up {
-            Some(end_offsets(
-                &consumer,
-                &spec.source.topics,
-                &partitions,
-                spec.source.start,
-                positions,
-            )?)
-        } else {
-            None
-        };
-        match positions {
-            None if tasks.is_none() => {
-                let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
-                consumer.subscribe(&topic_refs)?;
-            }
-            _ => {
-                let mut tpl = TopicPartitionList::with_capacity(partitions.len());
-                for &(source, partition) in &partitions {
-                    let offset = positions
-                        .and_then(|p| p.get(&(source, partition)))
-                        .map_or(Offset::Stored, |&o| Offset::Offset(o));
-                    tpl.add_partition_offset(
-                        &spec.source.topics[source as usize],
-                        partition,
-                        offset,
-                    )?;
-                }
-                consumer.assign(&tpl)?;
-            }
-        }
-        Ok(Self {
+    fn with(
+        spec: &PipelineSpec,
+        consumer: BaseConsumer<SourceContext>,
+        ends: EndOffsets,
+        remaining: Option<HashMap<(u16, i32), i64>>,
+    ) -> Self {
+        Self {
             consumer,
             topics: spec.source.topics.clone(),
             trigger: spec.batch.clone(),
@@ -270,8 +434,120 @@ impl KafkaSource {
             paused: HashSet::new(),
             held: VecDeque::new(),
             ends_asked: None,
-            slots,
-        })
+            slots: None,
+            order: Vec::new(),
+            unanswered: None,
+        }
+    }
+
+    /// The next rebalance to carry out, if any (a member's; see
+    /// [`Self::member`]). While one waits, [`Self::next_batches`] returns
+    /// at once.
+    pub fn take_rebalance(&mut self) -> Option<Rebalance> {
+        let context = self.consumer.context();
+        let queue = context.rebalances.as_ref()?;
+        let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+        let next = queue.pop_front();
+        context
+            .rebalancing
+            .store(!queue.is_empty(), Ordering::Release);
+        self.unanswered.clone_from(&next);
+        next
+    }
+
+    fn rebalancing(&self) -> bool {
+        self.consumer.context().rebalancing.load(Ordering::Acquire)
+    }
+
+    /// The tasks (partition numbers) this source fetches for, in the order
+    /// of [`Self::next_batches`]' batches.
+    pub fn tasks(&self) -> &[i32] {
+        &self.order
+    }
+
+    /// Takes on the tasks of assigned `partitions` (their batches come
+    /// last), fetching each from `positions` where given, else from the
+    /// group's committed offset (else the spec's `start`). While paused,
+    /// they start paused.
+    pub fn add_tasks(
+        &mut self,
+        partitions: &[(u16, i32)],
+        positions: &HashMap<(u16, i32), i64>,
+    ) -> Result<(), SourceError> {
+        let tpl = positioned(&self.topics, partitions, Some(positions))?;
+        self.unanswered = None;
+        self.assign_more(&tpl)?;
+        if !self.paused.is_empty() {
+            self.consumer.pause(&tpl)?;
+            self.paused.extend(
+                partitions
+                    .iter()
+                    .map(|&(s, p)| (self.topics[s as usize].clone(), p)),
+            );
+        }
+        for &(_, p) in partitions {
+            if !self.order.contains(&p) {
+                self.order.push(p);
+            }
+        }
+        self.slots = Some(slots_of(&self.order));
+        Ok(())
+    }
+
+    /// Gives up revoked `partitions` (after their tasks handed them off):
+    /// records of them fetched but not yet taken are dropped.
+    pub fn remove_tasks(&mut self, partitions: &[(u16, i32)]) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        for &(s, p) in partitions {
+            tpl.add_partition(&self.topics[s as usize], p);
+            self.paused.remove(&(self.topics[s as usize].clone(), p));
+        }
+        self.unanswered = None;
+        self.unassign_some(&tpl)?;
+        let gone: HashSet<i32> = partitions.iter().map(|&(_, p)| p).collect();
+        self.order.retain(|p| !gone.contains(p));
+        self.held.retain(|m| !gone.contains(&m.partition()));
+        self.slots = Some(slots_of(&self.order));
+        Ok(())
+    }
+
+    /// Stops fetching for the tasks of `partitions`, fenced off (another
+    /// process took them over while this one was out of the group): they
+    /// stay assigned, paused, until the group's revocation gives them up
+    /// ([`Self::remove_tasks`]); records of them already fetched are
+    /// dropped.
+    pub fn drop_tasks(&mut self, partitions: &[(u16, i32)]) -> Result<(), SourceError> {
+        let tpl = positioned(&self.topics, partitions, None)?;
+        self.consumer.pause(&tpl)?;
+        let gone: HashSet<i32> = partitions.iter().map(|&(_, p)| p).collect();
+        self.order.retain(|p| !gone.contains(p));
+        self.held.retain(|m| !gone.contains(&m.partition()));
+        self.slots = Some(slots_of(&self.order));
+        Ok(())
+    }
+
+    fn assign_more(&self, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        if matches!(
+            self.consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        ) {
+            self.consumer.incremental_assign(tpl)
+        } else {
+            // Eager (a `partition.assignment.strategy` of the spec's own):
+            // each assignment is the whole of it.
+            self.consumer.assign(tpl)
+        }
+    }
+
+    fn unassign_some(&self, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        if matches!(
+            self.consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        ) {
+            self.consumer.incremental_unassign(tpl)
+        } else {
+            self.consumer.unassign()
+        }
     }
 
     /// The end offsets the client reports (once a second, while polled).
@@ -398,7 +674,11 @@ impl KafkaSource {
         let polling_since = Instant::now();
         let max_bytes = self.trigger.max_bytes.as_u64() as usize;
         let max_records = self.trigger.max_records;
-        let n = self.slots.as_ref().map_or(1, HashMap::len).max(1);
+        let n = if self.slots.is_some() {
+            self.order.len()
+        } else {
+            1
+        };
         let mut round: Vec<Slot> = (0..n)
             .map(|_| Slot {
                 batch: Batch::with_capacity(
@@ -415,7 +695,11 @@ impl KafkaSource {
             closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
         }
         loop {
-            if stop.load(Ordering::Relaxed) || self.caught_up() || wake.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed)
+                || self.caught_up()
+                || wake.load(Ordering::Relaxed)
+                || self.rebalancing()
+            {
                 break;
             }
             if full {
@@ -516,7 +800,14 @@ impl KafkaSource {
             .position(|t| t == message.topic())
             .unwrap_or(0) as u16;
         let (partition, offset) = (message.partition(), message.offset());
-        let slot = slots.map_or(0, |s| s.get(&partition).copied().unwrap_or(0));
+        let slot = match slots {
+            None => 0,
+            Some(slots) => match slots.get(&partition) {
+                Some(&slot) => slot,
+                // Fetched before its partition was given up in a rebalance.
+                None => return false,
+            },
+        };
         let Slot { batch, commit } = &mut round[slot];
         super::push_message(batch, source, message);
         commit.insert((source, partition), offset + 1);
@@ -572,6 +863,58 @@ impl KafkaSource {
     }
 }
 
+impl SourceContext {
+    fn new(spec: &PipelineSpec, ends: EndOffsets, member: bool) -> Self {
+        Self {
+            ends,
+            topics: spec.source.topics.clone(),
+            rebalances: member.then(Mutex::default),
+            rebalancing: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Per task's partition number, its batch's index.
+fn slots_of(order: &[i32]) -> HashMap<i32, usize> {
+    order.iter().enumerate().map(|(i, &p)| (p, i)).collect()
+}
+
+/// `partitions` at `positions` where known, else at the group's committed
+/// offset (else the spec's `start`).
+fn positioned(
+    topics: &[String],
+    partitions: &[(u16, i32)],
+    positions: Option<&HashMap<(u16, i32), i64>>,
+) -> KafkaResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &(source, partition) in partitions {
+        let offset = positions
+            .and_then(|p| p.get(&(source, partition)))
+            .map_or(Offset::Stored, |&o| Offset::Offset(o));
+        tpl.add_partition_offset(&topics[source as usize], partition, offset)?;
+    }
+    Ok(tpl)
+}
+
+/// Checks that every topic the pipeline touches exists; the source topics'
+/// partitions, as (index into the source topics, partition).
+fn check_topics(
+    consumer: &BaseConsumer<SourceContext>,
+    spec: &PipelineSpec,
+) -> Result<Vec<(u16, i32)>, SourceError> {
+    let mut partitions = Vec::new();
+    let mut topics: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
+    topics.extend(spec.sink_topics());
+    for topic in topics {
+        let ids = topic_partitions(consumer, &spec.kafka.brokers, topic)?;
+        if let Some(index) = spec.source.topics.iter().position(|s| s == topic) {
+            partitions.extend(ids.into_iter().map(|p| (index as u16, p)));
+        }
+    }
+    Ok(partitions)
+}
+
 /// The partition ids of `topic`; an error if it does not exist.
 fn topic_partitions<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
@@ -605,6 +948,57 @@ pub fn source_partitions(spec: &PipelineSpec) -> Result<Vec<(u16, i32)>, SourceE
     }
     partitions.sort_unstable();
     Ok(partitions)
+}
+
+/// The consumer group's view of a pipeline's source, for a run of several
+/// members that drains until caught up: where to drain to, and how far the
+/// group (whichever member) has committed.
+pub struct GroupOffsets {
+    consumer: BaseConsumer<SourceContext>,
+    topics: Vec<String>,
+    partitions: Vec<(u16, i32)>,
+}
+
+impl GroupOffsets {
+    pub fn new(spec: &PipelineSpec) -> Result<Self, SourceError> {
+        let ends = EndOffsets::default();
+        let consumer: BaseConsumer<SourceContext> = KafkaSource::config(spec, false)
+            .create_with_context(SourceContext::new(spec, ends, false))?;
+        let partitions = check_topics(&consumer, spec)?;
+        Ok(Self {
+            consumer,
+            topics: spec.source.topics.clone(),
+            partitions,
+        })
+    }
+
+    /// Per partition not yet drained, its end offset now (see
+    /// `--until-caught-up`).
+    pub fn targets(&self, start: StartFrom) -> Result<HashMap<(u16, i32), i64>, SourceError> {
+        end_offsets(&self.consumer, &self.topics, &self.partitions, start, None)
+    }
+
+    /// The group's committed offsets, of the partitions that have one.
+    pub fn committed(&self) -> Result<HashMap<(u16, i32), i64>, SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for &(source, partition) in &self.partitions {
+            tpl.add_partition(&self.topics[source as usize], partition);
+        }
+        let committed = self.consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+        Ok(self
+            .partitions
+            .iter()
+            .filter_map(|&(source, partition)| {
+                match committed
+                    .find_partition(&self.topics[source as usize], partition)?
+                    .offset()
+                {
+                    Offset::Offset(o) => Some(((source, partition), o)),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
 }
 
 /// For each partition, the end offset to drain to, leaving out partitions

@@ -6,7 +6,8 @@ mod kafka;
 mod replay;
 
 pub use kafka::{
-    CommitMode, EndOffsets, KafkaSource, NextOffset, SourceBatch, SourceError, source_partitions,
+    CommitMode, EndOffsets, GroupOffsets, KafkaSource, NextOffset, Rebalance, SourceBatch,
+    SourceError, source_partitions,
 };
 pub use replay::{ReplayError, ReplaySource};
 

@@ -38,8 +38,16 @@ impl Runner<'_> {
                 ..cspec.clone()
             },
         };
-        let (checkpoints, recovered) = Checkpoints::open(&cspec, &spec.name, self.task.as_ref())?;
-        Arc::make_mut(&mut self.routing).lineage = checkpoints.lineage().to_owned();
+        let (checkpoints, recovered) = Checkpoints::open(
+            &cspec,
+            &spec.name,
+            self.task.as_ref(),
+            self.owner.as_deref(),
+        )?;
+        self.fence = checkpoints.fence();
+        let routing = Arc::make_mut(&mut self.routing);
+        routing.lineage = checkpoints.lineage().to_owned();
+        routing.fence = self.fence.clone();
         self.checkpoints = Some(checkpoints);
         let checkpoint = recovered.checkpoint;
         if let Some(c) = &checkpoint {

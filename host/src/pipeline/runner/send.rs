@@ -94,6 +94,10 @@ fn run(sink: &KafkaSink, queue: &Receiver<Job>) {
             // Crash tests: the epoch is logged, none of its records sent.
             failpoint("before-outputs");
         }
+        if let Some(Err(fenced)) = job.routing.fence.as_ref().map(|f| f.check_lease()) {
+            job.ack.seal(Some(fenced.to_string()));
+            continue;
+        }
         let eos = job.epoch.map(|epoch| Eos {
             epoch,
             written: None,
@@ -110,6 +114,17 @@ fn run(sink: &KafkaSink, queue: &Receiver<Job>) {
                 eos,
             )
         }));
+        if let Ok(Ok(delivered)) = &result {
+            // When the records were handed to the producer (the fencing
+            // test reads it).
+            tracing::debug!(
+                epoch = job.epoch,
+                records = delivered.produced,
+                queued_at_ms = crate::pipeline::now_ms(),
+                fence = job.routing.fence.as_ref().map(|f| f.describe()),
+                "batch queued"
+            );
+        }
         job.ack.seal(match result {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(format!("cannot queue records for Kafka: {e}")),
