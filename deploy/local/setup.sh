@@ -5,8 +5,14 @@
 #   - the test broker, nisshi 0.8.1 from crates.io, built once with the nightly
 #     toolchain it requires (rustc >= 1.96; ~11 minutes on 2 cores), cached in
 #     $SLUICE_CACHE (default ~/.cache/sluice);
-#   - a Python virtualenv with pyarrow (PyPI), the standard Parquet reader the
-#     tests check Sluice's Parquet files with, in $SLUICE_CACHE/pyarrow-venv;
+#   - the S3-compatible test server, s3s-fs 0.17.0 from crates.io (feature
+#     `binary`), built the same way with nightly (rustc >= 1.96; ~2 minutes
+#     on 2 cores), at $SLUICE_CACHE/s3s-fs-0.17.0/bin/s3s-fs: callers compute
+#     that path themselves (deploy/local/s3.sh starts it);
+#   - a Python virtualenv in $SLUICE_CACHE/pyarrow-venv with, from PyPI,
+#     pyarrow, the standard Parquet reader the tests check Sluice's Parquet
+#     files with, and kubernetes-validate, Kubernetes' JSON schemas (bundled,
+#     used offline) that deploy/k8s/validate.sh checks the manifests against;
 #   - Debian's chromium and chromium-driver packages (/usr/bin/chromium,
 #     /usr/bin/chromedriver), the headless browser the dashboard test drives,
 #     installed with apt-get (through sudo when not root) if either is missing.
@@ -14,10 +20,36 @@
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
+S3S_FS_VERSION=0.17.0
 cache="${SLUICE_CACHE:-$HOME/.cache/sluice}"
 nisshi="$cache/nisshi-$NISSHI_VERSION/bin/nisshi"
+s3s_fs="$cache/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# Every temporary build root made below, removed on exit however the script ends.
+tmps=()
+trap 'rm -rf "${tmps[@]}"' EXIT
+
+# install_crate CRATE VERSION DEST [CARGO INSTALL ARGS...]: builds CRATE's binary
+# with nightly (both crates need rustc >= 1.96) into a temporary root and moves it
+# to DEST, so an interrupted build never leaves a half-installed binary behind.
+install_crate() {
+  local crate="$1" version="$2" dest="$3" tmp
+  shift 3
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing the nightly toolchain ($crate needs rustc >= 1.96)"
+    rustup toolchain install nightly --profile minimal >&2
+  fi
+  mkdir -p "$cache"
+  tmp="$(mktemp -d "$cache/$crate-build.XXXXXX")"
+  tmps+=("$tmp")
+  CARGO_TARGET_DIR="$tmp/target" cargo +nightly install "$crate" --version "$version" --locked \
+    --root "$tmp/root" "$@" >&2
+  mkdir -p "$(dirname "$dest")"
+  mv "$tmp/root/bin/$crate" "$dest"
+  rm -rf "$tmp"
+}
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   log "adding the wasm32-wasip2 target"
@@ -25,13 +57,24 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 PYARROW_VERSION=22.0.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
 venv="$cache/pyarrow-venv"
-if ! "$venv/bin/python" -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$PYARROW_VERSION')" 2>/dev/null; then
-  log "installing pyarrow $PYARROW_VERSION into $venv"
+# Both packages importable (kubernetes_validate.utils pulls in its jsonschema
+# and PyYAML) and at the pinned versions; else the venv is made again.
+venv_check='
+import sys
+import pyarrow
+import kubernetes_validate.utils
+from kubernetes_validate.version import __version__ as kv
+sys.exit((pyarrow.__version__, kv) != tuple(sys.argv[1:]))
+'
+if ! "$venv/bin/python" -c "$venv_check" "$PYARROW_VERSION" "$KUBERNETES_VALIDATE_VERSION" 2>/dev/null; then
+  log "installing pyarrow $PYARROW_VERSION and kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
   rm -rf "$venv"
   mkdir -p "$cache"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
 fi
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
@@ -49,19 +92,15 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 
 if [ ! -x "$nisshi" ]; then
-  if ! rustup toolchain list | grep -q '^nightly'; then
-    log "installing the nightly toolchain (nisshi needs rustc >= 1.96)"
-    rustup toolchain install nightly --profile minimal >&2
-  fi
   log "building the test broker nisshi $NISSHI_VERSION (once; ~11 minutes on 2 cores)"
-  mkdir -p "$cache"
-  # Build into a temporary root and move it in place, so an interrupted build
-  # never leaves a half-installed binary behind.
-  tmp="$(mktemp -d "$cache/nisshi-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
-  CARGO_TARGET_DIR="$tmp/target" cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked \
-    --root "$tmp/root" >&2
-  mkdir -p "$(dirname "$nisshi")"
-  mv "$tmp/root/bin/nisshi" "$nisshi"
+  install_crate nisshi "$NISSHI_VERSION" "$nisshi"
 fi
+
+if [ ! -x "$s3s_fs" ]; then
+  log "building the S3 test server s3s-fs $S3S_FS_VERSION (once; ~2 minutes on 2 cores)"
+  install_crate s3s-fs "$S3S_FS_VERSION" "$s3s_fs" --features binary
+fi
+
+# The last line is the broker's path (tests/run.sh and broker.sh read it with
+# `tail -n 1`); s3s-fs's path is the fixed one above, printed nowhere.
 echo "$nisshi"

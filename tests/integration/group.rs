@@ -493,3 +493,68 @@ fn a_task_whose_generation_was_raised_elsewhere_writes_nothing_more() {
         "{log}"
     );
 }
+
+/// `--until-caught-up` with two processes of a stateless pipeline: each
+/// exits once the group (either of them) reached the end offsets seen at
+/// its start, and every record was processed once.
+#[test]
+fn two_processes_until_caught_up_exit_once_the_group_is_through() {
+    for delivery in ["at-least-once", "exactly-once"] {
+        let (input, output, dlq) = (unique("drain-in"), unique("drain-out"), unique("drain-dlq"));
+        create_topics(&[&input, &output], 8);
+        create_topics(&[&dlq], 1);
+        let o = SampleOptions {
+            count: 100_000,
+            users: 100,
+            ..SampleOptions::default()
+        };
+        kafka_tools::produce_sample(brokers(), &input, &o).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("pipeline.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                "name: drain\nkafka: {{ brokers: \"{brokers}\" }}\n\
+                 source: {{ topics: [{input}], group: {group} }}\n\
+                 batch: {{ max_records: 100, max_wait: 20ms }}\n\
+                 transforms:\n  - module: {module}\n\
+                 outputs: {{ default: {{ topic: {output} }} }}\ndead_letter: {{ topic: {dlq} }}\n\
+                 checkpoint: {{ dir: checkpoints, interval: 1h }}\ndelivery: {delivery}\n\
+                 parallelism: 2\n",
+                brokers = brokers(),
+                group = unique("drain"),
+                module = guest("filter-heartbeats").display(),
+            ),
+        )
+        .unwrap();
+        let logs = dir.path().join("logs");
+        let members: Vec<Member> = ["d0", "d1"]
+            .iter()
+            .map(|id| Member::spawn(&spec, &logs, id, 0, true))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for mut m in members {
+            let status = loop {
+                if let Some(status) = m.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{delivery}: {} did not exit:\n{}",
+                    m.id,
+                    m.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let log = m.log();
+            assert!(status.success(), "{delivery}: {status}\n{log}");
+            // Both had tasks: the group dealt them out while it drained.
+            assert!(log.contains("tasks taken on"), "{delivery}: {log}");
+        }
+        assert_eq!(
+            sorted_values(&read(&output)),
+            expected_filtered(&o),
+            "{delivery}"
+        );
+    }
+}

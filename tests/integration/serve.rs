@@ -152,7 +152,7 @@ fn serve_with_filter_module(dir: &Path, token: Option<&str>) -> (Server, Client,
 }
 
 /// Waits until `topic` holds as many records as `expected`, then compares.
-fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
+pub(crate) fn wait_for_records(server: &Server, topic: &str, expected: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let got = sorted_values(&read(topic));

@@ -89,6 +89,31 @@ async fn only_loopback_names_and_allowed_hosts_are_answered() {
 }
 
 #[tokio::test]
+async fn the_probes_answer_by_the_same_rules() {
+    // What a kubelet sends: a loopback name (the probes set `Host:
+    // localhost`) or an allowed one (the pod's IP), no Origin.
+    let (app, _data) = app(&["10.1.2.3"]);
+    for (uri, body) in [
+        ("/healthz", json!({ "status": "ok" })),
+        ("/readyz", json!({ "status": "ready", "not_ready": [] })),
+    ] {
+        for host in ["localhost", "127.0.0.1:7878", "10.1.2.3:7878"] {
+            let (status, _, json) = send(&app, Method::GET, uri, &[("host", host)], b"").await;
+            assert_eq!(
+                (status, json),
+                (StatusCode::OK, body.clone()),
+                "{uri} {host}"
+            );
+        }
+        let (status, _, _) = send(&app, Method::GET, uri, &[("host", "evil.example")], b"").await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{uri}");
+        let headers = [("host", "localhost"), ("origin", "http://evil.example")];
+        let (status, _, _) = send(&app, Method::GET, uri, &headers, b"").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+    }
+}
+
+#[tokio::test]
 async fn cross_origin_requests_are_refused_whatever_the_method() {
     let (app, _data) = app(&[]);
     let host = ("host", "127.0.0.1:7878");

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `GET /`, `GET /dashboard` | 200 `text/html`, the live dashboard: one self-contained page (`api/dashboard.html`) polling `GET /v1/pipelines` every second |
 //! | `GET /healthz` | 200 `{"status": "ok"}` |
+//! | `GET /readyz` | 200 `{"status": "ready", "not_ready": []}` once every pipeline that should run (desired `running` or `paused`) has started: its source polls, or every worker has its first tasks; else 503 `{"status": "not-ready", "not_ready": [{name, status, error}...]}` |
 //! | `GET /v1/openapi.json` | 200, the OpenAPI 3.1 document |
 //! | `GET /v1/modules` | 200, every module: name, latest version, number of versions |
 //! | `POST /v1/modules/{name}` | body: the component's bytes, `Content-Type: application/wasm` (or `application/octet-stream`); `?config.<key>=<value>` configures the trial `init`. 201 new version, 200 identical to the latest version; 400 bad name or not wasm, 413 too large, 415 other content type, 422 not a Sluice component or its `init` failed, 503 (`Retry-After`) `--max-checks` uploads being checked already, 507 `--max-module-versions` reached |
@@ -211,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard))
         .route("/dashboard", get(dashboard))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics::metrics))
         .merge(modules::routes())
@@ -265,6 +267,23 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Strin
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: 200 once every pipeline that should run has started, else
+/// 503 naming those that have not (see [`Manager::not_ready`]).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let not_ready = state
+        .pipelines
+        .as_ref()
+        .map(|m| m.not_ready())
+        .unwrap_or_default();
+    let (status, word) = if not_ready.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not-ready")
+    };
+    let body = serde_json::json!({ "status": word, "not_ready": not_ready });
+    (status, Json(body)).into_response()
 }
 
 async fn dashboard() -> impl IntoResponse {

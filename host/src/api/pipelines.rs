@@ -24,6 +24,11 @@
 //!   30 s, 422 when the new module could not start (the old one runs on).
 //!   For a stopped pipeline, 200 and `swap: null`: it takes effect at start.
 //! - `DELETE /v1/pipelines/{name}`: stops it, then forgets it; the last status.
+//!
+//! A pipeline defined by a spec file (`sluice serve --pipeline`) is read,
+//! stopped, started, paused and resumed like the others; swapping its
+//! modules, deleting it and creating another under its name are 409: the
+//! file defines it.
 
 use std::sync::Arc;
 
@@ -63,7 +68,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotRunning(_) => StatusCode::CONFLICT,
             ManagerError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManagerError::Exists(_) => StatusCode::CONFLICT,
+            ManagerError::Exists(_) | ManagerError::DefinedByFile { .. } => StatusCode::CONFLICT,
             ManagerError::WrongKind { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ManagerError::Module { source, .. } => match source {
                 StoreError::InvalidName(_) | StoreError::InvalidVersion(_) => {

@@ -112,6 +112,15 @@ async fn health_and_openapi() {
     let f = open();
     let (status, json) = send(&f, request(Method::GET, "/healthz", Body::empty())).await;
     assert_eq!((status, json), (StatusCode::OK, json!({ "status": "ok" })));
+    // No pipelines to wait for (the pipeline routes' tests have some).
+    let (status, json) = send(&f, request(Method::GET, "/readyz", Body::empty())).await;
+    assert_eq!(
+        (status, json),
+        (
+            StatusCode::OK,
+            json!({ "status": "ready", "not_ready": [] })
+        )
+    );
     let (status, doc) = send(&f, request(Method::GET, "/v1/openapi.json", Body::empty())).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
@@ -120,6 +129,7 @@ async fn health_and_openapi() {
         ("/", &["get"][..]),
         ("/dashboard", &["get"]),
         ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
         ("/v1/openapi.json", &["get"]),
         ("/v1/modules", &["get"]),
         ("/v1/modules/{name}", &["get", "post", "delete"]),
@@ -141,7 +151,7 @@ async fn health_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 16, "a documented route does not exist");
+    assert_eq!(paths.len(), 17, "a documented route does not exist");
 }
 
 #[tokio::test]
@@ -363,6 +373,7 @@ async fn changes_need_the_token_reads_do_not() {
     }
     for uri in [
         "/healthz",
+        "/readyz",
         "/v1/modules",
         "/v1/modules/m",
         "/v1/modules/m/1",

@@ -110,12 +110,25 @@ enum Command {
         max: Option<usize>,
         topic: String,
     },
-    /// Serve the control plane's HTTP API (the module store) until
-    /// SIGINT/SIGTERM. Prints `listening on http://ADDR` when ready.
+    /// Serve the control plane's HTTP API (the module store, the pipelines)
+    /// until SIGINT/SIGTERM. Prints `listening on http://ADDR` when ready.
     Serve {
         /// Data directory; modules are kept under DIR/modules.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// Run the pipeline of this spec file (repeatable). The file is
+        /// trusted as `sluice run` trusts its spec (modules are component
+        /// files, checkpoints and outputs go where it says, relative paths
+        /// from its directory) and checked at start like `sluice validate`
+        /// checks it: an error stops the server, naming the file. The file
+        /// wins, like a Kubernetes ConfigMap: it is read at every start and
+        /// never stored in DIR, its pipeline runs at every start whatever
+        /// was paused or stopped through the API before, and a pipeline of
+        /// the same name created through the API is set aside (kept, not
+        /// run) while the file is given. Through the API its modules cannot
+        /// be swapped nor the pipeline deleted: change the file and restart.
+        #[arg(long = "pipeline", value_name = "FILE")]
+        pipelines: Vec<PathBuf>,
         /// Address to listen on; anything but loopback needs a token.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
@@ -239,6 +252,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve {
             data,
+            pipelines,
             listen,
             token_file,
             allow_hosts,
@@ -259,6 +273,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             serve(
                 &data,
+                &pipelines,
                 &listen,
                 token_file.as_deref(),
                 allow_hosts,
@@ -273,6 +288,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(
     data: &std::path::Path,
+    pipelines: &[PathBuf],
     listen: &str,
     token_file: Option<&std::path::Path>,
     mut allow_hosts: Vec<String>,
@@ -315,6 +331,15 @@ fn serve(
         crate::manager::Manager::open(data, state.store.clone(), allow_dir)
             .with_context(|| format!("cannot open the pipelines in {}", data.display()))?,
     );
+    for path in pipelines {
+        let shown = path.display();
+        let file = crate::manager::SpecFile::load(path, &state.runtime)
+            .with_context(|| format!("--pipeline {shown}"))?;
+        tracing::info!("pipeline {}: defined by {shown}", file.name());
+        manager
+            .define(file)
+            .with_context(|| format!("--pipeline {shown}"))?;
+    }
     manager.restore();
     manager
         .supervise()

@@ -9,8 +9,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{
-    Control, Desired, Entry, FORMAT, Live, Manager, ManagerError, PipelineStatus, Start, Status,
-    Stored, lock, now,
+    Control, Desired, Entry, FORMAT, Live, Manager, ManagerError, Origin, PipelineStatus, Start,
+    Status, Stored, lock, now,
 };
 use crate::pipeline::{Control as RunControl, RunOptions};
 use crate::registry::{IoError, validate_name};
@@ -47,8 +47,10 @@ impl Manager {
             return Err(SpecError::new("name", ManagerError::InvalidName(name).to_string()).into());
         }
         let mut entries = lock(&self.entries);
-        if entries.contains_key(&name) {
-            return Err(ManagerError::Exists(name));
+        if let Some(entry) = entries.get(&name) {
+            return Err(entry
+                .defined_by_file("choose another name")
+                .unwrap_or(ManagerError::Exists(name)));
         }
         if entries.len() >= max {
             return Err(ManagerError::Full(max));
@@ -67,7 +69,7 @@ impl Manager {
             let _ = fs::remove_dir_all(self.modules_dir(&name));
             return Err(e);
         }
-        let entry = Arc::new(Entry::new(stored));
+        let entry = Arc::new(Entry::new(stored, Origin::Api));
         entries.insert(name.clone(), entry.clone());
         drop(entries);
         tracing::info!("pipeline {name}: created");
@@ -102,9 +104,15 @@ impl Manager {
         Ok(entry.status())
     }
 
-    /// Stops a pipeline and forgets it.
+    /// Stops a pipeline and forgets it. A pipeline of a spec file is not
+    /// deleted: it would be back at the next start.
     pub fn delete(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         let entry = self.entry(name)?;
+        if let Some(e) = entry.defined_by_file(
+            "remove the file from the server's command line and restart the server",
+        ) {
+            return Err(e);
+        }
         let mut control = entry.control(name)?;
         entry.halt(&mut control);
         let path = self.file(name);
@@ -162,8 +170,14 @@ impl Manager {
         };
         // The run that had swaps pending, if any, is over.
         self.forget_trials(&name);
-        let spec = match self.resolve(&name, &value, Some(&modules)) {
-            Ok((spec, _)) => spec,
+        let resolved = match &entry.origin {
+            Origin::File { spec, .. } => Ok(PipelineSpec::clone(spec)),
+            Origin::Api => self
+                .resolve(&name, &value, Some(&modules))
+                .map(|(spec, _)| spec),
+        };
+        let spec = match resolved {
+            Ok(spec) => spec,
             Err(e) => {
                 let mut live = lock(&entry.live);
                 if start == Start::Requested {
@@ -218,8 +232,9 @@ impl Manager {
 }
 
 impl Entry {
-    pub(super) fn new(stored: Stored) -> Self {
+    pub(super) fn new(stored: Stored, origin: Origin) -> Self {
         Self {
+            origin,
             doc: Mutex::new(stored),
             live: Arc::new(Mutex::new(Live {
                 status: Status::Stopped,
@@ -238,6 +253,19 @@ impl Entry {
                 deleted: false,
             }),
             run: Mutex::new(None),
+        }
+    }
+
+    /// For a pipeline of a spec file: the refusal of a change that belongs
+    /// in the file, saying what to do `instead`.
+    pub(super) fn defined_by_file(&self, instead: &'static str) -> Option<ManagerError> {
+        match &self.origin {
+            Origin::File { path, .. } => Some(ManagerError::DefinedByFile {
+                name: lock(&self.doc).name.clone(),
+                file: path.display().to_string(),
+                instead,
+            }),
+            Origin::Api => None,
         }
     }
 
@@ -261,7 +289,7 @@ impl Entry {
     }
 
     /// Stops the run, if any, and waits for its thread.
-    fn halt(&self, control: &mut Control) {
+    pub(super) fn halt(&self, control: &mut Control) {
         control.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = control.thread.take() {
             // `run` catches panics, so the thread ends normally.

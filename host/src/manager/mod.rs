@@ -8,9 +8,10 @@
 //!
 //! Its parts: `lifecycle.rs` (create, start, stop, delete, the run's
 //! thread), `modules.rs` (module references resolved, blobs linked, versions
-//! held), `status.rs` (the status document), `swap.rs` (pause, resume, hot
-//! swap), `restart.rs` (back-off and the supervisor), `files.rs` (the
-//! documents on disk).
+//! held), `status.rs` (the status document and readiness), `swap.rs`
+//! (pause, resume, hot swap), `restart.rs` (back-off and the supervisor),
+//! `files.rs` (the documents on disk), `spec_file.rs` (pipelines defined by
+//! the operator's spec files, `sluice serve --pipeline`).
 //!
 //! ```text
 //! <data>/pipelines/<name>.json   the spec as given, the resolved module versions, the desired state
@@ -34,6 +35,10 @@
 //! are the broker's and stay. The status document shows the spec as given,
 //! with its secrets redacted ([`crate::spec::redacted`]), since reading
 //! needs no token.
+//!
+//! A pipeline defined by a spec file ([`SpecFile`]) is the exception: the
+//! operator's file, trusted like `sluice run`'s, read at the server's start
+//! and never stored (see `spec_file.rs`).
 //!
 //! # Promises
 //!
@@ -62,8 +67,9 @@
 //! users as it is and names what is wrong: a spec field (through
 //! [`SpecError`]), a pipeline name, an unknown pipeline or module version,
 //! a module of the wrong kind for its step, a full server, a request that
-//! needs a running pipeline, or a file that could not be written. A
-//! damaged pipeline document stops [`Manager::open`] with its path.
+//! needs a running pipeline, a change that belongs in a spec file, or a
+//! file that could not be written. A damaged pipeline document stops
+//! [`Manager::open`] with its path.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -80,19 +86,21 @@ mod files;
 mod lifecycle;
 mod modules;
 mod restart;
+mod spec_file;
 mod status;
 mod swap;
 #[cfg(test)]
 mod tests;
 
-pub use status::PipelineStatus;
+pub use spec_file::SpecFile;
+pub use status::{NotReady, PipelineStatus};
 
 use files::persist;
 use modules::hold;
 
 use crate::pipeline::{Control as RunControl, Summary};
 use crate::registry::{IoError, ModuleStore, StoreError, validate_name};
-use crate::spec::SpecError;
+use crate::spec::{PipelineSpec, SpecError};
 
 const FORMAT: u32 = 1;
 
@@ -109,6 +117,14 @@ pub enum ManagerError {
     NotFound(String),
     #[error("a pipeline named `{0}` already exists; delete it first or choose another name")]
     Exists(String),
+    /// A change to a pipeline that a spec file defines: the file says what
+    /// it runs. `instead` says what to do.
+    #[error("pipeline `{name}` is defined by {file} (sluice serve --pipeline): {instead}")]
+    DefinedByFile {
+        name: String,
+        file: String,
+        instead: &'static str,
+    },
     /// A module reference the store cannot satisfy (`source` says why).
     #[error("{field}: {source}")]
     Module {
@@ -216,7 +232,20 @@ struct Control {
     deleted: bool,
 }
 
+/// Where a pipeline's definition comes from.
+enum Origin {
+    /// The API: its document is stored in the data directory.
+    Api,
+    /// A spec file given to the server (`sluice serve --pipeline`): the
+    /// spec as loaded at the server's start, never stored.
+    File {
+        path: PathBuf,
+        spec: Box<PipelineSpec>,
+    },
+}
+
 struct Entry {
+    origin: Origin,
     doc: Mutex<Stored>,
     live: Arc<Mutex<Live>>,
     control: Mutex<Control>,
@@ -321,7 +350,10 @@ impl Manager {
                 )));
             }
             manager.hold(&stored.name, &stored.modules);
-            entries.insert(stored.name.clone(), Arc::new(Entry::new(stored)));
+            entries.insert(
+                stored.name.clone(),
+                Arc::new(Entry::new(stored, Origin::Api)),
+            );
         }
         *lock(&manager.entries) = entries;
         Ok(manager)
@@ -356,12 +388,16 @@ impl Manager {
             .ok_or_else(|| ManagerError::NotFound(name.to_owned()))
     }
 
+    /// Records the desired state: in the stored document, or for a
+    /// pipeline of a spec file only until the server stops.
     fn set_desired(&self, entry: &Entry, desired: Desired) -> Result<(), ManagerError> {
         let mut doc = lock(&entry.doc);
         if doc.desired != desired {
             let mut updated = doc.clone();
             updated.desired = desired;
-            self.persist(&updated)?;
+            if let Origin::Api = entry.origin {
+                self.persist(&updated)?;
+            }
             *doc = updated;
         }
         Ok(())

@@ -86,18 +86,21 @@ impl Manager {
 mod tests {
     use serde_json::Value;
 
-    use super::super::{Entry, FORMAT, Stored, now};
+    use super::super::{Entry, FORMAT, Origin, Stored, now};
     use super::*;
 
     fn live() -> Live {
-        Entry::new(Stored {
-            format: FORMAT,
-            name: "p".into(),
-            spec: Value::Null,
-            modules: Vec::new(),
-            desired: Desired::Running,
-            created_at: now(),
-        })
+        Entry::new(
+            Stored {
+                format: FORMAT,
+                name: "p".into(),
+                spec: Value::Null,
+                modules: Vec::new(),
+                desired: Desired::Running,
+                created_at: now(),
+            },
+            Origin::Api,
+        )
         .live
         .lock()
         .unwrap()

@@ -1,14 +1,15 @@
 //! The status document of a pipeline: what the API shows of it, put
 //! together from its document, what its thread reported and its run's
-//! live progress.
+//! live progress; and the server's readiness: which pipelines that should
+//! run have not started yet.
 
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Desired, Entry, Manager, ManagerError, Status, StepModule, lock};
-use crate::pipeline::{Progress, Sample, Summary, SwapRecord};
+use super::{Desired, Entry, Manager, ManagerError, Origin, Status, StepModule, lock};
+use crate::pipeline::{Control as RunControl, Progress, Sample, Summary, SwapRecord};
 
 /// A pipeline as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -16,6 +17,9 @@ pub struct PipelineStatus {
     pub name: String,
     pub status: Status,
     pub desired: Desired,
+    /// The spec file that defines the pipeline (`sluice serve --pipeline`);
+    /// `None` for one created through the API.
+    pub file: Option<String>,
     pub created_at: String,
     /// When the current (or last) run started.
     pub started_at: Option<String>,
@@ -38,6 +42,18 @@ pub struct PipelineStatus {
     /// Module swaps of the current (or last) run, oldest first.
     pub swaps: Vec<SwapRecord>,
     pub spec: Value,
+}
+
+/// A pipeline that should run but has not started (see
+/// [`Manager::not_ready`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotReady {
+    pub name: String,
+    /// `running` (or `paused`): still starting; `failed` or `stopped`: its
+    /// run ended, and a restart may be due.
+    pub status: Status,
+    /// Why its last run failed, if it did.
+    pub error: Option<String>,
 }
 
 impl Manager {
@@ -64,6 +80,47 @@ impl Manager {
     pub fn get(&self, name: &str) -> Result<PipelineStatus, ManagerError> {
         Ok(self.entry(name)?.status())
     }
+
+    /// The pipelines that should run (desired `running` or `paused`) and
+    /// have not started, by name: loading their modules, recovering their
+    /// checkpoints, waiting for their first tasks, failed or ended. The
+    /// server is ready when there are none.
+    pub fn not_ready(&self) -> Vec<NotReady> {
+        self.all()
+            .into_iter()
+            .filter(|(_, entry)| lock(&entry.doc).desired != Desired::Stopped)
+            .filter_map(|(name, entry)| {
+                let run = lock(&entry.run).clone();
+                let live = lock(&entry.live);
+                let started = live.status == Status::Running && run.as_deref().is_some_and(started);
+                (!started).then(|| NotReady {
+                    name,
+                    status: shown(live.status, run.as_deref()),
+                    error: live.error.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The status a pipeline shows: its thread's, `paused` once a running
+/// pipeline's `run` acknowledged a pause.
+fn shown(status: Status, run: Option<&RunControl>) -> Status {
+    match status {
+        Status::Running if run.is_some_and(RunControl::is_paused) => Status::Paused,
+        status => status,
+    }
+}
+
+/// Whether `run` has started: its source polls (a whole run), or every
+/// worker has its first tasks (a run as tasks); the moment the run logs
+/// `pipeline started`.
+///
+/// TODO(readyz): the run does not report that moment to its control yet;
+/// until `pipeline::Control::has_started` exists, a run counts as started
+/// once its thread runs (`Status::Running`).
+fn started(_run: &RunControl) -> bool {
+    true
 }
 
 impl Entry {
@@ -74,14 +131,15 @@ impl Entry {
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let status = match live.status {
-            Status::Running if run.as_ref().is_some_and(|r| r.is_paused()) => Status::Paused,
-            status => status,
-        };
+        let status = shown(live.status, run.as_deref());
         PipelineStatus {
             name: doc.name,
             status,
             desired: doc.desired,
+            file: match &self.origin {
+                Origin::File { path, .. } => Some(path.display().to_string()),
+                Origin::Api => None,
+            },
             created_at: doc.created_at,
             started_at: live.started_at,
             stopped_at: live.stopped_at,

@@ -72,6 +72,11 @@ impl Manager {
         module: &str,
     ) -> Result<(PipelineStatus, Option<SwapRecord>), ManagerError> {
         let entry = self.entry(name)?;
+        if let Some(e) =
+            entry.defined_by_file("change the module in the file and restart the server")
+        {
+            return Err(e);
+        }
         let control = entry.control(name)?;
         let doc = lock(&entry.doc).clone();
         let steps = || {

@@ -6,7 +6,7 @@
 //! a source that is waiting for records, so a request on an idle pipeline
 //! takes effect within one poll (100 ms), not at the next record.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -68,6 +68,10 @@ pub struct TaskProgress {
     pub stage: Stage,
     /// The partition number the task owns.
     pub partition: i32,
+    /// Whether this process owns the task now: one the consumer group
+    /// moved to another process keeps its row, with what this one did for
+    /// it (no lag, watermark or state: those are the new owner's).
+    pub owned: bool,
     /// The task's last epoch (its batches are numbered apart).
     pub batch_id: u64,
     pub records_in: u64,
@@ -241,6 +245,8 @@ struct Inner {
     /// A pipeline run as tasks: each task's last progress, by stage and
     /// partition.
     tasks: BTreeMap<(Stage, i32), Progress>,
+    /// Tasks of `tasks` the group moved to another process.
+    departed: BTreeSet<(Stage, i32)>,
     /// (Unix second, records read in it), oldest first.
     history: VecDeque<(i64, u64)>,
     /// Cumulative batch-duration histogram: counts per bucket, then +Inf.
@@ -349,7 +355,7 @@ impl Control {
         let mut progress = if inner.tasks.is_empty() {
             inner.progress.clone()?
         } else {
-            merge_tasks(inner.progress.as_ref()?, &inner.tasks)
+            merge_tasks(inner.progress.as_ref()?, &inner.tasks, &inner.departed)
         };
         let sources = inner.ends.clone();
         drop(inner);
@@ -366,7 +372,7 @@ impl Control {
             }
             fill_lag(&mut progress.sources, &ends);
             progress.lag = sum_lag(&progress.sources);
-            for task in &mut progress.tasks {
+            for task in progress.tasks.iter_mut().filter(|t| t.owned) {
                 fill_lag(&mut task.sources, &ends);
                 task.lag = sum_lag(&task.sources);
             }
@@ -406,6 +412,11 @@ impl Control {
 
     // The run loop's side.
 
+    /// The group moved `task` to another process (or this one lost it).
+    pub(super) fn task_departed(&self, task: (Stage, i32)) {
+        lock(&self.inner).departed.insert(task);
+    }
+
     /// The end offsets of a source, for the lag. A pipeline run as tasks
     /// has a source per worker: each adds its own.
     pub(super) fn watch_ends(&self, ends: EndOffsets) {
@@ -422,6 +433,7 @@ impl Control {
         let mut inner = lock(&self.inner);
         if let Some(task) = task {
             inner.tasks.insert(task, progress.clone());
+            inner.departed.remove(&task);
         }
         let read = if task.is_some_and(|(stage, _)| stage == Stage::Repartition) {
             0
@@ -593,7 +605,12 @@ fn sum_lag(sources: &[SourceProgress]) -> Option<i64> {
 /// The progress of a pipeline run as tasks, from each task's: the last
 /// batch's figures are `last`'s (the latest published), rates and totals
 /// are summed, event time is the slowest task's, and each task has a row.
-fn merge_tasks(last: &Progress, tasks: &BTreeMap<(Stage, i32), Progress>) -> Progress {
+/// Tasks in `departed` count in the totals only.
+fn merge_tasks(
+    last: &Progress,
+    tasks: &BTreeMap<(Stage, i32), Progress>,
+    departed: &BTreeSet<(Stage, i32)>,
+) -> Progress {
     let mut merged = Progress {
         totals: Totals::default(),
         sources: Vec::new(),
@@ -620,6 +637,21 @@ fn merge_tasks(last: &Progress, tasks: &BTreeMap<(Stage, i32), Progress>) -> Pro
         merged.totals.traps += p.totals.traps;
         merged.totals.deadline_hits += p.totals.deadline_hits;
         merged.totals.memory_hits += p.totals.memory_hits;
+        let owned = !departed.contains(&(stage, partition));
+        if !owned {
+            merged.tasks.push(TaskProgress {
+                stage,
+                partition,
+                owned,
+                batch_id: p.batch_id,
+                records_in: p.totals.run.records_in,
+                sources: Vec::new(),
+                lag: None,
+                watermark: None,
+                state: None,
+            });
+            continue;
+        }
         merged.sources.extend(p.sources.iter().cloned());
         if let Some(e) = p.event_time {
             let m = merged.event_time.get_or_insert(e);
@@ -638,6 +670,7 @@ fn merge_tasks(last: &Progress, tasks: &BTreeMap<(Stage, i32), Progress>) -> Pro
         merged.tasks.push(TaskProgress {
             stage,
             partition,
+            owned,
             batch_id: p.batch_id,
             records_in: p.totals.run.records_in,
             sources: p.sources.clone(),
@@ -741,5 +774,40 @@ mod tests {
         );
         let histogram = control.histogram().0;
         assert_eq!(histogram.last(), Some(&3), "every task's batch counts");
+    }
+
+    #[test]
+    fn a_task_moved_to_another_process_counts_in_the_totals_only() {
+        let control = Control::new();
+        let ends = EndOffsets::default();
+        ends.lock()
+            .unwrap()
+            .extend([(("in".to_owned(), 0), 50), (("in".to_owned(), 1), 45)]);
+        control.watch_ends(ends);
+        control.publish(Some((Stage::Source, 0)), task(0, 30, 30, 60_000, 2), 1_000);
+        control.publish(Some((Stage::Source, 1)), task(1, 40, 40, 90_000, 3), 1_500);
+        control.task_departed((Stage::Source, 1));
+        let p = control.progress().unwrap();
+        assert_eq!(
+            p.totals.run.records_in, 70,
+            "what this process did for both"
+        );
+        assert_eq!(p.lag, Some(20), "the owned task's only");
+        assert_eq!(p.state.unwrap().rows, 2);
+        let rows: Vec<_> = p
+            .tasks
+            .iter()
+            .map(|t| (t.partition, t.owned, t.records_in, t.lag, t.watermark))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (0, true, 30, Some(20), Some(60_000)),
+                (1, false, 40, None, None)
+            ]
+        );
+        // Given back by the group: owned again from its next batch.
+        control.publish(Some((Stage::Source, 1)), task(1, 45, 45, 95_000, 4), 1_900);
+        assert!(control.progress().unwrap().tasks.iter().all(|t| t.owned));
     }
 }

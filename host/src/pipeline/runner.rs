@@ -574,6 +574,39 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// Between batches, for a task that got none this round: what is due
+    /// without one (the offsets acknowledged since the last commit, or a
+    /// checkpoint of epochs run since the last), so that an idle task's
+    /// progress reaches the group (other processes draining until caught
+    /// up wait for it) and its checkpoint is as fresh as the interval says.
+    ///
+    /// `draining`: the group drains until caught up, and other processes
+    /// wait for this task's position to be committed: a checkpointed task
+    /// takes its checkpoint (which commits) as soon as it is idle.
+    pub fn idle(&mut self, source: &KafkaSource, draining: bool) -> anyhow::Result<()> {
+        self.finish_acknowledged(source)?;
+        match &self.checkpoints {
+            None => {
+                if self.in_flight.is_empty() {
+                    let due = if draining {
+                        Some(self.commits.take()).filter(|o| !o.is_empty())
+                    } else {
+                        self.commits.take_if_due()
+                    };
+                    if let Some(offsets) = due {
+                        commit_offsets(source, &offsets, CommitMode::Async);
+                    }
+                }
+            }
+            Some(c) => {
+                if (draining || c.due()) && self.saved != Some(self.epoch) {
+                    self.checkpoint(Some(source))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for every batch in flight, then commits every acknowledged
     /// offset and waits for the broker's answer.
     fn drain(&mut self, source: &KafkaSource) -> anyhow::Result<()> {

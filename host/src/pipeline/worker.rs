@@ -750,12 +750,14 @@ impl Worker<'_> {
             let mut fenced = Vec::new();
             for (i, ((runner, next), due)) in runners.iter_mut().zip(batches).zip(due).enumerate() {
                 let step = || -> anyhow::Result<()> {
-                    runner.finish_acknowledged(&source)?;
                     if due {
+                        runner.finish_acknowledged(&source)?;
                         // A swap decided while the worker waited: not one
                         // batch more on a rolled-back version.
                         runner.finish_round(&source)?;
                         runner.run_batch(next, fetch_ms, &source)?;
+                    } else {
+                        runner.idle(&source, self.drain.is_some())?;
                     }
                     Ok(())
                 };
@@ -777,6 +779,9 @@ impl Worker<'_> {
                     .push(TaskSummary::of(Stage::of(spec), partition, &summary));
                 ended += summary;
                 source.drop_tasks(&[(0, partition)])?;
+                if let Some(control) = control {
+                    control.task_departed((Stage::of(spec), partition));
+                }
                 self.swaps.tasks_moved(Stage::of(spec), &[partition], false);
             }
         }

@@ -104,6 +104,7 @@ async fn the_pipeline_document_schema_names_every_field() {
             "name",
             "status",
             "desired",
+            "file",
             "created_at",
             "started_at",
             "stopped_at",

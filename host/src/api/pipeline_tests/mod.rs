@@ -5,13 +5,16 @@
 //! the broker and a restarted server, are in `tests/integration/serve.rs`.
 //!
 //! This file holds the fixture; the tests are in `lifecycle.rs`,
-//! `control.rs` (pause, resume, swap, restarts) and `documents.rs`
-//! (`/metrics`, OpenAPI).
+//! `control.rs` (pause, resume, swap, restarts), `documents.rs`
+//! (`/metrics`, OpenAPI) and `spec_files.rs` (pipelines of spec files,
+//! readiness).
 
 mod control;
 mod documents;
 mod lifecycle;
+mod spec_files;
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +26,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{ApiConfig, AppState, router};
-use crate::manager::Manager;
+use crate::manager::{Manager, SpecFile};
 use crate::registry::{Checked, Kind, ModuleStore};
 use crate::runtime::Runtime;
 
@@ -41,6 +44,12 @@ struct Fixture {
 }
 
 fn start(data: tempfile::TempDir, token: Option<&str>) -> Fixture {
+    start_with(data, token, &[])
+}
+
+/// A server that also runs the pipelines of spec `files`, as `sluice serve
+/// --pipeline FILE` does (their modules are not tried: they are fake).
+fn start_with(data: tempfile::TempDir, token: Option<&str>, files: &[PathBuf]) -> Fixture {
     let store = ModuleStore::open(data.path()).unwrap();
     let config = ApiConfig {
         token: token.map(str::to_owned),
@@ -48,6 +57,9 @@ fn start(data: tempfile::TempDir, token: Option<&str>) -> Fixture {
     };
     let state = AppState::new(store, runtime(), config);
     let manager = Arc::new(Manager::open(data.path(), state.store.clone(), &[]).unwrap());
+    for file in files {
+        manager.define(SpecFile::read(file).unwrap()).unwrap();
+    }
     manager.restore();
     let state = state.with_pipelines(manager);
     Fixture {
@@ -72,10 +84,15 @@ fn open_supervised() -> Fixture {
 impl Fixture {
     /// Stops the runs and frees the data directory, as a server exit does.
     fn restart(self) -> Fixture {
+        self.restart_with(&[])
+    }
+
+    /// Like [`Fixture::restart`], the new server running spec `files`.
+    fn restart_with(self, files: &[PathBuf]) -> Fixture {
         let Fixture { app, state, data } = self;
         state.pipelines.as_ref().unwrap().shutdown();
         drop((app, state));
-        start(data, None)
+        start_with(data, None, files)
     }
 }
 

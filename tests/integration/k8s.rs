@@ -1,0 +1,45 @@
+//! The Kubernetes manifests in `deploy/k8s`: every document valid against
+//! the pinned Kubernetes schemas (offline, unknown fields refused), the
+//! kustomization complete, the names between documents in agreement.
+use std::path::Path;
+use std::process::Command;
+#[test]
+fn kubernetes_manifests_are_valid() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg(repo.join("deploy/k8s/validate.sh"))
+        .env("SLUICE_PYTHON", sluice_tests::python())
+        .output()
+        .expect("run deploy/k8s/validate.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "validate.sh failed:\n{stdout}{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some(
+            "deploy/k8s: 7 documents in 7 files valid against Kubernetes 1.31 and 1.37 (kubernetes-validate 1.37.0, strict, offline); kustomization lists all 6 to apply"
+        ),
+        "{stdout}"
+    );
+}
+
+/// The spec the pods run (`sluice serve --pipeline /etc/sluice/pipeline.yaml`)
+/// is one Sluice loads, but for its module file, which is in the image; and
+/// it checkpoints on the volume every replica mounts.
+#[test]
+fn the_configmap_spec_is_one_sluice_loads() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(repo.join("deploy/k8s/configmap.yaml")).unwrap();
+    let config_map: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.yaml");
+    std::fs::write(&path, config_map["data"]["pipeline.yaml"].as_str().unwrap()).unwrap();
+    let spec = sluice::spec::load_unbuilt(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        spec.checkpoint.map(|c| c.dir),
+        Some(Path::new("/var/lib/sluice/checkpoints/events-per-minute").to_path_buf())
+    );
+}
