@@ -61,7 +61,7 @@ impl Fence {
     /// Takes `dir` (created if missing) over for `owner`: the generation
     /// one above the last, durably.
     pub fn take(dir: &Path, owner: &str) -> Result<Self, CheckpointError> {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        fs::create_dir_all(dir).map_err(io_err("create checkpoint directory", dir))?;
         let path = dir.join(OWNER_NAME);
         let last = read(&path)?.map_or(0, |(generation, _)| generation);
         let generation = last + 1;

@@ -363,7 +363,7 @@ impl<'a> Runner<'a> {
     /// After the last batch: everything acknowledged, committed and
     /// checkpointed, the producer flushed.
     pub fn end(mut self, source: &KafkaSource) -> anyhow::Result<Summary> {
-        self.abandon_trial();
+        self.abandon_trial(true);
         self.drain(source)?;
         if self.checkpoints.is_some() && self.saved != Some(self.epoch) {
             self.checkpoint(Some(source))?;
@@ -379,7 +379,7 @@ impl<'a> Runner<'a> {
     /// committed and checkpointed first, so that its next owner starts
     /// exactly where this one stopped.
     pub fn release(mut self, source: &KafkaSource) -> anyhow::Result<Summary> {
-        self.abandon_trial();
+        self.abandon_trial(false);
         self.settle(source)?;
         tracing::info!(task = ?self.partition(), summary = ?self.summary, "task handed off");
         Ok(self.summary)
@@ -391,7 +391,7 @@ impl<'a> Runner<'a> {
     /// records reach the outputs or fail), so that what it wrote is in
     /// place before it lets go; the next owner reads it back.
     pub fn drop_lost(mut self) -> Summary {
-        self.abandon_trial();
+        self.abandon_trial(false);
         while let Some(done) = self.in_flight.pop_front() {
             if let Err(e) = done.ack.wait() {
                 tracing::warn!(task = ?self.partition(), error = %e, "a batch of a lost task was not delivered; its next owner runs it again");

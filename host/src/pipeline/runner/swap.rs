@@ -363,14 +363,18 @@ impl Runner<'_> {
 }
 
 impl Runner<'_> {
-    /// At the end of a run: a module still on trial never ran a batch, so
-    /// the swap is not confirmed (nor are swaps still waiting); the pipeline
-    /// document keeps the previous version, which the next run starts with.
-    pub(super) fn abandon_trial(&mut self) {
+    /// At the end of the task's run: a module still on trial never ran a
+    /// batch, so the swap is not confirmed; the pipeline document keeps the
+    /// previous version, which the next run starts with. When the whole run
+    /// ends (`run_ends`; not when a rebalance takes the task away) swaps
+    /// still waiting are not done either.
+    pub(super) fn abandon_trial(&mut self, run_ends: bool) {
         let Some(control) = self.control else {
             return;
         };
-        control.cancel_pending();
+        if run_ends {
+            control.cancel_pending();
+        }
         if let Some(trial) = self.trial.take_if(|t| t.round.is_none()) {
             control.update_swap(trial.id, |r| {
                 r.state = SwapState::RolledBack;
