@@ -115,12 +115,8 @@ fn shown(status: Status, run: Option<&RunControl>) -> Status {
 /// Whether `run` has started: its source polls (a whole run), or every
 /// worker has its first tasks (a run as tasks); the moment the run logs
 /// `pipeline started`.
-///
-/// TODO(readyz): the run does not report that moment to its control yet;
-/// until `pipeline::Control::has_started` exists, a run counts as started
-/// once its thread runs (`Status::Running`).
-fn started(_run: &RunControl) -> bool {
-    true
+fn started(run: &RunControl) -> bool {
+    run.has_started()
 }
 
 impl Entry {

@@ -256,6 +256,10 @@ struct Inner {
     next_swap: u64,
     /// The sources' end offsets, for the lag (one per worker).
     ends: Vec<EndOffsets>,
+    /// The parts of the run that start on their own (the whole run, or
+    /// each stage of a run as tasks), and how many of them have started.
+    parts: usize,
+    parts_started: usize,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -286,6 +290,15 @@ impl Control {
         lock(&self.inner).pause = pause;
         self.wake.store(true, Ordering::Relaxed);
         self.changed.notify_all();
+    }
+
+    /// Whether the run has started: a whole run's source polls; every
+    /// worker of a run as tasks has its first tasks (a member of the
+    /// consumer group: its first assignment, possibly none). The moment the
+    /// run logs `pipeline started` (once per stage).
+    pub fn has_started(&self) -> bool {
+        let inner = lock(&self.inner);
+        inner.parts > 0 && inner.parts_started >= inner.parts
     }
 
     /// Whether the run is paused (it has acknowledged the request).
@@ -472,6 +485,19 @@ impl Control {
             .store(!swapping && !inner.swaps.is_empty(), Ordering::Relaxed);
         self.changed.notify_all();
         inner.pause
+    }
+
+    /// At the start of a run: `parts` parts will report that they started
+    /// (see [`Self::has_started`]).
+    pub(super) fn expect_starts(&self, parts: usize) {
+        let mut inner = lock(&self.inner);
+        inner.parts = parts;
+        inner.parts_started = 0;
+    }
+
+    /// A part of the run (the whole run, or a stage) has started.
+    pub(super) fn part_started(&self) {
+        lock(&self.inner).parts_started += 1;
     }
 
     /// Before a run as tasks: no workers yet (each stage adds its own, see
@@ -774,6 +800,17 @@ mod tests {
         );
         let histogram = control.histogram().0;
         assert_eq!(histogram.last(), Some(&3), "every task's batch counts");
+    }
+
+    #[test]
+    fn a_run_has_started_once_each_of_its_parts_has() {
+        let control = Control::new();
+        assert!(!control.has_started(), "no run yet");
+        control.expect_starts(2);
+        control.part_started();
+        assert!(!control.has_started(), "one stage of two");
+        control.part_started();
+        assert!(control.has_started());
     }
 
     #[test]

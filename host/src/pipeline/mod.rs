@@ -286,6 +286,11 @@ pub fn run_with(
     let runtime = Runtime::new().context("cannot start the Wasm runtime")?;
     let tasks = spec.parallelism.tasks();
     task::check_mode(spec, tasks)?;
+    if let Some(control) = control {
+        // What logs `pipeline started`: the run, or each of its two stages.
+        let cut = tasks && spec.stages().is_some();
+        control.expect_starts(if cut { 2 } else { 1 });
+    }
     if tasks {
         let modules = (0..spec.transforms.len())
             .map(|i| load_module(spec, &runtime, i, &spec.transforms[i].module))

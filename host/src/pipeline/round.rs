@@ -70,13 +70,15 @@ impl Round {
 /// The tasks' trials of one round, and its verdict.
 #[derive(Debug)]
 pub struct Trials {
-    /// How many tasks the run has.
-    tasks: usize,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// How many tasks this process runs now (they come and go with the
+    /// group's assignment: a task taken on during the round joins it, one
+    /// given up leaves it).
+    expected: usize,
     /// Per task (stage, partition), its trial so far.
     tasks: BTreeMap<(Stage, i32), Trial>,
     verdict: Option<Verdict>,
@@ -100,8 +102,33 @@ enum Trial {
 impl Trials {
     fn new(tasks: usize) -> Self {
         Self {
-            tasks,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                expected: tasks,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// A task was taken on during the round: it joins it (it starts the
+    /// new module at its first boundary, see `Runner::start_round`).
+    pub fn arrived(&self) {
+        self.state().expected += 1;
+    }
+
+    /// Task `task` was given up during the round: its trial no longer
+    /// counts (what it ran, it ran without a fault or the round would be
+    /// rolled back already). A round left without any task is rolled back:
+    /// nothing here ran the new module.
+    pub fn departed(&self, task: (Stage, i32)) {
+        let mut s = self.state();
+        s.tasks.remove(&task);
+        s.expected = s.expected.saturating_sub(1);
+        if s.expected == 0 {
+            s.verdict.get_or_insert(Verdict::RolledBack(
+                "every task of this process moved to another in a rebalance during the swap; \
+                 swap again"
+                    .to_owned(),
+            ));
         }
     }
 
@@ -142,7 +169,8 @@ impl Trials {
 
     /// Whether every task runs the new module (or has passed its trial).
     pub fn all_started(&self) -> bool {
-        self.state().tasks.len() == self.tasks
+        let s = self.state();
+        s.tasks.len() == s.expected
     }
 
     /// The verdict, if reached.
@@ -153,7 +181,7 @@ impl Trials {
     /// Reaches the verdict if it can now (see the module docs).
     pub fn decide(&self) -> Option<Verdict> {
         let mut s = self.state();
-        if s.verdict.is_none() && s.tasks.len() == self.tasks {
+        if s.verdict.is_none() && s.tasks.len() == s.expected {
             let waited = s.first_pass.is_some_and(|t| t.elapsed() >= IDLE_TRIAL);
             let done = s.tasks.values().all(|&t| t == Trial::Passed || waited);
             if done {
@@ -272,31 +300,34 @@ impl<'a> Swaps<'a> {
     }
 
     /// `partitions`' tasks of `stage` were taken on (`added`) or given up
-    /// in a rebalance. A round under way is rolled back: its all-or-nothing
-    /// verdict is over the tasks it started with.
+    /// in a rebalance. A round under way follows: the tasks taken on join
+    /// it, those given up leave it.
     pub fn tasks_moved(&self, stage: Stage, partitions: &[i32], added: bool) {
-        {
-            let mut tasks = lock(&self.tasks);
-            let n = tasks.entry(stage).or_default();
-            *n = if added {
-                *n + partitions.len()
-            } else {
-                n.saturating_sub(partitions.len())
-            };
+        let mut tasks = lock(&self.tasks);
+        let n = tasks.entry(stage).or_default();
+        *n = if added {
+            *n + partitions.len()
+        } else {
+            n.saturating_sub(partitions.len())
+        };
+        let Some(round) = self.current() else {
+            return;
+        };
+        if self.local_step(stage, round.request.step).is_none() {
+            return;
         }
-        if let (Some(round), Some(&partition)) = (self.current(), partitions.first()) {
-            round.trials.failed(
-                (stage, partition),
-                "the task moved to or from this process in a rebalance during the swap; swap \
-                 again"
-                    .to_owned(),
-            );
+        for &partition in partitions {
+            if added {
+                round.trials.arrived();
+            } else {
+                round.trials.departed((stage, partition));
+            }
         }
     }
 
     /// How many tasks run the user's step `step`.
-    fn tasks_of(&self, step: usize) -> usize {
-        lock(&self.tasks)
+    fn tasks_of(&self, counts: &BTreeMap<Stage, usize>, step: usize) -> usize {
+        counts
             .iter()
             .filter(|(stage, _)| self.local_step(**stage, step).is_some())
             .map(|(_, n)| n)
@@ -344,8 +375,12 @@ impl<'a> Swaps<'a> {
         match module {
             Ok(module) => {
                 tracing::info!(step = request.step, module = %request.module, version = ?request.version, "swapping in every task; on trial until their first batches");
-                let tasks = self.tasks_of(request.step);
+                // Counted and set under the count's lock: a task moving
+                // now is either counted or follows the round.
+                let counts = lock(&self.tasks);
+                let tasks = self.tasks_of(&counts, request.step);
                 self.set(Some(Round::new(id, request, module, tasks)));
+                drop(counts);
                 self.wake.store(true, Ordering::Relaxed);
             }
             Err(e) => {
@@ -444,6 +479,35 @@ mod tests {
             r.decide(),
             Some(Verdict::RolledBack(
                 "task 1 after the repartition topic: trap".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn tasks_moving_in_a_rebalance_join_or_leave_the_round() {
+        let r = Trials::new(2);
+        r.started((Stage::Source, 0), vec![], 1.0);
+        r.passed((Stage::Source, 0), 1);
+        // Task 1 leaves before it started; task 2 arrives and must pass.
+        r.departed((Stage::Source, 1));
+        r.arrived();
+        assert!(!r.all_started());
+        assert_eq!(r.decide(), None, "task 2 has not started");
+        r.started((Stage::Source, 2), vec![], 1.0);
+        assert_eq!(r.decide(), None, "task 2 is on trial");
+        r.passed((Stage::Source, 2), 3);
+        assert_eq!(r.decide(), Some(Verdict::Live));
+
+        // Every task left: nothing ran the module here.
+        let r = Trials::new(1);
+        r.started((Stage::Source, 0), vec![], 1.0);
+        r.departed((Stage::Source, 0));
+        assert_eq!(
+            r.decide(),
+            Some(Verdict::RolledBack(
+                "every task of this process moved to another in a rebalance during the swap; \
+                 swap again"
+                    .into()
             ))
         );
     }

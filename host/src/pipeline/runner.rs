@@ -212,6 +212,9 @@ impl<'a> Runner<'a> {
             ready_ms = started.elapsed().as_millis() as u64,
             "pipeline started"
         );
+        if let Some(control) = self.control {
+            control.part_started();
+        }
         if let Some(tick) = self.tick() {
             source.set_tick(tick);
         }

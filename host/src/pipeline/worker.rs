@@ -226,6 +226,7 @@ pub(super) fn run(
         }
     };
     let start = Start {
+        control,
         workers,
         ready: AtomicUsize::new(0),
         at: started,
@@ -427,7 +428,9 @@ impl Traced {
 }
 
 /// How far the workers are in starting.
-struct Start {
+struct Start<'a> {
+    /// Told when every worker has started.
+    control: Option<&'a Control>,
     workers: usize,
     /// Workers that recovered their tasks and are polling.
     ready: AtomicUsize,
@@ -435,7 +438,7 @@ struct Start {
     at: Instant,
 }
 
-impl Start {
+impl Start<'_> {
     /// A worker has its first tasks and is polling.
     fn worker_ready(&self, tasks: &[i32], swaps: &Swaps<'_>) {
         tracing::info!(?tasks, "worker started");
@@ -446,6 +449,9 @@ impl Start {
                 ready_ms = self.at.elapsed().as_millis() as u64,
                 "pipeline started"
             );
+            if let Some(control) = self.control {
+                control.part_started();
+            }
         }
     }
 }
@@ -460,7 +466,7 @@ struct Worker<'a> {
     /// Set by the caller's stop, or by a worker that failed.
     halt: &'a AtomicBool,
     control: Option<&'a Control>,
-    start: &'a Start,
+    start: &'a Start<'a>,
     /// Exactly-once: the sink partitions' end offsets at the start.
     sink_ends: &'a HashMap<(String, i32), i64>,
     swaps: &'a Swaps<'a>,
@@ -594,8 +600,19 @@ impl Worker<'_> {
                     drain.read(positions.iter().map(|(&k, &v)| (k, v)));
                 }
                 source.add_tasks(&partitions, &positions)?;
+                // They follow a swap under way (see `Swaps::tasks_moved`).
+                self.swaps.tasks_moved(stage, &numbers, true);
+                let round = self
+                    .swaps
+                    .current()
+                    .filter(|r| r.trials.verdict().is_none());
                 for runner in &mut started {
                     runner.begin(source);
+                    if let Some(round) = &round
+                        && let Some(step) = self.swaps.local_step(stage, round.request.step)
+                    {
+                        runner.start_round(round, step, source)?;
+                    }
                 }
                 runners.append(&mut started);
                 // In the source's order of batches.
@@ -604,7 +621,6 @@ impl Worker<'_> {
                     r.partition()
                         .and_then(|p| order.iter().position(|&o| o == p))
                 });
-                self.swaps.tasks_moved(stage, &numbers, true);
                 tracing::info!(tasks = ?numbers, "tasks taken on");
             }
         }

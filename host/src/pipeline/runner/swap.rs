@@ -140,6 +140,13 @@ impl Runner<'_> {
         step: usize,
         source: &KafkaSource,
     ) -> anyhow::Result<()> {
+        if self
+            .trial
+            .as_ref()
+            .is_some_and(|t| t.round.as_ref().is_some_and(|r| r.id == round.id))
+        {
+            return Ok(());
+        }
         let task = self.task_key();
         let last_old_batch = self.last_batch_end;
         let started = Instant::now();
