@@ -31,7 +31,10 @@ impl Member {
         if until {
             cmd.arg("--until-caught-up");
         }
+        // The credentials of the S3 test server, for specs whose
+        // checkpoints are there.
         let child = cmd
+            .envs(s3().env())
             .arg(spec)
             .env("SLUICE_INSTANCE_ID", id)
             .env(
@@ -212,6 +215,19 @@ fn processes_killed_restarted_added_and_removed_at_random_lose_and_duplicate_not
     };
     let shape = Shape::PerUser { parallelism: 2 };
     let f = Fixture::shaped_over(brokers(), "group", "100ms", shape, 8);
+    // The checkpoints in S3, shared by every process.
+    let prefix = unique("chaos");
+    let yaml = std::fs::read_to_string(&f.spec).unwrap().replace(
+        "checkpoint: { dir: checkpoints,",
+        &format!(
+            "checkpoint: {{ dir: \"s3://{bucket}/{prefix}\", s3: {{ endpoint: \"{endpoint}\", \
+             region: us-east-1, allow_http: true }},",
+            bucket = S3::BUCKET,
+            endpoint = s3().endpoint,
+        ),
+    );
+    assert!(yaml.contains("s3://"), "{yaml}");
+    std::fs::write(&f.spec, yaml).unwrap();
     let logs = f.dir.path().join("logs");
     let mut rng = Rng::new();
     let mut started = 0;
@@ -281,6 +297,13 @@ fn processes_killed_restarted_added_and_removed_at_random_lose_and_duplicate_not
         let log = std::fs::read_to_string(&m.log).unwrap_or_default();
         assert!(status.success(), "{}: {status}\n{log}", m.id);
     }
+    // Each task's generations are in the bucket, none in a local directory.
+    assert!(!f.dir.path().join("checkpoints").exists());
+    let tasks = s3().bucket_dir().join(&prefix).join("tasks");
+    let owned: Vec<usize> = (0..8)
+        .map(|t| std::fs::read_dir(tasks.join(format!("{t:05}/owner"))).map_or(0, |d| d.count()))
+        .collect();
+    assert!(owned.iter().all(|&n| n >= 1), "{owned:?}");
     let got = f.outputs();
     assert_same(&got.alerts, &expected_alerts(&o, o.count), "alerts");
     let want = reference_of(&o, shape);

@@ -23,6 +23,7 @@ mod pipeline;
 mod records;
 mod repartition;
 mod runtime;
+mod s3;
 mod secrets;
 mod serve;
 mod serve_file;

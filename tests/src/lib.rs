@@ -139,6 +139,111 @@ impl Drop for Broker {
     }
 }
 
+/// The S3-compatible test server s3s-fs: `$SLUICE_S3S_FS`, or where
+/// `deploy/local/setup.sh` caches it.
+pub fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_S3S_FS") {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/sluice/s3s-fs-0.17.0/bin/s3s-fs")
+}
+
+/// An s3s-fs server on a free loopback port, its objects in a directory of
+/// its own, with the bucket [`S3::BUCKET`]. Stopped with the test process
+/// (a watchdog shell, as for the broker).
+pub struct S3 {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl S3 {
+    pub const BUCKET: &str = "sluice";
+    pub const ACCESS_KEY: &str = "sluice";
+    pub const SECRET_KEY: &str = "sluice-secret";
+
+    pub fn start() -> anyhow::Result<Self> {
+        let binary = s3s_fs_binary();
+        if !binary.is_file() {
+            bail!(
+                "the S3 test server is not installed at {}: run `deploy/local/setup.sh` (or set SLUICE_S3S_FS)",
+                binary.display()
+            );
+        }
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("data").join(Self::BUCKET))?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let script = r#"
+            "$1" --host 127.0.0.1 --port "$2" --access-key "$3" --secret-key "$4" data >>s3.log 2>&1 &
+            server=$!
+            trap 'kill $server 2>/dev/null; wait $server; exit 0' TERM INT
+            while kill -0 "$5" 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.2; done
+            kill $server 2>/dev/null; wait $server
+        "#;
+        let child = Command::new("sh")
+            .current_dir(dir.path())
+            .args(["-c", script, "watchdog"])
+            .arg(&binary)
+            .args([
+                &port.to_string(),
+                Self::ACCESS_KEY,
+                Self::SECRET_KEY,
+                &std::process::id().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the S3 test server")?;
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&address).is_err() {
+            if Instant::now() > deadline {
+                bail!("the S3 test server did not start listening on {address}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            endpoint: format!("http://{address}"),
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// The objects of the bucket, as files (s3s-fs keeps each as one).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self._dir.path().join("data").join(Self::BUCKET)
+    }
+
+    /// The environment a `sluice` process needs to reach it.
+    pub fn env(&self) -> [(&'static str, String); 5] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ]
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The S3 test server shared by a test binary, started on first use.
+pub fn s3() -> &'static S3 {
+    static S3_SERVER: OnceLock<S3> = OnceLock::new();
+    S3_SERVER.get_or_init(|| S3::start().expect("cannot start the S3 test server"))
+}
+
 /// The broker shared by a test binary: `$SLUICE_TEST_BROKERS` if set,
 /// otherwise a memory-engine nisshi started on first use.
 pub fn brokers() -> &'static str {

@@ -19,20 +19,32 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::CheckpointError;
 use super::store::{io_err, sync_dir, write_synced};
+use super::{CheckpointError, ObjectTask};
 
 const OWNER_NAME: &str = "OWNER";
 
 /// How long a check of the generation stands before producing.
 pub const LEASE: Duration = Duration::from_millis(1000);
 
+/// Where the generation is kept.
+#[derive(Debug)]
+enum Place {
+    /// The `OWNER` file of a local (or shared) directory.
+    File,
+    /// `owner/<generation>` objects (see `object.rs`).
+    Object(Arc<ObjectTask>),
+}
+
 /// This process's ownership of one task's checkpoint directory.
 #[derive(Debug)]
 pub struct Fence {
+    place: Place,
+    /// The `OWNER` file, or the URL of the `owner/` objects.
     path: PathBuf,
     generation: u64,
     owner: String,
@@ -73,6 +85,7 @@ impl Fence {
         sync_dir(dir)?;
         tracing::debug!(dir = %dir.display(), generation, "task taken over");
         Ok(Self {
+            place: Place::File,
             path,
             generation,
             owner: owner.to_owned(),
@@ -81,23 +94,48 @@ impl Fence {
         })
     }
 
+    /// The generation `task` took in object storage.
+    pub fn object(task: Arc<ObjectTask>) -> Self {
+        Self {
+            path: PathBuf::from(task.owners_url()),
+            generation: task.generation(),
+            owner: task.owner().to_owned(),
+            place: Place::Object(task),
+            base: Instant::now(),
+            verified: AtomicU64::new(0),
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
     /// The directory and generation, as `<dir>@<generation>` (for logs).
     pub fn describe(&self) -> String {
-        let dir = self.path.parent().unwrap_or(&self.path);
-        format!("{}@{}", dir.display(), self.generation)
+        match &self.place {
+            Place::File => {
+                let dir = self.path.parent().unwrap_or(&self.path);
+                format!("{}@{}", dir.display(), self.generation)
+            }
+            Place::Object(task) => task.describe(),
+        }
     }
 
-    /// Reads the file: an error if a newer generation took over (or the
-    /// file cannot be read, which is not ours to write past either).
+    /// Reads the file (or looks for the next generation's object): an
+    /// error if a newer generation took over (or it cannot be read, which
+    /// is not ours to write past either).
     pub fn check(&self) -> Result<(), Fenced> {
-        let current = match read(&self.path) {
-            Ok(Some(current)) => current,
-            Ok(None) => (0, "nobody (the file is gone)".to_owned()),
-            Err(e) => (u64::MAX, format!("unknown ({e})")),
+        let current = match &self.place {
+            Place::File => match read(&self.path) {
+                Ok(Some(current)) => current,
+                Ok(None) => (0, "nobody (the file is gone)".to_owned()),
+                Err(e) => (u64::MAX, format!("unknown ({e})")),
+            },
+            Place::Object(task) => match task.newer() {
+                Ok(None) => (self.generation, self.owner.clone()),
+                Ok(Some(newer)) => newer,
+                Err(e) => (u64::MAX, format!("unknown ({e})")),
+            },
         };
         if current.0 == self.generation && current.1 == self.owner {
             self.verified.store(self.now(), Ordering::Relaxed);

@@ -51,6 +51,63 @@ const ENTRY_OVERHEAD: usize = ENTRY_HEADER + 4;
 /// One entry of the log: an epoch and its descriptor bytes.
 pub type LoggedEpoch = (u64, Vec<u8>);
 
+/// Where the epoch log is kept: [`EpochLog`] in a local directory, or
+/// `ObjectLog` in object storage (see `object.rs`).
+pub trait Wal: Send + std::fmt::Debug {
+    /// Appends entries in order (epochs strictly increase), durably.
+    fn append_all(&mut self, entries: &[(u64, &[u8])]) -> Result<(), CheckpointError>;
+    /// Drops every entry with epoch <= `through`.
+    fn truncate_through(&mut self, through: u64) -> Result<(), CheckpointError>;
+}
+
+impl Wal for EpochLog {
+    fn append_all(&mut self, entries: &[(u64, &[u8])]) -> Result<(), CheckpointError> {
+        EpochLog::append_all(self, entries)
+    }
+
+    fn truncate_through(&mut self, through: u64) -> Result<(), CheckpointError> {
+        EpochLog::truncate_through(self, through)
+    }
+}
+
+/// Appends the entry (epoch, payload) to `data` in the log's format.
+/// `payload` must be under 4 GiB (the caller checks).
+fn encode_into(data: &mut Vec<u8>, epoch: u64, payload: &[u8]) {
+    let start = data.len();
+    data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    data.extend_from_slice(&epoch.to_le_bytes());
+    data.extend_from_slice(payload);
+    let crc = crc32fast::hash(&data[start + 4..]);
+    data.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// `entries` in the log's format, one after the other (each payload under
+/// 4 GiB: the epoch descriptors are far smaller).
+pub(super) fn encode_entries(entries: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for &(epoch, payload) in entries {
+        encode_into(&mut data, epoch, payload);
+    }
+    data
+}
+
+/// Every valid entry of `data` in order, and what is wrong with the rest,
+/// if anything. `last`: the epoch of the entry before `data`.
+pub(super) fn decode_all(data: &[u8], mut last: Option<u64>) -> (Vec<LoggedEpoch>, Option<String>) {
+    let (mut entries, mut at) = (Vec::new(), 0);
+    while at < data.len() {
+        match decode(&data[at..], last) {
+            Ok((epoch, payload)) => {
+                entries.push((epoch, payload.to_vec()));
+                last = Some(epoch);
+                at += ENTRY_OVERHEAD + payload.len();
+            }
+            Err(problem) => return (entries, Some(problem)),
+        }
+    }
+    (entries, None)
+}
+
 /// An append-only log of (epoch, descriptor) entries in `dir/epochs.log`.
 #[derive(Debug)]
 pub struct EpochLog {
@@ -159,20 +216,15 @@ impl EpochLog {
                     path: self.path.clone(),
                 });
             }
-            let Ok(len) = u32::try_from(bytes.len()) else {
+            if u32::try_from(bytes.len()).is_err() {
                 return Err(CheckpointError::EntryTooLarge {
                     epoch,
                     len: bytes.len(),
                     path: self.path.clone(),
                 });
-            };
+            }
             offsets.push((epoch, self.len + data.len() as u64));
-            let start = data.len();
-            data.extend_from_slice(&len.to_le_bytes());
-            data.extend_from_slice(&epoch.to_le_bytes());
-            data.extend_from_slice(bytes);
-            let crc = crc32fast::hash(&data[start + 4..]);
-            data.extend_from_slice(&crc.to_le_bytes());
+            encode_into(&mut data, epoch, bytes);
             last = Some(epoch);
         }
         if data.is_empty() {

@@ -13,16 +13,22 @@
 //!   fsync overlaps the next batch's work, and [`Durable`] says how far.
 //! - [`Fence`]: the generation of a task's owner, raised by each process
 //!   that takes the task on, so that one that lost it writes no more.
+//! - In S3-compatible object storage (`s3://bucket/prefix`), all three live
+//!   in [`ObjectTask`]'s layout (see `object.rs`): checkpoints and the log
+//!   under the owner's generation, so that an old owner's late writes are
+//!   never read.
 
 mod dir;
 mod epoch;
 mod fence;
 mod log;
+mod object;
 mod store;
 mod writer;
 
 pub use epoch::{Epoch, EpochError, StepDigest, digests_by_step};
 pub use fence::{Fence, Fenced};
-pub use log::{EpochLog, LoggedEpoch};
+pub use log::{EpochLog, LoggedEpoch, Wal};
+pub use object::{ObjectCheckpoints, ObjectDir, ObjectLog, ObjectTask, Taken};
 pub use store::{CheckpointError, CheckpointStore, LocalDirStore};
 pub use writer::{Durable, LogWriter};

@@ -54,6 +54,13 @@ pub enum CheckpointError {
         path: PathBuf,
         error: io::Error,
     },
+    /// A request to object storage failed (after the client's retries).
+    #[error("cannot {action} {path}: {error}")]
+    Object {
+        action: &'static str,
+        path: String,
+        error: String,
+    },
     #[error("checkpoint store {dir}: keep must be at least 1")]
     ZeroKeep { dir: PathBuf },
     /// Checkpoints exist but none can be trusted: the host refuses to start
@@ -97,7 +104,7 @@ impl CheckpointError {
     /// Whether the same call may succeed later (a full disk, a transient I/O
     /// error); the other errors are bugs or damaged data.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Io { .. })
+        matches!(self, Self::Io { .. } | Self::Object { .. })
     }
 }
 
@@ -125,7 +132,8 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
         .map_err(io_err("fsync directory", dir))
 }
 
-/// Where checkpoints live. Behind a trait so an object store can come later.
+/// Where checkpoints live: [`LocalDirStore`], or `ObjectCheckpoints` in
+/// object storage (see `object.rs`).
 pub trait CheckpointStore: Send + std::fmt::Debug {
     /// Persists checkpoint `id` (ids strictly increase) atomically: after a
     /// crash at any instant, either the whole checkpoint is there and valid,
@@ -301,7 +309,7 @@ fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn header(id: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+pub(super) fn header(id: u64, body: &[u8]) -> [u8; HEADER_LEN] {
     let mut header = [0; HEADER_LEN];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -317,7 +325,7 @@ fn read_checkpoint(path: &Path, id: u64) -> Result<Result<Vec<u8>, String>, Chec
     Ok(validate(data, id))
 }
 
-fn validate(mut data: Vec<u8>, id: u64) -> Result<Vec<u8>, String> {
+pub(super) fn validate(mut data: Vec<u8>, id: u64) -> Result<Vec<u8>, String> {
     if data.len() < HEADER_LEN {
         return Err(format!(
             "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",

@@ -4,7 +4,8 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use anyhow::Context;
 
-use super::{CheckpointError, EpochLog};
+use super::CheckpointError;
+use super::log::Wal;
 
 /// How far the epoch log is durable: the newest epoch written (and, with
 /// `sync`, fsynced), or the error that stopped it. The send stage waits
@@ -63,7 +64,8 @@ enum LogRequest {
 }
 
 impl LogWriter {
-    pub fn spawn(log: EpochLog) -> Self {
+    pub fn spawn(log: impl Wal + 'static) -> Self {
+        let log: Box<dyn Wal> = Box::new(log);
         let (requests, inbox) = mpsc::channel::<LogRequest>();
         let durable = Arc::new(Durable::default());
         let state = durable.clone();
@@ -114,7 +116,7 @@ impl LogWriter {
 }
 
 /// The log thread: appends, grouped, and truncations, in order.
-fn write_log(mut log: EpochLog, inbox: &mpsc::Receiver<LogRequest>, durable: &Durable) {
+fn write_log(mut log: Box<dyn Wal>, inbox: &mpsc::Receiver<LogRequest>, durable: &Durable) {
     /// Fails the waiters, whatever ends the thread: they would wait for ever.
     struct Stopped<'a>(&'a Durable);
     impl Drop for Stopped<'_> {
@@ -175,6 +177,7 @@ impl Drop for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::EpochLog;
 
     #[test]
     fn the_log_writer_makes_every_appended_epoch_durable_in_order() {

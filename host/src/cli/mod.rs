@@ -158,7 +158,8 @@ enum Command {
         max_upload: bytesize::ByteSize,
         /// A directory (besides the pipeline's own, under DIR/pipelines)
         /// where specs may put checkpoints and Parquet files by absolute
-        /// path. Repeatable.
+        /// path, or an `s3://bucket/prefix` where they may keep checkpoints
+        /// (with the server's AWS credentials). Repeatable.
         #[arg(long = "allow-dir", value_name = "DIR")]
         allow_dir: Vec<PathBuf>,
         #[command(flatten)]

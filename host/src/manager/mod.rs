@@ -296,9 +296,13 @@ impl Manager {
         // Absolute: the paths of modules and checkpoints written into specs
         // must not be resolved against the spec's directory again.
         let data = fs::canonicalize(data).map_err(IoError::of("resolve", data))?;
+        // An `s3://bucket/prefix` is allowed as written (for checkpoints).
         let allowed: Vec<PathBuf> = allowed
             .iter()
-            .map(|dir| fs::canonicalize(dir).map_err(IoError::of("resolve", dir)))
+            .map(|dir| match dir.to_str() {
+                Some(url) if url.starts_with(crate::spec::S3_SCHEME) => Ok(dir.clone()),
+                _ => fs::canonicalize(dir).map_err(IoError::of("resolve", dir)),
+            })
             .collect::<Result<_, _>>()?;
         // Inside the data directory, pipelines could reach each other's
         // files and the module store.

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
     CheckpointError, CheckpointStore, Durable, Epoch, EpochLog, Fence, LocalDirStore, LogWriter,
-    StepDigest,
+    LoggedEpoch, ObjectCheckpoints, ObjectDir, ObjectLog, ObjectTask, StepDigest, Taken,
 };
 use crate::sink::{ParquetCommit, SinkPosition};
 use crate::spec::CheckpointSpec;
@@ -211,7 +211,8 @@ const LOCK_RETRY: Duration = Duration::from_millis(100);
 pub struct Checkpoints {
     /// This process's generation of the task, when the group assigns it.
     fence: Option<Arc<Fence>>,
-    store: LocalDirStore,
+    store: Box<dyn CheckpointStore>,
+    lineage: String,
     log: LogWriter,
     interval: Duration,
     last: Instant,
@@ -248,40 +249,19 @@ impl Checkpoints {
         task: Option<&TaskLayout>,
         owner: Option<&str>,
     ) -> anyhow::Result<(Self, Recovered)> {
-        let fence = owner
-            .map(|owner| Fence::take(&spec.dir, owner))
-            .transpose()
-            .with_context(|| format!("cannot take over {}", spec.dir.display()))?;
-        let mut waited = None;
-        let store = loop {
-            match LocalDirStore::open(&spec.dir, spec.keep) {
-                Err(CheckpointError::InUse { .. })
-                    if fence.is_some()
-                        && waited.is_none_or(|w: Instant| w.elapsed() < LOCK_WAIT) =>
-                {
-                    if waited.is_none() {
-                        tracing::warn!(dir = %spec.dir.display(), "the task's previous owner still holds its checkpoint directory (paused, or handing it off); waiting");
-                    }
-                    waited.get_or_insert_with(Instant::now);
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                result => {
-                    break result.with_context(|| {
-                        format!(
-                            "cannot open the checkpoint directory {}",
-                            spec.dir.display()
-                        )
-                    })?;
-                }
-            }
+        let opened = match spec.s3_url() {
+            Some(url) => open_object(spec, url, pipeline, owner)?,
+            None => open_local(spec, owner)?,
         };
-        if let Some(fence) = &fence {
-            // Taken over again while waiting: not ours any more.
-            fence.check()?;
-        }
-        let checkpoint = match store.load_latest().context(
-            "refusing to start: no checkpoint can be used (restore one, or remove the directory to start over)",
-        )? {
+        let Opened {
+            fence,
+            store,
+            lineage,
+            latest,
+            log,
+            entries,
+        } = opened;
+        let checkpoint = match latest {
             None => None,
             Some((id, bytes)) => {
                 let c = Checkpoint::decode(&bytes)
@@ -293,19 +273,17 @@ impl Checkpoints {
                     c.pipeline
                 );
                 anyhow::ensure!(
-                    c.lineage.is_empty() || c.lineage == store.lineage(),
+                    c.lineage.is_empty() || c.lineage == lineage,
                     "checkpoint {id} in {} is of lineage {}, but the directory's LINEAGE is {}: \
                      files of two checkpoint directories were mixed; restore the directory whole",
                     spec.dir.display(),
                     c.lineage,
-                    store.lineage()
+                    lineage
                 );
                 check_task(&c, id, &spec.dir, task)?;
                 Some(c)
             }
         };
-        let (log, entries) =
-            EpochLog::open(Path::new(&spec.dir), spec.sync).context("cannot open the epoch log")?;
         let after = checkpoint.as_ref().map_or(0, |c| c.epoch);
         let epochs = entries
             .into_iter()
@@ -323,7 +301,8 @@ impl Checkpoints {
         let checkpoints = Self {
             fence: fence.map(Arc::new),
             store,
-            log: LogWriter::spawn(log),
+            lineage,
+            log,
             interval: spec.interval,
             last: Instant::now(),
             keep: spec.keep,
@@ -334,7 +313,7 @@ impl Checkpoints {
 
     /// The checkpoint directory's lineage id.
     pub fn lineage(&self) -> &str {
-        self.store.lineage()
+        &self.lineage
     }
 
     pub fn due(&self) -> bool {
@@ -390,6 +369,105 @@ impl Checkpoints {
         };
         self.log.truncate_through(oldest)
     }
+}
+
+/// A checkpoint directory opened: where its checkpoints and epoch log go,
+/// and what they held.
+struct Opened {
+    fence: Option<Fence>,
+    store: Box<dyn CheckpointStore>,
+    lineage: String,
+    /// The newest valid checkpoint (id, body).
+    latest: Option<(u64, Vec<u8>)>,
+    log: LogWriter,
+    entries: Vec<LoggedEpoch>,
+}
+
+/// A local (or shared) directory: the generation raised in its `OWNER`
+/// file first when the group assigns the task (fencing off a previous
+/// owner that has not noticed it lost it), then its lock waited for (that
+/// owner may still be handing it off, or be paused holding it).
+fn open_local(spec: &CheckpointSpec, owner: Option<&str>) -> anyhow::Result<Opened> {
+    let fence = owner
+        .map(|owner| Fence::take(&spec.dir, owner))
+        .transpose()
+        .with_context(|| format!("cannot take over {}", spec.dir.display()))?;
+    let mut waited = None;
+    let store = loop {
+        match LocalDirStore::open(&spec.dir, spec.keep) {
+            Err(CheckpointError::InUse { .. })
+                if fence.is_some() && waited.is_none_or(|w: Instant| w.elapsed() < LOCK_WAIT) =>
+            {
+                if waited.is_none() {
+                    tracing::warn!(dir = %spec.dir.display(), "the task's previous owner still holds its checkpoint directory (paused, or handing it off); waiting");
+                }
+                waited.get_or_insert_with(Instant::now);
+                std::thread::sleep(LOCK_RETRY);
+            }
+            result => {
+                break result.with_context(|| {
+                    format!(
+                        "cannot open the checkpoint directory {}",
+                        spec.dir.display()
+                    )
+                })?;
+            }
+        }
+    };
+    if let Some(fence) = &fence {
+        // Taken over again while waiting: not ours any more.
+        fence.check()?;
+    }
+    let latest = store.load_latest().context(
+        "refusing to start: no checkpoint can be used (restore one, or remove the directory to start over)",
+    )?;
+    let (log, entries) =
+        EpochLog::open(Path::new(&spec.dir), spec.sync).context("cannot open the epoch log")?;
+    Ok(Opened {
+        fence,
+        lineage: store.lineage().to_owned(),
+        store: Box::new(store),
+        latest,
+        log: LogWriter::spawn(log),
+        entries,
+    })
+}
+
+/// A directory in object storage: always taken over with a generation of
+/// its own (there is no lock), by the group's member or, for a pipeline
+/// not run in a group, by the pipeline.
+fn open_object(
+    spec: &CheckpointSpec,
+    url: &str,
+    pipeline: &str,
+    owner: Option<&str>,
+) -> anyhow::Result<Opened> {
+    let dir = ObjectDir::open(url, &spec.s3)?;
+    let (task, taken) = ObjectTask::take(dir, owner.unwrap_or(pipeline), spec.keep)
+        .with_context(|| format!("cannot take over {url}"))?;
+    let Taken {
+        checkpoints,
+        problems,
+        epochs,
+    } = taken;
+    let latest = checkpoints.into_iter().next();
+    if latest.is_none() && !problems.is_empty() {
+        return Err(CheckpointError::NoValidCheckpoint {
+            dir: url.into(),
+            problems,
+        })
+        .context(
+            "refusing to start: no checkpoint can be used (restore one, or remove the directory to start over)",
+        );
+    }
+    Ok(Opened {
+        fence: Some(Fence::object(task.clone())),
+        lineage: task.lineage().to_owned(),
+        store: Box::new(ObjectCheckpoints(task.clone())),
+        latest,
+        log: LogWriter::spawn(ObjectLog(task)),
+        entries: epochs,
+    })
 }
 
 /// Refuses checkpoint `id` of `dir` unless it belongs to `task` (and the
@@ -591,6 +669,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = CheckpointSpec {
             dir: dir.path().to_path_buf(),
+            s3: Default::default(),
             interval: Duration::from_secs(5),
             keep: 3,
             sync: false,

@@ -58,9 +58,13 @@ impl Io {
     /// The pipeline's producer, started (shared by its workers' send
     /// stages).
     pub fn producer(spec: &PipelineSpec) -> anyhow::Result<Arc<KafkaSink>> {
+        // Quarantined records are kept beside local checkpoints only (a
+        // file appended to); with S3 checkpoints they are logged.
         let quarantine = match &spec.checkpoint {
-            Some(checkpoint) => Quarantine::in_dir(&checkpoint.dir),
-            None => Quarantine::log_only(),
+            Some(checkpoint) if checkpoint.s3_url().is_none() => {
+                Quarantine::in_dir(&checkpoint.dir)
+            }
+            _ => Quarantine::log_only(),
         };
         let mut kafka = std::borrow::Cow::Borrowed(&spec.kafka);
         if let Some(timeout) = zombie_timeout(spec) {
@@ -590,6 +594,9 @@ impl<'a> Runner<'a> {
         self.finish_acknowledged(source)?;
         match &self.checkpoints {
             None => {
+                // Sent again; newer offsets acknowledged since stand.
+                let refused = source.refused_commits(self.partition());
+                self.commits.restore(&refused);
                 if self.in_flight.is_empty() {
                     let due = if draining {
                         Some(self.commits.take()).filter(|o| !o.is_empty())
@@ -696,6 +703,15 @@ impl PendingCommits {
     fn add(&mut self, offsets: &[NextOffset]) {
         for o in offsets {
             self.offsets.insert((o.source, o.partition), o.offset);
+        }
+    }
+
+    /// Offsets whose commit was refused, unless newer ones wait already.
+    fn restore(&mut self, offsets: &[NextOffset]) {
+        for o in offsets {
+            self.offsets
+                .entry((o.source, o.partition))
+                .or_insert(o.offset);
         }
     }
 

@@ -91,7 +91,19 @@ pub fn check_mode(spec: &PipelineSpec, tasks: bool) -> anyhow::Result<()> {
         return Ok(());
     };
     let root = &checkpoint.dir;
-    if tasks && checkpoint.holds_whole_pipeline() {
+    let (whole, per_task) = match checkpoint.s3_url() {
+        Some(url) => {
+            let dir = crate::checkpoint::ObjectDir::open(url, &checkpoint.s3)?;
+            (dir.has_lineage()?, dir.has_below(TASKS_DIR)?)
+        }
+        None => (
+            checkpoint.holds_whole_pipeline(),
+            root.join(TASKS_DIR)
+                .read_dir()
+                .is_ok_and(|mut entries| entries.next().is_some()),
+        ),
+    };
+    if tasks && whole {
         anyhow::bail!(
             "the checkpoint directory {} holds checkpoints of the whole pipeline (written with \
              parallelism 1); a pipeline with parallelism other than 1 keeps one per task, and the \
@@ -101,11 +113,7 @@ pub fn check_mode(spec: &PipelineSpec, tasks: bool) -> anyhow::Result<()> {
         );
     }
     let tasks_dir = root.join(TASKS_DIR);
-    if !tasks
-        && tasks_dir
-            .read_dir()
-            .is_ok_and(|mut entries| entries.next().is_some())
-    {
+    if !tasks && per_task {
         anyhow::bail!(
             "the checkpoint directory {} holds per-task checkpoints (written with parallelism \
              other than 1) under {}; they cannot be joined into one for parallelism 1: set \

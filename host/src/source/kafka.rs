@@ -82,6 +82,19 @@ struct SourceContext {
     /// whose revocation must then be carried out at once (nothing polls
     /// the queue any more).
     closing: AtomicBool,
+    /// Asynchronous commits: what was sent last, and which failed.
+    commits: Mutex<CommitLedger>,
+}
+
+/// Offset commits sent without waiting, and those the broker refused (a
+/// commit during a rebalance may be): a refused one that is still the
+/// newest sent for its partition is committed again by its task, else an
+/// idle partition would keep an old committed offset.
+#[derive(Debug, Default)]
+struct CommitLedger {
+    /// Per (source, partition), the newest offset sent.
+    sent: HashMap<(u16, i32), i64>,
+    failed: Vec<NextOffset>,
 }
 
 /// A change of a group member's partitions, to carry out between batches.
@@ -134,6 +147,31 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let Err(error) = result else {
+            return;
+        };
+        // Still safe: the task sends the newest offsets again (below), or
+        // the records are re-delivered to whoever owns the partition next.
+        tracing::warn!(%error, offsets = ?offsets.to_topic_map(), "offset commit failed");
+        let mut ledger = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        for e in offsets.elements() {
+            let (Some(source), Offset::Offset(offset)) =
+                (self.topics.iter().position(|t| t == e.topic()), e.offset())
+            else {
+                continue;
+            };
+            let key = (source as u16, e.partition());
+            if ledger.sent.get(&key) == Some(&offset) {
+                ledger.failed.push(NextOffset {
+                    source: key.0,
+                    partition: key.1,
+                    offset,
+                });
+            }
+        }
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -211,14 +249,6 @@ impl ConsumerContext for SourceContext {
             .unwrap_or_else(|e| e.into_inner())
             .push_back(event);
         self.rebalancing.store(true, Ordering::Release);
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            // Still safe: a later commit covers these offsets, or the
-            // records are re-delivered to whoever owns the partition next.
-            tracing::warn!(error = %e, offsets = ?offsets.to_topic_map(), "offset commit failed");
-        }
     }
 }
 
@@ -859,7 +889,35 @@ impl KafkaSource {
                 Offset::Offset(offset),
             )?;
         }
+        {
+            let mut ledger = self.ledger();
+            for o in offsets {
+                ledger.sent.insert((o.source, o.partition), o.offset);
+            }
+        }
         self.consumer.commit(&tpl, mode)
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, CommitLedger> {
+        self.consumer
+            .context()
+            .commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The refused commits of the newest offsets of `partition` (every
+    /// partition: `None`), taken to be sent again.
+    pub fn refused_commits(&self, partition: Option<i32>) -> Vec<NextOffset> {
+        let mut ledger = self.ledger();
+        let (mine, rest): (Vec<_>, _) = std::mem::take(&mut ledger.failed)
+            .into_iter()
+            .partition(|o| partition.is_none_or(|p| o.partition == p));
+        ledger.failed = rest;
+        // A newer offset sent since then covers it.
+        mine.into_iter()
+            .filter(|o| ledger.sent.get(&(o.source, o.partition)) == Some(&o.offset))
+            .collect()
     }
 }
 
@@ -871,6 +929,7 @@ impl SourceContext {
             rebalances: member.then(Mutex::default),
             rebalancing: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            commits: Mutex::default(),
         }
     }
 }

@@ -44,6 +44,11 @@ const OUTSIDE: &str = "must be inside the pipeline's directory (a relative path 
                        that does not start with `.`) or inside a directory the server allows \
                        (sluice serve --allow-dir)";
 
+/// The message of every refused S3 directory.
+const OUTSIDE_S3: &str = "an s3:// directory must be inside an S3 prefix the server allows \
+                          (sluice serve --allow-dir s3://bucket/prefix), without `.`, `..` or \
+                          empty segments";
+
 /// The message of a refused module: only store references reach here
 /// resolved, so anything else was not one.
 const NOT_A_STORE_MODULE: &str = "must be `name` or `name@version` of a module pushed to this \
@@ -54,6 +59,29 @@ impl Confinement {
         Self {
             base: base.into(),
             allowed,
+        }
+    }
+
+    /// Checks an `s3://bucket/prefix` checkpoint directory: the server's
+    /// credentials reach it, so it must lie inside (or be) a prefix the
+    /// operator allowed (`--allow-dir s3://bucket/prefix`), without `.`,
+    /// `..` or empty segments.
+    pub(super) fn place_url(&self, field: &str, url: &str) -> Result<String, SpecError> {
+        let url = url.trim_end_matches('/');
+        let clean = url.strip_prefix(super::S3_SCHEME).is_some_and(|rest| {
+            rest.split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+        });
+        let inside = self
+            .allowed
+            .iter()
+            .filter_map(|a| a.to_str()?.strip_prefix(super::S3_SCHEME))
+            .map(|a| format!("{}{}", super::S3_SCHEME, a.trim_end_matches('/')))
+            .any(|a| url == a || url.strip_prefix(&a).is_some_and(|r| r.starts_with('/')));
+        if clean && inside {
+            Ok(url.to_owned())
+        } else {
+            Err(SpecError::new(field, OUTSIDE_S3))
         }
     }
 
@@ -192,6 +220,38 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn s3_directories_only_inside_an_allowed_prefix() {
+        let data = tempfile::tempdir().unwrap();
+        let c = confinement(data.path(), vec![PathBuf::from("s3://ok/pipelines/")]);
+        let place = |u: &str| c.place_url("checkpoint.dir", u);
+        assert_eq!(
+            place("s3://ok/pipelines/p1").unwrap(),
+            "s3://ok/pipelines/p1"
+        );
+        assert_eq!(place("s3://ok/pipelines/").unwrap(), "s3://ok/pipelines");
+        for bad in [
+            "s3://ok/pipelines-other/p",
+            "s3://ok/pipelines/../secrets",
+            "s3://ok/pipelines/./p",
+            "s3://ok/pipelines//p",
+            "s3://other/pipelines/p",
+            "s3://ok",
+        ] {
+            assert_eq!(
+                place(bad).unwrap_err().to_string(),
+                format!("checkpoint.dir: {OUTSIDE_S3}"),
+                "{bad}"
+            );
+        }
+        // No prefix allowed: none at all.
+        let c = confinement(data.path(), vec![]);
+        assert!(
+            c.place_url("checkpoint.dir", "s3://ok/pipelines/p1")
+                .is_err()
+        );
     }
 
     #[test]

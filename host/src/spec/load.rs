@@ -127,6 +127,7 @@ fn resolve_trusted(spec: &mut PipelineSpec, base: &Path) {
     }
     if let Some(c) = &mut spec.checkpoint
         && c.dir.is_relative()
+        && c.s3_url().is_none()
     {
         c.dir = base.join(&c.dir);
     }
@@ -144,7 +145,10 @@ fn resolve_confined(spec: &mut PipelineSpec, confinement: &Confinement) -> Resul
         t.module = confinement.module(&format!("transforms[{i}].module"), &t.module)?;
     }
     if let Some(c) = &mut spec.checkpoint {
-        c.dir = confinement.place("checkpoint.dir", &c.dir)?;
+        c.dir = match c.s3_url() {
+            Some(url) => confinement.place_url("checkpoint.dir", url)?.into(),
+            None => confinement.place("checkpoint.dir", &c.dir)?,
+        };
     }
     for (name, output) in &mut spec.outputs {
         if let Some(p) = &mut output.parquet {

@@ -171,8 +171,14 @@ pub const MAX_PARALLELISM: usize = 256;
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
     /// Directory of this pipeline's checkpoints and epoch log, relative to
-    /// the spec file's directory. One directory per pipeline.
+    /// the spec file's directory, or `s3://bucket/prefix` in S3-compatible
+    /// object storage (shared by the processes of a pipeline on several
+    /// machines). One directory per pipeline.
     pub dir: PathBuf,
+    /// Where the S3 of an `s3://` directory is, beyond the standard `AWS_*`
+    /// environment variables (which hold the credentials).
+    #[serde(default)]
+    pub s3: S3Spec,
     /// Time between checkpoints (one is also taken on clean shutdown).
     #[serde(default = "CheckpointSpec::default_interval", with = "humantime_serde")]
     pub interval: Duration,
@@ -186,12 +192,39 @@ pub struct CheckpointSpec {
     pub sync: bool,
 }
 
+/// An S3-compatible store's endpoint and region. Unset fields come from
+/// `AWS_ENDPOINT_URL`, `AWS_REGION` and `AWS_ALLOW_HTTP`; the credentials
+/// always from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), never from a spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Spec {
+    /// e.g. `http://127.0.0.1:9000` for a local server.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Whether a plain `http://` endpoint is allowed.
+    pub allow_http: Option<bool>,
+    /// Credentials given by a program embedding Sluice (never read from a
+    /// spec: `(access key id, secret access key)`).
+    #[serde(skip)]
+    pub credentials: Option<(String, String)>,
+}
+
+/// The scheme of a checkpoint directory in S3-compatible object storage.
+pub const S3_SCHEME: &str = "s3://";
+
 impl CheckpointSpec {
     /// Whether the directory holds a whole pipeline's checkpoints (written
     /// with parallelism 1): its lineage file (see `checkpoint::dir`) is at
     /// its root, where a pipeline run as tasks has one per task below.
+    /// (Not known here for a directory in S3: the run checks it there.)
     pub fn holds_whole_pipeline(&self) -> bool {
-        self.dir.join("LINEAGE").is_file()
+        self.s3_url().is_none() && self.dir.join("LINEAGE").is_file()
+    }
+
+    /// `s3://bucket/prefix` when the directory is in S3.
+    pub fn s3_url(&self) -> Option<&str> {
+        self.dir.to_str().filter(|d| d.starts_with(S3_SCHEME))
     }
 
     fn default_interval() -> Duration {
