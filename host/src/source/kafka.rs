@@ -507,7 +507,12 @@ impl KafkaSource {
         let tpl = positioned(&self.topics, partitions, Some(positions))?;
         self.unanswered = None;
         self.assign_more(&tpl)?;
-        if !self.paused.is_empty() {
+        if self.paused.is_empty() {
+            // librdkafka keeps a partition's pause across an unassignment:
+            // one fenced off here (see `drop_tasks`) and assigned again
+            // would stay stopped.
+            self.consumer.resume(&tpl)?;
+        } else {
             self.consumer.pause(&tpl)?;
             self.paused.extend(
                 partitions
