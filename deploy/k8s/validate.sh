@@ -13,8 +13,10 @@
 #      labels, the headless Service, the ConfigMap and Secret keys the pods use,
 #      named ports, the Prometheus port; and the spec each server runs
 #      (`--pipeline FILE`) is a key of a ConfigMap mounted at FILE, parses, and
-#      checkpoints below the mount of a ReadWriteMany volume claimed here (the
-#      replicas share their tasks' checkpoints).
+#      checkpoints where every replica reaches (the replicas share their tasks'
+#      checkpoints): an `s3://BUCKET/PREFIX` with the AWS credentials from a
+#      Secret here and a region (env or the spec's `checkpoint.s3`), or below
+#      the writable mount of a ReadWriteMany volume claimed here.
 # Python: $SLUICE_PYTHON, or the venv deploy/local/setup.sh installs. Prints one
 # line per document and version, then a summary on its last line; exits
 # non-zero on the first kind of problem found.
@@ -143,6 +145,11 @@ for s in [d for d in rendered if d["kind"] == "StatefulSet"]:
                 secret = secrets.get(ref["name"]) or fail(f"env {e['name']}: no Secret {ref['name']} here")
                 if ref["key"] not in {**secret.get("data", {}), **secret.get("stringData", {})}:
                     fail(f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}")
+            ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+            if ref:
+                cm = config_maps.get(ref["name"]) or fail(f"env {e['name']}: no ConfigMap {ref['name']} here")
+                if ref["key"] not in cm.get("data", {}) and not ref.get("optional"):
+                    fail(f"env {e['name']}: ConfigMap {ref['name']} has no key {ref['key']}")
     volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
     for v in volumes.values():
         if "configMap" in v:
@@ -173,14 +180,34 @@ for s in [d for d in rendered if d["kind"] == "StatefulSet"]:
             if not keys or keys[0] not in cm.get("data", {}):
                 fail(f"container {c['name']}: --pipeline {file}: configmap/{source['name']} has no such key")
             spec = parsed(cm, keys[0])
-            where = str((spec.get("checkpoint") or {}).get("dir", ""))
+            checkpoint = spec.get("checkpoint") or {}
+            where = str(checkpoint.get("dir", ""))
+            what = f"configmap/{source['name']}: {keys[0]}: checkpoint.dir {where or '(none)'}"
+            if where.startswith("s3://"):
+                # In S3: a bucket and a prefix; the credentials from a Secret
+                # (never the spec), a region from the env or the spec.
+                bucket, _, prefix = where[len("s3://"):].partition("/")
+                if not bucket or not prefix.strip("/"):
+                    fail(f"{what}: not s3://BUCKET/PREFIX")
+                env = {e["name"]: e for e in c.get("env", [])}
+                for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                    if "secretKeyRef" not in ((env.get(name) or {}).get("valueFrom") or {}):
+                        fail(f"{what}: container {c['name']} has no {name} from a Secret")
+                region = [n for n in ("AWS_REGION", "AWS_DEFAULT_REGION") if n in env]
+                if not region and not (checkpoint.get("s3") or {}).get("region"):
+                    fail(f"{what}: no region (AWS_REGION or checkpoint.s3.region)")
+                endpoint = env.get("AWS_ENDPOINT_URL") or {}
+                ref = (endpoint.get("valueFrom") or {}).get("configMapKeyRef")
+                url = config_maps[ref["name"]].get("data", {}).get(ref["key"]) if ref else endpoint.get("value")
+                if url is not None and not url.startswith(("http://", "https://")):
+                    fail(f"{what}: AWS_ENDPOINT_URL {url!r} is not an http(s) URL")
+                continue
             shared = mount_of(where, mounts) if where.startswith("/") else None
             claim = (volumes[shared["name"]].get("persistentVolumeClaim") or {}) if shared else {}
             modes = (claims.get(claim.get("claimName")) or {}).get("spec", {}).get("accessModes", [])
             if "ReadWriteMany" not in modes or shared.get("readOnly"):
-                fail(f"configmap/{source['name']}: {keys[0]}: checkpoint.dir {where or '(none)'} is not "
-                     "below the writable mount of a ReadWriteMany volume claimed here "
-                     "(replicas share their tasks' checkpoints)")
+                fail(f"{what} is neither s3://BUCKET/PREFIX nor below the writable mount of a "
+                     "ReadWriteMany volume claimed here (replicas share their tasks' checkpoints)")
 for cm in config_maps.values():
     for key in cm.get("data", {}):
         if key.endswith((".yaml", ".yml")):

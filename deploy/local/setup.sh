@@ -11,8 +11,10 @@
 #     that path themselves (deploy/local/s3.sh starts it);
 #   - a Python virtualenv in $SLUICE_CACHE/pyarrow-venv with, from PyPI,
 #     pyarrow, the standard Parquet reader the tests check Sluice's Parquet
-#     files with, and kubernetes-validate, Kubernetes' JSON schemas (bundled,
-#     used offline) that deploy/k8s/validate.sh checks the manifests against;
+#     files with, kubernetes-validate, Kubernetes' JSON schemas (bundled,
+#     used offline) that deploy/k8s/validate.sh checks the manifests against,
+#     and jsonschema, with which deploy/compose/validate.sh checks the Compose
+#     file against the Compose Specification's schema (vendored there);
 #   - Debian's chromium and chromium-driver packages (/usr/bin/chromium,
 #     /usr/bin/chromedriver), the headless browser the dashboard test drives,
 #     installed with apt-get (through sudo when not root) if either is missing.
@@ -58,23 +60,29 @@ fi
 
 PYARROW_VERSION=22.0.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# Also a dependency of kubernetes-validate; pinned for the Compose check.
+JSONSCHEMA_VERSION=4.26.0
 venv="$cache/pyarrow-venv"
-# Both packages importable (kubernetes_validate.utils pulls in its jsonschema
-# and PyYAML) and at the pinned versions; else the venv is made again.
+# The packages importable (kubernetes_validate.utils pulls in PyYAML) and at
+# the pinned versions; else the venv is made again.
 venv_check='
 import sys
+from importlib.metadata import version
 import pyarrow
+import jsonschema
 import kubernetes_validate.utils
 from kubernetes_validate.version import __version__ as kv
-sys.exit((pyarrow.__version__, kv) != tuple(sys.argv[1:]))
+sys.exit((pyarrow.__version__, kv, version("jsonschema")) != tuple(sys.argv[1:]))
 '
-if ! "$venv/bin/python" -c "$venv_check" "$PYARROW_VERSION" "$KUBERNETES_VALIDATE_VERSION" 2>/dev/null; then
-  log "installing pyarrow $PYARROW_VERSION and kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
+if ! "$venv/bin/python" -c "$venv_check" "$PYARROW_VERSION" "$KUBERNETES_VALIDATE_VERSION" \
+  "$JSONSCHEMA_VERSION" 2>/dev/null; then
+  log "installing pyarrow $PYARROW_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION and" \
+    "jsonschema $JSONSCHEMA_VERSION into $venv"
   rm -rf "$venv"
   mkdir -p "$cache"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION" \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" >&2
 fi
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -20,7 +20,7 @@ fn kubernetes_manifests_are_valid() {
     assert_eq!(
         stdout.lines().last(),
         Some(
-            "deploy/k8s: 7 documents in 7 files valid against Kubernetes 1.31 and 1.37 (kubernetes-validate 1.37.0, strict, offline); kustomization lists all 6 to apply"
+            "deploy/k8s: 6 documents in 6 files valid against Kubernetes 1.31 and 1.37 (kubernetes-validate 1.37.0, strict, offline); kustomization lists all 5 to apply"
         ),
         "{stdout}"
     );
@@ -28,7 +28,8 @@ fn kubernetes_manifests_are_valid() {
 
 /// The spec the pods run (`sluice serve --pipeline /etc/sluice/pipeline.yaml`)
 /// is one Sluice loads, but for its module file, which is in the image; and
-/// it checkpoints on the volume every replica mounts.
+/// it checkpoints in S3, where every replica reaches, with the endpoint,
+/// region and credentials from the pods' environment (none in the spec).
 #[test]
 fn the_configmap_spec_is_one_sluice_loads() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -38,8 +39,10 @@ fn the_configmap_spec_is_one_sluice_loads() {
     let path = dir.path().join("pipeline.yaml");
     std::fs::write(&path, config_map["data"]["pipeline.yaml"].as_str().unwrap()).unwrap();
     let spec = sluice::spec::load_unbuilt(&path).unwrap_or_else(|e| panic!("{e}"));
+    let checkpoint = spec.checkpoint.expect("a checkpoint section");
     assert_eq!(
-        spec.checkpoint.map(|c| c.dir),
-        Some(Path::new("/var/lib/sluice/checkpoints/events-per-minute").to_path_buf())
+        checkpoint.s3_url(),
+        Some("s3://sluice/checkpoints/events-per-minute")
     );
+    assert_eq!(checkpoint.s3, sluice::spec::S3Spec::default());
 }

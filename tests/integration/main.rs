@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod cli;
+mod compose;
 mod confine;
 mod crash;
 mod dashboard;
