@@ -17,6 +17,7 @@ pub mod api;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
+pub mod join;
 pub mod kafka_headers;
 pub mod manager;
 pub mod pipeline;

@@ -78,9 +78,14 @@ impl Broker {
             );
         }
         let url = format!("tcp://127.0.0.1:{port}");
+        // A new group's first rebalance waits 1 s for the members that
+        // start together (the workers of a process; Kafka's default is
+        // 3 s): with none, the first member takes every partition and the
+        // others take theirs in a cascade of rebalances, where the test
+        // broker refuses some hand-off commits (IllegalGeneration).
         let script = r#"
             "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine "$3" \
-                --group-initial-rebalance-delay 0s >>broker.log 2>&1 &
+                --group-initial-rebalance-delay 1s >>broker.log 2>&1 &
             broker=$!
             trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
             while kill -0 "$4" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.2; done
