@@ -285,8 +285,12 @@ pub(super) fn run(
             if stop.load(Ordering::Relaxed) {
                 halt.store(true, Ordering::Relaxed);
             }
+            // Not before every worker had its first assignment and recovered
+            // its tasks: a task's logged epochs are re-executed (and its
+            // checkpoint checked) even when there is nothing new to read.
             if let Some(drain) = &drain
                 && drained_asked.elapsed() >= DRAIN_POLL
+                && start.ready.load(Ordering::Acquire) == start.workers
             {
                 drained_asked = Instant::now();
                 if drain.done() {
