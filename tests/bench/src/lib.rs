@@ -45,6 +45,10 @@
 //! 4. Prints a Markdown table to stdout (progress goes to stderr) and writes
 //!    the same as JSON.
 //!
+//! Instead of all that, `--scaling 1,2,4,8` measures pipelines at several
+//! worker counts in-process, and `--processes 1,2,4` one pipeline run by
+//! several `sluice run` processes sharing its consumer group.
+//!
 //! Logs: the pipelines log at `warn` unless `RUST_LOG` says otherwise, so
 //! that the table stays readable.
 
@@ -153,6 +157,19 @@ pub struct BenchArgs {
     /// guest --target wasm32-wasip2 -p count-sum`.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub scaling: Vec<usize>,
+    /// Instead of the rows above: the processes table, filter-heartbeats
+    /// (at-least-once, and exactly-once with a shared checkpoint directory)
+    /// run by each of these numbers of `sluice run --until-caught-up`
+    /// processes sharing the pipeline's consumer group, e.g. `1,2,4` (with
+    /// `--partitions 16`); each process runs `--parallelism` workers, at
+    /// least 2 (so that its tasks are group members).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "K,...",
+        conflicts_with = "scaling"
+    )]
+    pub processes: Vec<usize>,
     /// Pid of the broker, to report its CPU time per row too.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -202,7 +219,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .with(progress.clone().with_filter(batches));
     let dispatch = tracing::Dispatch::new(subscriber);
     tracing::dispatcher::with_default(&dispatch, || {
-        if args.scaling.is_empty() {
+        if !args.processes.is_empty() {
+            processes::bench(args)
+        } else if args.scaling.is_empty() {
             rows::bench(args, &dispatch, &progress)
         } else {
             scaling::bench(args, &progress)
@@ -214,6 +233,7 @@ macro_rules! progress {
     ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
 }
 
+mod processes;
 mod rows;
 mod scaling;
 
