@@ -330,3 +330,39 @@ fn state_is_bounded_by_the_watermarks_and_the_interval() {
     // Every record accepted either matched or is an outer row.
     assert!(alone < 2 * PER_SIDE as u64);
 }
+
+/// A checkpoint of the state mid-stream, restored, carries on exactly as
+/// the state never stopped (what recovery from a checkpoint relies on).
+#[test]
+fn a_snapshot_restored_mid_stream_carries_on_as_if_never_stopped() {
+    let mut rng = Rng(7);
+    let records: Vec<(Side, String, i64, String)> = (0..400)
+        .map(|i| {
+            let side = if rng.below(2) == 0 {
+                Side::Left
+            } else {
+                Side::Right
+            };
+            let key = ["a", "b"][rng.below(2) as usize].to_owned();
+            (side, key, i / 4 - rng.below(5) as i64, format!("x{i}"))
+        })
+        .collect();
+    let run = |cut: Option<usize>| {
+        let mut d = Driver::new(JoinType::FullOuter, 3, 2, 2);
+        let mut got = Vec::new();
+        for (i, (side, key, time, name)) in records.iter().enumerate() {
+            if cut == Some(i) {
+                let bytes = postcard::to_allocvec(&d.join).unwrap();
+                d.join = postcard::from_bytes(&bytes).unwrap();
+            }
+            got.extend(d.push(*side, key, *time, name));
+        }
+        got.extend(d.flush());
+        (got, d.late)
+    };
+    let whole = run(None);
+    assert!(!whole.0.is_empty() && !whole.1.is_empty());
+    for cut in [1, 57, 200, 399] {
+        assert_eq!(run(Some(cut)), whole, "cut at {cut}");
+    }
+}
