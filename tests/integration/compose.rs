@@ -4,7 +4,6 @@
 //! with their checkpoints in the stack's S3 server.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -15,23 +14,9 @@ fn here() -> PathBuf {
 
 #[test]
 fn the_compose_file_is_valid() {
-    let out = Command::new("bash")
-        .arg(here().join("validate.sh"))
-        .env("SLUICE_PYTHON", sluice_tests::python())
-        .output()
-        .expect("run deploy/compose/validate.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "validate.sh failed:\n{stdout}{stderr}"
-    );
     assert_eq!(
-        stdout.lines().last(),
-        Some(
-            "deploy/compose: compose.yaml valid against the Compose Specification (compose-spec.json of check-jsonschema 0.39.0; jsonschema 4.26.0, offline); 3 Sluice services (sluice-0, sluice-1, sluice-2) run pipeline events-per-minute in group sluice-events-per-minute, checkpoints in s3://sluice/checkpoints/events-per-minute on service s3"
-        ),
-        "{stdout}"
+        sluice_tests::run_validator("compose"),
+        "deploy/compose: compose.yaml valid against the Compose Specification (compose-spec.json of check-jsonschema 0.39.0; jsonschema 4.26.0, offline); 3 Sluice services (sluice-0, sluice-1, sluice-2) run pipeline events-per-minute in group sluice-events-per-minute, checkpoints in s3://sluice/checkpoints/events-per-minute on service s3"
     );
 }
 

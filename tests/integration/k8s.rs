@@ -2,27 +2,11 @@
 //! the pinned Kubernetes schemas (offline, unknown fields refused), the
 //! kustomization complete, the names between documents in agreement.
 use std::path::Path;
-use std::process::Command;
 #[test]
 fn kubernetes_manifests_are_valid() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new("bash")
-        .arg(repo.join("deploy/k8s/validate.sh"))
-        .env("SLUICE_PYTHON", sluice_tests::python())
-        .output()
-        .expect("run deploy/k8s/validate.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "validate.sh failed:\n{stdout}{stderr}"
-    );
     assert_eq!(
-        stdout.lines().last(),
-        Some(
-            "deploy/k8s: 6 documents in 6 files valid against Kubernetes 1.31 and 1.37 (kubernetes-validate 1.37.0, strict, offline); kustomization lists all 5 to apply"
-        ),
-        "{stdout}"
+        sluice_tests::run_validator("k8s"),
+        "deploy/k8s: 6 documents in 6 files valid against Kubernetes 1.31 and 1.37 (kubernetes-validate 1.37.0, strict, offline); kustomization lists all 5 to apply"
     );
 }
 

@@ -405,6 +405,24 @@ pub fn produce(topic: &str, records: &[(&str, &str)]) {
 
 /// The Python with pyarrow that `deploy/local/setup.sh` installs:
 /// `$SLUICE_PYTHON`, or its cached virtualenv.
+/// Runs the offline validator `deploy/<dir>/validate.sh` (with the test
+/// Python), asserts that it succeeded, and returns the last line it printed.
+pub fn run_validator(dir: &str) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg(repo.join("deploy").join(dir).join("validate.sh"))
+        .env("SLUICE_PYTHON", python())
+        .output()
+        .unwrap_or_else(|e| panic!("run deploy/{dir}/validate.sh: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "validate.sh failed:\n{stdout}{stderr}"
+    );
+    stdout.lines().last().unwrap_or_default().to_owned()
+}
+
 pub fn python() -> PathBuf {
     if let Some(path) = std::env::var_os("SLUICE_PYTHON") {
         return path.into();

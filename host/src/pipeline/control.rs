@@ -757,14 +757,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_progress_of_tasks_is_the_pipelines_with_a_row_per_task() {
-        let control = Control::new();
+    /// Partitions 0 and 1 of `in` end at offsets 50 and 45.
+    fn two_partition_ends() -> EndOffsets {
         let ends = EndOffsets::default();
         ends.lock()
             .unwrap()
             .extend([(("in".to_owned(), 0), 50), (("in".to_owned(), 1), 45)]);
-        control.watch_ends(ends);
+        ends
+    }
+
+    #[test]
+    fn the_progress_of_tasks_is_the_pipelines_with_a_row_per_task() {
+        let control = Control::new();
+        control.watch_ends(two_partition_ends());
         // A second worker's source knows nothing yet.
         control.watch_ends(EndOffsets::default());
         control.publish(Some((Stage::Source, 1)), task(1, 40, 40, 90_000, 3), 1_000);
@@ -816,11 +821,7 @@ mod tests {
     #[test]
     fn a_task_moved_to_another_process_counts_in_the_totals_only() {
         let control = Control::new();
-        let ends = EndOffsets::default();
-        ends.lock()
-            .unwrap()
-            .extend([(("in".to_owned(), 0), 50), (("in".to_owned(), 1), 45)]);
-        control.watch_ends(ends);
+        control.watch_ends(two_partition_ends());
         control.publish(Some((Stage::Source, 0)), task(0, 30, 30, 60_000, 2), 1_000);
         control.publish(Some((Stage::Source, 1)), task(1, 40, 40, 90_000, 3), 1_500);
         control.task_departed((Stage::Source, 1));
