@@ -551,6 +551,7 @@ fn two_processes_until_caught_up_exit_once_the_group_is_through() {
         kafka_tools::produce_sample(brokers(), &input, &o).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let spec = dir.path().join("pipeline.yaml");
+        let group = unique("drain");
         std::fs::write(
             &spec,
             format!(
@@ -562,7 +563,6 @@ fn two_processes_until_caught_up_exit_once_the_group_is_through() {
                  checkpoint: {{ dir: checkpoints, interval: 1h }}\ndelivery: {delivery}\n\
                  parallelism: 2\n",
                 brokers = brokers(),
-                group = unique("drain"),
                 module = guest("filter-heartbeats").display(),
             ),
         )
@@ -599,5 +599,27 @@ fn two_processes_until_caught_up_exit_once_the_group_is_through() {
             expected_filtered(&o),
             "{delivery}"
         );
+        // Static members done for good left the group: it holds none of
+        // them for a session timeout, so a member still draining would
+        // not have waited for them.
+        assert_eq!(group_members(&group), Vec::<String>::new(), "{delivery}");
     }
+}
+
+/// The members the group's coordinator lists for `group` (their instance
+/// ids, else member ids).
+fn group_members(group: &str) -> Vec<String> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let list = client
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .unwrap();
+    list.groups()
+        .iter()
+        .flat_map(|g| g.members().iter().map(|m| m.id().to_owned()))
+        .collect()
 }

@@ -94,6 +94,8 @@ struct Drain {
     targets: HashMap<(u16, i32), i64>,
     /// How far this process's tasks have read (or resumed from).
     read: Mutex<HashMap<(u16, i32), i64>>,
+    /// Set once the group got there: the workers are done for good.
+    finished: AtomicBool,
 }
 
 impl Drain {
@@ -108,7 +110,12 @@ impl Drain {
             group,
             targets,
             read: Mutex::default(),
+            finished: AtomicBool::new(false),
         })
+    }
+
+    fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// This process's tasks have read up to `offsets` (the next offsets).
@@ -295,6 +302,7 @@ pub(super) fn run(
                 drained_asked = Instant::now();
                 if drain.done() {
                     tracing::info!("caught up: the group reached the end offsets seen at start");
+                    drain.finished.store(true, Ordering::Release);
                     halt.store(true, Ordering::Relaxed);
                 }
             }
@@ -826,7 +834,15 @@ impl Worker<'_> {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(summary),
+            None => {
+                // Done for good: a static member leaves the group as its
+                // consumer closes, so that the members still draining get
+                // its partitions now, not after its session timeout.
+                if self.drain.is_some_and(Drain::finished) {
+                    source.leave_when_closed(spec);
+                }
+                Ok(summary)
+            }
         }
     }
 }

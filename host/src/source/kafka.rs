@@ -279,6 +279,35 @@ pub struct KafkaSource {
     /// The rebalance last taken, until carried out (the group waits for
     /// it: closing answers it if the run failed before).
     unanswered: Option<Rebalance>,
+    /// A static member's way out of the group once done (see
+    /// [`Self::leave_when_closed`]). After `consumer`: fields drop in
+    /// order, so it runs once the consumer has closed.
+    leave: Option<Leave>,
+}
+
+/// Removes a static member from its group when dropped, if armed.
+#[derive(Debug)]
+struct Leave {
+    brokers: String,
+    group: String,
+    instance: String,
+    armed: bool,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        match super::leave::leave_group(&self.brokers, &self.group, &self.instance) {
+            Ok(()) => tracing::info!(instance = %self.instance, "left the consumer group"),
+            Err(e) => tracing::warn!(
+                instance = %self.instance,
+                error = format!("{e:#}"),
+                "cannot leave the consumer group: the others wait out the session timeout"
+            ),
+        }
+    }
 }
 
 impl Drop for KafkaSource {
@@ -403,6 +432,12 @@ impl KafkaSource {
         consumer.subscribe(&topic_refs)?;
         let mut source = Self::with(spec, consumer, ends, None);
         source.slots = Some(HashMap::new());
+        source.leave = instance.map(|instance| Leave {
+            brokers: spec.kafka.brokers.clone(),
+            group: spec.group_id(),
+            instance: instance.to_owned(),
+            armed: false,
+        });
         Ok(source)
     }
 
@@ -467,6 +502,31 @@ impl KafkaSource {
             slots: None,
             order: Vec::new(),
             unanswered: None,
+            leave: None,
+        }
+    }
+
+    /// A static member (see [`Self::member`]) that is done for good: once
+    /// its consumer has closed, it removes itself from the group, which
+    /// then deals its partitions out at once instead of after the session
+    /// timeout. Without a `group.instance.id` librdkafka leaves by itself.
+    pub fn leave_when_closed(&mut self, spec: &PipelineSpec) {
+        let Some(leave) = &mut self.leave else {
+            return;
+        };
+        let protocol = spec
+            .kafka
+            .consumer
+            .get("security.protocol")
+            .map(|p| p.to_string().to_ascii_lowercase());
+        if protocol.as_deref().is_none_or(|p| p == "plaintext") {
+            leave.armed = true;
+        } else {
+            tracing::info!(
+                instance = %leave.instance,
+                "static member over {}: it stays in the group until its session times out",
+                protocol.unwrap_or_default()
+            );
         }
     }
 

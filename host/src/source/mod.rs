@@ -3,6 +3,7 @@
 //! so that they can be committed once the batch's results are durable.
 
 mod kafka;
+mod leave;
 mod replay;
 
 pub use kafka::{
