@@ -623,7 +623,21 @@ impl<'a> Runner<'a> {
         while let Some(done) = self.in_flight.pop_front() {
             self.finish(source, done)?;
         }
-        commit_offsets(source, &self.commits.take(), CommitMode::Sync);
+        let mut offsets = self.commits.take();
+        if self.checkpoints.is_none() {
+            // With the newest offsets already sent, once more: one sent
+            // during a rebalance may have been refused unreported (see
+            // `KafkaSource::commit_kept`), and this is the last word.
+            for sent in source.sent_offsets(self.partition()) {
+                if !offsets
+                    .iter()
+                    .any(|o| (o.source, o.partition) == (sent.source, sent.partition))
+                {
+                    offsets.push(sent);
+                }
+            }
+        }
+        commit_offsets(source, &offsets, CommitMode::Sync);
         Ok(())
     }
 

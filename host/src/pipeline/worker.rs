@@ -612,6 +612,9 @@ impl Worker<'_> {
                     drain.read(positions.iter().map(|(&k, &v)| (k, v)));
                 }
                 source.add_tasks(&partitions, &positions)?;
+                // The rebalance is over for this member: what it sent for the
+                // tasks it kept may have been refused meanwhile.
+                source.commit_kept();
                 // They follow a swap under way (see `Swaps::tasks_moved`).
                 self.swaps.tasks_moved(stage, &numbers, true);
                 let round = self

@@ -599,6 +599,7 @@ impl KafkaSource {
         }
         self.unanswered = None;
         self.unassign_some(&tpl)?;
+        self.forget_sent(partitions);
         let gone: HashSet<i32> = partitions.iter().map(|&(_, p)| p).collect();
         self.order.retain(|p| !gone.contains(p));
         self.held.retain(|m| !gone.contains(&m.partition()));
@@ -614,6 +615,7 @@ impl KafkaSource {
     pub fn drop_tasks(&mut self, partitions: &[(u16, i32)]) -> Result<(), SourceError> {
         let tpl = positioned(&self.topics, partitions, None)?;
         self.consumer.pause(&tpl)?;
+        self.forget_sent(partitions);
         let gone: HashSet<i32> = partitions.iter().map(|&(_, p)| p).collect();
         self.order.retain(|p| !gone.contains(p));
         self.held.retain(|m| !gone.contains(&m.partition()));
@@ -960,7 +962,64 @@ impl KafkaSource {
                 ledger.sent.insert((o.source, o.partition), o.offset);
             }
         }
-        self.consumer.commit(&tpl, mode)
+        let result = self.consumer.commit(&tpl, mode);
+        if result.is_err() && matches!(mode, CommitMode::Sync) {
+            // Refused: sent again like a refused asynchronous one.
+            let mut ledger = self.ledger();
+            ledger.failed.extend_from_slice(offsets);
+        }
+        result
+    }
+
+    /// The newest offsets sent for `partition` (every partition: `None`),
+    /// whatever became of them.
+    pub fn sent_offsets(&self, partition: Option<i32>) -> Vec<NextOffset> {
+        let mut sent: Vec<NextOffset> = self
+            .ledger()
+            .sent
+            .iter()
+            .filter(|((_, p), _)| partition.is_none_or(|want| *p == want))
+            .map(|(&(source, partition), &offset)| NextOffset {
+                source,
+                partition,
+                offset,
+            })
+            .collect();
+        sent.sort_by_key(|o| (o.source, o.partition));
+        sent
+    }
+
+    /// Commits again, synchronously, the newest offsets sent for the
+    /// partitions this member kept through a rebalance. A commit sent while
+    /// the group was rebalancing may have been refused (wrong generation)
+    /// without librdkafka reporting it to the commit callback (it only
+    /// logs it): the group would keep an older position for a partition
+    /// that has nothing new to commit, and its next owner would read the
+    /// records in between again.
+    pub fn commit_kept(&self) {
+        let kept: Vec<NextOffset> = self
+            .sent_offsets(None)
+            .into_iter()
+            .filter(|o| self.order.contains(&o.partition))
+            .collect();
+        if kept.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit(&kept, CommitMode::Sync) {
+            tracing::warn!(error = %e, "cannot commit the kept partitions' offsets again after a rebalance; sent again later");
+        }
+    }
+
+    /// Forgets what was sent for partitions no longer this member's: a
+    /// later owner moves their committed offsets on.
+    fn forget_sent(&self, partitions: &[(u16, i32)]) {
+        let mut ledger = self.ledger();
+        ledger
+            .sent
+            .retain(|&(_, p), _| !partitions.iter().any(|&(_, gone)| gone == p));
+        ledger
+            .failed
+            .retain(|o| !partitions.iter().any(|&(_, gone)| gone == o.partition));
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, CommitLedger> {
