@@ -15,6 +15,9 @@
 //! - `sluice_consumer_lag{topic,partition}`: records behind the end offset.
 //! - `sluice_watermark_seconds`, `sluice_state_rows`, `sluice_state_bytes`:
 //!   for pipelines with windows.
+//! - `sluice_join_buffered_rows{side}`, `sluice_join_buffered_bytes{side}`,
+//!   `sluice_join_watermark_seconds{side}`: for pipelines that start with a
+//!   join (`side` = `left` or `right`).
 //! - `sluice_guest_traps_total`, `sluice_guest_deadline_hits_total`,
 //!   `sluice_guest_memory_hits_total`.
 //! - For a pipeline run as tasks (`parallelism` other than 1), per task
@@ -33,7 +36,7 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::manager::{PipelineStatus, Status};
-use crate::pipeline::{DURATION_BUCKETS_MS, Progress, Stage, TaskProgress};
+use crate::pipeline::{DURATION_BUCKETS_MS, JoinSideInfo, Progress, Stage, TaskProgress};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -258,6 +261,36 @@ pub fn render(state: &AppState) -> String {
     for (pipeline, p) in &progress {
         if let Some(state) = p.state {
             sample(&mut out, "sluice_state_bytes", pipeline, &[], state.bytes);
+        }
+    }
+
+    type JoinGauge = (&'static str, &'static str, fn(&JoinSideInfo) -> Option<f64>);
+    let join: [JoinGauge; 3] = [
+        (
+            "sluice_join_buffered_rows",
+            "Records a join holds, per side (waiting for matches, or to be emitted alone).",
+            |s| Some(s.rows as f64),
+        ),
+        (
+            "sluice_join_buffered_bytes",
+            "Bytes of the records a join holds, per side.",
+            |s| Some(s.bytes as f64),
+        ),
+        (
+            "sluice_join_watermark_seconds",
+            "A join side's watermark.",
+            |s| s.watermark.map(|w| w as f64 / 1000.0),
+        ),
+    ];
+    for (name, help, value) in join {
+        family(&mut out, name, "gauge", help);
+        for (pipeline, p) in &progress {
+            let Some(j) = &p.join else { continue };
+            for (side, info) in [("left", &j.left), ("right", &j.right)] {
+                if let Some(v) = value(info) {
+                    sample(&mut out, name, pipeline, &[("side", side)], v);
+                }
+            }
         }
     }
 

@@ -260,7 +260,8 @@ async fn what_is_not_a_sluice_component_is_refused_with_the_reason() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         error(&json).starts_with(
-            "the component implements neither `sluice:transform/transform@0.1.0` nor `sluice:transform/aggregate@0.1.0`: "
+            "the component implements none of `sluice:transform/transform@0.1.0`, \
+             `sluice:transform/aggregate@0.1.0` and `sluice:transform/join@0.1.0`: "
         ),
         "{json}"
     );

@@ -40,9 +40,14 @@ pub enum Kind {
     /// the watermark's `max_ahead`.
     #[serde(rename = "event time too far ahead")]
     TooFarAhead,
-    /// Every window the record belongs to was already final.
+    /// Every window the record belongs to was already final; or, in a
+    /// join, its side's watermark had passed its event time.
     #[serde(rename = "late")]
     Late,
+    /// A join run as tasks (one per partition) got a record whose join key
+    /// is not its Kafka key: its matches may be in another task.
+    #[serde(rename = "join key is not the Kafka key")]
+    JoinKeyNotKafkaKey,
     /// An output of the record is larger than the producer may send.
     #[serde(rename = "output record too large")]
     TooLarge,
@@ -53,7 +58,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Rejected,
         Kind::GuestError,
         Kind::Trap,
@@ -64,6 +69,7 @@ impl Kind {
         Kind::HeaderNotUtf8,
         Kind::TooFarAhead,
         Kind::Late,
+        Kind::JoinKeyNotKafkaKey,
         Kind::TooLarge,
         Kind::Parquet,
     ];
@@ -82,6 +88,7 @@ impl Kind {
             Kind::HeaderNotUtf8 => "header key is not UTF-8",
             Kind::TooFarAhead => "event time too far ahead",
             Kind::Late => "late",
+            Kind::JoinKeyNotKafkaKey => "join key is not the Kafka key",
             Kind::TooLarge => "output record too large",
             Kind::Parquet => "parquet",
         }

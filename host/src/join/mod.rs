@@ -162,6 +162,10 @@ pub struct JoinState<T> {
     sides: [SideState<T>; 2],
     /// Arrival number of the next record (ties of equal times).
     next: u64,
+    /// The rows evicted since last taken, when asked for (see
+    /// [`Self::track_evictions`]). Not part of a snapshot.
+    #[serde(skip)]
+    evicted: Option<Vec<T>>,
 }
 
 impl<T: Clone> JoinState<T> {
@@ -171,7 +175,23 @@ impl<T: Clone> JoinState<T> {
             within,
             sides: [SideState::default(), SideState::default()],
             next: 0,
+            evicted: None,
         }
+    }
+
+    /// From now on, keeps every evicted row for [`Self::take_evicted`]
+    /// (whoever tracks what the state still holds, e.g. the offsets a
+    /// restart must read again).
+    pub fn track_evictions(&mut self) {
+        self.evicted.get_or_insert_with(Vec::new);
+    }
+
+    /// The rows evicted since the last call, oldest deadline first.
+    pub fn take_evicted(&mut self) -> Vec<T> {
+        self.evicted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Takes record `value` of `side` (`bytes`: its size, for the
@@ -282,6 +302,9 @@ impl<T: Clone> JoinState<T> {
             if let Some(row) = rows.remove(&(time, arrival)) {
                 s.buffered -= 1;
                 s.bytes -= row.bytes;
+                if let Some(evicted) = &mut self.evicted {
+                    evicted.push(row.value.clone());
+                }
                 if keeps && !row.matched {
                     out.push(Joined::Alone {
                         side,

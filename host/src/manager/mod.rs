@@ -137,7 +137,7 @@ pub enum ManagerError {
     WrongKind {
         field: String,
         module: String,
-        mismatch: &'static str,
+        mismatch: String,
     },
     #[error(transparent)]
     Io(#[from] IoError),
@@ -414,4 +414,34 @@ impl Manager {
     fn persist(&self, stored: &Stored) -> Result<(), ManagerError> {
         persist(&self.data, stored)
     }
+}
+
+/// The kind of module a step of a spec document needs: an `aggregate`
+/// section asks for an aggregate, a `join` section for a join.
+fn step_kind(step: &serde_json::Value) -> crate::registry::Kind {
+    let has = |section: &str| step.get(section).is_some_and(|a| !a.is_null());
+    if has("aggregate") {
+        crate::registry::Kind::Aggregate
+    } else if has("join") {
+        crate::registry::Kind::Join
+    } else {
+        crate::registry::Kind::Transform
+    }
+}
+
+/// How a module of kind `module` does not fit a step needing `step`.
+fn kind_mismatch(step: crate::registry::Kind, module: crate::registry::Kind) -> Option<String> {
+    use crate::registry::Kind;
+    let named = |k: Kind| match k {
+        Kind::Transform => "a transform",
+        Kind::Aggregate => "an aggregate",
+        Kind::Join => "a join",
+    };
+    (step != module).then(|| {
+        format!(
+            "is {} component, but the step is {}",
+            named(module),
+            named(step)
+        )
+    })
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Manager, ManagerError, StepModule, Usage, lock};
 use crate::registry::IoError;
-use crate::registry::{Kind, ModuleRef, StoreError};
+use crate::registry::{ModuleRef, StoreError};
 use crate::spec::{Confinement, PipelineSpec, SpecError};
 
 impl Manager {
@@ -74,7 +74,7 @@ impl Manager {
                         }
                     },
                 };
-                let aggregate = t.get("aggregate").is_some_and(|a| !a.is_null());
+                let aggregate = super::step_kind(t);
                 let step = match t.get("name") {
                     Some(Value::String(step)) => step.clone(),
                     _ => module.name.clone(),
@@ -97,12 +97,7 @@ impl Manager {
                         source,
                     }
                 })?;
-                if aggregate != (meta.kind == Kind::Aggregate) {
-                    let mismatch = if aggregate {
-                        "is a transform component, but the step has an `aggregate` section"
-                    } else {
-                        "is an aggregate component, but the step has no `aggregate` section"
-                    };
+                if let Some(mismatch) = super::kind_mismatch(aggregate, meta.kind) {
                     return Err(ManagerError::WrongKind {
                         field,
                         module: format!("{module}@{version}"),

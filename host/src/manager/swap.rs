@@ -17,7 +17,7 @@ use super::{
     now, persist,
 };
 use crate::pipeline::{SwapListener, SwapRecord, SwapRequest, SwapState};
-use crate::registry::{Kind, ModuleRef, StoreError};
+use crate::registry::{ModuleRef, StoreError};
 use crate::spec::SpecError;
 
 /// How long a request waits for the run: a pause waits for the current
@@ -141,18 +141,12 @@ impl Manager {
                     field: field.clone(),
                     source,
                 })?;
-            let aggregate = doc.spec["transforms"][index]
-                .get("aggregate")
-                .is_some_and(|a| !a.is_null());
-            if aggregate != (meta.kind == Kind::Aggregate) {
+            let step = super::step_kind(&doc.spec["transforms"][index]);
+            if let Some(mismatch) = super::kind_mismatch(step, meta.kind) {
                 return Err(ManagerError::WrongKind {
                     field: field.clone(),
                     module: format!("{}@{version}", reference.name),
-                    mismatch: if aggregate {
-                        "is a transform component, but the step is an aggregate"
-                    } else {
-                        "is an aggregate component, but the step is a transform"
-                    },
+                    mismatch,
                 });
             }
             let file = self.module_file(name, &reference.name, version, &meta.sha256)?;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::aggregate::{AggregateStep, StepError, WindowDeadLetter};
+use super::join::JoinStep;
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Columns, Reason};
 use crate::runtime::{Aggregator, Transform};
@@ -23,6 +24,9 @@ pub enum Step {
     /// (see `spec::Stages`): the aggregate guest's `extract` keys each
     /// record by its aggregate key, and nothing else changes.
     Rekey(Box<Rekey>),
+    /// Only ever the first step: a stream-stream join of the source's two
+    /// sides. Boxed: it holds both sides' buffers.
+    Join(Box<JoinStep>),
 }
 
 /// The aggregate's guest, keying records for a repartition topic.
@@ -90,6 +94,11 @@ pub struct ChainOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Windows an aggregate step could not finish, with the step's index.
     pub window_dead_letters: Vec<(usize, WindowDeadLetter)>,
+    /// Dead letters that are no source record of the batch: records a
+    /// join made (refused by a later step) and the records of pairs the
+    /// join's guest refused. One reason (with its step) per record.
+    pub held_dead: Columns,
+    pub held_reasons: Vec<(usize, Reason)>,
     /// Source records that a step dropped on purpose (no output, no dead
     /// letter).
     pub dropped: u64,
@@ -150,6 +159,9 @@ impl Chain {
         if let Some(aggregate) = self.aggregate_mut() {
             aggregate.require_partition_keys();
             self.keep_keys = true;
+        }
+        if let Some(Step::Join(join)) = self.steps.first_mut() {
+            join.require_partition_keys();
         }
     }
 
@@ -222,6 +234,56 @@ impl Chain {
                     break;
                 }
                 _ if input.is_empty() => return Ok(out),
+                Step::Join(j) => {
+                    let result = j.process(input)?;
+                    for (i, reason) in result.dead_letters {
+                        out.dead_letters.push(DeadLetter {
+                            origin: origins[i as usize],
+                            step,
+                            reason,
+                        });
+                    }
+                    for record in result.held_dead.iter() {
+                        out.held_dead.push_ref(record, None);
+                    }
+                    out.held_reasons
+                        .extend(result.held_reasons.into_iter().map(|r| (step, r)));
+                    let named = self.configured(&result.output.output_names);
+                    let mut next = Batch::default();
+                    for (j, record) in result.output.records.iter().enumerate() {
+                        let pair = &result.pairs[result.output.inputs[j] as usize];
+                        let key = record.key.or(Some(&pair.key));
+                        let timestamp = record.timestamp.or(Some(pair.time));
+                        let headers = record.headers.iter().map(|(n, v)| (n, Some(v)));
+                        let target = match result.output.targets[j] {
+                            0 if !last_step => {
+                                next.records.push(key, record.value, timestamp, headers);
+                                next.partitions.push(pair.partition);
+                                next.offsets.push(pair.offset);
+                                next.sources.push(0);
+                                continue;
+                            }
+                            0 => Some(self.default_output),
+                            k => named[k as usize - 1],
+                        };
+                        match target {
+                            Some(o) => {
+                                let routed = &mut out.outputs[o];
+                                routed.records.push(key, record.value, timestamp, headers);
+                                routed.origins.push(NO_ORIGIN);
+                            }
+                            None => {
+                                let k = result.output.targets[j] as usize - 1;
+                                out.held_dead.push(key, record.value, timestamp, headers);
+                                out.held_reasons
+                                    .push((step, unknown_output(&result.output.output_names[k])));
+                            }
+                        }
+                    }
+                    origins = vec![NO_ORIGIN; next.len()];
+                    owned = Some(next);
+                    continue;
+                }
                 Step::Rekey(r) => {
                     let horizon = now_ms.saturating_add(r.max_ahead);
                     out.exchange_times = rekey(
@@ -243,11 +305,17 @@ impl Chain {
             let mut accounted = vec![false; input.len()];
             for (i, reason) in result.dead_letters {
                 accounted[i as usize] = true;
-                out.dead_letters.push(DeadLetter {
-                    origin: origins[i as usize],
-                    step,
-                    reason,
-                });
+                match origins[i as usize] {
+                    NO_ORIGIN => {
+                        out.held_dead.push_ref(input.records.get(i as usize), None);
+                        out.held_reasons.push((step, reason));
+                    }
+                    origin => out.dead_letters.push(DeadLetter {
+                        origin,
+                        step,
+                        reason,
+                    }),
+                }
             }
             let named = self.configured(&result.output_names);
             for (j, record) in result.records.iter().enumerate() {
@@ -287,14 +355,20 @@ impl Chain {
                             out.outputs[o].records.push_ref(record, fallback);
                             out.outputs[o].origins.push(origins[i]);
                         }
-                        None => out.dead_letters.push(DeadLetter {
-                            origin: origins[i],
-                            step,
-                            reason: Reason::new(
-                                Kind::UnknownOutput,
-                                format!("unknown output `{}`", result.output_names[k as usize - 1]),
-                            ),
-                        }),
+                        None => {
+                            let reason = unknown_output(&result.output_names[k as usize - 1]);
+                            match origins[i] {
+                                NO_ORIGIN => {
+                                    out.held_dead.push_ref(record, fallback);
+                                    out.held_reasons.push((step, reason));
+                                }
+                                origin => out.dead_letters.push(DeadLetter {
+                                    origin,
+                                    step,
+                                    reason,
+                                }),
+                            }
+                        }
                     },
                 }
             }
@@ -367,6 +441,10 @@ impl Chain {
             ));
         }
     }
+}
+
+fn unknown_output(name: &str) -> Reason {
+    Reason::new(Kind::UnknownOutput, format!("unknown output `{name}`"))
 }
 
 /// Runs `input` through `aggregator`'s `extract` into `output`: each

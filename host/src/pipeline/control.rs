@@ -44,6 +44,10 @@ pub struct Progress {
     pub event_time: Option<EventTime>,
     /// Window state, for a pipeline with an aggregate step.
     pub state: Option<StateInfo>,
+    /// What a join step holds, per side, for a pipeline that starts with
+    /// one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinInfo>,
     /// Since the run started.
     pub totals: Totals,
     /// Per source partition: the position after the last record read, the
@@ -114,6 +118,42 @@ pub struct EventTime {
     pub min: Option<i64>,
     pub max: Option<i64>,
     pub watermark: Option<i64>,
+}
+
+/// A join step's buffers: records held per side, their bytes, and each
+/// side's watermark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JoinInfo {
+    pub left: JoinSideInfo,
+    pub right: JoinSideInfo,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JoinSideInfo {
+    /// Records held (waiting for matches, or to be emitted alone).
+    pub rows: u64,
+    /// Their bytes, with the host's bookkeeping.
+    pub bytes: u64,
+    /// Unix milliseconds; `None` before the side's first record.
+    pub watermark: Option<i64>,
+}
+
+impl JoinInfo {
+    /// Two tasks' buffers together: rows and bytes summed, the slower
+    /// watermark.
+    fn add(&mut self, other: &JoinInfo) {
+        for (m, o) in [
+            (&mut self.left, &other.left),
+            (&mut self.right, &other.right),
+        ] {
+            m.rows += o.rows;
+            m.bytes += o.bytes;
+            m.watermark = match (m.watermark, o.watermark) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -642,6 +682,7 @@ fn merge_tasks(
         sources: Vec::new(),
         event_time: None,
         state: None,
+        join: None,
         input_rows_per_second: 0.0,
         processed_rows_per_second: 0.0,
         tasks: Vec::with_capacity(tasks.len()),
@@ -687,6 +728,9 @@ fn merge_tasks(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 _ => None,
             };
+        }
+        if let Some(j) = &p.join {
+            merged.join.get_or_insert_with(JoinInfo::default).add(j);
         }
         if let Some(st) = p.state {
             let m = merged.state.get_or_insert_with(StateInfo::default);

@@ -251,6 +251,23 @@ pub fn deliver(
             sender.quarantine(topic, None, record.get(0), &window.reason.text, too_large);
         }
     }
+    // Records a join made or held that a step refused: no source record of
+    // this batch, so they go as they are (numbered like window results).
+    for (j, (step, reason)) in out.held_reasons.iter().enumerate() {
+        let step = &routing.steps[*step];
+        let record = out.held_dead.get(j);
+        let extra: [(&str, &[u8]); 5] = [
+            ("sluice.error", reason.text.as_bytes()),
+            ("sluice.pipeline", routing.pipeline.as_bytes()),
+            ("sluice.step", step.name.as_bytes()),
+            ("sluice.module", step.module.as_bytes()),
+            ("sluice.module.sha256", step.sha256.as_bytes()),
+        ];
+        let topic = &routing.dead_letter_topic;
+        if let Err(too_large) = sender.send(topic, None, record, &extra, WINDOW_INPUT)? {
+            sender.quarantine(topic, None, record, &reason.text, too_large);
+        }
+    }
     for r in rejected {
         let routed = &out.outputs[r.output];
         let record = routed.records.get(r.record as usize);

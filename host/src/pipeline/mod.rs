@@ -27,6 +27,7 @@ mod chain;
 mod checkpoint;
 mod control;
 mod deliver;
+mod join;
 mod round;
 mod runner;
 mod stages;
@@ -43,16 +44,17 @@ pub use aggregate::{AggregateOutput, AggregateStep, StepError, WindowDeadLetter}
 pub use chain::{Chain, ChainOutput, DeadLetter, NO_ORIGIN, Rekey, ResultWindow, Routed, Step};
 pub use checkpoint::{Checkpoint, SourcePosition, TaskLayout};
 pub use control::{
-    Control, DURATION_BUCKETS_MS, Progress, Sample, SwapListener, SwapRecord, SwapRequest,
-    SwapState, TaskProgress,
+    Control, DURATION_BUCKETS_MS, JoinInfo, JoinSideInfo, Progress, Sample, SwapListener,
+    SwapRecord, SwapRequest, SwapState, TaskProgress,
 };
 pub use deliver::{Exchange, Rejected, Routing, StepInfo};
+pub use join::JoinStep;
 pub use task::Stage;
 
 use runner::Runner;
 
 use crate::batch::reason::Kind;
-use crate::runtime::{Aggregator, Labels, Module, Runtime, Transform};
+use crate::runtime::{Aggregator, Joiner, Labels, Module, Runtime, Transform};
 use crate::source::NextOffset;
 use crate::spec::{DEFAULT_OUTPUT, PipelineSpec};
 
@@ -253,6 +255,11 @@ fn start_step(spec: &PipelineSpec, i: usize, module: &Module) -> anyhow::Result<
             max_ahead,
         })));
     }
+    if let Some(join) = &t.join {
+        let joiner = Joiner::new(module, labels, t.limits, t.config_pairs())
+            .with_context(|| field.clone())?;
+        return Ok(Step::Join(Box::new(JoinStep::new(joiner, join))));
+    }
     Ok(match &t.aggregate {
         None => Step::Transform(
             Transform::new(module, labels, t.limits, t.config_pairs())
@@ -351,6 +358,7 @@ pub fn step_module(step: &Step) -> &Module {
         Step::Transform(t) => t.module(),
         Step::Aggregate(a) => a.aggregator().module(),
         Step::Rekey(r) => r.aggregator.module(),
+        Step::Join(j) => j.joiner().module(),
     }
 }
 
@@ -358,6 +366,14 @@ pub fn step_module(step: &Step) -> &Module {
 /// still need (until checkpoints hold window state, a restart rebuilds open
 /// windows by re-reading their records).
 pub(super) fn hold_back(mut offsets: Vec<NextOffset>, chain: &Chain) -> Vec<NextOffset> {
+    if let Some(Step::Join(join)) = chain.steps().first() {
+        let held = join.held_offsets();
+        for o in &mut offsets {
+            if let Some(&h) = held.get(&(o.source, o.partition)) {
+                o.offset = o.offset.min(h);
+            }
+        }
+    }
     if let Some(aggregate) = chain.aggregate() {
         let held = aggregate.engine().held_offsets();
         for o in &mut offsets {
@@ -450,6 +466,10 @@ impl Summary {
         self.dead_lettered += out.window_dead_letters.len() as u64;
         for (_, w) in &out.window_dead_letters {
             *self.dead_letter_reasons.entry(w.reason.kind).or_default() += 1;
+        }
+        self.dead_lettered += out.held_reasons.len() as u64;
+        for (_, r) in &out.held_reasons {
+            *self.dead_letter_reasons.entry(r.kind).or_default() += 1;
         }
     }
 }

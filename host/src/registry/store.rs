@@ -22,6 +22,7 @@ const INDEX_FORMAT: u32 = 1;
 pub enum Kind {
     Transform,
     Aggregate,
+    Join,
 }
 
 impl From<ModuleKind> for Kind {
@@ -29,6 +30,7 @@ impl From<ModuleKind> for Kind {
         match kind {
             ModuleKind::Transform => Kind::Transform,
             ModuleKind::Aggregate => Kind::Aggregate,
+            ModuleKind::Join => Kind::Join,
         }
     }
 }

@@ -168,7 +168,7 @@ impl Aggregator {
 }
 
 /// Checks `extract`'s answer for `n` records against the contract.
-fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
+pub(super) fn extracted(keyed: bindings::Keyed, n: usize) -> Result<Extracted, String> {
     let bindings::Keyed {
         keys,
         key_offsets,

@@ -5,7 +5,7 @@
 use super::engine::Runtime;
 use super::module::{InstantiateError, ModuleError, ModuleKind};
 use super::sandbox::Labels;
-use super::{Aggregator, Transform};
+use super::{Aggregator, Joiner, Transform};
 use crate::spec::Limits;
 
 /// A component that passed [`inspect`].
@@ -48,6 +48,7 @@ pub fn inspect(
     match module.kind() {
         ModuleKind::Transform => drop(Transform::new(&module, labels, limits, config)?),
         ModuleKind::Aggregate => drop(Aggregator::new(&module, labels, limits, config)?),
+        ModuleKind::Join => drop(Joiner::new(&module, labels, limits, config)?),
     }
     Ok(Inspection {
         kind: module.kind(),

@@ -3,7 +3,7 @@
 
 use wasmtime::{Store, Trap};
 
-use super::bindings::{self, AggregateGuest, InputBatch, OutputBatch, TransformGuest};
+use super::bindings::{self, AggregateGuest, InputBatch, JoinGuest, OutputBatch, TransformGuest};
 use super::engine::EPOCH_TICK;
 use super::module::{InstantiateError, Module, Pre};
 use super::sandbox::{HostState, Labels, MemoryLimitExceeded};
@@ -77,10 +77,8 @@ impl TransformStats {
 /// A world a guest can be: how to find its pre-instantiated component in a
 /// [`Module`], instantiate it and run its `init`.
 pub trait World: Sized {
-    /// What a module of this world is, and what it is when it is not
-    /// (for errors).
+    /// What a module of this world is (for errors).
     const KIND: &'static str;
-    const OTHER: &'static str;
     /// Instantiates the guest in `store` and runs its `init`; `None` if
     /// the module is of the other world.
     fn start(
@@ -93,10 +91,9 @@ pub trait World: Sized {
 /// `World` for a generated guest type: its `Pre` variant and the accessor
 /// of its exported interface.
 macro_rules! world {
-    ($guest:ty, $variant:ident, $interface:ident, $kind:literal, $other:literal) => {
+    ($guest:ty, $variant:ident, $interface:ident, $kind:literal) => {
         impl World for $guest {
             const KIND: &'static str = $kind;
-            const OTHER: &'static str = $other;
             fn start(
                 pre: &Pre,
                 store: &mut Store<HostState>,
@@ -120,16 +117,15 @@ world!(
     TransformGuest,
     Transform,
     sluice_transform_transform,
-    "a transform",
-    "an aggregate"
+    "a transform"
 );
 world!(
     AggregateGuest,
     Aggregate,
     sluice_transform_aggregate,
-    "an aggregate",
-    "a transform"
+    "an aggregate"
 );
+world!(JoinGuest, Join, sluice_transform_join, "a join");
 
 /// A live guest instance of world `W`: its module, its store (memory cap,
 /// deadline) and counters that outlive restarts. See the module docs of
@@ -260,7 +256,7 @@ fn start<W: World>(
     let Some(started) = W::start(module.pre(), &mut store, config) else {
         return Err(InstantiateError::WrongKind {
             expected: W::KIND,
-            actual: W::OTHER,
+            actual: module.kind().described(),
         });
     };
     match started {

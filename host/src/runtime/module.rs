@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::bindings::{AGGREGATE_EXPORT, AggregateGuestPre, TRANSFORM_EXPORT, TransformGuestPre};
+use super::bindings::{
+    AGGREGATE_EXPORT, AggregateGuestPre, JOIN_EXPORT, JoinGuestPre, TRANSFORM_EXPORT,
+    TransformGuestPre,
+};
 use super::engine::Runtime;
 use super::sandbox::HostState;
 
@@ -32,7 +35,9 @@ pub enum ModuleError {
     CompileThread(String),
     #[error("the component needs imports Sluice does not provide: {0}")]
     UnsupportedImports(String),
-    #[error("the component implements neither `{TRANSFORM_EXPORT}` nor `{AGGREGATE_EXPORT}`: {0}")]
+    #[error(
+        "the component implements none of `{TRANSFORM_EXPORT}`, `{AGGREGATE_EXPORT}` and `{JOIN_EXPORT}`: {0}"
+    )]
     WrongWorld(String),
 }
 
@@ -43,6 +48,19 @@ pub enum ModuleKind {
     Transform,
     /// A windowed aggregate (`aggregate-guest`).
     Aggregate,
+    /// A stream-stream join (`join-guest`).
+    Join,
+}
+
+impl ModuleKind {
+    /// What a module of this kind is, in words.
+    pub fn described(self) -> &'static str {
+        match self {
+            Self::Transform => "a transform",
+            Self::Aggregate => "an aggregate",
+            Self::Join => "a join",
+        }
+    }
 }
 
 /// Why a transform instance could not be made from a module.
@@ -62,6 +80,7 @@ pub enum InstantiateError {
 pub enum Pre {
     Transform(TransformGuestPre<HostState>),
     Aggregate(AggregateGuestPre<HostState>),
+    Join(JoinGuestPre<HostState>),
 }
 
 /// A checked, compiled, pre-instantiated component. Cheap to clone.
@@ -102,9 +121,12 @@ impl Module {
             .map_err(|e| ModuleError::UnsupportedImports(format!("{e:#}")))?;
         let pre = match TransformGuestPre::new(pre.clone()) {
             Ok(transform) => Pre::Transform(transform),
-            Err(e) => match AggregateGuestPre::new(pre) {
+            Err(e) => match AggregateGuestPre::new(pre.clone()) {
                 Ok(aggregate) => Pre::Aggregate(aggregate),
-                Err(_) => return Err(ModuleError::WrongWorld(format!("{e:#}"))),
+                Err(_) => match JoinGuestPre::new(pre) {
+                    Ok(join) => Pre::Join(join),
+                    Err(_) => return Err(ModuleError::WrongWorld(format!("{e:#}"))),
+                },
             },
         };
         Ok(Self {
@@ -139,6 +161,7 @@ impl Module {
         match self.inner.pre {
             Pre::Transform(_) => ModuleKind::Transform,
             Pre::Aggregate(_) => ModuleKind::Aggregate,
+            Pre::Join(_) => ModuleKind::Join,
         }
     }
 

@@ -112,11 +112,58 @@ fn parse_with(text: &str, paths: Paths<'_>) -> Result<PipelineSpec, SpecError> {
             false
         }
     };
+    join_sources(&mut spec)?;
     if spec.parallelism == Parallelism::Unset {
         spec.parallelism = Parallelism::default_for(&spec);
     }
     validate(&spec, check_modules)?;
     Ok(spec)
+}
+
+/// A pipeline that starts with a join reads its sides' topics: they become
+/// the source topics (left ones first), which the spec must leave out.
+fn join_sources(spec: &mut PipelineSpec) -> Result<(), SpecError> {
+    for (i, t) in spec.transforms.iter().enumerate() {
+        let Some(join) = &t.join else { continue };
+        let field = |f: &str| format!("transforms[{i}].join{f}");
+        join.validate()
+            .map_err(|(f, message)| SpecError::new(field(&format!(".{f}")), message))?;
+        if i != 0 {
+            return Err(SpecError::new(
+                field(""),
+                "a join step must be the first transform of the chain (it reads the source)",
+            ));
+        }
+        if t.aggregate.is_some() {
+            return Err(SpecError::new(
+                field(""),
+                "a step is a join or an aggregate, not both",
+            ));
+        }
+        if let Some(k) = spec.transforms.iter().position(|t| t.aggregate.is_some()) {
+            return Err(SpecError::new(
+                format!("transforms[{k}].aggregate"),
+                "an aggregate after a join is not supported yet: write the joined records to a \
+                 topic and aggregate them in a second pipeline",
+            ));
+        }
+        if !spec.source.topics.is_empty() {
+            return Err(SpecError::new(
+                "source.topics",
+                "leave it out when the first step is a join: the join's `left.topics` and \
+                 `right.topics` are the topics read",
+            ));
+        }
+        if spec.checkpoint.is_some() {
+            return Err(SpecError::new(
+                "checkpoint",
+                "join state is not checkpointed yet: run a join pipeline without a \
+                 `checkpoint` section (at-least-once; a restart begins with empty join state)",
+            ));
+        }
+        spec.source.topics = join.topics();
+    }
+    Ok(())
 }
 
 fn resolve_trusted(spec: &mut PipelineSpec, base: &Path) {

@@ -11,6 +11,7 @@
 //! `kafka_props.rs`).
 
 mod confine;
+pub mod join;
 mod kafka_props;
 mod load;
 pub mod parquet;
@@ -98,7 +99,9 @@ impl Parallelism {
     ///
     /// - `1` for a pipeline with an aggregate step without `repartition`:
     ///   whether its key is the records' Kafka key (what a task needs) only
-    ///   the guest knows, and a whole run is right for any key;
+    ///   the guest knows, and a whole run is right for any key; likewise
+    ///   for a pipeline that starts with a join (a task joins only the
+    ///   records of its partitions);
     /// - `1` for a pipeline whose checkpoint directory holds a whole
     ///   pipeline's checkpoints (written before tasks existed, or with
     ///   `parallelism: 1`): it carries on from them rather than refusing.
@@ -106,7 +109,7 @@ impl Parallelism {
         let any_key = spec
             .transforms
             .iter()
-            .any(|t| t.aggregate.is_some() && t.repartition.is_none());
+            .any(|t| (t.aggregate.is_some() && t.repartition.is_none()) || t.join.is_some());
         let whole_state = spec
             .checkpoint
             .as_ref()
@@ -271,6 +274,9 @@ pub struct KafkaSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
+    /// The topics read. Left out when the first step is a join: its sides'
+    /// topics are the source's (left ones first).
+    #[serde(default)]
     pub topics: Vec<String>,
     /// Consumer group; default `sluice-<name>`.
     #[serde(default)]
@@ -351,6 +357,11 @@ pub struct TransformSpec {
     /// must be the last of the chain.
     #[serde(default)]
     pub aggregate: Option<window::WindowSpec>,
+    /// Present for a join step: its two inputs, interval and type. The
+    /// module must then implement the join world, and the step must be
+    /// the first of the chain (see [`join`]).
+    #[serde(default)]
+    pub join: Option<join::JoinSpec>,
     /// An aggregate step whose key is not the records' Kafka key, in a
     /// pipeline run as tasks: `true` (topic `<pipeline>-repartition-<step>`)
     /// or `{ topic: name }`. The records are re-keyed by the aggregate key
@@ -458,6 +469,13 @@ impl PipelineSpec {
             .group
             .clone()
             .unwrap_or_else(|| format!("sluice-{}", self.name))
+    }
+
+    /// The join step, if the chain starts with one: its section, and how
+    /// many of the source topics (the first ones) are its left side's.
+    pub fn join(&self) -> Option<(&join::JoinSpec, usize)> {
+        let j = self.transforms.first()?.join.as_ref()?;
+        Some((j, j.left.topics.len()))
     }
 
     /// Every topic the pipeline writes to, deduplicated.

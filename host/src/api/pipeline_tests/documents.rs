@@ -69,6 +69,12 @@ async fn metrics_are_prometheus_text() {
          # TYPE sluice_state_rows gauge\n\
          # HELP sluice_state_bytes Bytes of window state.\n\
          # TYPE sluice_state_bytes gauge\n\
+         # HELP sluice_join_buffered_rows Records a join holds, per side (waiting for matches, or to be emitted alone).\n\
+         # TYPE sluice_join_buffered_rows gauge\n\
+         # HELP sluice_join_buffered_bytes Bytes of the records a join holds, per side.\n\
+         # TYPE sluice_join_buffered_bytes gauge\n\
+         # HELP sluice_join_watermark_seconds A join side's watermark.\n\
+         # TYPE sluice_join_watermark_seconds gauge\n\
          # HELP sluice_task_records_in_total Records read by a task (a pipeline run as tasks).\n\
          # TYPE sluice_task_records_in_total counter\n\
          # HELP sluice_task_lag Records between a task's positions and its partitions' end offsets.\n\

@@ -171,7 +171,7 @@ async fn unknown_modules_wrong_kinds_and_duplicates() {
         (
             "agg@1",
             StatusCode::UNPROCESSABLE_ENTITY,
-            "transforms[0].module: module `agg@1` is an aggregate component, but the step has no `aggregate` section",
+            "transforms[0].module: module `agg@1` is an aggregate component, but the step is a transform",
         ),
     ] {
         let (code, doc) = send(&f, Method::POST, "/v1/pipelines", &spec("p", module)).await;

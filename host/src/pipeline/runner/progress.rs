@@ -3,7 +3,9 @@
 use std::time::SystemTime;
 
 use super::{Runner, ms};
-use crate::pipeline::control::{Control, EventTime, Progress, SourceProgress, StateInfo, Totals};
+use crate::pipeline::control::{
+    Control, EventTime, JoinInfo, JoinSideInfo, Progress, SourceProgress, StateInfo, Totals,
+};
 use crate::pipeline::{Step, Summary};
 
 impl Runner<'_> {
@@ -49,6 +51,7 @@ impl Runner<'_> {
                 Step::Transform(t) => t.stats(),
                 Step::Aggregate(a) => a.aggregator().stats(),
                 Step::Rekey(r) => r.aggregator.stats(),
+                Step::Join(j) => j.joiner().stats(),
             };
             totals.traps += stats.traps;
             totals.deadline_hits += stats.deadline_hits;
@@ -71,6 +74,17 @@ impl Runner<'_> {
                 rows: w.state_rows as u64,
                 bytes: w.state_bytes as u64,
             }),
+            join: match self.chain.steps().first() {
+                Some(Step::Join(j)) => {
+                    let [left, right] = j.stats().map(|s| JoinSideInfo {
+                        rows: s.rows as u64,
+                        bytes: s.bytes as u64,
+                        watermark: s.watermark,
+                    });
+                    Some(JoinInfo { left, right })
+                }
+                _ => None,
+            },
             totals,
             sources,
             lag: None,

@@ -21,9 +21,10 @@ use super::{Runner, ms};
 use crate::batch::Batch;
 use crate::pipeline::Stage;
 use crate::pipeline::control::{Control, SwapRequest, SwapState};
+use crate::pipeline::join::JoinSnapshot;
 use crate::pipeline::round::{Round, Verdict};
 use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, start_step, step_module};
-use crate::runtime::{Aggregator, Transform};
+use crate::runtime::{Aggregator, Joiner, Transform};
 use crate::source::KafkaSource;
 use crate::window::{EngineSnapshot, WindowEngine};
 
@@ -35,6 +36,23 @@ pub(in crate::pipeline) const PAUSED_POLL: Duration = Duration::from_millis(200)
 enum Previous {
     Transform(Transform),
     Aggregator(Aggregator),
+    Joiner(Joiner),
+}
+
+/// The state of the chain before a trial batch, to roll back to.
+struct Before {
+    engine: Option<EngineSnapshot>,
+    join: Option<JoinSnapshot>,
+}
+
+impl Before {
+    /// Nothing to put back (the trial never ran a batch).
+    fn none() -> Self {
+        Self {
+            engine: None,
+            join: None,
+        }
+    }
 }
 
 /// A swapped-in module waiting for its first batch with records.
@@ -202,7 +220,7 @@ impl Runner<'_> {
                     self.checkpoint(Some(source))?;
                 }
                 let trial = self.trial.take().expect("checked above");
-                self.roll_back(trial, None)?;
+                self.roll_back(trial, Before::none())?;
             }
         }
         Ok(())
@@ -233,6 +251,9 @@ impl Runner<'_> {
             }
             (Step::Rekey(new), Step::Rekey(old)) => {
                 Previous::Aggregator(std::mem::replace(&mut old.aggregator, new.aggregator))
+            }
+            (Step::Join(new), Step::Join(old)) => {
+                Previous::Joiner(old.swap_joiner(new.into_joiner()))
             }
             // `start_step` instantiates the kind the spec's step asks for.
             _ => anyhow::bail!("a swap changed the kind of step {step}"),
@@ -279,19 +300,34 @@ impl Runner<'_> {
             }
             _ => None,
         };
-        let snapshot: Option<EngineSnapshot> =
-            self.chain.aggregate().map(|a| a.engine().snapshot());
+        let snapshot = Before {
+            engine: self.chain.aggregate().map(|a| a.engine().snapshot()),
+            join: match self.chain.steps().first() {
+                Some(Step::Join(j)) => Some(j.snapshot()),
+                _ => None,
+            },
+        };
         let verdict = match self.chain.run(batch, now_ms) {
             Ok(out) => match out
                 .dead_letters
                 .iter()
                 .find(|d| d.step == step && d.reason.kind.is_fault())
             {
-                None => Ok(out),
                 Some(d) => Err(format!(
                     "the new module failed on its first batch: {} (record {} of batch {epoch})",
                     d.reason, d.origin
                 )),
+                None => match out
+                    .held_reasons
+                    .iter()
+                    .find(|(s, r)| *s == step && r.kind.is_fault())
+                {
+                    Some((_, reason)) => Err(format!(
+                        "the new module failed on its first batch: {reason} (a joined record of \
+                         batch {epoch})"
+                    )),
+                    None => Ok(out),
+                },
             },
             Err(e) => Err(format!("the new module failed on its first batch: {e:#}")),
         };
@@ -342,8 +378,11 @@ impl Runner<'_> {
     }
 
     /// Puts the previous instance back and the window state as it was.
-    fn roll_back(&mut self, trial: Trial, snapshot: Option<EngineSnapshot>) -> anyhow::Result<()> {
+    fn roll_back(&mut self, trial: Trial, before: Before) -> anyhow::Result<()> {
         match (trial.previous, &mut self.chain.steps_mut()[trial.step]) {
+            (Previous::Joiner(old), Step::Join(current)) => {
+                current.swap_joiner(old);
+            }
             (Previous::Transform(old), Step::Transform(current)) => *current = old,
             (Previous::Aggregator(old), Step::Aggregate(current)) => {
                 current.swap_aggregator(old);
@@ -352,7 +391,12 @@ impl Runner<'_> {
             _ => anyhow::bail!("a swap changed the kind of step {}", trial.step),
         }
         Arc::make_mut(&mut self.routing).steps[trial.step] = trial.previous_info;
-        if let Some(snapshot) = snapshot {
+        if let (Some(join), Some(Step::Join(step))) =
+            (before.join, self.chain.steps_mut().first_mut())
+        {
+            step.restore(join);
+        }
+        if let Some(snapshot) = before.engine {
             let window = self
                 .spec
                 .transforms

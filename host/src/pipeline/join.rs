@@ -1,0 +1,373 @@
+//! The join step: a stream-stream interval join at the head of the chain.
+//!
+//! A batch holds records of both sides (a record's source topic says which:
+//! the left topics come first). Per batch the guest keys each side once
+//! (`extract`), the host's [`JoinState`] takes the records one by one in
+//! batch order, each side's watermark advancing after each of its records
+//! (so that which records are late does not depend on where batches end),
+//! and the guest builds the output of every pair and outer row the batch
+//! completed in one `join` call. What comes out has no single source
+//! record: its records go on down the chain as records of their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::batch::reason::Kind;
+use crate::batch::{Batch, Columns, Reason, StepOutput};
+use crate::join::{JoinState, JoinType, Joined, Side, SideStats, Within};
+use crate::runtime::{InstantiateError, JoinSide, Joiner, Pairs};
+use crate::spec::join::{JoinKind, JoinSpec};
+
+/// A record the join holds: the record itself and what it is joined by.
+#[derive(Debug)]
+pub struct Held {
+    /// The record, alone.
+    record: Columns,
+    key: Vec<u8>,
+    time: i64,
+    source: u16,
+    partition: i32,
+    offset: i64,
+}
+
+impl Held {
+    fn bytes(&self) -> usize {
+        self.record.data_bytes() + self.key.len() + std::mem::size_of::<Self>()
+    }
+}
+
+/// A pair (or outer row) the step produced: what its output records fall
+/// back on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairOrigin {
+    /// The join key: the output's key when the guest gives none.
+    pub key: Vec<u8>,
+    /// The later of the two event times: the output's timestamp when the
+    /// guest gives none.
+    pub time: i64,
+    /// Where the left record (else the right one) came from, for the
+    /// steps after the join.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What the join step made of a batch.
+#[derive(Debug, Default)]
+pub struct JoinOutput {
+    /// The guest's output; `inputs` and dead letters index `pairs`.
+    pub output: StepOutput,
+    pub pairs: Vec<PairOrigin>,
+    /// Records of the source batch that did not enter the join: `(index,
+    /// reason)` (the guest could not key them, they were late, or their key
+    /// belongs to another task).
+    pub dead_letters: Vec<(u32, Reason)>,
+    /// The records of pairs the guest could not join (both records of a
+    /// pair), with the reason of each: dead letters that are no source
+    /// record of this batch.
+    pub held_dead: Columns,
+    pub held_reasons: Vec<Reason>,
+}
+
+/// A join step's state at one moment (the records are shared, not
+/// copied).
+#[derive(Debug, Clone)]
+pub struct JoinSnapshot {
+    state: JoinState<Arc<Held>>,
+    max_time: [Option<i64>; 2],
+    held: BTreeMap<(u16, i32), BTreeMap<i64, u32>>,
+}
+
+/// The join step of a chain.
+#[derive(Debug)]
+pub struct JoinStep {
+    joiner: Joiner,
+    state: JoinState<Arc<Held>>,
+    /// How many of the source topics (the first ones) are the left side's.
+    left_topics: u16,
+    /// Per side: the largest event time seen and the allowed disorder.
+    max_time: [Option<i64>; 2],
+    disorder_ms: [i64; 2],
+    /// Run as tasks: a record's join key must be its Kafka key.
+    partition_keys: bool,
+    /// Per (source, partition), the offsets of the records the state holds
+    /// (with how many at each): a restart without a checkpoint must read
+    /// them again, so commits stop before the oldest.
+    held: BTreeMap<(u16, i32), BTreeMap<i64, u32>>,
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl JoinStep {
+    pub fn new(joiner: Joiner, spec: &JoinSpec) -> Self {
+        let kind = match spec.kind {
+            JoinKind::Inner => JoinType::Inner,
+            JoinKind::LeftOuter => JoinType::LeftOuter,
+            JoinKind::RightOuter => JoinType::RightOuter,
+            JoinKind::FullOuter => JoinType::FullOuter,
+        };
+        let within = Within {
+            before_ms: ms(spec.within.before),
+            after_ms: ms(spec.within.after),
+        };
+        let mut state = JoinState::new(kind, within);
+        state.track_evictions();
+        Self {
+            joiner,
+            state,
+            left_topics: spec.left.topics.len() as u16,
+            max_time: [None; 2],
+            disorder_ms: [
+                ms(spec.left.watermark.max_out_of_orderness),
+                ms(spec.right.watermark.max_out_of_orderness),
+            ],
+            partition_keys: false,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Per (source, partition), the offset of the oldest record the state
+    /// holds: where a restart must read from to rebuild it.
+    pub fn held_offsets(&self) -> HashMap<(u16, i32), i64> {
+        self.held
+            .iter()
+            .filter_map(|(&at, offsets)| Some((at, *offsets.keys().next()?)))
+            .collect()
+    }
+
+    fn forget_evicted(&mut self) {
+        for gone in self.state.take_evicted() {
+            let at = (gone.source, gone.partition);
+            if let Some(offsets) = self.held.get_mut(&at) {
+                if let Some(count) = offsets.get_mut(&gone.offset) {
+                    *count -= 1;
+                    if *count == 0 {
+                        offsets.remove(&gone.offset);
+                    }
+                }
+                if offsets.is_empty() {
+                    self.held.remove(&at);
+                }
+            }
+        }
+    }
+
+    /// For a task (one partition of every topic): a record's join key must
+    /// be its Kafka key, else its matches may be in another task; such a
+    /// record is dead-lettered.
+    pub fn require_partition_keys(&mut self) {
+        self.partition_keys = true;
+    }
+
+    pub fn joiner(&self) -> &Joiner {
+        &self.joiner
+    }
+
+    pub fn joiner_mut(&mut self) -> &mut Joiner {
+        &mut self.joiner
+    }
+
+    /// Puts `joiner` in (a module swap); returns the one it replaces. The
+    /// state stays.
+    pub fn swap_joiner(&mut self, joiner: Joiner) -> Joiner {
+        std::mem::replace(&mut self.joiner, joiner)
+    }
+
+    pub fn into_joiner(self) -> Joiner {
+        self.joiner
+    }
+
+    /// The state as it is now (before a module's trial batch).
+    pub fn snapshot(&self) -> JoinSnapshot {
+        JoinSnapshot {
+            state: self.state.clone(),
+            max_time: self.max_time,
+            held: self.held.clone(),
+        }
+    }
+
+    /// Puts back the state of [`Self::snapshot`] (a trial rolled back).
+    pub fn restore(&mut self, snapshot: JoinSnapshot) {
+        self.state = snapshot.state;
+        self.max_time = snapshot.max_time;
+        self.held = snapshot.held;
+    }
+
+    /// What each side holds now: `[left, right]`.
+    pub fn stats(&self) -> [SideStats; 2] {
+        self.state.stats()
+    }
+
+    fn side_of(&self, source: u16) -> Side {
+        if source < self.left_topics {
+            Side::Left
+        } else {
+            Side::Right
+        }
+    }
+
+    /// Runs one source batch through the join.
+    pub fn process(&mut self, batch: &Batch) -> Result<JoinOutput, InstantiateError> {
+        let mut out = JoinOutput::default();
+        // Each side's records, keyed by the guest in one call per side.
+        let mut indices: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+        for (i, &source) in batch.sources.iter().enumerate() {
+            indices[self.side_of(source) as usize].push(i as u32);
+        }
+        let mut keyed = Vec::with_capacity(2);
+        for (side, indices) in [Side::Left, Side::Right].into_iter().zip(&indices) {
+            if indices.is_empty() {
+                keyed.push(None);
+                continue;
+            }
+            let mut part = batch.select(indices);
+            let side = match side {
+                Side::Left => JoinSide::Left,
+                Side::Right => JoinSide::Right,
+            };
+            keyed.push(Some(self.joiner.extract(side, &mut part)?));
+        }
+        // Position of each batch record in its side's part.
+        let mut at = vec![0usize; batch.len()];
+        for indices in &indices {
+            for (j, &i) in indices.iter().enumerate() {
+                at[i as usize] = j;
+            }
+        }
+        let mut dead_at: [Vec<bool>; 2] = [Vec::new(), Vec::new()];
+        for (side, keys) in keyed.iter().enumerate() {
+            if let Some(keys) = keys {
+                dead_at[side] = vec![false; indices[side].len()];
+                for (j, reason) in &keys.dead_letters {
+                    dead_at[side][*j as usize] = true;
+                    out.dead_letters
+                        .push((indices[side][*j as usize], reason.clone()));
+                }
+            }
+        }
+        let mut joined: Vec<Joined<Arc<Held>>> = Vec::new();
+        for i in 0..batch.len() {
+            let side = self.side_of(batch.sources[i]);
+            let s = side as usize;
+            let j = at[i];
+            if dead_at[s][j] {
+                continue;
+            }
+            let keys = keyed[s].as_ref().expect("a side with records was keyed");
+            let key = keys.key(j);
+            let time = keys.event_times[j];
+            let record = batch.records.get(i);
+            if self.partition_keys && record.key != Some(key) {
+                out.dead_letters.push((
+                    i as u32,
+                    Reason::new(
+                        Kind::JoinKeyNotKafkaKey,
+                        format!(
+                            "{}: join key `{}`, Kafka key `{}`; run as tasks, a join needs its \
+                             topics keyed by the join key (or `parallelism: 1`)",
+                            Kind::JoinKeyNotKafkaKey.label(),
+                            String::from_utf8_lossy(key),
+                            String::from_utf8_lossy(record.key.unwrap_or_default())
+                        ),
+                    ),
+                ));
+                continue;
+            }
+            let mut one = Columns::default();
+            one.push_ref(record, None);
+            let held = Arc::new(Held {
+                record: one,
+                key: key.to_vec(),
+                time,
+                source: batch.sources[i],
+                partition: batch.partitions[i],
+                offset: batch.offsets[i],
+            });
+            let at = (held.source, held.partition);
+            let bytes = held.bytes();
+            match self.state.push(side, key, time, held, bytes, &mut joined) {
+                Ok(()) => {
+                    *self
+                        .held
+                        .entry(at)
+                        .or_default()
+                        .entry(batch.offsets[i])
+                        .or_default() += 1;
+                    let max = self.max_time[s].map_or(time, |m| m.max(time));
+                    self.max_time[s] = Some(max);
+                    let watermark = max.saturating_sub(self.disorder_ms[s]);
+                    self.state.advance(side, watermark, &mut joined);
+                }
+                Err(late) => out
+                    .dead_letters
+                    .push((i as u32, Reason::new(Kind::Late, late.to_string()))),
+            }
+        }
+        out.dead_letters.sort_by_key(|(i, _)| *i);
+        self.forget_evicted();
+        if joined.is_empty() {
+            return Ok(out);
+        }
+        let pairs = self.pairs(&joined, &mut out.pairs);
+        out.output = self.joiner.join(&pairs)?;
+        // Pairs the guest refused: their records are the dead letters.
+        for (pair, reason) in std::mem::take(&mut out.output.dead_letters) {
+            let (left, right) = match &joined[pair as usize] {
+                Joined::Pair { left, right } => (Some(left), Some(right)),
+                Joined::Alone {
+                    side: Side::Left,
+                    value,
+                } => (Some(value), None),
+                Joined::Alone { value, .. } => (None, Some(value)),
+            };
+            for held in [left, right].into_iter().flatten() {
+                out.held_dead.push_ref(held.record.get(0), None);
+                out.held_reasons.push(reason.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The guest's request for `joined`: each record once per side.
+    fn pairs(&self, joined: &[Joined<Arc<Held>>], origins: &mut Vec<PairOrigin>) -> Pairs {
+        let mut pairs = Pairs::default();
+        let mut seen: [HashMap<*const Held, i32>; 2] = [HashMap::new(), HashMap::new()];
+        let mut index = |side: Side, held: &Arc<Held>, pairs: &mut Pairs| -> i32 {
+            let columns = match side {
+                Side::Left => &mut pairs.left,
+                Side::Right => &mut pairs.right,
+            };
+            *seen[side as usize]
+                .entry(Arc::as_ptr(held))
+                .or_insert_with(|| {
+                    columns.push_ref(held.record.get(0), None);
+                    columns.len() as i32 - 1
+                })
+        };
+        for j in joined {
+            let (left, right) = match j {
+                Joined::Pair { left, right } => (Some(left), Some(right)),
+                Joined::Alone {
+                    side: Side::Left,
+                    value,
+                } => (Some(value), None),
+                Joined::Alone { value, .. } => (None, Some(value)),
+            };
+            let l = left.map_or(-1, |h| index(Side::Left, h, &mut pairs));
+            let r = right.map_or(-1, |h| index(Side::Right, h, &mut pairs));
+            pairs.left_index.push(l);
+            pairs.right_index.push(r);
+            let first = left.or(right).expect("a pair has a side");
+            origins.push(PairOrigin {
+                key: first.key.clone(),
+                time: left
+                    .map_or(i64::MIN, |h| h.time)
+                    .max(right.map_or(i64::MIN, |h| h.time)),
+                partition: first.partition,
+                offset: first.offset,
+            });
+        }
+        pairs
+    }
+}
