@@ -12,6 +12,7 @@ const GUESTS: &[&str] = &[
     "alert-router",
     "event-window-agg",
     "user-sessions",
+    "json-join",
     "faulty-guest",
     "count-sum",
     "tagger",

@@ -1,7 +1,7 @@
 //! The guest side's `wit_bindgen::generate!`s, one per world of
 //! `wit/transform.wit`. A component exports one world: guests pick theirs
-//! through the `#[transform]` or `#[aggregate]` macro, which expand to
-//! `__export_transform!` or `__export_aggregate!`.
+//! through the `#[transform]`, `#[aggregate]` or `#[join]` macro, which
+//! expand to `__export_transform!`, `__export_aggregate!` or `__export_join!`.
 //!
 //! Both worlds share the `types` and `log` interfaces. They are generated once,
 //! with the transform world, and the aggregate world points at them (`with`),
@@ -42,6 +42,26 @@ pub mod aggregate {
         default_bindings_module: "::sluice_sdk::__private::bindings::aggregate",
     });
 }
+
+/// Code generated from the `join-guest` world.
+#[allow(unsafe_code, missing_docs, unreachable_pub, clippy::all)]
+pub mod join {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "join-guest",
+        with: {
+            "sluice:transform/types@0.1.0": crate::bindings::transform::sluice::transform::types,
+            "sluice:transform/log@0.1.0": crate::bindings::transform::sluice::transform::log,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_join",
+        default_bindings_module: "::sluice_sdk::__private::bindings::join",
+    });
+}
+
+pub use join::exports::sluice::transform::join::{
+    Guest as JoinGuest, JoinRequest, Keyed as JoinKeyed, Side as JoinSide,
+};
 
 pub use aggregate::exports::sluice::transform::aggregate::{
     Accumulators, FinishRequest, FoldRequest, FoldResult, Keyed, MergeRequest,

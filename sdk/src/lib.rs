@@ -30,8 +30,11 @@
 //! `#[sluice_sdk::aggregate]`: the host owns windows, watermarks and the
 //! stored accumulators; the aggregate gives each record a key and an event
 //! time, folds records into accumulators, merges accumulators and turns a
-//! finished [`Window`] into output records. A crate exports one transform
-//! or one aggregate.
+//! finished [`Window`] into output records. A stream-stream join is a
+//! [`Join`] impl under `#[sluice_sdk::join]`: the host buffers both sides
+//! and matches them; the join gives each record a key and an event time
+//! and builds the output of each matched pair (or outer row). A crate
+//! exports one transform, one aggregate or one join.
 //!
 //! Build with `cargo build --target wasm32-wasip2` (crate type `cdylib`).
 //! Natively the same code builds and runs with plain `cargo test`, through
@@ -55,6 +58,8 @@ mod bindings;
 mod config;
 mod emit;
 mod glue;
+mod join;
+mod join_glue;
 pub mod log;
 mod output;
 mod record;
@@ -64,6 +69,7 @@ pub mod time;
 pub use aggregate::{Aggregate, Extracted, Window, str_key};
 pub use config::Config;
 pub use emit::{Emitter, OutputRecord};
+pub use join::{Join, Side};
 pub use record::{Headers, Record};
 
 /// Exports a transform from a guest crate. Put it on either
@@ -206,6 +212,48 @@ pub use sluice_sdk_macros::transform;
 /// ```
 pub use sluice_sdk_macros::aggregate;
 
+/// Exports a stream-stream join from a guest crate. Put it on an
+/// `impl Join for MyType` block; the impl is kept as written. The host
+/// buffers both sides and matches them (see the spec's `join` section);
+/// the join gives each record's key and event time and builds each pair's
+/// output.
+///
+/// One join (or transform, or aggregate) per crate: a component exports
+/// one world. The export glue exists only on `wasm32`, so the impl stays
+/// testable natively with [`testing::run_join`] and [`testing::join_keys`].
+///
+/// ```standalone_crate
+/// use std::borrow::Cow;
+/// use sluice_sdk::{Config, Emitter, Error, Join, Record, Side};
+///
+/// /// Orders and payments by the record key: the payment's value.
+/// struct Paid;
+///
+/// #[sluice_sdk::join]
+/// impl Join for Paid {
+///     fn init(_config: &Config) -> Result<Self, Error> {
+///         Ok(Paid)
+///     }
+///
+///     fn key_and_time<'r>(&mut self, _side: Side, record: &Record<'r>) -> Result<(Cow<'r, [u8]>, i64), Error> {
+///         Ok((Cow::Borrowed(record.key().ok_or("no key")?), record.timestamp().ok_or("no time")?))
+///     }
+///
+///     fn join(&mut self, _order: Option<&Record<'_>>, payment: Option<&Record<'_>>, out: &mut Emitter<'_>) -> Result<(), Error> {
+///         if let Some(payment) = payment {
+///             out.emit(payment.value().unwrap_or_default());
+///         }
+///         Ok(())
+///     }
+/// }
+/// # use sluice_sdk::testing::{run_join, TestRecord};
+/// let order = TestRecord::new().key("o1").value("order").timestamp(1);
+/// let payment = TestRecord::new().key("o1").value("paid").timestamp(2);
+/// let output = run_join::<Paid>(&[], &[(Some(order), Some(payment))]).unwrap();
+/// assert_eq!(output.values_str(), ["paid"]);
+/// ```
+pub use sluice_sdk_macros::join;
+
 /// The error a transform returns: anything that converts into it with `?` or
 /// `.into()`, such as a `serde_json::Error`, a `String` or a `&str`. Its text
 /// becomes the dead-letter reason (or, from [`Transform::init`], the message
@@ -301,7 +349,19 @@ pub mod __private {
 
     /// The generated bindings of each world, for the export macros.
     pub mod bindings {
-        pub use crate::bindings::{aggregate, transform};
+        pub use crate::bindings::{aggregate, join, transform};
+    }
+
+    /// The join world: one function per WIT call, over the generated
+    /// types, taking the instance state.
+    pub mod join {
+        pub use crate::bindings::JoinGuest as Guest;
+        pub use crate::join_glue::{JoinState, extract, init, join};
+
+        /// The wit-bindgen types of the `join` interface.
+        pub mod types {
+            pub use crate::bindings::{JoinKeyed as Keyed, JoinRequest, JoinSide as Side};
+        }
     }
 
     /// The aggregate world: one function per WIT call, over the generated

@@ -6,7 +6,9 @@
 //! so a native test exercises the real codec. Only the wasm boundary itself
 //! (and traps) is left to the host's integration tests. For aggregates,
 //! [`run_aggregate`] and [`run_sessions`] also play the host's part: windows,
-//! and accumulators stored as the bytes the guest encoded.
+//! and accumulators stored as the bytes the guest encoded. For joins,
+//! [`join_keys`] and [`run_join`] run the two calls on the records and
+//! pairs given.
 //!
 //! ```
 //! use sluice_sdk::testing::{run_fn, TestRecord};
@@ -25,8 +27,10 @@
 //! ```
 
 mod aggregate;
+mod join;
 
 pub use aggregate::{run_aggregate, run_sessions, tumbling};
+pub use join::{join_keys, run_join};
 
 use crate::batch::ColumnsView;
 use crate::bindings::{Columns, InputBatch, OutputBatch};

@@ -15,6 +15,7 @@ mod faults;
 mod golden;
 mod group;
 mod guard;
+mod join;
 mod k8s;
 mod layers;
 mod metrics;

@@ -21,7 +21,9 @@
 //!
 //! An outer join emits a record of its outer side(s) that never matched
 //! when it is evicted, and only then: exactly once, and never for a record
-//! that could still match.
+//! that could still match. A record that arrives when the other side's
+//! watermark has already passed its deadline (its side lags) joins the
+//! buffered records it matches and is evicted at once.
 //!
 //! # Determinism
 //!
@@ -251,6 +253,22 @@ impl<T: Clone> JoinState<T> {
         // Evicted once the other side's watermark passes the last time of
         // it this record matches.
         let deadline = high;
+        // Passed already (this side lags the other): nothing the other side
+        // may still bring can match it, so it is not kept; unmatched, an
+        // outer row now. The result does not depend on which side was read
+        // first.
+        if self.sides[side.other().index()]
+            .watermark
+            .is_some_and(|w| deadline < w)
+        {
+            if let Some(evicted) = &mut self.evicted {
+                evicted.push(value.clone());
+            }
+            if self.kind.keeps(side) && !matched {
+                out.push(Joined::Alone { side, value });
+            }
+            return Ok(());
+        }
         let s = &mut self.sides[side.index()];
         s.rows.entry(key.to_vec()).or_default().insert(
             (time, arrival),

@@ -366,3 +366,24 @@ fn a_snapshot_restored_mid_stream_carries_on_as_if_never_stopped() {
         assert_eq!(run(Some(cut)), whole, "cut at {cut}");
     }
 }
+
+/// A side that lags (its records arrive after the other side's watermark
+/// passed what they could match): each record still joins what is
+/// buffered, and is not kept; an unmatched one is an outer row at once,
+/// whichever side was read first.
+#[test]
+fn a_record_of_a_lagging_side_joins_what_is_buffered_and_is_evicted_at_once() {
+    let mut d = Driver::new(JoinType::FullOuter, 10, 10, 30);
+    assert!(d.push(Side::Right, "k", 50, "r50").is_empty());
+    // The right watermark is now 70.
+    assert!(d.push(Side::Right, "k", 100, "r100").is_empty());
+    // l45 matches r50 (within 10); nothing right of 70 can match it (its
+    // last match is 55).
+    assert_eq!(d.push(Side::Left, "k", 45, "l45"), ["l45+r50"]);
+    // l20 matches nothing and never will.
+    assert_eq!(d.push(Side::Left, "k", 20, "l20"), ["l20+_"]);
+    let [left, right] = d.join.stats();
+    assert_eq!((left.rows, right.rows), (0, 2));
+    assert!(d.late.is_empty());
+    assert_eq!(d.flush(), ["_+r100"]);
+}

@@ -852,6 +852,35 @@ mod tests {
     }
 
     #[test]
+    fn the_join_buffers_of_tasks_add_up_and_the_slower_watermark_stands() {
+        let control = Control::new();
+        let with_join = |partition, left: JoinSideInfo, right: JoinSideInfo| Progress {
+            join: Some(JoinInfo { left, right }),
+            ..task(partition, 10, 10, 1_000, 0)
+        };
+        let side = |rows, watermark| JoinSideInfo {
+            rows,
+            bytes: rows * 50,
+            watermark,
+        };
+        control.publish(
+            Some((Stage::Source, 0)),
+            with_join(0, side(3, Some(70_000)), side(1, None)),
+            1_000,
+        );
+        control.publish(
+            Some((Stage::Source, 1)),
+            with_join(1, side(2, Some(40_000)), side(5, Some(90_000))),
+            1_500,
+        );
+        let join = control.progress().unwrap().join.unwrap();
+        assert_eq!(join.left, side(5, Some(40_000)));
+        // A side that has seen no record in one task does not hold the
+        // others' watermark back at nothing.
+        assert_eq!(join.right, side(6, Some(90_000)));
+    }
+
+    #[test]
     fn a_run_has_started_once_each_of_its_parts_has() {
         let control = Control::new();
         assert!(!control.has_started(), "no run yet");

@@ -158,7 +158,8 @@ fn join_sources(spec: &mut PipelineSpec) -> Result<(), SpecError> {
             return Err(SpecError::new(
                 "checkpoint",
                 "join state is not checkpointed yet: run a join pipeline without a \
-                 `checkpoint` section (at-least-once; a restart begins with empty join state)",
+                 `checkpoint` section (at-least-once: a restart reads the records the join held \
+                 again)",
             ));
         }
         spec.source.topics = join.topics();

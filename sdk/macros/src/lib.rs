@@ -1,6 +1,7 @@
 //! Procedural macros of the Sluice guest SDK. Use them through `sluice-sdk`
-//! (`#[sluice_sdk::transform]`, `#[sluice_sdk::aggregate]`), which documents
-//! them; the expansion names only `::sluice_sdk` paths.
+//! (`#[sluice_sdk::transform]`, `#[sluice_sdk::aggregate]`,
+//! `#[sluice_sdk::join]`), which documents them; the expansion names only
+//! `::sluice_sdk` paths.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Ident, Span, TokenStream as TokenStream2};
@@ -24,11 +25,38 @@ pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
     aggregate_impl::expand(args.into(), item.into()).into()
 }
 
+/// Exports a join: see `sluice_sdk::join` for the documentation.
+#[proc_macro_attribute]
+pub fn join(args: TokenStream, item: TokenStream) -> TokenStream {
+    let (args, item): (TokenStream2, TokenStream2) = (args.into(), item.into());
+    if let Err(error) = no_args(args, Kind::Join) {
+        return with_error(item, error).into();
+    }
+    let parsed = match syn::parse2::<Item>(item.clone()) {
+        Ok(parsed) => parsed,
+        Err(error) => return with_error(item, error).into(),
+    };
+    let result = match &parsed {
+        Item::Impl(i) => {
+            trait_impl::validate(i, Kind::Join).map(|()| trait_impl::expand(i, Kind::Join))
+        }
+        other => Err(syn::Error::new_spanned(
+            item_name(other),
+            "`#[sluice_sdk::join]` goes on an `impl Join for YourType` block",
+        )),
+    };
+    match result {
+        Ok(glue) => quote!(#parsed #glue).into(),
+        Err(error) => with_error(parsed.into_token_stream(), error).into(),
+    }
+}
+
 /// What a guest exports; a component exports exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Transform,
     Aggregate,
+    Join,
 }
 
 impl Kind {
@@ -37,6 +65,7 @@ impl Kind {
         match self {
             Kind::Transform => "Transform",
             Kind::Aggregate => "Aggregate",
+            Kind::Join => "Join",
         }
     }
 
@@ -45,6 +74,7 @@ impl Kind {
         match self {
             Kind::Transform => "transform",
             Kind::Aggregate => "aggregate",
+            Kind::Join => "join",
         }
     }
 
