@@ -158,6 +158,7 @@ pub struct SideStats {
 
 /// The state of one join (one task's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(serialize = "T: Serialize", deserialize = "T: Deserialize<'de>"))]
 pub struct JoinState<T> {
     kind: JoinType,
     within: Within,
@@ -334,6 +335,15 @@ impl<T: Clone> JoinState<T> {
                 s.rows.remove(&key);
             }
         }
+    }
+
+    /// Every record held, left ones first.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.sides
+            .iter()
+            .flat_map(|s| s.rows.values())
+            .flat_map(|rows| rows.values())
+            .map(|row| &row.value)
     }
 
     /// What each side holds now: `[left, right]`.

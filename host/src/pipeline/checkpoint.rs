@@ -7,7 +7,8 @@
 //!   `..= n` (where the next run resumes);
 //! - per sink partition, the broker's end offset (exactly-once recovery
 //!   reads back from there what later epochs already wrote);
-//! - the aggregate step's windows, watermarks and accumulators;
+//! - the aggregate step's windows, watermarks and accumulators, or the
+//!   join step's buffered records and watermarks;
 //! - per Parquet output, the files closed for this checkpoint, which become
 //!   visible only once the checkpoint is durable.
 //!
@@ -22,7 +23,8 @@
 //! loads (with neither). Format 3 added the task: a pipeline that runs as
 //! tasks keeps one checkpoint directory per task, and each checkpoint says
 //! which source partition it holds and the source topics' partition counts
-//! it was taken with; a checkpoint of the whole pipeline has none.
+//! it was taken with; a checkpoint of the whole pipeline has none. Format 4
+//! added the join step's state.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -40,8 +42,10 @@ use crate::sink::{ParquetCommit, SinkPosition};
 use crate::spec::CheckpointSpec;
 use crate::window::EngineSnapshot;
 
+use super::join::JoinCheckpoint;
+
 /// Bumped when the layout of [`Checkpoint`] changes incompatibly.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 /// A source partition's next offset to process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +74,42 @@ pub struct Checkpoint {
     pub modules: Vec<StepDigest>,
     /// The task this checkpoint belongs to; `None` for the whole pipeline.
     pub task: Option<TaskLayout>,
+    /// The join step's state, for a pipeline that starts with one.
+    pub join: Option<JoinCheckpoint>,
+}
+
+/// Format 3: [`Checkpoint`] without the join state.
+#[derive(Serialize, Deserialize)]
+struct CheckpointV3 {
+    format: u32,
+    pipeline: String,
+    epoch: u64,
+    sources: Vec<SourcePosition>,
+    sinks: Vec<SinkPosition>,
+    windows: Option<EngineSnapshot>,
+    parquet: Vec<(String, ParquetCommit)>,
+    lineage: String,
+    modules: Vec<StepDigest>,
+    task: Option<TaskLayout>,
+}
+
+impl From<CheckpointV3> for Checkpoint {
+    /// No join state (joins were not checkpointed before format 4).
+    fn from(c: CheckpointV3) -> Self {
+        Self {
+            format: c.format,
+            pipeline: c.pipeline,
+            epoch: c.epoch,
+            sources: c.sources,
+            sinks: c.sinks,
+            windows: c.windows,
+            parquet: c.parquet,
+            lineage: c.lineage,
+            modules: c.modules,
+            task: c.task,
+            join: None,
+        }
+    }
 }
 
 /// Which task a checkpoint belongs to, and the partition layout of the
@@ -140,6 +180,7 @@ impl From<CheckpointV2> for Checkpoint {
             lineage: c.lineage,
             modules: c.modules,
             task: None,
+            join: None,
         }
     }
 }
@@ -157,6 +198,7 @@ impl Checkpoint {
             lineage: String::new(),
             modules: Vec::new(),
             task: None,
+            join: None,
         }
     }
 
@@ -169,6 +211,9 @@ impl Checkpoint {
             postcard::take_from_bytes::<u32>(bytes).context("cannot decode the checkpoint")?;
         match format {
             FORMAT => postcard::from_bytes(bytes).context("cannot decode the checkpoint"),
+            3 => postcard::from_bytes::<CheckpointV3>(bytes)
+                .map(Self::from)
+                .context("cannot decode the checkpoint"),
             2 => postcard::from_bytes::<CheckpointV2>(bytes)
                 .map(Self::from)
                 .context("cannot decode the checkpoint"),
@@ -612,6 +657,33 @@ mod tests {
             ..Checkpoint::new("p")
         };
         assert_eq!(Checkpoint::decode(&task.encode()).unwrap(), task);
+    }
+
+    #[test]
+    fn a_format_3_checkpoint_loads_without_join_state() {
+        let old = CheckpointV3 {
+            format: 3,
+            pipeline: "p".to_owned(),
+            epoch: 12,
+            sources: Vec::new(),
+            sinks: Vec::new(),
+            windows: None,
+            parquet: Vec::new(),
+            lineage: "00112233aabbccdd".to_owned(),
+            modules: Vec::new(),
+            task: Some(layout(1, 2)),
+        };
+        let c = Checkpoint::decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        assert_eq!(
+            c,
+            Checkpoint {
+                format: 3,
+                epoch: 12,
+                lineage: old.lineage.clone(),
+                task: old.task.clone(),
+                ..Checkpoint::new("p")
+            }
+        );
     }
 
     fn layout(partition: i32, partitions: i32) -> TaskLayout {

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::batch::reason::Kind;
 use crate::batch::{Batch, Columns, Reason, StepOutput};
 use crate::join::{JoinState, JoinType, Joined, Side, SideStats, Within};
@@ -19,21 +21,74 @@ use crate::runtime::{InstantiateError, JoinSide, Joiner, Pairs};
 use crate::spec::join::{JoinKind, JoinSpec};
 
 /// A record the join holds: the record itself and what it is joined by.
-#[derive(Debug)]
+/// Part of checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
-    /// The record, alone.
-    record: Columns,
+    record_key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    timestamp: Option<i64>,
+    /// Names and values (a null value is empty, as in batches).
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The join key and event time.
     key: Vec<u8>,
     time: i64,
+    /// Index into the source topics, partition and offset it was read at.
     source: u16,
     partition: i32,
     offset: i64,
 }
 
 impl Held {
-    fn bytes(&self) -> usize {
-        self.record.data_bytes() + self.key.len() + std::mem::size_of::<Self>()
+    fn of(batch: &Batch, i: usize, key: &[u8], time: i64) -> Self {
+        let record = batch.records.get(i);
+        Self {
+            record_key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            timestamp: record.timestamp,
+            headers: record
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect(),
+            key: key.to_vec(),
+            time,
+            source: batch.sources[i],
+            partition: batch.partitions[i],
+            offset: batch.offsets[i],
+        }
     }
+
+    fn bytes(&self) -> usize {
+        let data = self.record_key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        data + self.key.len() + std::mem::size_of::<Self>()
+    }
+
+    /// Appends the record to `columns`.
+    fn push_to(&self, columns: &mut Columns) {
+        columns.push(
+            self.record_key.as_deref(),
+            self.value.as_deref(),
+            self.timestamp,
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_slice(), Some(v.as_slice()))),
+        );
+    }
+}
+
+/// A join step's state in a checkpoint: both sides' buffers and
+/// watermarks, and the source topics its records' indices refer to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinCheckpoint {
+    topics: Vec<String>,
+    state: JoinState<Arc<Held>>,
+    max_time: [Option<i64>; 2],
 }
 
 /// A pair (or outer row) the step produced: what its output records fall
@@ -194,6 +249,46 @@ impl JoinStep {
         self.held = snapshot.held;
     }
 
+    /// The state for a checkpoint; `topics`: the source topics.
+    pub fn checkpoint(&self, topics: &[String]) -> JoinCheckpoint {
+        JoinCheckpoint {
+            topics: topics.to_vec(),
+            state: self.state.clone(),
+            max_time: self.max_time,
+        }
+    }
+
+    /// Continues from a checkpoint's state; refused when it was taken with
+    /// other source topics (its records would change sides).
+    pub fn restore_checkpoint(
+        &mut self,
+        checkpoint: JoinCheckpoint,
+        topics: &[String],
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            checkpoint.topics == topics,
+            "the checkpoint's join state was taken reading topics {:?}, and the join now reads \
+             {:?}: its records would not be on the same sides; restore the spec's join topics, or \
+             start from a new checkpoint directory",
+            checkpoint.topics,
+            topics
+        );
+        let mut state = checkpoint.state;
+        state.track_evictions();
+        self.held.clear();
+        for held in state.values() {
+            *self
+                .held
+                .entry((held.source, held.partition))
+                .or_default()
+                .entry(held.offset)
+                .or_default() += 1;
+        }
+        self.state = state;
+        self.max_time = checkpoint.max_time;
+        Ok(())
+    }
+
     /// What each side holds now: `[left, right]`.
     pub fn stats(&self) -> [SideStats; 2] {
         self.state.stats()
@@ -274,16 +369,7 @@ impl JoinStep {
                 ));
                 continue;
             }
-            let mut one = Columns::default();
-            one.push_ref(record, None);
-            let held = Arc::new(Held {
-                record: one,
-                key: key.to_vec(),
-                time,
-                source: batch.sources[i],
-                partition: batch.partitions[i],
-                offset: batch.offsets[i],
-            });
+            let held = Arc::new(Held::of(batch, i, key, time));
             let at = (held.source, held.partition);
             let bytes = held.bytes();
             match self.state.push(side, key, time, held, bytes, &mut joined) {
@@ -322,7 +408,7 @@ impl JoinStep {
                 Joined::Alone { value, .. } => (None, Some(value)),
             };
             for held in [left, right].into_iter().flatten() {
-                out.held_dead.push_ref(held.record.get(0), None);
+                held.push_to(&mut out.held_dead);
                 out.held_reasons.push(reason.clone());
             }
         }
@@ -341,7 +427,7 @@ impl JoinStep {
             *seen[side as usize]
                 .entry(Arc::as_ptr(held))
                 .or_insert_with(|| {
-                    columns.push_ref(held.record.get(0), None);
+                    held.push_to(columns);
                     columns.len() as i32 - 1
                 })
         };

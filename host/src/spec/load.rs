@@ -154,14 +154,6 @@ fn join_sources(spec: &mut PipelineSpec) -> Result<(), SpecError> {
                  `right.topics` are the topics read",
             ));
         }
-        if spec.checkpoint.is_some() {
-            return Err(SpecError::new(
-                "checkpoint",
-                "join state is not checkpointed yet: run a join pipeline without a \
-                 `checkpoint` section (at-least-once: a restart reads the records the join held \
-                 again)",
-            ));
-        }
         spec.source.topics = join.topics();
     }
     Ok(())

@@ -14,6 +14,7 @@ use anyhow::Context;
 
 use super::{Runner, commit_offsets};
 use crate::checkpoint::{Epoch, StepDigest, digests_by_step};
+use crate::pipeline::Step;
 use crate::pipeline::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
 use crate::pipeline::deliver::Eos;
 use crate::sink::{ParquetCommit, ParquetSink, SinkPosition, end_offsets, written_since};
@@ -65,6 +66,11 @@ impl Runner<'_> {
                 let engine = WindowEngine::restore(window, snapshot.clone())
                     .context("cannot restore the window state of the checkpoint")?;
                 step.set_engine(engine);
+            }
+            if let Some(state) = &c.join
+                && let Some(Step::Join(step)) = self.chain.steps_mut().first_mut()
+            {
+                step.restore_checkpoint(state.clone(), &spec.source.topics)?;
             }
         }
         // Before any re-execution: the original run had declared them too.
@@ -258,6 +264,10 @@ impl Runner<'_> {
             sources,
             sinks,
             windows: self.chain.aggregate().map(|a| a.engine().snapshot()),
+            join: match self.chain.steps().first() {
+                Some(Step::Join(j)) => Some(j.checkpoint(&spec.source.topics)),
+                _ => None,
+            },
             parquet,
             lineage: self.routing.lineage.clone(),
             modules: self.modules(),
