@@ -13,6 +13,7 @@ const GUESTS: &[&str] = &[
     "event-window-agg",
     "user-sessions",
     "json-join",
+    "strategy-join",
     "faulty-guest",
     "count-sum",
     "tagger",

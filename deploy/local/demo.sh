@@ -20,7 +20,7 @@ trap 'deploy/local/broker.sh stop' EXIT
 
 step "Building the example guests (wasm32-wasip2 components) and the host"
 cargo build --locked --profile guest --target wasm32-wasip2 \
-  -p filter-heartbeats -p strategy-map -p alert-router -p event-window-agg
+  -p filter-heartbeats -p strategy-map -p alert-router -p event-window-agg -p strategy-join
 cargo build --locked -p sluice
 sluice=target/debug/sluice
 ls -l target/wasm32-wasip2/guest/*.wasm
@@ -58,3 +58,21 @@ print(f"  pyarrow reads {table.num_rows} rows; columns: {', '.join(table.column_
 for row in table.slice(0, 3).to_pylist():
     print("  ", row)
 PY
+
+step "The tutorial's strategies A-D through strategy-map, then C's output joined with D's input"
+$sluice create-topics --partitions 4 a-input b-input c-input d-input strategies-output c-output \
+  d-input-ready strategies-dlq
+for s in A B C D; do
+  # Sensors sensor-0..19, a reading every 10 s each; D's 2 minutes after C's.
+  offset=0; [ "$s" = D ] && offset=120
+  $sluice sample --topic "$(echo "$s" | tr A-D a-d)-input" --readings "$s" --count 400 --users 20 \
+    --offset-s "$offset"
+done
+RUST_LOG=warn $sluice run --until-caught-up deploy/demo/strategies.yaml >/dev/null
+echo "  $(count strategies-output) readings rescaled (deploy/demo/strategies.yaml)"
+RUST_LOG=warn $sluice run --until-caught-up deploy/demo/strategy-c.yaml >/dev/null
+$sluice validate deploy/demo/strategy-join.yaml
+RUST_LOG=warn $sluice run --until-caught-up deploy/demo/strategy-join.yaml >/dev/null
+echo "  C_output + D_input -> D_input_ready within 5 minutes per sensor (deploy/demo/strategy-join.yaml):"
+echo "  $(count d-input-ready) joined records; the first ones:"
+$sluice tail --max 3 d-input-ready

@@ -4,6 +4,7 @@
 //! are worked out by hand from the interval rule and the watermarks.
 
 use serde_json::{Value, json};
+use sluice_tests::kafka_tools;
 use sluice_tests::*;
 
 /// A pipeline joining `left` and `right` on `id` (times in field `t`,
@@ -355,4 +356,104 @@ fn a_full_outer_join_killed_at_random_writes_exactly_what_one_uninterrupted_run_
         "{kills} kills over {runs} runs; {} joined records, {outer} outer",
         want.len()
     );
+}
+
+/// The tutorial's last step as the demo runs it (`deploy/demo`): readings
+/// of strategy C through strategy-map, then C's output joined with D's
+/// input per sensor within 5 minutes (`strategy-join.yaml`, exactly once),
+/// gives every (C, D) pair of a sensor within 5 minutes of each other,
+/// once.
+#[test]
+fn the_demo_joins_c_output_with_d_input_within_five_minutes_per_sensor() {
+    let (c_in, d_in, c_out, ready, dlq) = (
+        unique("demo-c-in"),
+        unique("demo-d-in"),
+        unique("demo-c-out"),
+        unique("demo-ready"),
+        unique("demo-dlq"),
+    );
+    create_topics(&[&c_in, &d_in, &c_out, &ready, &dlq], 4);
+    let (count, sensors) = (120, 6);
+    kafka_tools::produce_readings(brokers(), &c_in, "C", count, sensors, 0).unwrap();
+    kafka_tools::produce_readings(brokers(), &d_in, "D", count, sensors, 120).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = |file: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/demo")
+                .join(file),
+        )
+        .unwrap()
+        .replace("127.0.0.1:9092", brokers())
+        .replace(
+            "../../target/wasm32-wasip2/guest/strategy_map.wasm",
+            &guest("strategy-map").display().to_string(),
+        )
+        .replace(
+            "../../target/wasm32-wasip2/guest/strategy_join.wasm",
+            &guest("strategy-join").display().to_string(),
+        )
+        .replace("../../.sluice/demo", &dir.path().display().to_string())
+        .replace("[c-input]", &format!("[{c_in}]"))
+        .replace("[d-input]", &format!("[{d_in}]"))
+        .replace("c-output", &c_out)
+        .replace("d-input-ready", &ready)
+        .replace("strategies-dlq", &dlq)
+        .replace(
+            "start: earliest",
+            &format!("start: earliest\n  group: {}", unique("demo")),
+        )
+    };
+    run_until_caught_up(&spec(&demo("strategy-c.yaml")));
+    let summary = run_until_caught_up(&spec(&demo("strategy-join.yaml")));
+    assert_eq!(summary.records_in, 2 * count);
+    // Every (C, D) pair of a sensor within 5 minutes: readings n of each
+    // strategy are at n * 10 s (D's 120 s later), sensor n mod 6.
+    let rescale = |v: f64| match v {
+        v if v < 30.0 => v * 2.0,
+        v if v <= 60.0 => v * 1.5 + 10.0,
+        v => v * v / 100.0,
+    };
+    let value = |strategy: &str, n: u64| ((n * 37 + strategy.len() as u64 * 11) % 100) as f64;
+    let mut want = Vec::new();
+    for d in 0..count {
+        for c in (0..count).filter(|c| c % sensors == d % sensors) {
+            let (tc, td) = (c as i64 * 10, d as i64 * 10 + 120);
+            if tc - 300 <= td && td <= tc + 300 {
+                want.push((d % sensors, c, d, rescale(value("C", c)), value("D", d)));
+            }
+        }
+    }
+    assert!(want.len() > 200, "{}", want.len());
+    let mut got: Vec<(u64, u64, u64, f64, f64)> = read(&ready)
+        .into_iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            let sensor: u64 = v["sensor"].as_str().unwrap()["sensor-".len()..]
+                .parse()
+                .unwrap();
+            assert_eq!(r.key.as_deref(), v["sensor"].as_str());
+            // Within the first hour of 2026-01-01: `2026-01-01T00:MM:SS.000Z`.
+            let secs = |field: &str| {
+                let t = v[field].as_str().unwrap();
+                assert!(
+                    t.starts_with("2026-01-01T00:") && t.ends_with(".000Z"),
+                    "{t}"
+                );
+                t[14..16].parse::<i64>().unwrap() * 60 + t[17..19].parse::<i64>().unwrap()
+            };
+            let (c, d) = (secs("c_ts") / 10, (secs("ts") - 120) / 10);
+            (
+                sensor,
+                c as u64,
+                d as u64,
+                v["c_value"].as_f64().unwrap(),
+                v["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(got, want);
+    assert!(read(&dlq).is_empty());
 }

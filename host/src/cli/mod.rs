@@ -100,6 +100,14 @@ enum Command {
         /// Make every n-th record malformed JSON (0: none).
         #[arg(long, default_value_t = 0)]
         malformed_every: u64,
+        /// Instead of events: readings `{strategy, value, ts}` of this
+        /// strategy (the tutorial's A-D), keyed by sensor (`--users` of
+        /// them), ten seconds apart.
+        #[arg(long)]
+        readings: Option<String>,
+        /// With `--readings`: shift their times by this many seconds.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        offset_s: i64,
     },
     /// Print every record of a topic as a JSON line, then exit.
     Tail {
@@ -222,7 +230,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             topic,
             count,
             users,
+            readings: Some(strategy),
+            offset_s,
+            ..
+        } => {
+            let n =
+                kafka_tools::produce_readings(&brokers, &topic, &strategy, count, users, offset_s)?;
+            eprintln!("produced {n} readings of strategy {strategy} to {topic}");
+            Ok(())
+        }
+        Command::Sample {
+            brokers,
+            topic,
+            count,
+            users,
             malformed_every,
+            ..
         } => {
             let options = kafka_tools::SampleOptions {
                 count,
@@ -380,6 +403,8 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         let module = pipeline::step_module(step);
         let kind = if t.aggregate.is_some() {
             "aggregate"
+        } else if t.join.is_some() {
+            "join"
         } else {
             "transform"
         };

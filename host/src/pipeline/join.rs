@@ -88,7 +88,7 @@ impl Held {
 pub struct JoinCheckpoint {
     topics: Vec<String>,
     state: JoinState<Arc<Held>>,
-    max_time: [Option<i64>; 2],
+    max_time: BTreeMap<(u16, i32), i64>,
 }
 
 /// A pair (or outer row) the step produced: what its output records fall
@@ -128,7 +128,7 @@ pub struct JoinOutput {
 #[derive(Debug, Clone)]
 pub struct JoinSnapshot {
     state: JoinState<Arc<Held>>,
-    max_time: [Option<i64>; 2],
+    max_time: BTreeMap<(u16, i32), i64>,
     held: BTreeMap<(u16, i32), BTreeMap<i64, u32>>,
 }
 
@@ -139,8 +139,11 @@ pub struct JoinStep {
     state: JoinState<Arc<Held>>,
     /// How many of the source topics (the first ones) are the left side's.
     left_topics: u16,
-    /// Per side: the largest event time seen and the allowed disorder.
-    max_time: [Option<i64>; 2],
+    /// Per source partition, the largest event time seen.
+    max_time: BTreeMap<(u16, i32), i64>,
+    /// The source partitions read (see [`Self::expect_partitions`]).
+    expected: Vec<(u16, i32)>,
+    /// Per side, the allowed disorder.
     disorder_ms: [i64; 2],
     /// Run as tasks: a record's join key must be its Kafka key.
     partition_keys: bool,
@@ -172,7 +175,8 @@ impl JoinStep {
             joiner,
             state,
             left_topics: spec.left.topics.len() as u16,
-            max_time: [None; 2],
+            max_time: BTreeMap::new(),
+            expected: Vec::new(),
             disorder_ms: [
                 ms(spec.left.watermark.max_out_of_orderness),
                 ms(spec.right.watermark.max_out_of_orderness),
@@ -237,7 +241,7 @@ impl JoinStep {
     pub fn snapshot(&self) -> JoinSnapshot {
         JoinSnapshot {
             state: self.state.clone(),
-            max_time: self.max_time,
+            max_time: self.max_time.clone(),
             held: self.held.clone(),
         }
     }
@@ -254,7 +258,7 @@ impl JoinStep {
         JoinCheckpoint {
             topics: topics.to_vec(),
             state: self.state.clone(),
-            max_time: self.max_time,
+            max_time: self.max_time.clone(),
         }
     }
 
@@ -292,6 +296,40 @@ impl JoinStep {
     /// What each side holds now: `[left, right]`.
     pub fn stats(&self) -> [SideStats; 2] {
         self.state.stats()
+    }
+
+    /// The source partitions the step reads (those of one task, or all):
+    /// a side's watermark waits for every partition of the side to have a
+    /// record, then follows the slowest.
+    pub fn expect_partitions(&mut self, partitions: &[(u16, i32)]) {
+        self.expected = partitions.to_vec();
+    }
+
+    /// `side`'s watermark: the smallest of its partitions' largest event
+    /// times, less the side's allowed disorder; `None` while one of its
+    /// partitions has had no record.
+    fn watermark(&self, side: Side) -> Option<i64> {
+        let mut slowest: Option<i64> = None;
+        let mut partitions: Vec<(u16, i32)> = self
+            .expected
+            .iter()
+            .copied()
+            .filter(|&(s, _)| self.side_of(s) == side)
+            .collect();
+        if partitions.is_empty() {
+            // Not told: the partitions seen so far.
+            partitions = self
+                .max_time
+                .keys()
+                .copied()
+                .filter(|&(s, _)| self.side_of(s) == side)
+                .collect();
+        }
+        for p in partitions {
+            let max = *self.max_time.get(&p)?;
+            slowest = Some(slowest.map_or(max, |m| m.min(max)));
+        }
+        slowest.map(|t| t.saturating_sub(self.disorder_ms[side as usize]))
     }
 
     fn side_of(&self, source: u16) -> Side {
@@ -380,10 +418,11 @@ impl JoinStep {
                         .or_default()
                         .entry(batch.offsets[i])
                         .or_default() += 1;
-                    let max = self.max_time[s].map_or(time, |m| m.max(time));
-                    self.max_time[s] = Some(max);
-                    let watermark = max.saturating_sub(self.disorder_ms[s]);
-                    self.state.advance(side, watermark, &mut joined);
+                    let max = self.max_time.entry(at).or_insert(time);
+                    *max = (*max).max(time);
+                    if let Some(watermark) = self.watermark(side) {
+                        self.state.advance(side, watermark, &mut joined);
+                    }
                 }
                 Err(late) => out
                     .dead_letters

@@ -94,6 +94,13 @@ impl Runner<'_> {
 
     /// Tells the aggregate step (if any) which partitions to wait for.
     pub(super) fn expect_partitions(&mut self) -> anyhow::Result<()> {
+        if let Some(Step::Join(step)) = self.chain.steps_mut().first_mut() {
+            let mut partitions = source_partitions(self.spec)?;
+            if let Some(task) = &self.task {
+                partitions.retain(|&(_, p)| p == task.partition);
+            }
+            step.expect_partitions(&partitions);
+        }
         if let Some(step) = self.chain.aggregate_mut() {
             let mut partitions = source_partitions(self.spec)?;
             if let Some(task) = &self.task {
