@@ -457,3 +457,41 @@ fn the_demo_joins_c_output_with_d_input_within_five_minutes_per_sensor() {
     assert_eq!(got, want);
     assert!(read(&dlq).is_empty());
 }
+
+/// A join side may start elsewhere than the source's `start`: the right
+/// side at `latest` skips what its topic held before the run, the left side
+/// reads from the beginning.
+#[test]
+fn a_join_side_that_starts_at_latest_skips_what_its_topic_held_before() {
+    for right_start in ["", ", start: latest"] {
+        let (left, right, out, dlq) = (
+            unique("join-sl"),
+            unique("join-sr"),
+            unique("join-sout"),
+            unique("join-sdlq"),
+        );
+        create_topics(&[&left, &right, &out, &dlq], 1);
+        produce(&left, &[("a", &event("a", 0))]);
+        produce(&right, &[("a", &event("a", 1_000))]);
+        let side =
+            format!("right: {{ topics: [{right}], watermark: {{ max_out_of_orderness: 0s }}");
+        let text = join_spec("join-start", &left, &right, &out, &dlq, "")
+            .replace(&side, &format!("{side}{right_start}"));
+        let summary = run_until_caught_up(&spec(&text));
+        let pairs = read(&out).len();
+        if right_start.is_empty() {
+            assert_eq!(
+                (summary.records_in, pairs),
+                (2, 1),
+                "both sides from the beginning"
+            );
+        } else {
+            assert_eq!(
+                (summary.records_in, pairs),
+                (1, 0),
+                "the right side at its end"
+            );
+        }
+        assert!(read(&dlq).is_empty());
+    }
+}

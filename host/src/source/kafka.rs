@@ -380,16 +380,22 @@ impl KafkaSource {
                 &consumer,
                 &spec.source.topics,
                 &partitions,
-                spec.source.start,
+                |s| spec.start_of(s),
                 positions,
             )?)
         } else {
             None
         };
         match positions {
-            None if tasks.is_none() => {
+            None if tasks.is_none() && !spec.sides_start_apart() => {
                 let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topic_refs)?;
+            }
+            _ if spec.sides_start_apart() => {
+                // Join sides that start apart: each partition where the group
+                // committed, else at its side's start.
+                let tpl = started(&consumer, spec, &partitions, positions)?;
+                consumer.assign(&tpl)?;
             }
             _ => {
                 let tpl = positioned(&spec.source.topics, &partitions, positions)?;
@@ -1080,6 +1086,42 @@ fn positioned(
     Ok(tpl)
 }
 
+/// `partitions` at `positions` where known, else at the group's committed
+/// offset, else where their topic's join side starts.
+fn started(
+    consumer: &BaseConsumer<SourceContext>,
+    spec: &PipelineSpec,
+    partitions: &[(u16, i32)],
+    positions: Option<&HashMap<(u16, i32), i64>>,
+) -> Result<TopicPartitionList, SourceError> {
+    let topics = &spec.source.topics;
+    let mut asked = TopicPartitionList::new();
+    for &(source, partition) in partitions {
+        asked.add_partition(&topics[source as usize], partition);
+    }
+    let committed = consumer.committed_offsets(asked, METADATA_TIMEOUT)?;
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &(source, partition) in partitions {
+        let topic = &topics[source as usize];
+        let known = positions.and_then(|p| p.get(&(source, partition)).copied());
+        let offset = match known {
+            Some(o) => Offset::Offset(o),
+            None => match committed
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => Offset::Offset(o),
+                _ => match spec.start_of(source) {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            },
+        };
+        tpl.add_partition_offset(topic, partition, offset)?;
+    }
+    Ok(tpl)
+}
+
 /// Checks that every topic the pipeline touches exists; the source topics'
 /// partitions, as (index into the source topics, partition).
 fn check_topics(
@@ -1158,7 +1200,13 @@ impl GroupOffsets {
     /// Per partition not yet drained, its end offset now (see
     /// `--until-caught-up`).
     pub fn targets(&self, start: StartFrom) -> Result<HashMap<(u16, i32), i64>, SourceError> {
-        end_offsets(&self.consumer, &self.topics, &self.partitions, start, None)
+        end_offsets(
+            &self.consumer,
+            &self.topics,
+            &self.partitions,
+            |_| start,
+            None,
+        )
     }
 
     /// The group's committed offsets, of the partitions that have one.
@@ -1190,7 +1238,7 @@ fn end_offsets(
     consumer: &BaseConsumer<SourceContext>,
     topics: &[String],
     partitions: &[(u16, i32)],
-    start: StartFrom,
+    start: impl Fn(u16) -> StartFrom,
     positions: Option<&HashMap<(u16, i32), i64>>,
 ) -> Result<HashMap<(u16, i32), i64>, SourceError> {
     let mut tpl = TopicPartitionList::new();
@@ -1210,7 +1258,7 @@ fn end_offsets(
         });
         let position = match committed {
             Some(Offset::Offset(o)) => o.max(low),
-            _ => match start {
+            _ => match start(source) {
                 StartFrom::Earliest => low,
                 StartFrom::Latest => high,
             },

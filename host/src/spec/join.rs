@@ -9,7 +9,7 @@
 //!     config: { left_key: order_id, right_key: order_id }
 //!     join:
 //!       left:  { topics: [orders],   watermark: { max_out_of_orderness: 10s } }
-//!       right: { topics: [payments], watermark: { max_out_of_orderness: 10s } }
+//!       right: { topics: [payments], watermark: { max_out_of_orderness: 10s }, start: latest }
 //!       within: { before: 5m, after: 5m }
 //!       type: left-outer
 //! ```
@@ -38,6 +38,10 @@ pub struct JoinSpec {
 pub struct JoinSideSpec {
     pub topics: Vec<String>,
     pub watermark: JoinWatermarkSpec,
+    /// Where the side starts when the group has no committed offset for a
+    /// partition; default: `source.start`.
+    #[serde(default)]
+    pub start: Option<super::StartFrom>,
 }
 
 /// A side's watermark: it trails the largest event time seen on the side
@@ -149,12 +153,14 @@ mod tests {
             Duration::from_secs(60)
         );
         assert_eq!(j.validate(), Ok(()));
+        assert_eq!((j.left.start, j.right.start), (None, None));
         let full = spec(
             "left: { topics: [a], watermark: { max_out_of_orderness: 0s } }\n\
-             right: { topics: [c], watermark: { max_out_of_orderness: 0s } }\n\
+             right: { topics: [c], watermark: { max_out_of_orderness: 0s }, start: latest }\n\
              within: { before: 0s, after: 0s }\ntype: full-outer\n",
         );
         assert_eq!(full.kind, JoinKind::FullOuter);
+        assert_eq!(full.right.start, Some(super::super::StartFrom::Latest));
     }
 
     #[test]

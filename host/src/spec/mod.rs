@@ -478,6 +478,30 @@ impl PipelineSpec {
         Some((j, j.left.topics.len()))
     }
 
+    /// Where source topic `source` (an index into `source.topics`) starts
+    /// when the group has no committed offset: its join side's `start`,
+    /// else `source.start`.
+    pub fn start_of(&self, source: u16) -> StartFrom {
+        let side = self.join().and_then(|(j, left)| {
+            if usize::from(source) < left {
+                j.left.start
+            } else {
+                j.right.start
+            }
+        });
+        side.unwrap_or(self.source.start)
+    }
+
+    /// Whether a join side starts otherwise than the source's `start` says
+    /// (the consumer then positions each partition itself).
+    pub fn sides_start_apart(&self) -> bool {
+        self.join().is_some_and(|(j, _)| {
+            [j.left.start, j.right.start]
+                .iter()
+                .any(|s| s.is_some_and(|s| s != self.source.start))
+        })
+    }
+
     /// Every topic the pipeline writes to, deduplicated.
     pub fn sink_topics(&self) -> Vec<&str> {
         let mut topics: Vec<&str> = self
