@@ -374,8 +374,8 @@ fn the_demo_joins_c_output_with_d_input_within_five_minutes_per_sensor() {
     );
     create_topics(&[&c_in, &d_in, &c_out, &ready, &dlq], 4);
     let (count, sensors) = (120, 6);
-    kafka_tools::produce_readings(brokers(), &c_in, "C", count, sensors, 0).unwrap();
-    kafka_tools::produce_readings(brokers(), &d_in, "D", count, sensors, 120).unwrap();
+    kafka_tools::produce_readings(brokers(), &c_in, "C", count, sensors, 0, 10_000).unwrap();
+    kafka_tools::produce_readings(brokers(), &d_in, "D", count, sensors, 120, 10_000).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let demo = |file: &str| {
         std::fs::read_to_string(

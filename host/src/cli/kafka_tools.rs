@@ -148,7 +148,7 @@ pub fn produce_sample_range(
 /// Produces `count` readings of `strategy` (the tutorial's data), keyed
 /// by sensor (`sensor-0` .. `sensor-{sensors - 1}`, in turn), values
 /// `{"strategy","value","ts"}` with `value` in 0..100 and `ts` (RFC 3339)
-/// ten seconds apart from [`SampleOptions::default`]'s start, plus
+/// `every_ms` apart from [`SampleOptions::default`]'s start, plus
 /// `offset_s` seconds (so that two strategies' readings interleave).
 pub fn produce_readings(
     brokers: &str,
@@ -157,13 +157,14 @@ pub fn produce_readings(
     count: u64,
     sensors: u64,
     offset_s: i64,
+    every_ms: i64,
 ) -> anyhow::Result<u64> {
     let start = SampleOptions::default().start_ms;
     produce(
         brokers,
         topic,
         (0..count).map(|n| {
-            let ms = start + (n as i64 * 10 + offset_s) * 1000;
+            let ms = start + n as i64 * every_ms + offset_s * 1000;
             let ts = humantime::format_rfc3339_millis(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
             );

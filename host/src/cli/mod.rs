@@ -108,6 +108,9 @@ enum Command {
         /// With `--readings`: shift their times by this many seconds.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         offset_s: i64,
+        /// With `--readings`: milliseconds between two readings.
+        #[arg(long, default_value_t = 10_000)]
+        every_ms: i64,
     },
     /// Print every record of a topic as a JSON line, then exit.
     Tail {
@@ -232,10 +235,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             users,
             readings: Some(strategy),
             offset_s,
+            every_ms,
             ..
         } => {
-            let n =
-                kafka_tools::produce_readings(&brokers, &topic, &strategy, count, users, offset_s)?;
+            let n = kafka_tools::produce_readings(
+                &brokers, &topic, &strategy, count, users, offset_s, every_ms,
+            )?;
             eprintln!("produced {n} readings of strategy {strategy} to {topic}");
             Ok(())
         }
