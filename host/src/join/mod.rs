@@ -101,6 +101,20 @@ pub enum Joined<T> {
     },
 }
 
+impl<T> Joined<T> {
+    /// The left and the right record; an outer row's absent side is `None`.
+    pub fn sides(&self) -> (Option<&T>, Option<&T>) {
+        match self {
+            Self::Pair { left, right } => (Some(left), Some(right)),
+            Self::Alone {
+                side: Side::Left,
+                value,
+            } => (Some(value), None),
+            Self::Alone { value, .. } => (None, Some(value)),
+        }
+    }
+}
+
 /// A record refused because its side's watermark had passed its time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(

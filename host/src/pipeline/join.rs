@@ -438,14 +438,7 @@ impl JoinStep {
         out.output = self.joiner.join(&pairs)?;
         // Pairs the guest refused: their records are the dead letters.
         for (pair, reason) in std::mem::take(&mut out.output.dead_letters) {
-            let (left, right) = match &joined[pair as usize] {
-                Joined::Pair { left, right } => (Some(left), Some(right)),
-                Joined::Alone {
-                    side: Side::Left,
-                    value,
-                } => (Some(value), None),
-                Joined::Alone { value, .. } => (None, Some(value)),
-            };
+            let (left, right) = joined[pair as usize].sides();
             for held in [left, right].into_iter().flatten() {
                 held.push_to(&mut out.held_dead);
                 out.held_reasons.push(reason.clone());
@@ -471,14 +464,7 @@ impl JoinStep {
                 })
         };
         for j in joined {
-            let (left, right) = match j {
-                Joined::Pair { left, right } => (Some(left), Some(right)),
-                Joined::Alone {
-                    side: Side::Left,
-                    value,
-                } => (Some(value), None),
-                Joined::Alone { value, .. } => (None, Some(value)),
-            };
+            let (left, right) = j.sides();
             let l = left.map_or(-1, |h| index(Side::Left, h, &mut pairs));
             let r = right.map_or(-1, |h| index(Side::Right, h, &mut pairs));
             pairs.left_index.push(l);
