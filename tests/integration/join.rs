@@ -495,3 +495,42 @@ fn a_join_side_that_starts_at_latest_skips_what_its_topic_held_before() {
         assert!(read(&dlq).is_empty());
     }
 }
+
+/// A checkpoint's join state is only read back with the same join topics:
+/// its records' sides come from them.
+#[test]
+fn join_state_checkpointed_with_other_topics_is_refused_with_the_reason() {
+    let (left, right, other, out, dlq) = (
+        unique("join-cl"),
+        unique("join-cr"),
+        unique("join-co"),
+        unique("join-cout"),
+        unique("join-cdlq"),
+    );
+    create_topics(&[&left, &right, &other, &out, &dlq], 1);
+    produce(&left, &[("a", &event("a", 0))]);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = format!(
+        "checkpoint: {{ dir: {}, interval: 100ms }}\n",
+        dir.path().join("checkpoints").display()
+    );
+    let first = join_spec("join-ckpt", &left, &right, &out, &dlq, &checkpoint);
+    assert_eq!(run_until_caught_up(&spec(&first)).records_in, 1);
+    let moved = first.replace(&format!("topics: [{right}]"), &format!("topics: [{other}]"));
+    let e = sluice::pipeline::run(
+        &spec(&moved),
+        sluice::pipeline::RunOptions {
+            until_caught_up: true,
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains(&format!(
+            "the checkpoint's join state was taken reading topics [\"{left}\", \"{right}\"], and \
+             the join now reads [\"{left}\", \"{other}\"]: its records would not be on the same \
+             sides; restore the spec's join topics, or start from a new checkpoint directory"
+        )),
+        "{e:#}"
+    );
+}
