@@ -123,15 +123,6 @@ pub struct JoinOutput {
     pub held_reasons: Vec<Reason>,
 }
 
-/// A join step's state at one moment (the records are shared, not
-/// copied).
-#[derive(Debug, Clone)]
-pub struct JoinSnapshot {
-    state: JoinState<Arc<Held>>,
-    max_time: BTreeMap<(u16, i32), i64>,
-    held: BTreeMap<(u16, i32), BTreeMap<i64, u32>>,
-}
-
 /// The join step of a chain.
 #[derive(Debug)]
 pub struct JoinStep {
@@ -223,10 +214,6 @@ impl JoinStep {
         &self.joiner
     }
 
-    pub fn joiner_mut(&mut self) -> &mut Joiner {
-        &mut self.joiner
-    }
-
     /// Puts `joiner` in (a module swap); returns the one it replaces. The
     /// state stays.
     pub fn swap_joiner(&mut self, joiner: Joiner) -> Joiner {
@@ -237,23 +224,9 @@ impl JoinStep {
         self.joiner
     }
 
-    /// The state as it is now (before a module's trial batch).
-    pub fn snapshot(&self) -> JoinSnapshot {
-        JoinSnapshot {
-            state: self.state.clone(),
-            max_time: self.max_time.clone(),
-            held: self.held.clone(),
-        }
-    }
-
-    /// Puts back the state of [`Self::snapshot`] (a trial rolled back).
-    pub fn restore(&mut self, snapshot: JoinSnapshot) {
-        self.state = snapshot.state;
-        self.max_time = snapshot.max_time;
-        self.held = snapshot.held;
-    }
-
-    /// The state for a checkpoint; `topics`: the source topics.
+    /// The state for a checkpoint (and before a module's trial batch, to
+    /// roll back to); `topics`: the source topics. The records are shared,
+    /// not copied.
     pub fn checkpoint(&self, topics: &[String]) -> JoinCheckpoint {
         JoinCheckpoint {
             topics: topics.to_vec(),
@@ -262,8 +235,9 @@ impl JoinStep {
         }
     }
 
-    /// Continues from a checkpoint's state; refused when it was taken with
-    /// other source topics (its records would change sides).
+    /// Continues from a checkpoint's state (the offsets held are derived
+    /// from its records); refused when it was taken with other source
+    /// topics (its records would change sides).
     pub fn restore_checkpoint(
         &mut self,
         checkpoint: JoinCheckpoint,

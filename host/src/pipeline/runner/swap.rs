@@ -21,7 +21,7 @@ use super::{Runner, ms};
 use crate::batch::Batch;
 use crate::pipeline::Stage;
 use crate::pipeline::control::{Control, SwapRequest, SwapState};
-use crate::pipeline::join::JoinSnapshot;
+use crate::pipeline::join::JoinCheckpoint;
 use crate::pipeline::round::{Round, Verdict};
 use crate::pipeline::{ChainOutput, Step, StepInfo, load_step, start_step, step_module};
 use crate::runtime::{Aggregator, Joiner, Transform};
@@ -42,7 +42,7 @@ enum Previous {
 /// The state of the chain before a trial batch, to roll back to.
 struct Before {
     engine: Option<EngineSnapshot>,
-    join: Option<JoinSnapshot>,
+    join: Option<JoinCheckpoint>,
 }
 
 impl Before {
@@ -303,7 +303,7 @@ impl Runner<'_> {
         let snapshot = Before {
             engine: self.chain.aggregate().map(|a| a.engine().snapshot()),
             join: match self.chain.steps().first() {
-                Some(Step::Join(j)) => Some(j.snapshot()),
+                Some(Step::Join(j)) => Some(j.checkpoint(&self.spec.source.topics)),
                 _ => None,
             },
         };
@@ -394,7 +394,7 @@ impl Runner<'_> {
         if let (Some(join), Some(Step::Join(step))) =
             (before.join, self.chain.steps_mut().first_mut())
         {
-            step.restore(join);
+            step.restore_checkpoint(join, &self.spec.source.topics)?;
         }
         if let Some(snapshot) = before.engine {
             let window = self
