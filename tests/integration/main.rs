@@ -22,6 +22,7 @@ mod metrics;
 mod parquet;
 mod pause;
 mod pipeline;
+mod postgres;
 mod records;
 mod repartition;
 mod runtime;

@@ -15,6 +15,7 @@ use sluice::pipeline::{RunOptions, Summary};
 use sluice::spec::PipelineSpec;
 
 pub mod bench;
+pub mod postgres;
 
 /// Path of a guest component built by `build.rs`, e.g. `guest("strategy-map")`.
 pub fn guest(name: &str) -> PathBuf {

@@ -54,11 +54,16 @@ pub enum Kind {
     /// A Parquet output refused the record (it does not fit the schema).
     #[serde(rename = "parquet")]
     Parquet,
+    /// A PostgreSQL output refused the record: it does not fit the table's
+    /// columns, or the database refused the row (a constraint, a value out
+    /// of the column's range).
+    #[serde(rename = "postgres")]
+    Postgres,
 }
 
 impl Kind {
     /// Every kind, in order.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Rejected,
         Kind::GuestError,
         Kind::Trap,
@@ -72,6 +77,7 @@ impl Kind {
         Kind::JoinKeyNotKafkaKey,
         Kind::TooLarge,
         Kind::Parquet,
+        Kind::Postgres,
     ];
 
     /// The kind's name in summaries, the progress document and `/metrics`
@@ -91,6 +97,7 @@ impl Kind {
             Kind::JoinKeyNotKafkaKey => "join key is not the Kafka key",
             Kind::TooLarge => "output record too large",
             Kind::Parquet => "parquet",
+            Kind::Postgres => "postgres",
         }
     }
 

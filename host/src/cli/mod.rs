@@ -421,6 +421,13 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             &module.sha256()[..16]
         );
     }
+    for (name, output) in &spec.outputs {
+        if let Some(p) = &output.postgres {
+            let table = crate::sink::PostgresSink::check(p)
+                .with_context(|| format!("outputs.{name}.postgres"))?;
+            println!("  output {name}: {table}");
+        }
+    }
     println!("  {}", how_it_runs(&spec));
     Ok(())
 }

@@ -118,6 +118,10 @@ pub struct Summary {
     /// A pipeline run as tasks: what each task did, by stage and partition.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskSummary>,
+    /// Per output with a PostgreSQL table: rows written, transactions and
+    /// their times.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub postgres: BTreeMap<String, crate::sink::PostgresStats>,
 }
 
 /// One task's part of a run (a pipeline run as tasks).
@@ -423,6 +427,9 @@ impl std::ops::AddAssign for Summary {
         };
         self.tasks.extend(other.tasks);
         self.tasks.sort_by_key(|t| (t.stage, t.partition));
+        for (name, stats) in other.postgres {
+            *self.postgres.entry(name).or_default() += stats;
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::batch::reason::Kind;
 use crate::batch::{Batch, Reason};
 use crate::checkpoint::{Epoch, Fence};
 use crate::runtime::Runtime;
-use crate::sink::{BatchAck, KafkaSink, ParquetRecord, ParquetSink, Quarantine};
+use crate::sink::{BatchAck, KafkaSink, ParquetRecord, ParquetSink, PostgresSink, Quarantine};
 use crate::source::{CommitMode, KafkaSource, NextOffset, SourceBatch};
 use crate::spec::{Delivery, PipelineSpec};
 
@@ -119,6 +119,8 @@ pub(super) struct Runner<'a> {
     checkpointed: bool,
     /// Per configured output, its Parquet sink if it has one.
     parquet: Vec<Option<ParquetSink>>,
+    /// Per configured output, its PostgreSQL sink if it has one.
+    postgres: Vec<Option<PostgresSink>>,
     checkpoints: Option<Checkpoints>,
     exactly_once: bool,
     /// Number of the last batch run.
@@ -182,6 +184,7 @@ impl<'a> Runner<'a> {
             task,
             checkpointed: false,
             parquet: Vec::new(),
+            postgres: Vec::new(),
             checkpoints: None,
             exactly_once: spec.delivery == Delivery::ExactlyOnce,
             epoch: 0,
@@ -427,16 +430,7 @@ impl<'a> Runner<'a> {
         let out = self.run_chain(&mut batch, now_ms)?;
         self.durations.transform = ms(started.elapsed());
         let sinking = Instant::now();
-        let rejected = self.write_parquet(&out)?;
-        self.summary.record(&batch, &out, &self.output_names);
-        self.summary.dead_lettered += rejected.len() as u64;
-        if !rejected.is_empty() {
-            *self
-                .summary
-                .dead_letter_reasons
-                .entry(Kind::Parquet)
-                .or_default() += rejected.len() as u64;
-        }
+        let mut rejected = self.write_parquet(&out)?;
         tracing::debug!(
             epoch = self.epoch,
             records = batch.len(),
@@ -448,6 +442,16 @@ impl<'a> Runner<'a> {
             // Right before the batch's records leave: not if another
             // process took the task over.
             fence.check_lease()?;
+        }
+        rejected.extend(self.write_postgres(&out)?);
+        self.summary.record(&batch, &out, &self.output_names);
+        self.summary.dead_lettered += rejected.len() as u64;
+        for r in &rejected {
+            *self
+                .summary
+                .dead_letter_reasons
+                .entry(r.reason.kind)
+                .or_default() += 1;
         }
         if let Some(aggregate) = self.chain.aggregate() {
             let progress = aggregate.engine().progress();
@@ -528,6 +532,50 @@ impl<'a> Runner<'a> {
                 output: i,
                 record,
                 reason: Reason::new(Kind::Parquet, reason),
+            }));
+        }
+        Ok(rejected)
+    }
+
+    /// Writes each output's records to its PostgreSQL table, one
+    /// transaction per output (under exactly-once, once the epoch is
+    /// durable in the log); returns the records refused.
+    fn write_postgres(&mut self, out: &ChainOutput) -> anyhow::Result<Vec<Rejected>> {
+        let mut rejected = Vec::new();
+        if self.postgres.iter().all(Option::is_none) {
+            return Ok(rejected);
+        }
+        if self.exactly_once
+            && let Some(c) = &mut self.checkpoints
+        {
+            c.wait_logged()?;
+        }
+        for (i, (sink, routed)) in self.postgres.iter_mut().zip(&out.outputs).enumerate() {
+            let Some(sink) = sink else { continue };
+            let records: Vec<ParquetRecord<'_>> = routed
+                .records
+                .iter()
+                .enumerate()
+                .map(|(j, r)| ParquetRecord {
+                    index: j as u32,
+                    value: r.value,
+                    timestamp: r.timestamp,
+                    window_start: None,
+                })
+                .collect();
+            let refused = sink.write(self.epoch, &records).with_context(|| {
+                format!(
+                    "outputs.{}: cannot write to PostgreSQL",
+                    self.output_names[i]
+                )
+            })?;
+            self.summary
+                .postgres
+                .insert(self.output_names[i].clone(), sink.stats().clone());
+            rejected.extend(refused.into_iter().map(|(record, reason)| Rejected {
+                output: i,
+                record,
+                reason: Reason::new(Kind::Postgres, reason),
             }));
         }
         Ok(rejected)

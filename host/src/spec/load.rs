@@ -350,17 +350,21 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
         if let Some(topic) = &output.topic {
             check_topic(&format!("outputs.{name}.topic"), topic)?;
         }
-        match &output.parquet {
-            None if output.topic.is_none() => {
-                return Err(SpecError::new(
-                    format!("outputs.{name}"),
-                    "needs a `topic`, a `parquet` section, or both",
-                ));
-            }
-            None => {}
-            Some(parquet) => parquet
+        if output.topic.is_none() && output.parquet.is_none() && output.postgres.is_none() {
+            return Err(SpecError::new(
+                format!("outputs.{name}"),
+                "needs a `topic`, a `parquet` section, a `postgres` section, or several",
+            ));
+        }
+        if let Some(parquet) = &output.parquet {
+            parquet
                 .validate()
-                .map_err(|e| SpecError::new(format!("outputs.{name}.parquet"), e))?,
+                .map_err(|e| SpecError::new(format!("outputs.{name}.parquet"), e))?;
+        }
+        if let Some(postgres) = &output.postgres {
+            postgres
+                .validate()
+                .map_err(|e| SpecError::new(format!("outputs.{name}.postgres"), e))?;
         }
     }
     check_topic("dead_letter.topic", &spec.dead_letter.topic)?;

@@ -15,6 +15,7 @@ pub mod join;
 mod kafka_props;
 mod load;
 pub mod parquet;
+pub mod postgres;
 mod secret;
 mod stages;
 pub mod window;
@@ -433,6 +434,10 @@ pub struct OutputSpec {
     /// Parquet files the output's records (JSON objects) are written to.
     #[serde(default)]
     pub parquet: Option<parquet::ParquetSpec>,
+    /// The PostgreSQL table the output's records (JSON objects) are
+    /// written to.
+    #[serde(default)]
+    pub postgres: Option<postgres::PostgresSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

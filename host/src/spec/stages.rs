@@ -122,6 +122,7 @@ impl PipelineSpec {
             OutputSpec {
                 topic: Some(topic.clone()),
                 parquet: None,
+                postgres: None,
             },
         );
 

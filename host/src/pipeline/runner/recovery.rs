@@ -17,7 +17,9 @@ use crate::checkpoint::{Epoch, StepDigest, digests_by_step};
 use crate::pipeline::Step;
 use crate::pipeline::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
 use crate::pipeline::deliver::Eos;
-use crate::sink::{ParquetCommit, ParquetSink, SinkPosition, end_offsets, written_since};
+use crate::sink::{
+    EpochKey, ParquetCommit, ParquetSink, PostgresSink, SinkPosition, end_offsets, written_since,
+};
 use crate::source::{CommitMode, KafkaSource, NextOffset, ReplaySource, source_partitions};
 use crate::spec::CheckpointSpec;
 use crate::window::WindowEngine;
@@ -30,6 +32,7 @@ impl Runner<'_> {
         let Some(cspec) = &spec.checkpoint else {
             self.expect_partitions()?;
             self.parquet = self.open_parquet(None)?;
+            self.postgres = self.open_postgres()?;
             return Ok(false);
         };
         let cspec = match &self.task {
@@ -76,6 +79,7 @@ impl Runner<'_> {
         // Before any re-execution: the original run had declared them too.
         self.expect_partitions()?;
         self.parquet = self.open_parquet(checkpoint.as_ref())?;
+        self.postgres = self.open_postgres()?;
 
         match checkpoint {
             None if !self.exactly_once => {}
@@ -144,6 +148,36 @@ impl Runner<'_> {
                             ),
                         }
                         .with_context(|| format!("outputs.{name}.parquet"))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Opens each output's PostgreSQL sink; under exactly-once (once the
+    /// checkpoint lineage is known), each keeps its progress per task.
+    pub(super) fn open_postgres(&self) -> anyhow::Result<Vec<Option<PostgresSink>>> {
+        let key = (self.exactly_once && self.checkpoints.is_some()).then(|| EpochKey {
+            pipeline: self.spec.name.clone(),
+            lineage: self.routing.lineage.clone(),
+            task: match &self.task {
+                None => String::new(),
+                Some(t) if self.spec.source.upstream_tasks.is_some() => {
+                    format!("r{:05}", t.partition)
+                }
+                Some(t) => format!("t{:05}", t.partition),
+            },
+        });
+        self.spec
+            .outputs
+            .iter()
+            .map(|(name, output)| {
+                output
+                    .postgres
+                    .as_ref()
+                    .map(|p| {
+                        PostgresSink::open(name, p, key.clone())
+                            .with_context(|| format!("outputs.{name}.postgres"))
                     })
                     .transpose()
             })
@@ -298,6 +332,9 @@ impl Runner<'_> {
                 .with_context(|| format!("outputs.{name}: cannot publish Parquet files"))?;
         }
         checkpoints.trim_log()?;
+        for sink in self.postgres.iter_mut().flatten() {
+            sink.checkpointed(self.epoch);
+        }
         if let Some(source) = source {
             // For lag monitoring and tools; the checkpoint is what a restart uses.
             let offsets: Vec<NextOffset> = self

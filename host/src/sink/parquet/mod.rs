@@ -90,19 +90,7 @@ pub struct ParquetCommit {
     pub schema: Option<Vec<ColumnSpec>>,
 }
 
-/// One output record handed to [`ParquetSink::write`].
-#[derive(Debug, Clone, Copy)]
-pub struct ParquetRecord<'a> {
-    /// Returned with the reason when the record is refused.
-    pub index: u32,
-    /// A JSON object.
-    pub value: Option<&'a [u8]>,
-    /// Event time, ms since the Unix epoch.
-    pub timestamp: Option<i64>,
-    /// Start of the window of an aggregate result, ms since the Unix epoch;
-    /// preferred over `timestamp` by `partition_by.time`.
-    pub window_start: Option<i64>,
-}
+pub use crate::sink::row::TableRecord as ParquetRecord;
 
 /// Why the sink failed. Records that do not fit the schema are not errors
 /// (see [`ParquetSink::write`]); these are. Only [`ParquetError::Io`] may

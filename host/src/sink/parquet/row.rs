@@ -1,105 +1,17 @@
-//! From a record's JSON value to a row of typed cells: schema checks with
-//! the reasons a record is refused, schema inference, and the partition
-//! directory of a row.
-//!
-//! Fields of the record that are not columns are ignored, so that a
-//! transform can add fields without breaking its Parquet output.
+//! Schema inference from a record, and the partition directory of a row
+//! (the rows themselves: `sink::row`).
 
 use std::fmt::Write as _;
 
 use chrono::format::Item;
 use indexmap::IndexMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::config::{ColumnSpec, ColumnType};
+pub(super) use crate::sink::row::{Cell, decode, parse_object};
 
 /// Hive's name for the partition of a missing, null or empty value.
 pub(super) const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
-
-/// One value of a row, already of its column's type (`I64` for both
-/// `int64` and `timestamp_ms`).
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Cell {
-    Null,
-    Str(String),
-    I64(i64),
-    F64(f64),
-    Bool(bool),
-}
-
-/// Parses a record's value as a JSON object.
-pub(super) fn parse_object(value: Option<&[u8]>) -> Result<Map<String, Value>, String> {
-    let bytes = value.ok_or_else(|| "parquet: the record has no value".to_owned())?;
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!(
-            "parquet: expected a JSON object, got {}",
-            kind(&other)
-        )),
-        Err(e) => Err(format!("parquet: not JSON: {e}")),
-    }
-}
-
-/// The row of `object` under `schema`, or why it does not fit.
-pub(super) fn decode(
-    schema: &[ColumnSpec],
-    mut object: Map<String, Value>,
-) -> Result<Vec<Cell>, String> {
-    schema
-        .iter()
-        .map(|column| {
-            decode_value(column, object.remove(&column.name))
-                .map_err(|e| format!("parquet: field \"{}\": {e}", column.name))
-        })
-        .collect()
-}
-
-fn decode_value(column: &ColumnSpec, value: Option<Value>) -> Result<Cell, String> {
-    let value = match value {
-        None | Some(Value::Null) if column.nullable => return Ok(Cell::Null),
-        None => return Err("missing (the column is not nullable)".to_owned()),
-        Some(v) => v,
-    };
-    let ty = column.ty;
-    let mismatch = |v: &Value| format!("expected {}, got {}", ty.name(), kind(v));
-    match (ty, value) {
-        (ColumnType::String, Value::String(s)) => Ok(Cell::Str(s)),
-        (ColumnType::Int64 | ColumnType::TimestampMs, Value::Number(n)) => match n.as_i64() {
-            Some(i) => Ok(Cell::I64(i)),
-            None if n.is_u64() => Err(format!(
-                "expected {}, got an integer out of its range",
-                ty.name()
-            )),
-            None => Err(mismatch(&Value::Number(n))),
-        },
-        (ColumnType::Float64, Value::Number(n)) => n
-            .as_f64()
-            .map(Cell::F64)
-            .ok_or_else(|| "expected float64, got a number out of its range".to_owned()),
-        (ColumnType::Bool, Value::Bool(b)) => Ok(Cell::Bool(b)),
-        (ColumnType::TimestampMs, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(&s)
-            .map(|t| Cell::I64(t.timestamp_millis()))
-            .map_err(|_| {
-                "expected timestamp_ms (integer milliseconds or an RFC 3339 string), \
-                 got a string that is not RFC 3339"
-                    .to_owned()
-            }),
-        (_, v) => Err(mismatch(&v)),
-    }
-}
-
-/// The JSON kind of a value, as named in rejection reasons.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "integer",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
 
 /// A schema from the top-level fields of a record, in the record's order:
 /// strings, integers (that fit in `i64`), other numbers and booleans, all

@@ -259,7 +259,7 @@ impl ParquetSink {
 
     /// The partition directory and row of a record, or why it is refused.
     fn row_of(&mut self, r: &ParquetRecord<'_>) -> Result<(String, Vec<Cell>), String> {
-        let object = row::parse_object(r.value)?;
+        let object = row::parse_object("parquet", r.value)?;
         if self.fixed.is_none() {
             let field = self.partition_field.as_deref();
             let (columns, skipped) = row::infer(r.value, field)?;
@@ -272,7 +272,7 @@ impl ParquetSink {
             self.fixed = Some(Fixed::new(columns, field, true)?);
         }
         let fixed = self.fixed.as_ref().expect("the schema was just fixed");
-        let row = row::decode(&fixed.columns, object)?;
+        let row = row::decode("parquet", &fixed.columns, object)?;
         let mut dir = match &fixed.partition {
             Some((i, name)) => row::field_dir(name, &row[*i]),
             None => String::new(),

@@ -1,0 +1,110 @@
+//! From a record's JSON value to a row of typed cells, for the sinks that
+//! write tables (Parquet, PostgreSQL): schema checks with the reasons a
+//! record is refused, each starting with the sink's name.
+//!
+//! Fields of the record that are not columns are ignored, so that a
+//! transform can add fields without breaking its table outputs.
+
+use serde_json::{Map, Value};
+
+use crate::spec::parquet::{ColumnSpec, ColumnType};
+
+/// One value of a row, already of its column's type (`I64` for both
+/// `int64` and `timestamp_ms`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cell {
+    Null,
+    Str(String),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+/// Parses a record's value as a JSON object.
+pub(crate) fn parse_object(sink: &str, value: Option<&[u8]>) -> Result<Map<String, Value>, String> {
+    let bytes = value.ok_or_else(|| format!("{sink}: the record has no value"))?;
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!(
+            "{sink}: expected a JSON object, got {}",
+            kind(&other)
+        )),
+        Err(e) => Err(format!("{sink}: not JSON: {e}")),
+    }
+}
+
+/// The row of `object` under `schema`, or why it does not fit.
+pub(crate) fn decode(
+    sink: &str,
+    schema: &[ColumnSpec],
+    mut object: Map<String, Value>,
+) -> Result<Vec<Cell>, String> {
+    schema
+        .iter()
+        .map(|column| {
+            decode_value(column, object.remove(&column.name))
+                .map_err(|e| format!("{sink}: field \"{}\": {e}", column.name))
+        })
+        .collect()
+}
+
+fn decode_value(column: &ColumnSpec, value: Option<Value>) -> Result<Cell, String> {
+    let value = match value {
+        None | Some(Value::Null) if column.nullable => return Ok(Cell::Null),
+        None => return Err("missing (the column is not nullable)".to_owned()),
+        Some(v) => v,
+    };
+    let ty = column.ty;
+    let mismatch = |v: &Value| format!("expected {}, got {}", ty.name(), kind(v));
+    match (ty, value) {
+        (ColumnType::String, Value::String(s)) => Ok(Cell::Str(s)),
+        (ColumnType::Int64 | ColumnType::TimestampMs, Value::Number(n)) => match n.as_i64() {
+            Some(i) => Ok(Cell::I64(i)),
+            None if n.is_u64() => Err(format!(
+                "expected {}, got an integer out of its range",
+                ty.name()
+            )),
+            None => Err(mismatch(&Value::Number(n))),
+        },
+        (ColumnType::Float64, Value::Number(n)) => n
+            .as_f64()
+            .map(Cell::F64)
+            .ok_or_else(|| "expected float64, got a number out of its range".to_owned()),
+        (ColumnType::Bool, Value::Bool(b)) => Ok(Cell::Bool(b)),
+        (ColumnType::TimestampMs, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| Cell::I64(t.timestamp_millis()))
+            .map_err(|_| {
+                "expected timestamp_ms (integer milliseconds or an RFC 3339 string), \
+                 got a string that is not RFC 3339"
+                    .to_owned()
+            }),
+        (_, v) => Err(mismatch(&v)),
+    }
+}
+
+/// The JSON kind of a value, as named in rejection reasons.
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// One output record handed to a table sink.
+#[derive(Debug, Clone, Copy)]
+pub struct TableRecord<'a> {
+    /// Returned with the reason when the record is refused.
+    pub index: u32,
+    /// A JSON object.
+    pub value: Option<&'a [u8]>,
+    /// Event time, ms since the Unix epoch.
+    pub timestamp: Option<i64>,
+    /// Start of the window of an aggregate result, ms since the Unix epoch;
+    /// preferred over `timestamp` by Parquet's `partition_by.time`.
+    pub window_start: Option<i64>,
+}
