@@ -98,7 +98,7 @@ impl Fixture {
         Self::shaped(brokers, name, interval, Shape::EventTypes)
     }
 
-    fn shaped(brokers: &str, name: &str, interval: &str, shape: Shape) -> Self {
+    pub(super) fn shaped(brokers: &str, name: &str, interval: &str, shape: Shape) -> Self {
         Self::shaped_over(brokers, name, interval, shape, 4)
     }
 
@@ -174,7 +174,7 @@ parallelism: {parallelism}
 
     /// `sluice run` of the spec, until caught up or (`until` false) until
     /// killed.
-    fn spawn_run(&self, failpoint: Option<&str>, until: bool) -> Child {
+    pub(super) fn spawn_run(&self, failpoint: Option<&str>, until: bool) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("run");
         if until {
@@ -234,6 +234,29 @@ parallelism: {parallelism}
                 produce_type_flush(&self.brokers, &self.input, o, &TYPES);
             }
         }
+    }
+
+    /// Adds a PostgreSQL table to the `default` output (created from the
+    /// Parquet schema's columns).
+    pub(super) fn with_postgres(&self, url: &str, table: &str) {
+        let yaml = std::fs::read_to_string(&self.spec).unwrap();
+        let postgres = format!(
+            "\n    postgres:\n      url: \"{url}\"\n      table: {table}\n      schema:\n{}",
+            self.shape
+                .aggregate()
+                .1
+                .lines()
+                .skip(1)
+                .filter(|l| !l.contains("partition_by"))
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        );
+        let yaml = yaml.replacen(
+            "\n  alerts: {",
+            &format!("{}\n  alerts: {{", postgres.trim_end()),
+            1,
+        );
+        std::fs::write(&self.spec, yaml).unwrap();
     }
 
     pub(super) fn outputs(&self) -> Outputs {

@@ -357,3 +357,82 @@ delivery: exactly-once
     );
     assert!(read(&dlq).is_empty());
 }
+
+/// The crash test's window pipeline (see `crash.rs`) writing its results
+/// to Kafka, Parquet and a PostgreSQL table at once, killed with SIGKILL
+/// at random moments 20 times: the table holds exactly the results of a
+/// run never killed, as do the topic and the files.
+#[test]
+fn kill_9_at_random_moments_with_a_postgres_output_loses_and_duplicates_nothing() {
+    use crate::crash::{Fixture, Rng, Shape, as_rows, assert_same, reference_of};
+    const CHUNKS: u64 = 20;
+    const KILLS: usize = 20;
+    let pg = postgres();
+    let table = unique_table("windows");
+    let o = SampleOptions {
+        count: 100_000,
+        users: 500,
+        ..SampleOptions::default()
+    };
+    let mut rng = Rng::new();
+    let f = Fixture::shaped(brokers(), "pg-crash", "100ms", Shape::EventTypes);
+    f.with_postgres(&pg.url(), &table);
+    let chunk = o.count / CHUNKS;
+    let (mut kills, mut runs) = (0, 0);
+    while kills < KILLS {
+        if runs < CHUNKS {
+            f.produce(&o, runs * chunk..(runs + 1) * chunk);
+        }
+        runs += 1;
+        assert!(runs < 200, "could not kill the host {KILLS} times");
+        let mut child = f.spawn_run(None, true);
+        std::thread::sleep(Duration::from_millis(50 + rng.below(600)));
+        match child.try_wait().unwrap() {
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+            Some(status) => {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                assert!(status.success(), "sluice run failed: {status}\n{stderr}");
+            }
+        }
+    }
+    for n in runs..CHUNKS {
+        f.produce(&o, n * chunk..(n + 1) * chunk);
+    }
+    f.run_to_completion();
+
+    let got = f.outputs();
+    let want = reference_of(&o, Shape::EventTypes);
+    assert!(!want.results.is_empty());
+    assert_same(&got.results, &want.results, "window results (Kafka)");
+    assert_same(&got.parquet, &want.parquet, "window results (Parquet)");
+    assert_same(
+        &numbers_as_floats(&pg.rows(&table)),
+        &numbers_as_floats(&as_rows(&want.results)),
+        "window results (PostgreSQL)",
+    );
+}
+
+/// JSON rows with every number as a float (PostgreSQL prints a whole
+/// `double precision` as `5227`, a JSON writer as `5227.0`), sorted.
+fn numbers_as_floats(rows: &[String]) -> Vec<String> {
+    let mut rows: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let mut v: serde_json::Map<String, Value> = serde_json::from_str(r).unwrap();
+            for value in v.values_mut() {
+                if let Some(x) = value.as_f64() {
+                    *value = Value::from(x);
+                }
+            }
+            serde_json::to_string(&v).unwrap()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
