@@ -14,9 +14,12 @@ deploy/local/setup.sh >/dev/null
 # The broker starts empty, so checkpoints and files of an earlier demo go too.
 rm -rf .sluice/demo
 
-step "Starting a local Kafka-protocol broker (nisshi) on 127.0.0.1:9092"
+step "Starting a local Kafka-protocol broker (nisshi) on 127.0.0.1:9092, and PostgreSQL on 127.0.0.1:5432"
 deploy/local/broker.sh start 9092
-trap 'deploy/local/broker.sh stop' EXIT
+trap 'deploy/local/broker.sh stop; deploy/local/postgres.sh stop' EXIT
+deploy/local/postgres.sh start 5432
+psql=(/usr/lib/postgresql/15/bin/psql -X -h 127.0.0.1 -p 5432 -U sluice -d postgres)
+"${psql[@]}" -qc 'DROP TABLE IF EXISTS events_per_minute, sluice_progress, sluice_rejected'
 
 step "Building the example guests (wasm32-wasip2 components) and the host"
 cargo build --locked --profile guest --target wasm32-wasip2 \
@@ -58,6 +61,13 @@ print(f"  pyarrow reads {table.num_rows} rows; columns: {', '.join(table.column_
 for row in table.slice(0, 3).to_pylist():
     print("  ", row)
 PY
+
+step "The same windows kept up to date in a PostgreSQL table: update mode, upserted (deploy/demo/windows-postgres.yaml)"
+$sluice validate deploy/demo/windows-postgres.yaml
+RUST_LOG=warn $sluice run --until-caught-up deploy/demo/windows-postgres.yaml >/dev/null
+"${psql[@]}" -c 'SELECT window_start, event_type, count, sum_amount, unique_users FROM events_per_minute
+  ORDER BY window_start, event_type LIMIT 6'
+"${psql[@]}" -Atc 'SELECT count(*) || '"' rows, one per window and event type'"' FROM events_per_minute'
 
 step "The tutorial's strategies A-D through strategy-map, then C's output joined with D's input"
 $sluice create-topics --partitions 4 a-input b-input c-input d-input strategies-output c-output \

@@ -17,7 +17,10 @@
 #     file against the Compose Specification's schema (vendored there);
 #   - Debian's chromium and chromium-driver packages (/usr/bin/chromium,
 #     /usr/bin/chromedriver), the headless browser the dashboard test drives,
-#     installed with apt-get (through sudo when not root) if either is missing.
+#     installed with apt-get (through sudo when not root) if either is missing;
+#   - Debian's postgresql-15 package (/usr/lib/postgresql/15/bin), whose
+#     initdb, postgres and psql the PostgreSQL output's tests and the demo run
+#     a server of their own with, installed the same way if missing.
 # Prints the broker binary's path on its last line.
 set -euo pipefail
 
@@ -85,16 +88,27 @@ if ! "$venv/bin/python" -c "$venv_check" "$PYARROW_VERSION" "$KUBERNETES_VALIDAT
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" >&2
 fi
 
+apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+if [ "$(id -u)" -ne 0 ]; then
+  apt=(sudo "${apt[@]}")
+fi
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   log "installing Debian's chromium and chromium-driver (the dashboard test's browser)"
-  apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
-  if [ "$(id -u)" -ne 0 ]; then
-    apt=(sudo "${apt[@]}")
-  fi
   if ! { "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends chromium chromium-driver; } >&2 \
     || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     log "error: cannot install /usr/bin/chromium and /usr/bin/chromedriver; on Debian, as root, run:"
     log "  apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver"
+    exit 1
+  fi
+fi
+
+pg_bin=/usr/lib/postgresql/15/bin
+if [ ! -x "$pg_bin/initdb" ] || [ ! -x "$pg_bin/psql" ]; then
+  log "installing Debian's postgresql-15 (the PostgreSQL output's test server)"
+  if ! { "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends postgresql-15 postgresql-client-15; } >&2 \
+    || [ ! -x "$pg_bin/initdb" ] || [ ! -x "$pg_bin/psql" ]; then
+    log "error: cannot install PostgreSQL 15; on Debian, as root, run:"
+    log "  apt-get update && apt-get install -y --no-install-recommends postgresql-15"
     exit 1
   fi
 fi

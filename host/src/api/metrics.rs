@@ -25,6 +25,11 @@
 //!   tasks that read a repartition topic): `sluice_task_records_in_total`,
 //!   `sluice_task_lag`, and with windows `sluice_task_watermark_seconds`
 //!   and `sluice_task_state_rows`.
+//! - Per output with a PostgreSQL table (`output`):
+//!   `sluice_postgres_rows_written_total`, `sluice_postgres_rows_refused_total`,
+//!   `sluice_postgres_transactions_total`, `sluice_postgres_retries_total`,
+//!   `sluice_postgres_commit_seconds_total` and
+//!   `sluice_postgres_last_commit_seconds`.
 //!
 //! And `sluice_modules`: stored module versions.
 
@@ -37,6 +42,7 @@ use axum::response::IntoResponse;
 use super::AppState;
 use crate::manager::{PipelineStatus, Status};
 use crate::pipeline::{DURATION_BUCKETS_MS, JoinSideInfo, Progress, Stage, TaskProgress};
+use crate::sink::PostgresStats;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -207,6 +213,65 @@ pub fn render(state: &AppState) -> String {
                 &[("reason", reason.label())],
                 *n,
             );
+        }
+    }
+    type Stat = fn(&PostgresStats) -> f64;
+    let postgres: [(&str, &str, &str, Stat); 6] = [
+        (
+            "sluice_postgres_rows_written_total",
+            "counter",
+            "Rows committed to the output's table.",
+            |s| s.rows_written as f64,
+        ),
+        (
+            "sluice_postgres_rows_refused_total",
+            "counter",
+            "Rows the database refused (dead-lettered).",
+            |s| s.rows_refused as f64,
+        ),
+        (
+            "sluice_postgres_transactions_total",
+            "counter",
+            "Transactions committed (one per batch).",
+            |s| s.transactions as f64,
+        ),
+        (
+            "sluice_postgres_retries_total",
+            "counter",
+            "Attempts retried after a connection fault.",
+            |s| s.retries as f64,
+        ),
+        (
+            "sluice_postgres_commit_seconds_total",
+            "counter",
+            "Time in transactions, first statement to commit.",
+            |s| s.commit_us_total as f64 / 1e6,
+        ),
+        (
+            "sluice_postgres_last_commit_seconds",
+            "gauge",
+            "The last transaction's time.",
+            |s| s.last_commit_us as f64 / 1e6,
+        ),
+    ];
+    for (name, kind, help, value) in postgres {
+        if progress
+            .iter()
+            .all(|(_, p)| p.totals.run.postgres.is_empty())
+        {
+            break;
+        }
+        family(&mut out, name, kind, help);
+        for (pipeline, p) in &progress {
+            for (output, stats) in &p.totals.run.postgres {
+                sample(
+                    &mut out,
+                    name,
+                    pipeline,
+                    &[("output", output)],
+                    value(stats),
+                );
+            }
         }
     }
     family(

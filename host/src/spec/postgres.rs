@@ -187,7 +187,7 @@ mod tests {
             ),
             (
                 "{ url: 'postgres://h/db', table: t, mode: upsert, key: [a, \"b\\\"\"] }",
-                "key[1]: \"b\\\"\" is not an unquoted identifier",
+                "key[1]: \"b\"\" is not an unquoted identifier",
             ),
             (
                 "{ url: 'postgres://h/db', table: t, mode: upsert, key: [a], schema: [{ name: b, type: string }] }",

@@ -65,7 +65,41 @@ pub fn redacted(mut spec: Value) -> Value {
             }
         }
     }
+    if let Some(Value::Object(outputs)) = spec.get_mut("outputs") {
+        for output in outputs.values_mut() {
+            if let Some(Value::String(url)) = output.pointer_mut("/postgres/url") {
+                *url = redacted_url(url);
+            }
+        }
+    }
     spec
+}
+
+/// A database URL with the password of its user part (`user:password@`)
+/// and any `password=` option replaced by `<redacted>`.
+pub fn redacted_url(url: &str) -> String {
+    const REDACTED: &str = "<redacted>";
+    let mut out = url.to_owned();
+    if let Some(scheme) = out.find("://") {
+        let rest = scheme + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@')
+            && let Some(colon) = out[rest..rest + at].find(':')
+        {
+            out.replace_range(rest + colon + 1..rest + at, REDACTED);
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={REDACTED}"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.replace_range(q + 1.., &query.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -92,5 +126,29 @@ mod tests {
         assert!(is_secret_config("url", &step.config["url"]));
         assert!(is_secret_config("Client_Secret", &serde_json::json!("x")));
         assert!(!is_secret_config("key", &step.config["key"]));
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_wherever_the_url_has_them() {
+        let cases = [
+            (
+                "postgres://u:pw@h:5432/db",
+                "postgres://u:<redacted>@h:5432/db",
+            ),
+            ("postgres://u:p@ss@h/db", "postgres://u:<redacted>@h/db"),
+            (
+                "postgres://u@h/db?password=x&sslmode=disable",
+                "postgres://u@h/db?password=<redacted>&sslmode=disable",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redacted_url(url), want, "{url}");
+        }
+        let spec = serde_json::json!({"outputs": {"default": {"postgres": {"url": "postgres://u:pw@h/db", "table": "t"}}}});
+        assert_eq!(
+            redacted(spec)["outputs"]["default"]["postgres"]["url"],
+            "postgres://u:<redacted>@h/db"
+        );
     }
 }

@@ -170,6 +170,11 @@ pub struct BenchArgs {
         conflicts_with = "scaling"
     )]
     pub processes: Vec<usize>,
+    /// Instead of the rows above: the PostgreSQL output's rows, the sample
+    /// events through filter-heartbeats into a new table of the database
+    /// at this URL (at-least-once and exactly-once, one task).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["scaling", "processes"])]
+    pub postgres: Option<String>,
     /// Pid of the broker, to report its CPU time per row too.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -219,7 +224,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .with(progress.clone().with_filter(batches));
     let dispatch = tracing::Dispatch::new(subscriber);
     tracing::dispatcher::with_default(&dispatch, || {
-        if !args.processes.is_empty() {
+        if let Some(url) = &args.postgres {
+            sinks::bench(args, url)
+        } else if !args.processes.is_empty() {
             processes::bench(args)
         } else if args.scaling.is_empty() {
             rows::bench(args, &dispatch, &progress)
@@ -236,6 +243,7 @@ macro_rules! progress {
 mod processes;
 mod rows;
 mod scaling;
+mod sinks;
 
 /// The part of a row the steady-state rate covers, as fractions of its records.
 const STEADY: (f64, f64) = (0.1, 0.9);
