@@ -142,3 +142,46 @@ fn the_scaling_table_runs_each_pipeline_at_each_worker_count() {
         );
     }
 }
+
+/// `--postgres URL`: the sample events through filter-heartbeats into a
+/// table, at-least-once and exactly-once; each table holds every event that
+/// is not a heartbeat, once.
+#[test]
+fn the_postgres_rows_write_every_event_but_heartbeats_once() {
+    let pg = sluice_tests::postgres::postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("postgres.json");
+    run_bench(&json, &["--partitions", "2", "--postgres", &pg.url()]);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let o = SampleOptions {
+        count: RECORDS,
+        users: 50,
+        ..SampleOptions::default()
+    };
+    let events = (0..RECORDS)
+        .filter(|&i| {
+            let v: Value = serde_json::from_slice(&sample_record(&o, i).1).unwrap();
+            v["event_type"] != "heartbeat"
+        })
+        .count() as u64;
+    let rows = report["rows"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["delivery"].as_str().unwrap(),
+                r["rows_written"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("at-least-once", events), ("exactly-once", events)]);
+    for r in rows {
+        let table = r["table"].as_str().unwrap();
+        let counts = pg
+            .psql(&format!(
+                "SELECT count(*), count(DISTINCT event_id) FROM {table}"
+            ))
+            .unwrap();
+        assert_eq!(counts, format!("{events}|{events}\n"));
+    }
+}

@@ -47,7 +47,8 @@ pub(crate) fn bench(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
             .to_owned(),
         "|---|---:|---:|---:|---:|---:|".to_owned(),
     ];
-    let mut topics = vec![input.clone()];
+    let topics = vec![input.clone()];
+    let mut rows = Vec::new();
     for exactly_once in [false, true] {
         let name = if exactly_once { "eos" } else { "alo" };
         let table = format!("bench_{}_{name}", id.replace('-', "_"));
@@ -55,7 +56,6 @@ pub(crate) fn bench(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
             format!("bench-{id}-{name}-out"),
             format!("bench-{id}-{name}-dlq"),
         );
-        topics.extend([output.clone(), dead_letter.clone()]);
         let checkpoints = dir.join(name);
         let params = PipelineParams {
             name: format!("bench-postgres-{name}"),
@@ -81,6 +81,16 @@ pub(crate) fn bench(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
             .context("the run wrote nothing to PostgreSQL")?;
         let alone = stats.rows_written as f64 / (stats.commit_us_total as f64 / 1e6);
         progress!("{name}: {} rows in {seconds:.2} s", stats.rows_written);
+        rows.push(json!({
+            "delivery": if exactly_once { "exactly-once" } else { "at-least-once" },
+            "table": table,
+            "rows_written": stats.rows_written,
+            "rows_refused": stats.rows_refused,
+            "seconds": seconds,
+            "rows_per_s": stats.rows_written as f64 / seconds,
+            "transactions": stats.transactions,
+            "sink_alone_rows_per_s": alone,
+        }));
         lines.push(format!(
             "| {} | {} | {seconds:.2} | {} | {} | {} |",
             if exactly_once {
@@ -98,6 +108,12 @@ pub(crate) fn bench(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
     if !args.keep_topics {
         setup::delete_topics(brokers, &topics);
     }
+    let report = json!({ "machine": machine, "input": produced, "rows": rows });
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.json.display()))?;
     println!("{}", lines.join("\n"));
     Ok(())
 }
