@@ -81,6 +81,15 @@ impl PostgresSpec {
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return Err("url: must be a postgres:// or postgresql:// URL".to_owned());
         }
+        let config: tokio_postgres::Config = self.url.parse().map_err(|e| format!("url: {e}"))?;
+        // A socket path would reach the server's file system.
+        if config
+            .get_hosts()
+            .iter()
+            .any(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)))
+        {
+            return Err("url: only TCP hosts are allowed, not Unix socket paths".to_owned());
+        }
         let parts: Vec<&str> = self.table.split('.').collect();
         if parts.len() > 2 || parts.iter().any(|p| !is_identifier(p)) {
             return Err(format!(
@@ -176,6 +185,14 @@ mod tests {
                 "{ url: 'postgres://h/db', table: a.b.c }",
                 "table: \"a.b.c\" is not `table` or `schema.table` of unquoted identifiers \
                  (letters, digits and `_`, not starting with a digit)",
+            ),
+            (
+                "{ url: 'postgres://u@%2Frun%2Fpostgresql/db', table: t }",
+                "url: only TCP hosts are allowed, not Unix socket paths",
+            ),
+            (
+                "{ url: 'postgres://u@h/db?host=/tmp', table: t }",
+                "url: only TCP hosts are allowed, not Unix socket paths",
             ),
             (
                 "{ url: 'postgres://h/db', table: t, mode: upsert }",
