@@ -116,3 +116,66 @@ fn dead_letters_are_counted_by_kind_not_by_their_words() {
     );
     server.stop();
 }
+
+/// A pipeline with a PostgreSQL output in a server: the progress document
+/// and `/metrics` count its rows written and refused, and the stored spec
+/// shows the URL's password redacted.
+#[test]
+fn postgres_outputs_are_counted_and_their_password_redacted() {
+    let pg = sluice_tests::postgres::postgres();
+    let table = sluice_tests::postgres::unique_table("served");
+    pg.psql(&format!("CREATE TABLE {table} (id bigint NOT NULL)"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, dlq) = (unique("pgm-in"), unique("pgm-dlq"));
+    create_topics(&[&input, &dlq], 1);
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    // The test cluster trusts local connections: any password passes.
+    let url = format!("postgres://sluice:hunter2@127.0.0.1:{}/postgres", pg.port);
+    let name = unique("pgm");
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         outputs:\n  default: {{ postgres: {{ url: \"{url}\", table: {table} }} }}\n\
+         dead_letter: {{ topic: {dlq} }}\n",
+        brokers = brokers(),
+    );
+    let (status, body) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{body}");
+    produce(
+        &input,
+        &[
+            ("a", r#"{"id": 1}"#),
+            ("b", r#"{"id": "x"}"#),
+            ("c", r#"{"id": 3}"#),
+        ],
+    );
+    let doc = wait_for_doc(&server, &name, "its rows", |doc| {
+        doc["progress"]["totals"]["postgres"]["default"]["rows_written"] == 2
+    });
+    assert_eq!(
+        doc["progress"]["totals"]["dead_letter_reasons"],
+        json!({ "postgres": 1 }),
+        "{doc}"
+    );
+    let reply = client.request("GET", "/metrics", None).unwrap();
+    let metrics = String::from_utf8(reply.body).unwrap();
+    for line in [
+        format!("sluice_postgres_rows_written_total{{pipeline=\"{name}\",output=\"default\"}} 2"),
+        format!("sluice_dead_letters_total{{pipeline=\"{name}\",reason=\"postgres\"}} 1"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    let reply = client
+        .request("GET", &format!("/v1/pipelines/{name}"), None)
+        .unwrap();
+    let shown = String::from_utf8(reply.body).unwrap();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("postgres://sluice:<redacted>@127.0.0.1"),
+        "{shown}"
+    );
+}

@@ -46,26 +46,25 @@
 //! after a commit and before the offsets' may write those rows again
 //! (upserts make that harmless).
 
+mod connection;
+mod rows;
 mod table;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
+use self::connection::{
+    ATTEMPT_TIMEOUT, Connected, Failure, Fault, connect, ensure, fault, message, retrying,
+};
+use self::rows::{Arrays, last_per_key};
 use self::table::Table;
 use super::row::{self, Cell, TableRecord};
-use crate::spec::parquet::{ColumnSpec, ColumnType};
+use crate::spec::parquet::ColumnSpec;
 use crate::spec::postgres::{PostgresSpec, WriteMode};
-
-/// How long one attempt (connect, or a batch's transaction) may take
-/// before the connection is dropped and the attempt retried.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-/// The first and the longest wait between two attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why the sink failed. Rows the database refuses are not errors (see
 /// [`PostgresSink::write`]).
@@ -92,55 +91,6 @@ impl PostgresError {
             op,
             message: message(&e),
         }
-    }
-}
-
-/// The database's message for `e`, with its detail when it has one.
-fn message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({detail})", db.message()),
-            None => db.message().to_owned(),
-        },
-        None => {
-            // The driver's own errors name their cause as a source.
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
-    }
-}
-
-/// What an error means for the batch.
-#[derive(Debug, PartialEq, Eq)]
-enum Fault {
-    /// The connection, or the database's state: try again.
-    Transient,
-    /// One of the rows: isolate it.
-    Row,
-    /// Anything else: fail.
-    Fatal,
-}
-
-fn fault(e: &tokio_postgres::Error) -> Fault {
-    let Some(code) = e.code() else {
-        return Fault::Transient; // I/O, a closed connection, a timeout
-    };
-    let class = &code.code()[..2];
-    if matches!(class, "08" | "53" | "57")
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-    {
-        Fault::Transient
-    } else if matches!(class, "22" | "23") {
-        Fault::Row
-    } else {
-        Fault::Fatal
     }
 }
 
@@ -187,12 +137,6 @@ struct Progress {
     output: String,
     /// The epoch the table has, as far as this sink knows.
     recorded: i64,
-}
-
-/// A prepared connection.
-struct Connected {
-    client: Client,
-    insert: Statement,
 }
 
 /// Writes one output's records to a PostgreSQL table; see the module docs.
@@ -428,16 +372,6 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Connects again after a failure.
-    async fn reconnect(
-        spec: &PostgresSpec,
-        insert_sql: &str,
-    ) -> Result<Connected, tokio_postgres::Error> {
-        let client = connect(spec).await?;
-        let insert = client.prepare(insert_sql).await?;
-        Ok(Connected { client, insert })
-    }
-
     /// Creates the bookkeeping tables if missing; returns the epoch this
     /// output's progress row is at (0 without one).
     fn open_progress(&mut self, key: &EpochKey) -> Result<i64, PostgresError> {
@@ -638,255 +572,10 @@ async fn one_by_one(
     Ok(refused)
 }
 
-/// The connection, made again if the last one failed.
-async fn ensure<'c>(
-    connected: &'c mut Option<Connected>,
-    spec: &PostgresSpec,
-    insert_sql: &str,
-) -> Result<&'c mut Connected, Failure> {
-    if connected.as_ref().is_some_and(|c| c.client.is_closed()) {
-        *connected = None;
-    }
-    if connected.is_none() {
-        *connected = Some(PostgresSink::reconnect(spec, insert_sql).await?);
-    }
-    Ok(connected.as_mut().expect("just made"))
-}
-
-/// Connects as the URL says, without TLS, in UTC.
-async fn connect(spec: &PostgresSpec) -> Result<Client, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = spec.url.parse()?;
-    config.application_name("sluice");
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    client.batch_execute("SET TIME ZONE 'UTC'").await?;
-    Ok(client)
-}
-
-/// Runs `attempt` until it succeeds, retrying transient faults with
-/// back-off for up to `retry_for`. `attempt` is told whether it is a retry
-/// (and then starts from a new connection).
-fn retrying<T>(
-    runtime: &tokio::runtime::Runtime,
-    retry_for: Duration,
-    op: &'static str,
-    mut attempt: impl AsyncFnMut(bool) -> Result<T, Failure>,
-) -> Result<T, PostgresError> {
-    let started = Instant::now();
-    let mut wait = BACKOFF.0;
-    let mut retry = false;
-    loop {
-        // The timer is made inside the runtime, which drives it.
-        let attempted =
-            runtime.block_on(async { tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(retry)).await });
-        let last = match attempted {
-            Ok(Ok(t)) => return Ok(t),
-            Ok(Err(Failure::Db(e))) if fault(&e) == Fault::Transient => message(&e),
-            Ok(Err(Failure::Db(e))) => return Err(PostgresError::from_db(op, e)),
-            Ok(Err(Failure::Refused(e))) => return Err(e),
-            Err(_) => format!("timed out after {}s", ATTEMPT_TIMEOUT.as_secs()),
-        };
-        if started.elapsed() + wait > retry_for {
-            return Err(PostgresError::Unreachable {
-                op,
-                waited: started.elapsed(),
-                last,
-            });
-        }
-        tracing::warn!(op, error = %last, retry_in_ms = wait.as_millis() as u64, "PostgreSQL unreachable; retrying");
-        std::thread::sleep(wait);
-        wait = (wait * 2).min(BACKOFF.1);
-        retry = true;
-    }
-}
-
-/// Why an attempt failed, as [`retrying`] sorts it.
-enum Failure {
-    Db(tokio_postgres::Error),
-    /// Not the connection's fault: fails at once.
-    Refused(PostgresError),
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Failure::Db(e)
-    }
-}
-
-/// Of several rows with the same key, the last (in order).
-fn last_per_key(rows: Vec<(u32, Vec<Cell>)>, key: &[usize]) -> Vec<(u32, Vec<Cell>)> {
-    let mut last: HashMap<Vec<KeyCell>, usize> = HashMap::with_capacity(rows.len());
-    for (i, (_, cells)) in rows.iter().enumerate() {
-        last.insert(key.iter().map(|&k| KeyCell::of(&cells[k])).collect(), i);
-    }
-    if last.len() == rows.len() {
-        return rows;
-    }
-    rows.into_iter()
-        .enumerate()
-        .filter(|(i, (_, cells))| {
-            last[&key
-                .iter()
-                .map(|&k| KeyCell::of(&cells[k]))
-                .collect::<Vec<_>>()]
-                == *i
-        })
-        .map(|(_, r)| r)
-        .collect()
-}
-
-/// A cell as a hashable key part (floats by their bits).
-#[derive(Debug, PartialEq, Eq, Hash)]
-enum KeyCell {
-    Null,
-    Str(String),
-    I64(i64),
-    F64(u64),
-    Bool(bool),
-}
-
-impl KeyCell {
-    fn of(cell: &Cell) -> Self {
-        match cell {
-            Cell::Null => KeyCell::Null,
-            Cell::Str(s) => KeyCell::Str(s.clone()),
-            Cell::I64(i) => KeyCell::I64(*i),
-            Cell::F64(x) => KeyCell::F64(x.to_bits()),
-            Cell::Bool(b) => KeyCell::Bool(*b),
-        }
-    }
-}
-
-/// A batch's rows as one array per column.
-enum Values {
-    Str(Vec<Option<String>>),
-    I64(Vec<Option<i64>>),
-    F64(Vec<Option<f64>>),
-    Bool(Vec<Option<bool>>),
-    Time(Vec<Option<SystemTime>>),
-}
-
-struct Arrays(Vec<Values>);
-
-impl Arrays {
-    fn of(columns: &[ColumnSpec], rows: &[(u32, Vec<Cell>)]) -> Self {
-        let arrays = columns
-            .iter()
-            .enumerate()
-            .map(|(c, column)| {
-                let cells = rows.iter().map(|(_, r)| &r[c]);
-                match column.ty {
-                    ColumnType::String => Values::Str(
-                        cells
-                            .map(|v| match v {
-                                Cell::Str(s) => Some(s.clone()),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                    ColumnType::Int64 => Values::I64(
-                        cells
-                            .map(|v| match v {
-                                Cell::I64(i) => Some(*i),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                    ColumnType::Float64 => Values::F64(
-                        cells
-                            .map(|v| match v {
-                                Cell::F64(x) => Some(*x),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                    ColumnType::Bool => Values::Bool(
-                        cells
-                            .map(|v| match v {
-                                Cell::Bool(b) => Some(*b),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                    ColumnType::TimestampMs => Values::Time(
-                        cells
-                            .map(|v| match v {
-                                Cell::I64(ms) => Some(time_of(*ms)),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                }
-            })
-            .collect();
-        Self(arrays)
-    }
-
-    /// Row `i` alone.
-    fn row(&self, i: usize) -> Self {
-        Self(
-            self.0
-                .iter()
-                .map(|v| match v {
-                    Values::Str(a) => Values::Str(vec![a[i].clone()]),
-                    Values::I64(a) => Values::I64(vec![a[i]]),
-                    Values::F64(a) => Values::F64(vec![a[i]]),
-                    Values::Bool(a) => Values::Bool(vec![a[i]]),
-                    Values::Time(a) => Values::Time(vec![a[i]]),
-                })
-                .collect(),
-        )
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.0
-            .iter()
-            .map(|v| -> &(dyn ToSql + Sync) {
-                match v {
-                    Values::Str(a) => a,
-                    Values::I64(a) => a,
-                    Values::F64(a) => a,
-                    Values::Bool(a) => a,
-                    Values::Time(a) => a,
-                }
-            })
-            .collect()
-    }
-}
-
-/// Milliseconds since the Unix epoch as a time.
-fn time_of(ms: i64) -> SystemTime {
-    let d = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        SystemTime::UNIX_EPOCH + d
-    } else {
-        SystemTime::UNIX_EPOCH - d
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn of_rows_with_one_key_the_last_is_kept_in_order() {
-        let row = |i: u32, k: &str, v: i64| (i, vec![Cell::Str(k.to_owned()), Cell::I64(v)]);
-        let rows = vec![
-            row(0, "a", 1),
-            row(1, "b", 2),
-            row(2, "a", 3),
-            row(3, "c", 4),
-        ];
-        let kept = last_per_key(rows, &[0]);
-        assert_eq!(kept, vec![row(1, "b", 2), row(2, "a", 3), row(3, "c", 4)]);
-    }
+    use crate::spec::parquet::ColumnType;
 
     #[test]
     fn insert_statements_name_every_column_and_update_the_non_key_ones() {
@@ -917,14 +606,6 @@ mod tests {
             "INSERT INTO \"public\".\"counts\" (\"eventtype\", \"count\", \"at\") SELECT * FROM \
              unnest($1::text[], $2::int8[], $3::timestamptz[]) ON CONFLICT (\"eventtype\") DO \
              UPDATE SET \"count\" = EXCLUDED.\"count\", \"at\" = EXCLUDED.\"at\""
-        );
-    }
-
-    #[test]
-    fn times_before_1970_are_kept() {
-        assert_eq!(
-            time_of(-1500),
-            SystemTime::UNIX_EPOCH - Duration::from_millis(1500)
         );
     }
 }
