@@ -6,6 +6,7 @@ mod progress;
 mod recovery;
 mod send;
 mod swap;
+mod tables;
 
 pub(super) use swap::PAUSED_POLL;
 
@@ -18,13 +19,13 @@ use anyhow::Context;
 
 use super::checkpoint::{Checkpoints, TaskLayout};
 use super::control::{Control, Durations};
-use super::deliver::{self, Eos, Rejected, Routing};
-use super::{Chain, ChainOutput, RunOptions, Summary, TimeSpent};
+use super::deliver::{self, Eos, Routing};
+use super::{Chain, RunOptions, Summary, TimeSpent};
+use crate::batch::Batch;
 use crate::batch::reason::Kind;
-use crate::batch::{Batch, Reason};
 use crate::checkpoint::{Epoch, Fence};
 use crate::runtime::Runtime;
-use crate::sink::{BatchAck, KafkaSink, ParquetRecord, ParquetSink, PostgresSink, Quarantine};
+use crate::sink::{BatchAck, KafkaSink, ParquetSink, PostgresSink, Quarantine};
 use crate::source::{CommitMode, KafkaSource, NextOffset, SourceBatch};
 use crate::spec::{Delivery, PipelineSpec};
 
@@ -505,80 +506,6 @@ impl<'a> Runner<'a> {
         };
         self.durations.sink = ms(sinking.elapsed());
         Ok(ack)
-    }
-
-    /// Appends each output's records to its Parquet sink; returns the
-    /// records that do not fit its schema.
-    fn write_parquet(&mut self, out: &ChainOutput) -> anyhow::Result<Vec<Rejected>> {
-        let mut rejected = Vec::new();
-        for (i, (sink, routed)) in self.parquet.iter_mut().zip(&out.outputs).enumerate() {
-            let Some(sink) = sink else { continue };
-            let records: Vec<ParquetRecord<'_>> = routed
-                .records
-                .iter()
-                .zip(routed.record_windows())
-                .enumerate()
-                .map(|(j, (r, window))| ParquetRecord {
-                    index: j as u32,
-                    value: r.value,
-                    timestamp: r.timestamp,
-                    window_start: window.map(|w| w.start),
-                })
-                .collect();
-            let refused = sink.write(self.epoch, &records).with_context(|| {
-                format!("outputs.{}: cannot write Parquet", self.output_names[i])
-            })?;
-            rejected.extend(refused.into_iter().map(|(record, reason)| Rejected {
-                output: i,
-                record,
-                reason: Reason::new(Kind::Parquet, reason),
-            }));
-        }
-        Ok(rejected)
-    }
-
-    /// Writes each output's records to its PostgreSQL table, one
-    /// transaction per output (under exactly-once, once the epoch is
-    /// durable in the log); returns the records refused.
-    fn write_postgres(&mut self, out: &ChainOutput) -> anyhow::Result<Vec<Rejected>> {
-        let mut rejected = Vec::new();
-        if self.postgres.iter().all(Option::is_none) {
-            return Ok(rejected);
-        }
-        if self.exactly_once
-            && let Some(c) = &mut self.checkpoints
-        {
-            c.wait_logged()?;
-        }
-        for (i, (sink, routed)) in self.postgres.iter_mut().zip(&out.outputs).enumerate() {
-            let Some(sink) = sink else { continue };
-            let records: Vec<ParquetRecord<'_>> = routed
-                .records
-                .iter()
-                .enumerate()
-                .map(|(j, r)| ParquetRecord {
-                    index: j as u32,
-                    value: r.value,
-                    timestamp: r.timestamp,
-                    window_start: None,
-                })
-                .collect();
-            let refused = sink.write(self.epoch, &records).with_context(|| {
-                format!(
-                    "outputs.{}: cannot write to PostgreSQL",
-                    self.output_names[i]
-                )
-            })?;
-            self.summary
-                .postgres
-                .insert(self.output_names[i].clone(), sink.stats().clone());
-            rejected.extend(refused.into_iter().map(|(record, reason)| Rejected {
-                output: i,
-                record,
-                reason: Reason::new(Kind::Postgres, reason),
-            }));
-        }
-        Ok(rejected)
     }
 
     /// Waits for a batch's deliveries; then, without checkpoints, its

@@ -14,7 +14,7 @@ mod size;
 mod topics;
 mod written;
 
-pub use self::parquet::{FileRename, ParquetCommit, ParquetError, ParquetRecord, ParquetSink};
+pub use self::parquet::{FileRename, ParquetCommit, ParquetError, ParquetSink};
 pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
 pub use partitioner::partition_for_key;
 pub use postgres::{EpochKey, PostgresError, PostgresSink, PostgresStats};

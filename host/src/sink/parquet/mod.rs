@@ -90,8 +90,6 @@ pub struct ParquetCommit {
     pub schema: Option<Vec<ColumnSpec>>,
 }
 
-pub use crate::sink::row::TableRecord as ParquetRecord;
-
 /// Why the sink failed. Records that do not fit the schema are not errors
 /// (see [`ParquetSink::write`]); these are. Only [`ParquetError::Io`] may
 /// go away on a retry (a full disk, a permission fixed).

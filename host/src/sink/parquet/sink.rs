@@ -12,7 +12,8 @@ use chrono::format::Item;
 use super::config::{self, ColumnSpec, ParquetSpec};
 use super::file::{self, FileRename, OpenFile, ROWS_PER_BATCH};
 use super::row::{self, Cell};
-use super::{ParquetCommit, ParquetError, ParquetRecord};
+use super::{ParquetCommit, ParquetError};
+use crate::sink::TableRecord;
 
 /// The columns once known, and where the partition field is among them.
 #[derive(Debug)]
@@ -193,7 +194,7 @@ impl ParquetSink {
     pub fn write(
         &mut self,
         epoch: u64,
-        records: &[ParquetRecord<'_>],
+        records: &[TableRecord<'_>],
     ) -> Result<Vec<(u32, String)>, ParquetError> {
         if epoch < self.last_epoch {
             return Err(ParquetError::EpochOrder {
@@ -258,7 +259,7 @@ impl ParquetSink {
     }
 
     /// The partition directory and row of a record, or why it is refused.
-    fn row_of(&mut self, r: &ParquetRecord<'_>) -> Result<(String, Vec<Cell>), String> {
+    fn row_of(&mut self, r: &TableRecord<'_>) -> Result<(String, Vec<Cell>), String> {
         let object = row::parse_object("parquet", r.value)?;
         if self.fixed.is_none() {
             let field = self.partition_field.as_deref();

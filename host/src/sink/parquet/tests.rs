@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::file::ROWS_PER_BATCH;
 use super::*;
+use crate::sink::TableRecord;
 use crate::spec::parquet::{ColumnType, ParquetSpec, PartitionBy};
 
 /// 2024-05-01T13:20:00Z
@@ -28,8 +29,8 @@ schema:
   - { name: ts, type: timestamp_ms, nullable: true }
 "#;
 
-fn rec(index: u32, value: &str) -> ParquetRecord<'_> {
-    ParquetRecord {
+fn rec(index: u32, value: &str) -> TableRecord<'_> {
+    TableRecord {
         index,
         value: Some(value.as_bytes()),
         timestamp: None,
@@ -37,7 +38,7 @@ fn rec(index: u32, value: &str) -> ParquetRecord<'_> {
     }
 }
 
-fn recs(values: &[String]) -> Vec<ParquetRecord<'_>> {
+fn recs(values: &[String]) -> Vec<TableRecord<'_>> {
     values
         .iter()
         .enumerate()
@@ -178,7 +179,7 @@ fn records_that_do_not_fit_are_refused_with_a_reason_and_not_written() {
     ]
     .map(String::from);
     let mut records = recs(&values);
-    records.push(ParquetRecord {
+    records.push(TableRecord {
         index: 11,
         value: None,
         timestamp: None,
@@ -359,7 +360,7 @@ fn partition_by_time_uses_the_window_start_or_else_the_timestamp() {
                 partition_by: { field: k, time: \"date=%Y-%m-%d/hour=%H\" }\n";
     let mut sink = ParquetSink::open("out", &spec(dir.path(), yaml), None).unwrap();
     let v = r#"{"k":"a"}"#;
-    let at = |index, window_start, timestamp| ParquetRecord {
+    let at = |index, window_start, timestamp| TableRecord {
         index,
         value: Some(v.as_bytes()),
         timestamp,

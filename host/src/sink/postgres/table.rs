@@ -14,6 +14,14 @@ pub(super) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The upsert key's columns, quoted as the table has them.
+fn key_columns(spec: &PostgresSpec) -> Vec<String> {
+    spec.key
+        .iter()
+        .map(|k| quote(&k.to_ascii_lowercase()))
+        .collect()
+}
+
 /// One column written: the JSON field it is read from, its name in the
 /// table (folded to lowercase when it came from the spec) and its type.
 #[derive(Debug, Clone)]
@@ -58,11 +66,7 @@ impl Table {
             arrays.join(", ")
         );
         if spec.mode == WriteMode::Upsert {
-            let key: Vec<String> = spec
-                .key
-                .iter()
-                .map(|k| quote(&k.to_ascii_lowercase()))
-                .collect();
+            let key = key_columns(spec);
             let rest: Vec<String> = self
                 .columns
                 .iter()
@@ -185,11 +189,7 @@ pub(super) async fn resolve(
             })
             .collect();
         if spec.mode == WriteMode::Upsert {
-            let key: Vec<String> = spec
-                .key
-                .iter()
-                .map(|k| quote(&k.to_ascii_lowercase()))
-                .collect();
+            let key = key_columns(spec);
             defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
         }
         let ddl = format!(
