@@ -376,26 +376,34 @@ impl PostgresSink {
     /// output's progress row is at (0 without one).
     fn open_progress(&mut self, key: &EpochKey) -> Result<i64, PostgresError> {
         let schema = &self.table.schema;
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {schema}.sluice_progress (lineage text, task text, \
-             output text, pipeline text NOT NULL, epoch bigint NOT NULL, \
-             committed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (lineage, task, output)); \
-             CREATE TABLE IF NOT EXISTS {schema}.sluice_rejected (lineage text, task text, \
-             output text, epoch bigint, index int, reason text NOT NULL, \
-             PRIMARY KEY (lineage, task, output, epoch, index))"
-        );
+        let ddl = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.sluice_progress (lineage text, task text, \
+                 output text, pipeline text NOT NULL, epoch bigint NOT NULL, \
+                 committed_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (lineage, task, output))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.sluice_rejected (lineage text, task text, \
+                 output text, epoch bigint, index int, reason text NOT NULL, \
+                 PRIMARY KEY (lineage, task, output, epoch, index))"
+            ),
+        ];
         let select = format!(
             "SELECT epoch FROM {schema}.sluice_progress WHERE lineage = $1 AND task = $2 AND output = $3"
         );
         let c = self.connected.as_ref().expect("connected by open");
         self.runtime.block_on(async {
-            if let Err(e) = c.client.batch_execute(&ddl).await {
-                // Two tasks creating them at once: one wins, the other
-                // sees a unique violation; both then find them.
-                if e.code() != Some(&SqlState::UNIQUE_VIOLATION)
-                    && e.code() != Some(&SqlState::DUPLICATE_TABLE)
-                {
-                    return Err(PostgresError::from_db("create the bookkeeping tables", e));
+            for statement in &ddl {
+                if let Err(e) = c.client.batch_execute(statement).await {
+                    // Two tasks creating one at once: one wins, the other
+                    // sees a unique violation once the winner committed;
+                    // both then find it.
+                    if e.code() != Some(&SqlState::UNIQUE_VIOLATION)
+                        && e.code() != Some(&SqlState::DUPLICATE_TABLE)
+                    {
+                        return Err(PostgresError::from_db("create the bookkeeping tables", e));
+                    }
                 }
             }
             let row = c

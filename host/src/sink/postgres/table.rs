@@ -3,6 +3,7 @@
 //! and the statements that write them.
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use super::PostgresError;
 use crate::spec::parquet::{ColumnSpec, ColumnType};
@@ -196,12 +197,18 @@ pub(super) async fn resolve(
             "CREATE TABLE IF NOT EXISTS {qualified} ({})",
             defs.join(", ")
         );
-        client
-            .batch_execute(&ddl)
-            .await
-            .map_err(|e| PostgresError::from_db("create the table", e))?;
-        tracing::info!(table = %qualified, "created the output table from the spec's schema");
-        created = true;
+        match client.batch_execute(&ddl).await {
+            Ok(()) => {
+                tracing::info!(table = %qualified, "created the output table from the spec's schema");
+                created = true;
+            }
+            // Another task of the pipeline created it at the same moment
+            // (IF NOT EXISTS does not cover a race): it is there now.
+            Err(e)
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                    || e.code() == Some(&SqlState::DUPLICATE_TABLE) => {}
+            Err(e) => return Err(PostgresError::from_db("create the table", e)),
+        }
         catalog = read_catalog(client, &qualified).await?;
     }
     let columns = match &spec.schema {
