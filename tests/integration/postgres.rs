@@ -307,15 +307,15 @@ delivery: exactly-once
         url = pg.url(),
     );
     std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--until-caught-up"])
         .arg(dir.path().join("pipeline.yaml"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,sluice::pipeline::worker=info")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Down once a part of the stream is in.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n: u64 = pg
             .psql(&format!("SELECT count(*) FROM {table}"))
@@ -326,7 +326,19 @@ delivery: exactly-once
         if n > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "nothing written in 60 s");
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("sluice run ended before writing anything ({status}):\n{stderr}");
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "nothing written in 120 s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     pg.stop();
