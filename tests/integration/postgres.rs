@@ -268,9 +268,9 @@ fn expected_event_ids(o: &SampleOptions) -> Vec<String> {
     ids
 }
 
-/// The server goes down for two seconds in the middle of an exactly-once
-/// run: the pipeline waits, reconnects and goes on; every event is in the
-/// table once.
+/// The server goes down in the middle of an exactly-once run, while
+/// records keep arriving: the pipeline retries, reconnects once the server
+/// is back and goes on; every event is in the table once.
 #[test]
 fn a_database_restart_mid_run_loses_and_duplicates_nothing() {
     let mut pg = Postgres::start().unwrap();
@@ -287,7 +287,6 @@ fn a_database_restart_mid_run_loses_and_duplicates_nothing() {
         users: 100,
         ..SampleOptions::default()
     };
-    kafka_tools::produce_sample(brokers(), &input, &o).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         r#"name: pg-restart
@@ -307,61 +306,64 @@ delivery: exactly-once
         url = pg.url(),
     );
     std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    // A long-running `sluice run`: it is still there when the server goes.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--until-caught-up"])
+        .arg("run")
         .arg(dir.path().join("pipeline.yaml"))
-        .env("RUST_LOG", "warn,sluice::pipeline::worker=info")
+        .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Down once a part of the stream is in.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n: u64 = pg
-            .psql(&format!("SELECT count(*) FROM {table}"))
+    let half = o.count / 2;
+    kafka_tools::produce_sample_range(brokers(), &input, &o, 0..half).unwrap();
+    let count = |pg: &Postgres| -> u64 {
+        pg.psql(&format!("SELECT count(*) FROM {table}"))
             .unwrap()
             .trim()
             .parse()
-            .unwrap();
-        if n > 0 {
-            break;
+            .unwrap()
+    };
+    let want = expected_event_ids(&o);
+    let first_half = expected_event_ids(&SampleOptions { count: half, ..o }).len() as u64;
+    let wait_for = |pg: &Postgres, child: &mut std::process::Child, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count(pg) < n {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                panic!(
+                    "the table did not reach {n} rows (has {}):\n{stderr}",
+                    count(pg)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-            panic!("sluice run ended before writing anything ({status}):\n{stderr}");
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "nothing written in 120 s:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    wait_for(&pg, &mut child, first_half);
     pg.stop();
+    // The second half arrives while the server is down.
+    kafka_tools::produce_sample_range(brokers(), &input, &o, half..o.count).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     pg.launch().unwrap();
+    wait_for(&pg, &mut child, want.len() as u64);
+    // Anything written twice would come now.
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("PostgreSQL unreachable; retrying"),
         "{stderr}"
     );
-    let got: Vec<String> = {
-        let mut ids: Vec<String> = pg
-            .psql(&format!("SELECT event_id FROM {table}"))
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        ids.sort();
-        ids
-    };
-    let want = expected_event_ids(&o);
+    let mut got: Vec<String> = pg
+        .psql(&format!("SELECT event_id FROM {table}"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    got.sort();
     assert_eq!(got.len(), want.len(), "rows in the table");
     assert!(
         got == want,
