@@ -181,10 +181,7 @@ impl PostgresSink {
         exactly_once: Option<EpochKey>,
     ) -> Result<Self, PostgresError> {
         spec.validate().map_err(PostgresError::Table)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| PostgresError::Table(format!("cannot start the client's runtime: {e}")))?;
+        let runtime = client_runtime()?;
         let started = Instant::now();
         let (client, table) = retrying(&runtime, spec.retry_for, "connect", async |_| {
             let client = connect(spec).await?;
@@ -233,10 +230,7 @@ impl PostgresSink {
     /// the table (without creating it); returns what would be written.
     pub fn check(spec: &PostgresSpec) -> Result<String, PostgresError> {
         spec.validate().map_err(PostgresError::Table)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| PostgresError::Table(format!("cannot start the client's runtime: {e}")))?;
+        let runtime = client_runtime()?;
         runtime.block_on(async {
             let client = match tokio::time::timeout(Duration::from_secs(10), connect(spec)).await {
                 Ok(Ok(client)) => client,
@@ -278,11 +272,6 @@ impl PostgresSink {
     /// What the sink has done so far.
     pub fn stats(&self) -> &PostgresStats {
         &self.stats
-    }
-
-    /// The table, as `"schema"."table"`.
-    pub fn table(&self) -> &str {
-        &self.table.qualified
     }
 
     /// Writes epoch `epoch`'s records in one transaction (see the module
@@ -549,6 +538,14 @@ impl PostgresSink {
         }
         Ok((true, refused))
     }
+}
+
+/// The runtime a sink's client runs on (the run loop's thread drives it).
+fn client_runtime() -> Result<tokio::runtime::Runtime, PostgresError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PostgresError::Table(format!("cannot start the client's runtime: {e}")))
 }
 
 /// The query that tells whether a table exists (schema, name).
