@@ -13,8 +13,10 @@
 #     pyarrow, the standard Parquet reader the tests check Sluice's Parquet
 #     files with, kubernetes-validate, Kubernetes' JSON schemas (bundled,
 #     used offline) that deploy/k8s/validate.sh checks the manifests against,
-#     and jsonschema, with which deploy/compose/validate.sh checks the Compose
-#     file against the Compose Specification's schema (vendored there);
+#     jsonschema, with which deploy/compose/validate.sh checks the Compose
+#     file against the Compose Specification's schema (vendored there), and
+#     deltalake (delta-rs's Python package), the independent reader the tests
+#     check Sluice's Delta tables with;
 #   - Debian's chromium and chromium-driver packages (/usr/bin/chromium,
 #     /usr/bin/chromedriver), the headless browser the dashboard test drives,
 #     installed with apt-get (through sudo when not root) if either is missing;
@@ -65,6 +67,7 @@ PYARROW_VERSION=22.0.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
 # Also a dependency of kubernetes-validate; pinned for the Compose check.
 JSONSCHEMA_VERSION=4.26.0
+DELTALAKE_VERSION=1.6.6
 venv="$cache/pyarrow-venv"
 # The packages importable (kubernetes_validate.utils pulls in PyYAML) and at
 # the pinned versions; else the venv is made again.
@@ -74,18 +77,19 @@ from importlib.metadata import version
 import pyarrow
 import jsonschema
 import kubernetes_validate.utils
+import deltalake
 from kubernetes_validate.version import __version__ as kv
-sys.exit((pyarrow.__version__, kv, version("jsonschema")) != tuple(sys.argv[1:]))
+sys.exit((pyarrow.__version__, kv, version("jsonschema"), deltalake.__version__) != tuple(sys.argv[1:]))
 '
 if ! "$venv/bin/python" -c "$venv_check" "$PYARROW_VERSION" "$KUBERNETES_VALIDATE_VERSION" \
-  "$JSONSCHEMA_VERSION" 2>/dev/null; then
-  log "installing pyarrow $PYARROW_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION and" \
-    "jsonschema $JSONSCHEMA_VERSION into $venv"
+  "$JSONSCHEMA_VERSION" "$DELTALAKE_VERSION" 2>/dev/null; then
+  log "installing pyarrow $PYARROW_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION," \
+    "jsonschema $JSONSCHEMA_VERSION and deltalake $DELTALAKE_VERSION into $venv"
   rm -rf "$venv"
   mkdir -p "$cache"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION" \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" >&2
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" "deltalake==$DELTALAKE_VERSION" >&2
 fi
 
 apt=(env DEBIAN_FRONTEND=noninteractive apt-get)

@@ -259,6 +259,30 @@ parallelism: {parallelism}
         std::fs::write(&self.spec, yaml).unwrap();
     }
 
+    /// Adds a Delta table at `path` to the `default` output (created from
+    /// the Parquet schema's columns).
+    pub(super) fn with_delta(&self, path: &std::path::Path) {
+        let yaml = std::fs::read_to_string(&self.spec).unwrap();
+        let delta = format!(
+            "\n    delta:\n      path: \"{}\"\n      schema:\n{}",
+            path.display(),
+            self.shape
+                .aggregate()
+                .1
+                .lines()
+                .skip(1)
+                .filter(|l| !l.contains("partition_by"))
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        );
+        let yaml = yaml.replacen(
+            "\n  alerts: {",
+            &format!("{}\n  alerts: {{", delta.trim_end()),
+            1,
+        );
+        std::fs::write(&self.spec, yaml).unwrap();
+    }
+
     pub(super) fn outputs(&self) -> Outputs {
         let dead = self.read(&self.dlq);
         assert!(

@@ -8,6 +8,7 @@ mod compose;
 mod confine;
 mod crash;
 mod dashboard;
+mod delta;
 mod dev;
 mod eos;
 mod evil;

@@ -373,11 +373,11 @@ delivery: exactly-once
 }
 
 /// The crash test's window pipeline (see `crash.rs`) writing its results
-/// to Kafka, Parquet and a PostgreSQL table at once, killed with SIGKILL
-/// at random moments 20 times: the table holds exactly the results of a
-/// run never killed, as do the topic and the files.
+/// to Kafka, Parquet, a PostgreSQL table and a Delta table at once, killed
+/// with SIGKILL at random moments 20 times: each table holds exactly the
+/// results of a run never killed, as do the topic and the files.
 #[test]
-fn kill_9_at_random_moments_with_a_postgres_output_loses_and_duplicates_nothing() {
+fn kill_9_at_random_moments_with_postgres_and_delta_outputs_loses_and_duplicates_nothing() {
     use crate::crash::{Fixture, Rng, Shape, as_rows, assert_same, reference_of};
     const CHUNKS: u64 = 20;
     const KILLS: usize = 20;
@@ -391,6 +391,8 @@ fn kill_9_at_random_moments_with_a_postgres_output_loses_and_duplicates_nothing(
     let mut rng = Rng::new();
     let f = Fixture::shaped(brokers(), "pg-crash", "100ms", Shape::EventTypes);
     f.with_postgres(&pg.url(), &table);
+    let lake = tempfile::tempdir().unwrap();
+    f.with_delta(&lake.path().join("windows"));
     let chunk = o.count / CHUNKS;
     let (mut kills, mut runs) = (0, 0);
     while kills < KILLS {
@@ -429,6 +431,16 @@ fn kill_9_at_random_moments_with_a_postgres_output_loses_and_duplicates_nothing(
         &numbers_as_floats(&pg.rows(&table)),
         &numbers_as_floats(&as_rows(&want.results)),
         "window results (PostgreSQL)",
+    );
+    let delta: Vec<String> = read_delta(&lake.path().join("windows"))
+        .rows
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    assert_same(
+        &numbers_as_floats(&delta),
+        &numbers_as_floats(&as_rows(&want.results)),
+        "window results (Delta)",
     );
 }
 

@@ -476,6 +476,57 @@ for base, dirs, files in sorted(os.walk(root)):
         .collect()
 }
 
+/// A Delta table as read by delta-rs's Python package (`deltalake`), an
+/// independent reader: its version, its data files and its rows.
+#[derive(Debug)]
+pub struct DeltaRead {
+    pub version: u64,
+    pub files: usize,
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Reads the Delta table at `dir` with the Python `deltalake` package;
+/// timestamps come back as `YYYY-MM-DD HH:MM:SS+00:00` strings.
+pub fn read_delta(dir: &Path) -> DeltaRead {
+    const SCRIPT: &str = r#"
+import json, os, sys
+from deltalake import DeltaTable
+t = DeltaTable(sys.argv[1])
+print(json.dumps({"version": t.version(), "files": len(t.file_uris())}))
+for row in t.to_pyarrow_table().to_pylist():
+    print(json.dumps(row, default=str))
+sys.stdout.flush()
+# deltalake's native thread pool can abort the interpreter's shutdown
+# ("terminate called without an active exception"); the work is done.
+os._exit(0)
+"#;
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (run deploy/local/setup.sh): {e}",
+                python().display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "deltalake could not read {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let head: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    DeltaRead {
+        version: head["version"].as_u64().unwrap(),
+        files: head["files"].as_u64().unwrap() as usize,
+        rows: lines.map(|l| serde_json::from_str(l).unwrap()).collect(),
+    }
+}
+
 /// A record as bytes, headers included (names need not be UTF-8), for
 /// records that [`kafka_tools::produce`] and [`read`] cannot express.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,11 @@
 //!   `sluice_postgres_transactions_total`, `sluice_postgres_retries_total`,
 //!   `sluice_postgres_commit_seconds_total` and
 //!   `sluice_postgres_last_commit_seconds`.
+//! - Per Delta output: `sluice_delta_rows_written_total`,
+//!   `sluice_delta_rows_refused_total`, `sluice_delta_commits_total`,
+//!   `sluice_delta_compactions_total`, `sluice_delta_table_version`,
+//!   `sluice_delta_commit_seconds_total` and
+//!   `sluice_delta_last_commit_seconds`.
 //!
 //! And `sluice_modules`: stored module versions.
 
@@ -42,7 +47,7 @@ use axum::response::IntoResponse;
 use super::AppState;
 use crate::manager::{PipelineStatus, Status};
 use crate::pipeline::{DURATION_BUCKETS_MS, JoinSideInfo, Progress, Stage, TaskProgress};
-use crate::sink::PostgresStats;
+use crate::sink::{DeltaStats, PostgresStats};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -264,6 +269,68 @@ pub fn render(state: &AppState) -> String {
         family(&mut out, name, kind, help);
         for (pipeline, p) in &progress {
             for (output, stats) in &p.totals.run.postgres {
+                sample(
+                    &mut out,
+                    name,
+                    pipeline,
+                    &[("output", output)],
+                    value(stats),
+                );
+            }
+        }
+    }
+    type DeltaStat = fn(&DeltaStats) -> f64;
+    let delta: [(&str, &str, &str, DeltaStat); 7] = [
+        (
+            "sluice_delta_rows_written_total",
+            "counter",
+            "Rows committed to the output's Delta table.",
+            |s| s.rows_written as f64,
+        ),
+        (
+            "sluice_delta_rows_refused_total",
+            "counter",
+            "Records that did not fit the table (dead-lettered).",
+            |s| s.rows_refused as f64,
+        ),
+        (
+            "sluice_delta_commits_total",
+            "counter",
+            "Commits of data (one per checkpoint with rows).",
+            |s| s.commits as f64,
+        ),
+        (
+            "sluice_delta_compactions_total",
+            "counter",
+            "Compactions (OPTIMIZE) run.",
+            |s| s.compactions as f64,
+        ),
+        (
+            "sluice_delta_table_version",
+            "gauge",
+            "The table's version after the output's last commit.",
+            |s| s.table_version as f64,
+        ),
+        (
+            "sluice_delta_commit_seconds_total",
+            "counter",
+            "Time in commits, first write to the new version.",
+            |s| s.commit_us_total as f64 / 1e6,
+        ),
+        (
+            "sluice_delta_last_commit_seconds",
+            "gauge",
+            "The last commit's time.",
+            |s| s.last_commit_us as f64 / 1e6,
+        ),
+    ];
+    for (name, kind, help, value) in delta {
+        if progress.iter().all(|(_, p)| p.totals.run.delta.is_empty()) {
+            break;
+        }
+        family(&mut out, name, kind, help);
+        for (pipeline, p) in &progress {
+            for (output, stats) in &p.totals.run.delta {
                 sample(
                     &mut out,
                     name,

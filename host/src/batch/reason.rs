@@ -59,11 +59,15 @@ pub enum Kind {
     /// of the column's range).
     #[serde(rename = "postgres")]
     Postgres,
+    /// A Delta Lake output refused the record (it does not fit the table's
+    /// columns).
+    #[serde(rename = "delta")]
+    Delta,
 }
 
 impl Kind {
     /// Every kind, in order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Rejected,
         Kind::GuestError,
         Kind::Trap,
@@ -78,6 +82,7 @@ impl Kind {
         Kind::TooLarge,
         Kind::Parquet,
         Kind::Postgres,
+        Kind::Delta,
     ];
 
     /// The kind's name in summaries, the progress document and `/metrics`
@@ -98,6 +103,7 @@ impl Kind {
             Kind::TooLarge => "output record too large",
             Kind::Parquet => "parquet",
             Kind::Postgres => "postgres",
+            Kind::Delta => "delta",
         }
     }
 

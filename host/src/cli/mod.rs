@@ -427,6 +427,11 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
                 .with_context(|| format!("outputs.{name}.postgres"))?;
             println!("  output {name}: {table}");
         }
+        if let Some(d) = &output.delta {
+            let table = crate::sink::DeltaSink::check(d)
+                .with_context(|| format!("outputs.{name}.delta"))?;
+            println!("  output {name}: {table}");
+        }
     }
     println!("  {}", how_it_runs(&spec));
     Ok(())

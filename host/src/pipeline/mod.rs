@@ -122,6 +122,10 @@ pub struct Summary {
     /// their times.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub postgres: BTreeMap<String, crate::sink::PostgresStats>,
+    /// Per output with a Delta table: rows written, commits and their
+    /// times, the table's version.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub delta: BTreeMap<String, crate::sink::DeltaStats>,
 }
 
 /// One task's part of a run (a pipeline run as tasks).
@@ -429,6 +433,9 @@ impl std::ops::AddAssign for Summary {
         self.tasks.sort_by_key(|t| (t.stage, t.partition));
         for (name, stats) in other.postgres {
             *self.postgres.entry(name).or_default() += stats;
+        }
+        for (name, stats) in other.delta {
+            *self.delta.entry(name).or_default() += stats;
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::batch::Batch;
 use crate::batch::reason::Kind;
 use crate::checkpoint::{Epoch, Fence};
 use crate::runtime::Runtime;
-use crate::sink::{BatchAck, KafkaSink, ParquetSink, PostgresSink, Quarantine};
+use crate::sink::{BatchAck, DeltaSink, KafkaSink, ParquetSink, PostgresSink, Quarantine};
 use crate::source::{CommitMode, KafkaSource, NextOffset, SourceBatch};
 use crate::spec::{Delivery, PipelineSpec};
 
@@ -122,6 +122,8 @@ pub(super) struct Runner<'a> {
     parquet: Vec<Option<ParquetSink>>,
     /// Per configured output, its PostgreSQL sink if it has one.
     postgres: Vec<Option<PostgresSink>>,
+    /// Per output: its Delta table, if it has one.
+    delta: Vec<Option<DeltaSink>>,
     checkpoints: Option<Checkpoints>,
     exactly_once: bool,
     /// Number of the last batch run.
@@ -186,6 +188,7 @@ impl<'a> Runner<'a> {
             checkpointed: false,
             parquet: Vec::new(),
             postgres: Vec::new(),
+            delta: Vec::new(),
             checkpoints: None,
             exactly_once: spec.delivery == Delivery::ExactlyOnce,
             epoch: 0,
@@ -432,6 +435,7 @@ impl<'a> Runner<'a> {
         self.durations.transform = ms(started.elapsed());
         let sinking = Instant::now();
         let mut rejected = self.write_parquet(&out)?;
+        rejected.extend(self.write_delta(&out)?);
         tracing::debug!(
             epoch = self.epoch,
             records = batch.len(),

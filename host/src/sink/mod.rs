@@ -2,8 +2,10 @@
 //! everything they were given is durably acknowledged, because source
 //! offsets are committed only after that; Parquet files become visible with
 //! the checkpoint that lists them; PostgreSQL tables commit each batch in a
-//! transaction (with its epoch, under exactly-once).
+//! transaction (with its epoch, under exactly-once); Delta tables commit
+//! at checkpoints (with the epoch as the `txn` version, under exactly-once).
 
+mod delta;
 mod kafka;
 mod parquet;
 mod partitioner;
@@ -15,6 +17,7 @@ mod topics;
 mod written;
 
 pub use self::parquet::{FileRename, ParquetCommit, ParquetError, ParquetSink};
+pub use delta::{DeltaError, DeltaSink, DeltaStats};
 pub use kafka::{BatchAck, KafkaSink, PRODUCER_DEFAULTS, headers};
 pub use partitioner::partition_for_key;
 pub use postgres::{EpochKey, PostgresError, PostgresSink, PostgresStats};

@@ -5,6 +5,7 @@
 //! Fields of the record that are not columns are ignored, so that a
 //! transform can add fields without breaking its table outputs.
 
+use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
 use crate::spec::parquet::{ColumnSpec, ColumnType};
@@ -80,6 +81,59 @@ fn decode_value(column: &ColumnSpec, value: Option<Value>) -> Result<Cell, Strin
             }),
         (_, v) => Err(mismatch(&v)),
     }
+}
+
+/// A schema from the top-level fields of a record, in the record's order:
+/// strings, integers (that fit in `i64`), other numbers and booleans, all
+/// nullable. Null, array and object fields are left out (their type is
+/// unknown or has no column type); they are returned for the log.
+pub(crate) fn infer(
+    sink: &str,
+    value: Option<&[u8]>,
+    required: &[&str],
+) -> Result<(Vec<ColumnSpec>, Vec<String>), String> {
+    let bytes = value.ok_or_else(|| format!("{sink}: the record has no value"))?;
+    // Parsed again (the object form loses the field order): only until a
+    // record gives a schema.
+    let fields: IndexMap<String, Value> = serde_json::from_slice(bytes)
+        .map_err(|_| format!("{sink}: cannot infer the schema: the record is not a JSON object"))?;
+    let mut columns = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, value) in fields {
+        let ty = match &value {
+            Value::String(_) => ColumnType::String,
+            Value::Number(n) if n.is_i64() => ColumnType::Int64,
+            Value::Number(_) => ColumnType::Float64,
+            Value::Bool(_) => ColumnType::Bool,
+            Value::Null | Value::Array(_) | Value::Object(_) => {
+                skipped.push(name);
+                continue;
+            }
+        };
+        if name.is_empty() {
+            skipped.push(name);
+            continue;
+        }
+        columns.push(ColumnSpec {
+            name,
+            ty,
+            nullable: true,
+        });
+    }
+    if columns.is_empty() {
+        return Err(format!(
+            "{sink}: cannot infer the schema: the record has no string, number or bool field"
+        ));
+    }
+    if let Some(field) = required
+        .iter()
+        .find(|&&f| !columns.iter().any(|c| c.name == f))
+    {
+        return Err(format!(
+            "{sink}: cannot infer the schema: the field \"{field}\" is missing or not a string, number or bool"
+        ));
+    }
+    Ok((columns, skipped))
 }
 
 /// The JSON kind of a value, as named in rejection reasons.

@@ -177,6 +177,11 @@ fn resolve_trusted(spec: &mut PipelineSpec, base: &Path) {
         {
             p.path = base.join(&p.path);
         }
+        if let Some(d) = &mut output.delta
+            && d.path.is_relative()
+        {
+            d.path = base.join(&d.path);
+        }
     }
 }
 
@@ -193,6 +198,9 @@ fn resolve_confined(spec: &mut PipelineSpec, confinement: &Confinement) -> Resul
     for (name, output) in &mut spec.outputs {
         if let Some(p) = &mut output.parquet {
             p.path = confinement.place(&format!("outputs.{name}.parquet.path"), &p.path)?;
+        }
+        if let Some(d) = &mut output.delta {
+            d.path = confinement.place(&format!("outputs.{name}.delta.path"), &d.path)?;
         }
     }
     Ok(())
@@ -350,10 +358,14 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
         if let Some(topic) = &output.topic {
             check_topic(&format!("outputs.{name}.topic"), topic)?;
         }
-        if output.topic.is_none() && output.parquet.is_none() && output.postgres.is_none() {
+        if output.topic.is_none()
+            && output.parquet.is_none()
+            && output.postgres.is_none()
+            && output.delta.is_none()
+        {
             return Err(SpecError::new(
                 format!("outputs.{name}"),
-                "needs a `topic`, a `parquet` section, a `postgres` section, or several",
+                "needs a `topic`, a `parquet`, `postgres` or `delta` section, or several",
             ));
         }
         if let Some(parquet) = &output.parquet {
@@ -365,6 +377,11 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
             postgres
                 .validate()
                 .map_err(|e| SpecError::new(format!("outputs.{name}.postgres"), e))?;
+        }
+        if let Some(delta) = &output.delta {
+            delta
+                .validate()
+                .map_err(|e| SpecError::new(format!("outputs.{name}.delta"), e))?;
         }
     }
     check_topic("dead_letter.topic", &spec.dead_letter.topic)?;
@@ -392,6 +409,17 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
         return Err(SpecError::new(
             format!("outputs.{name}.parquet"),
             "Parquet files become visible at checkpoints: add a `checkpoint` section",
+        ));
+    }
+    if spec.checkpoint.is_none()
+        && let Some(name) = spec
+            .outputs
+            .iter()
+            .find_map(|(name, o)| o.delta.as_ref().map(|_| name))
+    {
+        return Err(SpecError::new(
+            format!("outputs.{name}.delta"),
+            "Delta commits are made at checkpoints: add a `checkpoint` section",
         ));
     }
     if spec.delivery == super::Delivery::ExactlyOnce && spec.checkpoint.is_none() {

@@ -11,6 +11,7 @@
 //! `kafka_props.rs`).
 
 mod confine;
+pub mod delta;
 pub mod join;
 mod kafka_props;
 mod load;
@@ -438,6 +439,10 @@ pub struct OutputSpec {
     /// written to.
     #[serde(default)]
     pub postgres: Option<postgres::PostgresSpec>,
+    /// The Delta Lake table the output's records (JSON objects) are
+    /// written to.
+    #[serde(default)]
+    pub delta: Option<delta::DeltaSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

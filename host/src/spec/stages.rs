@@ -123,6 +123,7 @@ impl PipelineSpec {
                 topic: Some(topic.clone()),
                 parquet: None,
                 postgres: None,
+                delta: None,
             },
         );
 

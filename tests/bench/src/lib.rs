@@ -173,8 +173,13 @@ pub struct BenchArgs {
     /// Instead of the rows above: the PostgreSQL output's rows, the sample
     /// events through filter-heartbeats into a new table of the database
     /// at this URL (at-least-once and exactly-once, one task).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["scaling", "processes"])]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["scaling", "processes", "delta"])]
     pub postgres: Option<String>,
+    /// Instead of the rows above: the Delta output's rows, the sample
+    /// events through filter-heartbeats into a new Delta table below this
+    /// directory (at-least-once and exactly-once, one task).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["scaling", "processes"])]
+    pub delta: Option<PathBuf>,
     /// Pid of the broker, to report its CPU time per row too.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -225,7 +230,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dispatch = tracing::Dispatch::new(subscriber);
     tracing::dispatcher::with_default(&dispatch, || {
         if let Some(url) = &args.postgres {
-            sinks::bench(args, url)
+            sinks::bench(args, sinks::Table::Postgres(url))
+        } else if let Some(dir) = &args.delta {
+            sinks::bench(args, sinks::Table::Delta(dir))
         } else if !args.processes.is_empty() {
             processes::bench(args)
         } else if args.scaling.is_empty() {

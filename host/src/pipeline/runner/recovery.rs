@@ -18,7 +18,8 @@ use crate::pipeline::Step;
 use crate::pipeline::checkpoint::{Checkpoint, Checkpoints, SourcePosition, failpoint};
 use crate::pipeline::deliver::Eos;
 use crate::sink::{
-    EpochKey, ParquetCommit, ParquetSink, PostgresSink, SinkPosition, end_offsets, written_since,
+    DeltaSink, EpochKey, ParquetCommit, ParquetSink, PostgresSink, SinkPosition, end_offsets,
+    written_since,
 };
 use crate::source::{CommitMode, KafkaSource, NextOffset, ReplaySource, source_partitions};
 use crate::spec::CheckpointSpec;
@@ -33,6 +34,7 @@ impl Runner<'_> {
             self.expect_partitions()?;
             self.parquet = self.open_parquet(None)?;
             self.postgres = self.open_postgres()?;
+            self.delta = self.open_delta()?;
             return Ok(false);
         };
         let cspec = match &self.task {
@@ -80,6 +82,7 @@ impl Runner<'_> {
         self.expect_partitions()?;
         self.parquet = self.open_parquet(checkpoint.as_ref())?;
         self.postgres = self.open_postgres()?;
+        self.delta = self.open_delta()?;
 
         match checkpoint {
             None if !self.exactly_once => {}
@@ -157,17 +160,7 @@ impl Runner<'_> {
     /// Opens each output's PostgreSQL sink; under exactly-once (once the
     /// checkpoint lineage is known), each keeps its progress per task.
     pub(super) fn open_postgres(&self) -> anyhow::Result<Vec<Option<PostgresSink>>> {
-        let key = (self.exactly_once && self.checkpoints.is_some()).then(|| EpochKey {
-            pipeline: self.spec.name.clone(),
-            lineage: self.routing.lineage.clone(),
-            task: match &self.task {
-                None => String::new(),
-                Some(t) if self.spec.source.upstream_tasks.is_some() => {
-                    format!("r{:05}", t.partition)
-                }
-                Some(t) => format!("t{:05}", t.partition),
-            },
-        });
+        let key = self.epoch_key();
         self.spec
             .outputs
             .iter()
@@ -182,6 +175,42 @@ impl Runner<'_> {
                     .transpose()
             })
             .collect()
+    }
+
+    /// Opens each output's Delta sink; under exactly-once, each commits
+    /// with this run's transaction id.
+    pub(super) fn open_delta(&self) -> anyhow::Result<Vec<Option<DeltaSink>>> {
+        let key = self.epoch_key();
+        self.spec
+            .outputs
+            .iter()
+            .map(|(name, output)| {
+                output
+                    .delta
+                    .as_ref()
+                    .map(|d| {
+                        DeltaSink::open(name, d, key.clone())
+                            .with_context(|| format!("outputs.{name}.delta"))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// The exactly-once identity of this run's table sinks (once the
+    /// checkpoint lineage is known): pipeline, lineage and task.
+    fn epoch_key(&self) -> Option<EpochKey> {
+        (self.exactly_once && self.checkpoints.is_some()).then(|| EpochKey {
+            pipeline: self.spec.name.clone(),
+            lineage: self.routing.lineage.clone(),
+            task: match &self.task {
+                None => String::new(),
+                Some(t) if self.spec.source.upstream_tasks.is_some() => {
+                    format!("r{:05}", t.partition)
+                }
+                Some(t) => format!("t{:05}", t.partition),
+            },
+        })
     }
 
     /// Each step's module now (a swap changes them).
@@ -281,6 +310,7 @@ impl Runner<'_> {
         } else {
             Vec::new()
         };
+        self.commit_delta()?;
         let mut parquet: Vec<(String, ParquetCommit)> = Vec::new();
         for (name, sink) in self.output_names.iter().zip(&mut self.parquet) {
             if let Some(sink) = sink {

@@ -1,6 +1,7 @@
 //! The table sinks of a run: each batch's outputs appended to their
-//! Parquet files and written to their PostgreSQL tables, with the records
-//! they refuse returned for the dead-letter topic.
+//! Parquet files and Delta tables and written to their PostgreSQL tables,
+//! with the records they refuse returned for the dead-letter topic; the
+//! Delta tables' commits at checkpoints.
 
 use anyhow::Context;
 
@@ -8,6 +9,7 @@ use super::Runner;
 use crate::batch::Reason;
 use crate::batch::reason::Kind;
 use crate::pipeline::ChainOutput;
+use crate::pipeline::chain::Routed;
 use crate::pipeline::deliver::Rejected;
 use crate::sink::TableRecord;
 
@@ -18,18 +20,7 @@ impl Runner<'_> {
         let mut rejected = Vec::new();
         for (i, (sink, routed)) in self.parquet.iter_mut().zip(&out.outputs).enumerate() {
             let Some(sink) = sink else { continue };
-            let records: Vec<TableRecord<'_>> = routed
-                .records
-                .iter()
-                .zip(routed.record_windows())
-                .enumerate()
-                .map(|(j, (r, window))| TableRecord {
-                    index: j as u32,
-                    value: r.value,
-                    timestamp: r.timestamp,
-                    window_start: window.map(|w| w.start),
-                })
-                .collect();
+            let records = table_records(routed);
             let refused = sink.write(self.epoch, &records).with_context(|| {
                 format!("outputs.{}: cannot write Parquet", self.output_names[i])
             })?;
@@ -40,6 +31,55 @@ impl Runner<'_> {
             }));
         }
         Ok(rejected)
+    }
+
+    /// Writes each output's records to its Delta table (committed at the
+    /// next checkpoint); returns the records that do not fit.
+    pub(super) fn write_delta(&mut self, out: &ChainOutput) -> anyhow::Result<Vec<Rejected>> {
+        let mut rejected = Vec::new();
+        for (i, (sink, routed)) in self.delta.iter_mut().zip(&out.outputs).enumerate() {
+            let Some(sink) = sink else { continue };
+            let records = table_records(routed);
+            let refused = sink.write(self.epoch, &records).with_context(|| {
+                format!("outputs.{}: cannot write to Delta", self.output_names[i])
+            })?;
+            self.summary
+                .delta
+                .insert(self.output_names[i].clone(), sink.stats().clone());
+            rejected.extend(refused.into_iter().map(|(record, reason)| Rejected {
+                output: i,
+                record,
+                reason: Reason::new(Kind::Delta, reason),
+            }));
+        }
+        Ok(rejected)
+    }
+
+    /// Commits what each Delta output wrote since the last checkpoint, as
+    /// of the current epoch: under exactly-once once every epoch in it is
+    /// durable in the log, and only while this process owns the task.
+    pub(super) fn commit_delta(&mut self) -> anyhow::Result<()> {
+        if self.delta.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        if self.exactly_once
+            && let Some(c) = &mut self.checkpoints
+        {
+            c.wait_logged()?;
+        }
+        if let Some(fence) = &self.fence {
+            fence.check()?;
+        }
+        for (i, sink) in self.delta.iter_mut().enumerate() {
+            let Some(sink) = sink else { continue };
+            sink.commit(self.epoch).with_context(|| {
+                format!("outputs.{}: cannot commit to Delta", self.output_names[i])
+            })?;
+            self.summary
+                .delta
+                .insert(self.output_names[i].clone(), sink.stats().clone());
+        }
+        Ok(())
     }
 
     /// Writes each output's records to its PostgreSQL table, one
@@ -85,4 +125,20 @@ impl Runner<'_> {
         }
         Ok(rejected)
     }
+}
+
+/// An output's records as a table sink takes them, with their windows.
+fn table_records(routed: &Routed) -> Vec<TableRecord<'_>> {
+    routed
+        .records
+        .iter()
+        .zip(routed.record_windows())
+        .enumerate()
+        .map(|(j, (r, window))| TableRecord {
+            index: j as u32,
+            value: r.value,
+            timestamp: r.timestamp,
+            window_start: window.map(|w| w.start),
+        })
+        .collect()
 }

@@ -4,67 +4,11 @@
 use std::fmt::Write as _;
 
 use chrono::format::Item;
-use indexmap::IndexMap;
-use serde_json::Value;
 
-use super::config::{ColumnSpec, ColumnType};
-pub(super) use crate::sink::row::{Cell, decode, parse_object};
+pub(super) use crate::sink::row::{Cell, decode, infer, parse_object};
 
 /// Hive's name for the partition of a missing, null or empty value.
 pub(super) const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
-
-/// A schema from the top-level fields of a record, in the record's order:
-/// strings, integers (that fit in `i64`), other numbers and booleans, all
-/// nullable. Null, array and object fields are left out (their type is
-/// unknown or has no column type); they are returned for the log.
-pub(super) fn infer(
-    value: Option<&[u8]>,
-    partition_field: Option<&str>,
-) -> Result<(Vec<ColumnSpec>, Vec<String>), String> {
-    let bytes = value.ok_or_else(|| "parquet: the record has no value".to_owned())?;
-    // Parsed again (the object form loses the field order): only until a
-    // record gives a schema.
-    let fields: IndexMap<String, Value> = serde_json::from_slice(bytes).map_err(|_| {
-        "parquet: cannot infer the schema: the record is not a JSON object".to_owned()
-    })?;
-    let mut columns = Vec::new();
-    let mut skipped = Vec::new();
-    for (name, value) in fields {
-        let ty = match &value {
-            Value::String(_) => ColumnType::String,
-            Value::Number(n) if n.is_i64() => ColumnType::Int64,
-            Value::Number(_) => ColumnType::Float64,
-            Value::Bool(_) => ColumnType::Bool,
-            Value::Null | Value::Array(_) | Value::Object(_) => {
-                skipped.push(name);
-                continue;
-            }
-        };
-        if name.is_empty() {
-            skipped.push(name);
-            continue;
-        }
-        columns.push(ColumnSpec {
-            name,
-            ty,
-            nullable: true,
-        });
-    }
-    if columns.is_empty() {
-        return Err(
-            "parquet: cannot infer the schema: the record has no string, number or bool field"
-                .to_owned(),
-        );
-    }
-    if let Some(field) = partition_field
-        && !columns.iter().any(|c| c.name == field)
-    {
-        return Err(format!(
-            "parquet: cannot infer the schema: the partition field \"{field}\" is missing or not a string, number or bool"
-        ));
-    }
-    Ok((columns, skipped))
-}
 
 /// The `name=value` directory of a partition field's cell. The value is
 /// percent-encoded (as Hive, Spark and pyarrow read it) except for ASCII

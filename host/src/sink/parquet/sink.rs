@@ -263,7 +263,7 @@ impl ParquetSink {
         let object = row::parse_object("parquet", r.value)?;
         if self.fixed.is_none() {
             let field = self.partition_field.as_deref();
-            let (columns, skipped) = row::infer(r.value, field)?;
+            let (columns, skipped) = row::infer("parquet", r.value, field.as_slice())?;
             tracing::info!(
                 output = %self.name,
                 columns = %columns.iter().map(|c| format!("{}: {}", c.name, c.ty.name())).collect::<Vec<_>>().join(", "),
