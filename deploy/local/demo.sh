@@ -69,6 +69,21 @@ RUST_LOG=warn $sluice run --until-caught-up deploy/demo/windows-postgres.yaml >/
   ORDER BY window_start, event_type LIMIT 6'
 "${psql[@]}" -Atc 'SELECT count(*) || '"' rows, one per window and event type'"' FROM events_per_minute'
 
+step "The same windows as a Delta Lake table: update mode, merged at each checkpoint (deploy/demo/windows-delta.yaml)"
+$sluice validate deploy/demo/windows-delta.yaml
+RUST_LOG=warn $sluice run --until-caught-up deploy/demo/windows-delta.yaml >/dev/null
+"$py" - .sluice/demo/lake/events_per_minute <<'PY'
+import os, sys
+from deltalake import DeltaTable
+table = DeltaTable(sys.argv[1])
+rows = table.to_pyarrow_table().sort_by([("window_start", "ascending"), ("event_type", "ascending")])
+print(f"  deltalake reads version {table.version()}: {rows.num_rows} rows, one per window and event type")
+for row in rows.slice(0, 4).to_pylist():
+    print("  ", row)
+sys.stdout.flush()
+os._exit(0)  # deltalake's thread pool can abort the interpreter's shutdown
+PY
+
 step "The tutorial's strategies A-D through strategy-map, then C's output joined with D's input"
 $sluice create-topics --partitions 4 a-input b-input c-input d-input strategies-output c-output \
   d-input-ready strategies-dlq

@@ -98,6 +98,18 @@ fn paths_outside_the_pipeline_directory_are_refused_and_nothing_is_created() {
             ),
             "outputs.default.parquet.path",
         ),
+        (
+            format!(
+                "checkpoint: {{ dir: ckpt }}\noutputs:\n  default: {{ delta: {{ path: {} }} }}\n",
+                abs.join("lake").display()
+            ),
+            "outputs.default.delta.path",
+        ),
+        (
+            "checkpoint: { dir: ckpt }\noutputs:\n  default: { delta: { path: ../../../lake } }\n"
+                .to_owned(),
+            "outputs.default.delta.path",
+        ),
     ];
     for (extra, field) in cases {
         // `outputs` given twice would be a YAML error: replace the default.
@@ -114,6 +126,7 @@ fn paths_outside_the_pipeline_directory_are_refused_and_nothing_is_created() {
     assert!(!data.join("x").exists());
     assert!(!dir.path().join("x").exists());
     assert!(!dir.path().join("pq").exists());
+    assert!(!dir.path().join("lake").exists());
     assert_eq!(tree(&data), before);
     let (_, list) = call(&server.client(None), "GET", "/v1/pipelines", None);
     assert_eq!(list["pipelines"], Value::Array(vec![]));

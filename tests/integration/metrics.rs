@@ -179,3 +179,59 @@ fn postgres_outputs_are_counted_and_their_password_redacted() {
         "{shown}"
     );
 }
+
+/// A served pipeline with a Delta output (its table inside the pipeline's
+/// directory): the progress document and `/metrics` count its rows, its
+/// commits and the table's version, and the record that does not fit.
+#[test]
+fn delta_outputs_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, dlq) = (unique("dlm-in"), unique("dlm-dlq"));
+    create_topics(&[&input, &dlq], 1);
+    let server = Server::start(dir.path(), &["--token", TOKEN]);
+    let client = server.client(Some(TOKEN));
+    let name = unique("dlm");
+    let spec = format!(
+        "name: {name}\nkafka: {{ brokers: \"{brokers}\" }}\nsource: {{ topics: [{input}] }}\n\
+         outputs:\n  default: {{ delta: {{ path: lake/t, schema: [{{ name: id, type: int64 }}] }} }}\n\
+         dead_letter: {{ topic: {dlq} }}\ncheckpoint: {{ dir: ckpt, interval: 100ms }}\n",
+        brokers = brokers(),
+    );
+    let (status, body) = call(&client, "POST", "/v1/pipelines", Some(spec.as_bytes()));
+    assert_eq!(status, 201, "{body}");
+    produce(
+        &input,
+        &[
+            ("a", r#"{"id": 1}"#),
+            ("b", r#"{"id": "x"}"#),
+            ("c", r#"{"id": 3}"#),
+        ],
+    );
+    let doc = wait_for_doc(&server, &name, "its rows", |doc| {
+        doc["progress"]["totals"]["delta"]["default"]["rows_written"] == 2
+    });
+    let delta = &doc["progress"]["totals"]["delta"]["default"];
+    assert_eq!(delta["rows_refused"], 1, "{doc}");
+    let commits = delta["commits"].as_u64().unwrap();
+    assert!(commits >= 1, "{doc}");
+    assert_eq!(
+        doc["progress"]["totals"]["dead_letter_reasons"],
+        json!({ "delta": 1 }),
+        "{doc}"
+    );
+    let reply = client.request("GET", "/metrics", None).unwrap();
+    let metrics = String::from_utf8(reply.body).unwrap();
+    for line in [
+        format!("sluice_delta_rows_written_total{{pipeline=\"{name}\",output=\"default\"}} 2"),
+        format!("sluice_delta_rows_refused_total{{pipeline=\"{name}\",output=\"default\"}} 1"),
+        format!("sluice_delta_commits_total{{pipeline=\"{name}\",output=\"default\"}} {commits}"),
+        // Version 0 created the table; one version per commit since.
+        format!("sluice_delta_table_version{{pipeline=\"{name}\",output=\"default\"}} {commits}"),
+        format!("sluice_dead_letters_total{{pipeline=\"{name}\",reason=\"delta\"}} 1"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+}
