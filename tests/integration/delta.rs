@@ -11,6 +11,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use sluice_tests::kafka_tools::SampleOptions;
 use sluice_tests::*;
+use sluice_tests::{S3, s3};
 
 /// A pipeline without transforms from `input` to a Delta table at `path`
 /// (`delta` is the rest of the YAML flow mapping of the section).
@@ -422,4 +423,63 @@ fn the_demos_merged_windows_equal_the_final_append_results() {
         .unwrap();
     got.retain(|g| g.split('|').next().unwrap() <= last_closed.as_str());
     assert_eq!(got, want);
+}
+
+/// A table in S3-compatible object storage (a real s3s-fs server), next to
+/// the pipeline's checkpoints there and reached with the same settings:
+/// exactly-once runs commit to it, and the independent reader finds the
+/// rows in the bucket's files.
+#[test]
+fn a_table_in_object_storage_is_written_with_the_checkpoints_settings() {
+    let (input, dlq) = (unique("dl-s3-in"), unique("dl-s3-dlq"));
+    create_topics(&[&input, &dlq], 2);
+    let prefix = unique("dl-s3");
+    let url = |p: &str| format!("s3://{}/{prefix}/{p}", S3::BUCKET);
+    let yaml = format!(
+        r#"name: delta-s3
+kafka: {{ brokers: "{brokers}" }}
+source: {{ topics: [{input}] }}
+outputs:
+  default:
+    delta: {{ path: "{table}", schema: [{{ name: id, type: int64 }}] }}
+dead_letter: {{ topic: {dlq} }}
+checkpoint:
+  dir: "{ckpt}"
+  interval: 100ms
+  s3: {{ endpoint: "{endpoint}", region: us-east-1, allow_http: true }}
+delivery: exactly-once
+"#,
+        brokers = brokers(),
+        table = url("lake/t"),
+        ckpt = url("ckpt"),
+        endpoint = s3().endpoint,
+    );
+    let mut spec = spec(&yaml);
+    spec.checkpoint.as_mut().unwrap().s3.credentials =
+        Some((S3::ACCESS_KEY.into(), S3::SECRET_KEY.into()));
+    produce(
+        &input,
+        &[
+            ("a", r#"{"id": 1}"#),
+            ("b", r#"{"id": "2"}"#),
+            ("c", r#"{"id": 3}"#),
+        ],
+    );
+    let first = run_until_caught_up(&spec);
+    assert_eq!(first.delta["default"].rows_written, 2);
+    produce(&input, &[("d", r#"{"id": 4}"#)]);
+    let second = run_until_caught_up(&spec);
+    assert_eq!(second.delta["default"].rows_written, 1);
+    let table = read_delta(&s3().bucket_dir().join(&prefix).join("lake/t"));
+    assert_eq!(
+        sorted(table.rows),
+        vec![json!({"id": 1}), json!({"id": 3}), json!({"id": 4})]
+    );
+    assert_eq!(
+        dead_letters(&dlq),
+        vec![(
+            r#"{"id": "2"}"#.to_owned(),
+            r#"delta: field "id": expected int64, got string"#.to_owned()
+        )]
+    );
 }

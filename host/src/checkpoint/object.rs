@@ -36,7 +36,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -80,21 +79,7 @@ fn client(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, Che
     if let Some(client) = clients.get(&key) {
         return Ok(client.clone());
     }
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if let Some(endpoint) = &options.endpoint {
-        builder = builder.with_endpoint(endpoint);
-    }
-    if let Some(region) = &options.region {
-        builder = builder.with_region(region);
-    }
-    if let Some(allow) = options.allow_http {
-        builder = builder.with_allow_http(allow);
-    }
-    if let Some((id, secret)) = &options.credentials {
-        builder = builder
-            .with_access_key_id(id)
-            .with_secret_access_key(secret);
-    }
+    let builder = options.builder(bucket);
     let client: Arc<dyn ObjectStore> =
         Arc::new(builder.build().map_err(|error| CheckpointError::Object {
             action: "connect to",

@@ -428,7 +428,12 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             println!("  output {name}: {table}");
         }
         if let Some(d) = &output.delta {
-            let table = crate::sink::DeltaSink::check(d)
+            let s3 = spec
+                .checkpoint
+                .as_ref()
+                .map(|c| c.s3.clone())
+                .unwrap_or_default();
+            let table = crate::sink::DeltaSink::check(d, &s3)
                 .with_context(|| format!("outputs.{name}.delta"))?;
             println!("  output {name}: {table}");
         }

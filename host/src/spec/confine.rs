@@ -7,7 +7,7 @@
 //! own directory (`<data>/pipelines/<name>/`) or inside a directory the
 //! operator allowed (`sluice serve --allow-dir`).
 //!
-//! Rules, for `checkpoint.dir` and each `outputs.*.parquet.path`:
+//! Rules, for `checkpoint.dir`, each `outputs.*.parquet.path` and each `outputs.*.delta.path`:
 //! - a relative path is joined to the pipeline's directory and resolved
 //!   lexically (`a/../b` is `b`); the result must lie strictly below that
 //!   directory, and its first component must not start with `.` (names
@@ -62,7 +62,7 @@ impl Confinement {
         }
     }
 
-    /// Checks an `s3://bucket/prefix` checkpoint directory: the server's
+    /// Checks an `s3://bucket/prefix` directory (checkpoints, a Delta table): the server's
     /// credentials reach it, so it must lie inside (or be) a prefix the
     /// operator allowed (`--allow-dir s3://bucket/prefix`), without `.`,
     /// `..` or empty segments.

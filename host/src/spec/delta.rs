@@ -24,8 +24,10 @@ use super::parquet::ColumnSpec;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaSpec {
-    /// The table's directory (created with the table if missing). Relative
-    /// paths are resolved by the caller.
+    /// The table's directory (created with the table if missing), or
+    /// `s3://bucket/prefix` in S3-compatible object storage (reached with
+    /// the checkpoint's `s3` settings). Relative paths are resolved by the
+    /// caller.
     pub path: PathBuf,
     #[serde(default)]
     pub mode: DeltaMode,
@@ -73,17 +75,27 @@ impl DeltaSpec {
         100
     }
 
+    /// `s3://bucket/prefix` when the table is in S3.
+    pub fn s3_url(&self) -> Option<&str> {
+        self.path
+            .to_str()
+            .filter(|p| p.starts_with(super::S3_SCHEME))
+    }
+
     /// Rejects impossible settings; the message starts with the field it is
     /// about, relative to this section.
     pub fn validate(&self) -> Result<(), String> {
         if self.path.as_os_str().is_empty() {
             return Err("path: must not be empty".to_owned());
         }
-        if self.path.to_str().is_some_and(|p| p.contains("://")) {
-            return Err(
-                "path: must be a directory of this machine (object storage is not supported yet)"
-                    .to_owned(),
-            );
+        if let Some(url) = self.path.to_str().filter(|p| p.contains("://")) {
+            let bucket = url
+                .strip_prefix(super::S3_SCHEME)
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            if bucket.is_empty() {
+                return Err("path: must be a directory or an s3://bucket/prefix URL".to_owned());
+            }
         }
         let columns = self.schema.as_deref();
         if let Some(schema) = columns {
@@ -164,8 +176,12 @@ mod tests {
         let cases = [
             ("{ path: '' }", "path: must not be empty"),
             (
-                "{ path: 's3://b/t' }",
-                "path: must be a directory of this machine (object storage is not supported yet)",
+                "{ path: 'gs://b/t' }",
+                "path: must be a directory or an s3://bucket/prefix URL",
+            ),
+            (
+                "{ path: 's3:///t' }",
+                "path: must be a directory or an s3://bucket/prefix URL",
             ),
             (
                 "{ path: t, mode: merge }",

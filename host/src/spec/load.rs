@@ -179,6 +179,7 @@ fn resolve_trusted(spec: &mut PipelineSpec, base: &Path) {
         }
         if let Some(d) = &mut output.delta
             && d.path.is_relative()
+            && d.s3_url().is_none()
         {
             d.path = base.join(&d.path);
         }
@@ -200,7 +201,11 @@ fn resolve_confined(spec: &mut PipelineSpec, confinement: &Confinement) -> Resul
             p.path = confinement.place(&format!("outputs.{name}.parquet.path"), &p.path)?;
         }
         if let Some(d) = &mut output.delta {
-            d.path = confinement.place(&format!("outputs.{name}.delta.path"), &d.path)?;
+            let field = format!("outputs.{name}.delta.path");
+            d.path = match d.s3_url() {
+                Some(url) => confinement.place_url(&field, url)?.into(),
+                None => confinement.place(&field, &d.path)?,
+            };
         }
     }
     Ok(())
@@ -695,6 +700,31 @@ dead_letter: { topic: dlq }
         assert_eq!(
             parse_confined(&parquet, &c).unwrap_err().to_string(),
             format!("outputs.default.parquet.path: {outside}")
+        );
+        let delta = |path: &str| {
+            yaml.replace(
+                "default: { topic: clean }",
+                &format!("default: {{ delta: {{ path: \"{path}\" }} }}"),
+            )
+        };
+        assert_eq!(
+            parse_confined(&delta("../lake"), &c)
+                .unwrap_err()
+                .to_string(),
+            format!("outputs.default.delta.path: {outside}")
+        );
+        let in_s3 = Confinement::new(&base, vec!["s3://lake/pipelines".into()]);
+        assert_eq!(
+            parse_confined(&delta("s3://lake/other/t"), &in_s3)
+                .unwrap_err()
+                .to_string(),
+            "outputs.default.delta.path: an s3:// directory must be inside an S3 prefix the server \
+             allows (sluice serve --allow-dir s3://bucket/prefix), without `.`, `..` or empty segments"
+        );
+        let spec = parse_confined(&delta("s3://lake/pipelines/demo/t"), &in_s3).unwrap();
+        assert_eq!(
+            spec.outputs["default"].delta.as_ref().unwrap().path,
+            std::path::Path::new("s3://lake/pipelines/demo/t")
         );
         let module = "must be `name` or `name@version` of a module pushed to this server \
                       (sluice module push)";

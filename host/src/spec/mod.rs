@@ -215,6 +215,29 @@ pub struct S3Spec {
     pub credentials: Option<(String, String)>,
 }
 
+impl S3Spec {
+    /// A client builder for `bucket` with these settings over the
+    /// environment's.
+    pub fn builder(&self, bucket: &str) -> object_store::aws::AmazonS3Builder {
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(allow) = self.allow_http {
+            builder = builder.with_allow_http(allow);
+        }
+        if let Some((id, secret)) = &self.credentials {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+        }
+        builder
+    }
+}
+
 /// The scheme of a checkpoint directory in S3-compatible object storage.
 pub const S3_SCHEME: &str = "s3://";
 

@@ -181,6 +181,12 @@ impl Runner<'_> {
     /// with this run's transaction id.
     pub(super) fn open_delta(&self) -> anyhow::Result<Vec<Option<DeltaSink>>> {
         let key = self.epoch_key();
+        let s3 = self
+            .spec
+            .checkpoint
+            .as_ref()
+            .map(|c| c.s3.clone())
+            .unwrap_or_default();
         self.spec
             .outputs
             .iter()
@@ -189,7 +195,7 @@ impl Runner<'_> {
                     .delta
                     .as_ref()
                     .map(|d| {
-                        DeltaSink::open(name, d, key.clone())
+                        DeltaSink::open(name, d, &s3, key.clone())
                             .with_context(|| format!("outputs.{name}.delta"))
                     })
                     .transpose()

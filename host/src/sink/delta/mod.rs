@@ -46,11 +46,16 @@
 mod table;
 
 use std::num::NonZeroU64;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use deltalake_core::datafusion::prelude::{Expr, SessionContext, col};
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake_core::kernel::{Action, Transaction};
+use deltalake_core::logstore::{
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+};
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
@@ -61,6 +66,7 @@ use super::postgres::EpochKey;
 use super::row::{self, Cell, TableRecord};
 use crate::spec::delta::{DeltaMode, DeltaSpec};
 use crate::spec::parquet::{ColumnSpec, ColumnType};
+use crate::spec::{S3_SCHEME, S3Spec};
 
 /// How many times a merge that conflicts with other writers' commits is
 /// run again before the pipeline fails.
@@ -153,6 +159,8 @@ struct Txn {
 pub struct DeltaSink {
     name: String,
     spec: DeltaSpec,
+    /// Where the S3 of an `s3://` table is.
+    s3: S3Spec,
     runtime: tokio::runtime::Runtime,
     table: DeltaTable,
     /// `None` until the first record fixes them (a table this output
@@ -180,6 +188,7 @@ impl DeltaSink {
     pub fn open(
         name: &str,
         spec: &DeltaSpec,
+        s3: &S3Spec,
         exactly_once: Option<EpochKey>,
     ) -> Result<Self, DeltaError> {
         spec.validate().map_err(DeltaError::Table)?;
@@ -188,7 +197,7 @@ impl DeltaSink {
             .build()
             .map_err(|e| DeltaError::Table(format!("cannot start the table's runtime: {e}")))?;
         let started = Instant::now();
-        let mut table = runtime.block_on(load(spec, true))?;
+        let mut table = runtime.block_on(load(spec, s3, true))?;
         let mut columns = None;
         if table.version().is_some() {
             let (found, missing) = table::match_columns(&table, spec)?;
@@ -200,7 +209,7 @@ impl DeltaSink {
                 columns = Some(found);
             }
         } else if let Some(schema) = &spec.schema {
-            table = runtime.block_on(create(table, spec, schema))?;
+            table = runtime.block_on(create(table, spec, s3, schema))?;
             columns = Some(schema.clone());
         }
         let txn = match exactly_once {
@@ -226,6 +235,7 @@ impl DeltaSink {
         let sink = Self {
             name: name.to_owned(),
             spec: spec.clone(),
+            s3: s3.clone(),
             runtime,
             stats: DeltaStats {
                 table_version: table.version().unwrap_or(0),
@@ -250,19 +260,27 @@ impl DeltaSink {
 
     /// For `sluice validate`: what the output would write, without
     /// creating or changing anything.
-    pub fn check(spec: &DeltaSpec) -> Result<String, DeltaError> {
+    pub fn check(spec: &DeltaSpec, s3: &S3Spec) -> Result<String, DeltaError> {
         spec.validate().map_err(DeltaError::Table)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| DeltaError::Table(format!("cannot start the table's runtime: {e}")))?;
-        let Some(dir) = writable_dir(&spec.path) else {
+        let in_s3 = match spec.s3_url() {
+            Some(_) => Some(runtime.block_on(load(spec, s3, false))?),
+            None => None,
+        };
+        let dir = match &in_s3 {
+            Some(_) => Some(PathBuf::new()),
+            None => writable_dir(&spec.path),
+        };
+        let Some(dir) = dir else {
             return Err(DeltaError::Table(format!(
                 "path: {} cannot be created (no writable directory above it)",
                 spec.path.display()
             )));
         };
-        if !spec.path.exists() {
+        if in_s3.is_none() && !spec.path.exists() {
             return Ok(format!(
                 "creates the table {} ({}) in {}",
                 spec.path.display(),
@@ -270,7 +288,10 @@ impl DeltaSink {
                 dir.display()
             ));
         }
-        let table = runtime.block_on(load(spec, false))?;
+        let table = match in_s3 {
+            Some(t) => t,
+            None => runtime.block_on(load(spec, s3, false))?,
+        };
         let Some(version) = table.version() else {
             return Ok(format!(
                 "creates the table {} ({})",
@@ -517,7 +538,9 @@ impl DeltaSink {
             return Ok(());
         };
         let table = std::mem::replace(&mut self.table, DeltaTable::new_in_memory());
-        self.table = self.runtime.block_on(create(table, &self.spec, &columns))?;
+        self.table = self
+            .runtime
+            .block_on(create(table, &self.spec, &self.s3, &columns))?;
         tracing::info!(
             output = %self.name,
             columns = %describe(Some(&columns)),
@@ -628,7 +651,10 @@ fn conflicting(e: &DeltaTableError) -> bool {
 
 /// The table at `spec.path` (`version()` is `None` when there is none yet);
 /// with `create_dir`, the directory is created when missing.
-async fn load(spec: &DeltaSpec, create_dir: bool) -> Result<DeltaTable, DeltaError> {
+async fn load(spec: &DeltaSpec, s3: &S3Spec, create_dir: bool) -> Result<DeltaTable, DeltaError> {
+    if let Some(url) = spec.s3_url() {
+        return load_s3(url, s3).await;
+    }
     let path = spec
         .path
         .to_str()
@@ -641,9 +667,57 @@ async fn load(spec: &DeltaSpec, create_dir: bool) -> Result<DeltaTable, DeltaErr
         url::Url::from_directory_path(abs)
             .map_err(|()| DeltaError::Table(format!("path: {} is not absolute", path)))?
     };
-    let mut table = DeltaTableBuilder::from_url(url)
+    let table = DeltaTableBuilder::from_url(url)
         .and_then(|b| b.build())
         .map_err(|e| DeltaError::table("open", e))?;
+    load_log(table).await
+}
+
+/// The table at `s3://bucket/prefix`, through a client with the
+/// checkpoint's S3 settings; commits are conditional puts (a version is
+/// written only if it does not exist), as checkpoints' owner objects are.
+async fn load_s3(url: &str, s3: &S3Spec) -> Result<DeltaTable, DeltaError> {
+    let bad = |e: String| DeltaError::Table(format!("path: {url}: {e}"));
+    let table_url = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let bucket = table_url.host_str().unwrap_or_default().to_owned();
+    let store = s3
+        .builder(&bucket)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let root = url::Url::parse(&format!("{S3_SCHEME}{bucket}")).map_err(|e| bad(e.to_string()))?;
+    let scheme = url::Url::parse(S3_SCHEME).map_err(|e| bad(e.to_string()))?;
+    deltalake_core::logstore::logstore_factories().insert(scheme, Arc::new(S3LogStores));
+    let table = DeltaTableBuilder::from_url(table_url)
+        .map(|b| b.with_storage_backend(Arc::new(store), root))
+        .and_then(|b| b.build())
+        .map_err(|e| DeltaError::table("open", e))?;
+    load_log(table).await
+}
+
+/// The log stores of tables in S3: delta-rs's default one, whose commits
+/// are conditional puts.
+#[derive(Debug)]
+struct S3LogStores;
+
+impl LogStoreFactory for S3LogStores {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &url::Url,
+        options: &StorageConfig,
+    ) -> deltalake_core::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+/// Reads the table's log (`version()` stays `None` without one).
+async fn load_log(mut table: DeltaTable) -> Result<DeltaTable, DeltaError> {
     match table.load().await {
         Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
         Err(e) => Err(DeltaError::table("open", e)),
@@ -655,6 +729,7 @@ async fn load(spec: &DeltaSpec, create_dir: bool) -> Result<DeltaTable, DeltaErr
 async fn create(
     table: DeltaTable,
     spec: &DeltaSpec,
+    s3: &S3Spec,
     columns: &[ColumnSpec],
 ) -> Result<DeltaTable, DeltaError> {
     let created = table
@@ -667,7 +742,7 @@ async fn create(
     match created {
         Ok(t) => Ok(t),
         Err(e) => {
-            let again = load(spec, false).await?;
+            let again = load(spec, s3, false).await?;
             if again.version().is_none() {
                 return Err(DeltaError::table("create", e));
             }
