@@ -79,7 +79,7 @@ table = DeltaTable(sys.argv[1])
 rows = table.to_pyarrow_table().sort_by([("window_start", "ascending"), ("event_type", "ascending")])
 print(f"  deltalake reads version {table.version()}: {rows.num_rows} rows, one per window and event type")
 for row in rows.slice(0, 4).to_pylist():
-    print("  ", row)
+    print("  ", {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()})
 sys.stdout.flush()
 os._exit(0)  # deltalake's thread pool can abort the interpreter's shutdown
 PY

@@ -197,8 +197,17 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // delta-rs warns at every merge about a metric its own plan does not
+    // report; a user asking for its logs gets them.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("deltalake")) {
+        filter = filter.add_directive(
+            "deltalake_core::operations::merge=error"
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
     // Colours only on a terminal: logs redirected to a file stay plain text.
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

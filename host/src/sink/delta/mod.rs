@@ -718,6 +718,14 @@ impl LogStoreFactory for S3LogStores {
 
 /// Reads the table's log (`version()` stays `None` without one).
 async fn load_log(mut table: DeltaTable) -> Result<DeltaTable, DeltaError> {
+    // Looked for first: loading a missing log logs an error.
+    if !table
+        .verify_deltatable_existence()
+        .await
+        .map_err(|e| DeltaError::table("open", e))?
+    {
+        return Ok(table);
+    }
     match table.load().await {
         Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
         Err(e) => Err(DeltaError::table("open", e)),
