@@ -185,3 +185,50 @@ fn the_postgres_rows_write_every_event_but_heartbeats_once() {
         assert_eq!(counts, format!("{events}|{events}\n"));
     }
 }
+
+/// `--delta DIR`: the sample events through filter-heartbeats into a Delta
+/// table, at-least-once and exactly-once; each table, read with the Python
+/// `deltalake` package, holds every event that is not a heartbeat, once.
+#[test]
+fn the_delta_rows_write_every_event_but_heartbeats_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("delta.json");
+    let lake = dir.path().join("lake");
+    let lake_arg = lake.display().to_string();
+    run_bench(&json, &["--partitions", "2", "--delta", &lake_arg]);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let o = SampleOptions {
+        count: RECORDS,
+        users: 50,
+        ..SampleOptions::default()
+    };
+    let mut want: Vec<String> = (0..RECORDS)
+        .filter_map(|i| {
+            let v: Value = serde_json::from_slice(&sample_record(&o, i).1).unwrap();
+            (v["event_type"] != "heartbeat").then(|| v["event_id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    want.sort();
+    let rows = report["rows"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["delivery"].as_str().unwrap(),
+                r["rows_written"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let n = want.len() as u64;
+    assert_eq!(got, [("at-least-once", n), ("exactly-once", n)]);
+    for r in rows {
+        let table = sluice_tests::read_delta(std::path::Path::new(r["table"].as_str().unwrap()));
+        let mut ids: Vec<String> = table
+            .rows
+            .iter()
+            .map(|row| row["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, want);
+    }
+}
