@@ -239,45 +239,35 @@ parallelism: {parallelism}
     /// Adds a PostgreSQL table to the `default` output (created from the
     /// Parquet schema's columns).
     pub(super) fn with_postgres(&self, url: &str, table: &str) {
-        let yaml = std::fs::read_to_string(&self.spec).unwrap();
-        let postgres = format!(
-            "\n    postgres:\n      url: \"{url}\"\n      table: {table}\n      schema:\n{}",
-            self.shape
-                .aggregate()
-                .1
-                .lines()
-                .skip(1)
-                .filter(|l| !l.contains("partition_by"))
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
-        );
-        let yaml = yaml.replacen(
-            "\n  alerts: {",
-            &format!("{}\n  alerts: {{", postgres.trim_end()),
-            1,
-        );
-        std::fs::write(&self.spec, yaml).unwrap();
+        self.add_table(&format!(
+            "postgres:\n      url: \"{url}\"\n      table: {table}"
+        ));
     }
 
     /// Adds a Delta table at `path` to the `default` output (created from
     /// the Parquet schema's columns).
     pub(super) fn with_delta(&self, path: &std::path::Path) {
+        self.add_table(&format!("delta:\n      path: \"{}\"", path.display()));
+    }
+
+    /// Adds a table section (`section`'s first line its name, then its
+    /// settings but the schema) to the `default` output, with the Parquet
+    /// schema's columns.
+    fn add_table(&self, section: &str) {
         let yaml = std::fs::read_to_string(&self.spec).unwrap();
-        let delta = format!(
-            "\n    delta:\n      path: \"{}\"\n      schema:\n{}",
-            path.display(),
-            self.shape
-                .aggregate()
-                .1
-                .lines()
-                .skip(1)
-                .filter(|l| !l.contains("partition_by"))
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
-        );
+        let schema: String = self
+            .shape
+            .aggregate()
+            .1
+            .lines()
+            .skip(1)
+            .filter(|l| !l.contains("partition_by"))
+            .map(|l| format!("  {l}\n"))
+            .collect();
+        let table = format!("\n    {section}\n      schema:\n{schema}");
         let yaml = yaml.replacen(
             "\n  alerts: {",
-            &format!("{}\n  alerts: {{", delta.trim_end()),
+            &format!("{}\n  alerts: {{", table.trim_end()),
             1,
         );
         std::fs::write(&self.spec, yaml).unwrap();

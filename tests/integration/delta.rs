@@ -357,31 +357,13 @@ fn the_demos_merged_windows_equal_the_final_append_results() {
     };
     kafka_tools::produce_sample(brokers(), &input, &o).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
-    let adapt = |file: &str, name: &str| {
-        let yaml = std::fs::read_to_string(demo.join(file))
-            .unwrap()
-            .replace("127.0.0.1:9092", brokers())
-            .replace(
-                "topics: [events]",
-                &format!("topics: [{input}]\n  group: {}", unique(name)),
-            )
-            .replace("topic: events-per-minute", &format!("topic: {results}"))
-            .replace("topic: events-dlq", &format!("topic: {dlq}"))
-            .replace(
-                "../../target/wasm32-wasip2/guest/event_window_agg.wasm",
-                &guest("event-window-agg").display().to_string(),
-            )
-            .replace(
-                "../../.sluice/demo/",
-                &format!("{}/{name}/", dir.path().display()),
-            )
-            .replace(
-                "name: events-per-minute",
-                &format!("name: {}", unique(name)),
-            );
-        spec(&yaml)
+    let place = DemoPlace {
+        input: &input,
+        results: &results,
+        dlq: &dlq,
+        dir: dir.path(),
     };
+    let adapt = |file: &str, name: &str| demo_spec(file, name, &place, &[]);
     run_until_caught_up(&adapt("windows-delta.yaml", "merged"));
     run_until_caught_up(&adapt("windows.yaml", "appended"));
     let row = |start: &str, v: &Value| {

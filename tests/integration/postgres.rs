@@ -484,33 +484,19 @@ fn the_demos_upserted_windows_equal_the_final_append_results() {
     };
     kafka_tools::produce_sample(brokers(), &input, &o).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
-    let adapt = |file: &str, name: &str| {
-        let yaml = std::fs::read_to_string(demo.join(file))
-            .unwrap()
-            .replace("127.0.0.1:9092", brokers())
-            .replace(
-                "topics: [events]",
-                &format!("topics: [{input}]\n  group: {}", unique(name)),
-            )
-            .replace("topic: events-per-minute", &format!("topic: {results}"))
-            .replace("topic: events-dlq", &format!("topic: {dlq}"))
-            .replace("postgres://sluice@127.0.0.1:5432/postgres", &pg.url())
-            .replace("table: events_per_minute", &format!("table: {table}"))
-            .replace(
-                "../../target/wasm32-wasip2/guest/event_window_agg.wasm",
-                &guest("event-window-agg").display().to_string(),
-            )
-            .replace(
-                "../../.sluice/demo/",
-                &format!("{}/{name}/", dir.path().display()),
-            )
-            .replace(
-                "name: events-per-minute",
-                &format!("name: {}", unique(name)),
-            );
-        spec(&yaml)
+    let place = DemoPlace {
+        input: &input,
+        results: &results,
+        dlq: &dlq,
+        dir: dir.path(),
     };
+    let pg_url = pg.url();
+    let table_line = format!("table: {table}");
+    let to_test_table = [
+        ("postgres://sluice@127.0.0.1:5432/postgres", pg_url.as_str()),
+        ("table: events_per_minute", table_line.as_str()),
+    ];
+    let adapt = |file: &str, name: &str| demo_spec(file, name, &place, &to_test_table);
     run_until_caught_up(&adapt("windows-postgres.yaml", "upserted"));
     run_until_caught_up(&adapt("windows.yaml", "appended"));
     let mut want: Vec<String> = read(&results)

@@ -452,9 +452,18 @@ for base, dirs, files in sorted(os.walk(root)):
     if !dir.exists() {
         return Vec::new();
     }
+    run_reader("pyarrow", SCRIPT, dir)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Runs a Python reader `script` (named `reader` in failures) on `dir`;
+/// returns what it printed.
+fn run_reader(reader: &str, script: &str, dir: &Path) -> String {
     let out = Command::new(python())
         .arg("-c")
-        .arg(SCRIPT)
+        .arg(script)
         .arg(dir)
         .output()
         .unwrap_or_else(|e| {
@@ -465,15 +474,61 @@ for base, dirs, files in sorted(os.walk(root)):
         });
     assert!(
         out.status.success(),
-        "pyarrow could not read {}: {}",
+        "{reader} could not read {}: {}",
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Where a demo pipeline of `deploy/demo` runs in a test: its topics (the
+/// demo's `events`, `events-per-minute` and `events-dlq`), and a directory
+/// for its checkpoints and files.
+pub struct DemoPlace<'a> {
+    pub input: &'a str,
+    pub results: &'a str,
+    pub dlq: &'a str,
+    pub dir: &'a Path,
+}
+
+/// The demo spec `file` (a window pipeline of `deploy/demo`) made to run
+/// in `place` as `name` (its own group and directory), with `extra`
+/// replacements applied to its text.
+pub fn demo_spec(
+    file: &str,
+    name: &str,
+    place: &DemoPlace<'_>,
+    extra: &[(&str, &str)],
+) -> PipelineSpec {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
+    let mut yaml = std::fs::read_to_string(demo.join(file))
         .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+        .replace("127.0.0.1:9092", brokers())
+        .replace(
+            "topics: [events]",
+            &format!("topics: [{}]\n  group: {}", place.input, unique(name)),
+        )
+        .replace(
+            "topic: events-per-minute",
+            &format!("topic: {}", place.results),
+        )
+        .replace("topic: events-dlq", &format!("topic: {}", place.dlq))
+        .replace(
+            "../../target/wasm32-wasip2/guest/event_window_agg.wasm",
+            &guest("event-window-agg").display().to_string(),
+        )
+        .replace(
+            "../../.sluice/demo/",
+            &format!("{}/{name}/", place.dir.display()),
+        )
+        .replace(
+            "name: events-per-minute",
+            &format!("name: {}", unique(name)),
+        );
+    for (from, to) in extra {
+        yaml = yaml.replace(from, to);
+    }
+    spec(&yaml)
 }
 
 /// A Delta table as read by delta-rs's Python package (`deltalake`), an
@@ -500,24 +555,7 @@ sys.stdout.flush()
 # ("terminate called without an active exception"); the work is done.
 os._exit(0)
 "#;
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} (run deploy/local/setup.sh): {e}",
-                python().display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "deltalake could not read {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = run_reader("deltalake", SCRIPT, dir);
     let mut lines = text.lines();
     let head: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     DeltaRead {

@@ -38,6 +38,7 @@
 //!
 //! And `sluice_modules`: stored module versions.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use axum::extract::State;
@@ -220,8 +221,7 @@ pub fn render(state: &AppState) -> String {
             );
         }
     }
-    type Stat = fn(&PostgresStats) -> f64;
-    let postgres: [(&str, &str, &str, Stat); 6] = [
+    let postgres: [Family<PostgresStats>; 6] = [
         (
             "sluice_postgres_rows_written_total",
             "counter",
@@ -259,28 +259,8 @@ pub fn render(state: &AppState) -> String {
             |s| s.last_commit_us as f64 / 1e6,
         ),
     ];
-    for (name, kind, help, value) in postgres {
-        if progress
-            .iter()
-            .all(|(_, p)| p.totals.run.postgres.is_empty())
-        {
-            break;
-        }
-        family(&mut out, name, kind, help);
-        for (pipeline, p) in &progress {
-            for (output, stats) in &p.totals.run.postgres {
-                sample(
-                    &mut out,
-                    name,
-                    pipeline,
-                    &[("output", output)],
-                    value(stats),
-                );
-            }
-        }
-    }
-    type DeltaStat = fn(&DeltaStats) -> f64;
-    let delta: [(&str, &str, &str, DeltaStat); 7] = [
+    per_output(&mut out, &progress, &postgres, |p| &p.totals.run.postgres);
+    let delta: [Family<DeltaStats>; 7] = [
         (
             "sluice_delta_rows_written_total",
             "counter",
@@ -324,23 +304,7 @@ pub fn render(state: &AppState) -> String {
             |s| s.last_commit_us as f64 / 1e6,
         ),
     ];
-    for (name, kind, help, value) in delta {
-        if progress.iter().all(|(_, p)| p.totals.run.delta.is_empty()) {
-            break;
-        }
-        family(&mut out, name, kind, help);
-        for (pipeline, p) in &progress {
-            for (output, stats) in &p.totals.run.delta {
-                sample(
-                    &mut out,
-                    name,
-                    pipeline,
-                    &[("output", output)],
-                    value(stats),
-                );
-            }
-        }
-    }
+    per_output(&mut out, &progress, &delta, |p| &p.totals.run.delta);
     family(
         &mut out,
         "sluice_consumer_lag",
@@ -523,6 +487,30 @@ type TaskGauge = (
 
 /// A counter family: name, help, and its value in a progress document.
 type Counter = (&'static str, &'static str, fn(&Progress) -> u64);
+
+/// A family of a sink's statistics: name, kind, help, and its value.
+type Family<S> = (&'static str, &'static str, &'static str, fn(&S) -> f64);
+
+/// The families of a table sink's statistics (name, kind, help, value),
+/// a sample per pipeline and output that has the sink; none without one.
+fn per_output<S>(
+    out: &mut String,
+    progress: &[(&str, &Progress)],
+    families: &[Family<S>],
+    stats: impl Fn(&Progress) -> &BTreeMap<String, S>,
+) {
+    if progress.iter().all(|(_, p)| stats(p).is_empty()) {
+        return;
+    }
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for (pipeline, p) in progress {
+            for (output, s) in stats(p) {
+                sample(out, name, pipeline, &[("output", output)], value(s));
+            }
+        }
+    }
+}
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -5,6 +5,9 @@
 //! Fields of the record that are not columns are ignored, so that a
 //! transform can add fields without breaking its table outputs.
 
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
@@ -134,6 +137,24 @@ pub(crate) fn infer(
         ));
     }
     Ok((columns, skipped))
+}
+
+/// The Arrow schema of rows of `columns`, timestamps (UTC) in `unit`.
+pub(crate) fn arrow_schema(columns: &[ColumnSpec], unit: TimeUnit) -> SchemaRef {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|c| {
+            let ty = match c.ty {
+                ColumnType::String => DataType::Utf8,
+                ColumnType::Int64 => DataType::Int64,
+                ColumnType::Float64 => DataType::Float64,
+                ColumnType::Bool => DataType::Boolean,
+                ColumnType::TimestampMs => DataType::Timestamp(unit, Some("UTC".into())),
+            };
+            Field::new(&c.name, ty, c.nullable)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// The JSON kind of a value, as named in rejection reasons.

@@ -405,27 +405,23 @@ fn validate(spec: &PipelineSpec, check_modules: bool) -> Result<(), SpecError> {
             ));
         }
     }
-    if spec.checkpoint.is_none()
-        && let Some(name) = spec
-            .outputs
-            .iter()
-            .find_map(|(name, o)| o.parquet.as_ref().map(|_| name))
-    {
-        return Err(SpecError::new(
-            format!("outputs.{name}.parquet"),
-            "Parquet files become visible at checkpoints: add a `checkpoint` section",
-        ));
-    }
-    if spec.checkpoint.is_none()
-        && let Some(name) = spec
-            .outputs
-            .iter()
-            .find_map(|(name, o)| o.delta.as_ref().map(|_| name))
-    {
-        return Err(SpecError::new(
-            format!("outputs.{name}.delta"),
-            "Delta commits are made at checkpoints: add a `checkpoint` section",
-        ));
+    if spec.checkpoint.is_none() {
+        for (name, output) in &spec.outputs {
+            let needs = [
+                (
+                    output.parquet.is_some(),
+                    "parquet",
+                    "Parquet files become visible",
+                ),
+                (output.delta.is_some(), "delta", "Delta commits are made"),
+            ];
+            if let Some((_, section, what)) = needs.iter().find(|n| n.0) {
+                return Err(SpecError::new(
+                    format!("outputs.{name}.{section}"),
+                    format!("{what} at checkpoints: add a `checkpoint` section"),
+                ));
+            }
+        }
     }
     if spec.delivery == super::Delivery::ExactlyOnce && spec.checkpoint.is_none() {
         return Err(SpecError::new(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use deltalake_core::kernel::{DataType, PrimitiveType, StructField};
 use deltalake_core::{DeltaTable, DeltaTableError};
@@ -131,24 +131,9 @@ pub(super) fn match_columns(
     Ok((columns, missing))
 }
 
-/// The Arrow schema of rows of `columns`.
+/// The Arrow schema of rows of `columns` (timestamps in microseconds).
 pub(super) fn arrow_schema(columns: &[ColumnSpec]) -> SchemaRef {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|c| {
-            let ty = match c.ty {
-                ColumnType::String => ArrowType::Utf8,
-                ColumnType::Int64 => ArrowType::Int64,
-                ColumnType::Float64 => ArrowType::Float64,
-                ColumnType::Bool => ArrowType::Boolean,
-                ColumnType::TimestampMs => {
-                    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-                }
-            };
-            Field::new(&c.name, ty, c.nullable)
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
+    crate::sink::row::arrow_schema(columns, TimeUnit::Microsecond)
 }
 
 /// Rows (cells of `columns`' types, timestamps already in microseconds)

@@ -14,7 +14,7 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
@@ -76,22 +76,7 @@ pub(super) fn resolve(root: &Path, rel: &str) -> Result<PathBuf, ParquetError> {
 }
 
 pub(super) fn arrow_schema(columns: &[ColumnSpec]) -> SchemaRef {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|c| {
-            let ty = match c.ty {
-                ColumnType::String => DataType::Utf8,
-                ColumnType::Int64 => DataType::Int64,
-                ColumnType::Float64 => DataType::Float64,
-                ColumnType::Bool => DataType::Boolean,
-                ColumnType::TimestampMs => {
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
-                }
-            };
-            Field::new(&c.name, ty, c.nullable)
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
+    crate::sink::row::arrow_schema(columns, TimeUnit::Millisecond)
 }
 
 pub(super) fn writer_properties() -> WriterProperties {
