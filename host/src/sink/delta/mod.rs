@@ -49,7 +49,6 @@ mod table;
 use self::location::{add_columns, create, load, version_of};
 
 use std::num::NonZeroU64;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use deltalake_core::datafusion::prelude::{Expr, SessionContext, col};
@@ -146,6 +145,19 @@ enum Pending {
     Merge(IndexMap<String, Vec<Cell>>),
 }
 
+impl Pending {
+    /// Nothing written yet, in `mode`.
+    fn new(mode: DeltaMode) -> Self {
+        match mode {
+            DeltaMode::Append => Pending::Append {
+                writer: None,
+                rows: 0,
+            },
+            DeltaMode::Merge => Pending::Merge(IndexMap::new()),
+        }
+    }
+}
+
 /// Exactly-once bookkeeping: the table's `txn` of this output.
 #[derive(Debug)]
 struct Txn {
@@ -191,10 +203,7 @@ impl DeltaSink {
         exactly_once: Option<EpochKey>,
     ) -> Result<Self, DeltaError> {
         spec.validate().map_err(DeltaError::Table)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| DeltaError::Table(format!("cannot start the table's runtime: {e}")))?;
+        let runtime = table_runtime()?;
         let started = Instant::now();
         let mut table = runtime.block_on(load(spec, s3, true))?;
         let mut columns = None;
@@ -224,13 +233,7 @@ impl DeltaSink {
                 Some(Txn { app_id, recorded })
             }
         };
-        let pending = match spec.mode {
-            DeltaMode::Append => Pending::Append {
-                writer: None,
-                rows: 0,
-            },
-            DeltaMode::Merge => Pending::Merge(IndexMap::new()),
-        };
+        let pending = Pending::new(spec.mode);
         let sink = Self {
             name: name.to_owned(),
             spec: spec.clone(),
@@ -261,36 +264,24 @@ impl DeltaSink {
     /// creating or changing anything.
     pub fn check(spec: &DeltaSpec, s3: &S3Spec) -> Result<String, DeltaError> {
         spec.validate().map_err(DeltaError::Table)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| DeltaError::Table(format!("cannot start the table's runtime: {e}")))?;
-        let in_s3 = match spec.s3_url() {
-            Some(_) => Some(runtime.block_on(load(spec, s3, false))?),
-            None => None,
-        };
-        let dir = match &in_s3 {
-            Some(_) => Some(PathBuf::new()),
-            None => writable_dir(&spec.path),
-        };
-        let Some(dir) = dir else {
-            return Err(DeltaError::Table(format!(
-                "path: {} cannot be created (no writable directory above it)",
-                spec.path.display()
-            )));
-        };
-        if in_s3.is_none() && !spec.path.exists() {
-            return Ok(format!(
-                "creates the table {} ({}) in {}",
-                spec.path.display(),
-                describe(spec.schema.as_deref()),
-                dir.display()
-            ));
+        let runtime = table_runtime()?;
+        if spec.s3_url().is_none() {
+            let dir = writable_dir(&spec.path).ok_or_else(|| {
+                DeltaError::Table(format!(
+                    "path: {} cannot be created (no writable directory above it)",
+                    spec.path.display()
+                ))
+            })?;
+            if !spec.path.exists() {
+                return Ok(format!(
+                    "creates the table {} ({}) in {}",
+                    spec.path.display(),
+                    describe(spec.schema.as_deref()),
+                    dir.display()
+                ));
+            }
         }
-        let table = match in_s3 {
-            Some(t) => t,
-            None => runtime.block_on(load(spec, s3, false))?,
-        };
+        let table = runtime.block_on(load(spec, s3, false))?;
         let Some(version) = table.version() else {
             return Ok(format!(
                 "creates the table {} ({})",
@@ -355,8 +346,10 @@ impl DeltaSink {
                 for (_, cells) in rows {
                     let key: Vec<String> =
                         keys.iter().map(|&k| format!("{:?}", cells[k])).collect();
-                    buffer.shift_remove(&key.join("\u{0}"));
-                    buffer.insert(key.join("\u{0}"), cells);
+                    let key = key.join("\u{0}");
+                    // The last record of its key, at the end of the buffer.
+                    buffer.shift_remove(&key);
+                    buffer.insert(key, cells);
                 }
             }
             Pending::Append { writer, rows: n } => {
@@ -414,8 +407,7 @@ impl DeltaSink {
                 .with_application_transaction(Transaction::new(&t.app_id, epoch)),
             None => CommitProperties::default(),
         };
-        let empty = self.empty();
-        match std::mem::replace(&mut self.pending, empty) {
+        match std::mem::replace(&mut self.pending, Pending::new(self.spec.mode)) {
             Pending::Append { writer, rows } => {
                 let mut writer = writer.expect("rows were written");
                 let adds = self
@@ -503,17 +495,7 @@ impl DeltaSink {
         {
             w.reset();
         }
-        self.pending = self.empty();
-    }
-
-    fn empty(&self) -> Pending {
-        match self.spec.mode {
-            DeltaMode::Append => Pending::Append {
-                writer: None,
-                rows: 0,
-            },
-            DeltaMode::Merge => Pending::Merge(IndexMap::new()),
-        }
+        self.pending = Pending::new(self.spec.mode);
     }
 
     fn table_partitions(&self) -> Vec<String> {
@@ -605,6 +587,14 @@ impl DeltaSink {
             }
         }
     }
+}
+
+/// The runtime the table's I/O runs on (the run loop's thread drives it).
+fn table_runtime() -> Result<tokio::runtime::Runtime, DeltaError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DeltaError::Table(format!("cannot start the table's runtime: {e}")))
 }
 
 /// The row of a record, or why it is refused.
