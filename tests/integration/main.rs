@@ -32,6 +32,7 @@ mod secrets;
 mod serve;
 mod serve_file;
 mod server;
+mod source;
 mod swap;
 mod tasks;
 mod windows;

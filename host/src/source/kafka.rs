@@ -20,9 +20,11 @@ use crate::batch::Batch;
 use crate::spec::{BatchSpec, PipelineSpec, StartFrom};
 
 mod offsets;
+mod queues;
 
 pub use offsets::{GroupOffsets, source_partitions};
 use offsets::{check_topics, end_offsets, positioned, started};
+use queues::Queues;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one poll may block when no batch is open.
@@ -31,6 +33,9 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// one answer may take.
 const ENDS_WHILE_PAUSED: Duration = Duration::from_secs(1);
 const ENDS_TIMEOUT: Duration = Duration::from_millis(500);
+/// While paused: the most records held per serve (the rest wait in
+/// librdkafka's queue until the next).
+const HELD_AT_ONCE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -258,6 +263,9 @@ impl ConsumerContext for SourceContext {
 }
 
 pub struct KafkaSource {
+    /// The source partitions' records, read in batches (`None`: one at a
+    /// time through the consumer). Before `consumer`: fields drop in order.
+    queues: Option<Queues>,
     consumer: BaseConsumer<SourceContext>,
     topics: Vec<String>,
     trigger: BatchSpec,
@@ -380,6 +388,9 @@ impl KafkaSource {
             .into_iter()
             .filter(|(_, p)| tasks.is_none_or(|tasks| tasks.contains(p)))
             .collect();
+        // Before any partition is assigned, so that each is read through
+        // one queue from its first record.
+        let queues = Queues::split(&consumer, &spec.source.topics, &partitions);
         let remaining = if until_caught_up {
             Some(end_offsets(
                 &consumer,
@@ -407,7 +418,7 @@ impl KafkaSource {
                 consumer.assign(&tpl)?;
             }
         }
-        let mut source = Self::with(spec, consumer, ends, remaining);
+        let mut source = Self::with(spec, consumer, ends, remaining, queues);
         if let Some(tasks) = tasks {
             source.order = tasks.to_vec();
             source.slots = Some(slots_of(&source.order));
@@ -438,10 +449,11 @@ impl KafkaSource {
         let ends = EndOffsets::default();
         let consumer: BaseConsumer<SourceContext> =
             config.create_with_context(SourceContext::new(spec, ends.clone(), true))?;
-        check_topics(&consumer, spec)?;
+        let partitions = check_topics(&consumer, spec)?;
+        let queues = Queues::split(&consumer, &spec.source.topics, &partitions);
         let topic_refs: Vec<&str> = spec.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;
-        let mut source = Self::with(spec, consumer, ends, None);
+        let mut source = Self::with(spec, consumer, ends, None, queues);
         source.slots = Some(HashMap::new());
         source.leave = instance.map(|instance| Leave {
             brokers: spec.kafka.brokers.clone(),
@@ -499,8 +511,10 @@ impl KafkaSource {
         consumer: BaseConsumer<SourceContext>,
         ends: EndOffsets,
         remaining: Option<HashMap<(u16, i32), i64>>,
+        queues: Option<Queues>,
     ) -> Self {
         Self {
+            queues,
             consumer,
             topics: spec.source.topics.clone(),
             trigger: spec.batch.clone(),
@@ -674,6 +688,12 @@ impl KafkaSource {
         &self.topics
     }
 
+    /// Whether records are read many at a time from the source's own queue
+    /// (see `kafka/queues.rs`), rather than one poll each.
+    pub fn reads_in_batches(&self) -> bool {
+        self.queues.is_some()
+    }
+
     /// For a pause of the pipeline: stops fetching from every assigned
     /// partition. Records fetched but not yet handed out are fetched again
     /// on [`Self::resume`] (librdkafka resumes a paused partition at the
@@ -716,15 +736,26 @@ impl KafkaSource {
             }
             raise_ends(&self.ends, ends);
         }
+        let mut arrived = Vec::new();
         while let Some(polled) = self.consumer.poll(Duration::ZERO) {
-            let message = match polled {
-                Ok(message) => message.detach(),
-                Err(KafkaError::PartitionEOF(_)) => continue,
+            match polled {
+                Ok(message) => arrived.push(message.detach()),
+                Err(KafkaError::PartitionEOF(_)) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)");
-                    continue;
+                    tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)")
                 }
-            };
+            }
+        }
+        if let Some(queues) = &mut self.queues {
+            queues.read(Duration::ZERO, HELD_AT_ONCE, |_, polled| match polled {
+                Ok(message) => arrived.push(message.detach()),
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)")
+                }
+            });
+        }
+        for message in arrived {
             let partition = (message.topic().to_owned(), message.partition());
             if !self.paused.contains(&partition) {
                 let mut tpl = TopicPartitionList::with_capacity(1);
@@ -807,39 +838,27 @@ impl KafkaSource {
                 || self.caught_up()
                 || wake.load(Ordering::Relaxed)
                 || self.rebalancing()
+                || full
             {
-                break;
-            }
-            if full {
                 break;
             }
             let timeout = match closes_at {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None => IDLE_POLL,
             };
-            match self.consumer.poll(timeout) {
-                None => {}
-                Some(Ok(message)) => {
-                    full = Self::take_into(
-                        &self.topics,
-                        self.slots.as_ref(),
-                        &mut self.remaining,
-                        &mut round,
-                        &message,
-                        max_records,
-                        max_bytes,
-                    );
-                    closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
-                    if full {
-                        break;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => self.update_caught_up_from_positions()?,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error (the client retries)")
-                }
+            let (took, eof) = if self.queues.is_some() {
+                self.read_queues(&mut round, &mut full, timeout, closes_at.is_none())
+            } else {
+                self.poll_one(&mut round, &mut full, timeout)
+                    .unwrap_or((false, false))
+            };
+            if eof {
+                self.update_caught_up_from_positions()?;
             }
-            if closes_at.is_some_and(|at| Instant::now() >= at) {
+            if took {
+                closes_at.get_or_insert_with(|| Instant::now() + self.trigger.max_wait);
+            }
+            if full || closes_at.is_some_and(|at| Instant::now() >= at) {
                 break;
             }
             if closes_at.is_none()
@@ -874,10 +893,105 @@ impl KafkaSource {
         ))
     }
 
+    /// One turn of a round read through the source's queues: the consumer
+    /// queue's events (and records of partitions not split off), then up
+    /// to the round's room of records, waiting up to `timeout` (for the
+    /// first record only while no batch is open: it starts `max_wait`).
+    /// Returns whether any record came, and whether a partition reported
+    /// its end.
+    fn read_queues(
+        &mut self,
+        round: &mut [Slot],
+        full: &mut bool,
+        timeout: Duration,
+        first: bool,
+    ) -> (bool, bool) {
+        let (mut took, mut eof) = (false, false);
+        while !*full {
+            match self.poll_one(round, full, Duration::ZERO) {
+                Some((t, e)) => {
+                    took |= t;
+                    eof |= e;
+                }
+                // An event served (a commit's result) answers `None` too.
+                None if self.queues.as_ref().is_some_and(Queues::events_waiting) => {}
+                None => break,
+            }
+        }
+        if *full || self.rebalancing() {
+            return (took, eof);
+        }
+        let (max_records, max_bytes) = (
+            self.trigger.max_records,
+            self.trigger.max_bytes.as_u64() as usize,
+        );
+        let room = if first {
+            1
+        } else {
+            round
+                .iter()
+                .map(|s| room(&s.batch, max_records, max_bytes))
+                .min()
+                .unwrap_or(1)
+        };
+        let Some(queues) = &mut self.queues else {
+            return (took, eof);
+        };
+        let n = queues.read(timeout, room, |source, polled| match polled {
+            // Past a batch full by its bytes: kept for the next round.
+            Ok(message) if *full => self.held.push_back(message.detach()),
+            Ok(message) => {
+                *full = Self::take_into(
+                    source,
+                    self.slots.as_ref(),
+                    &mut self.remaining,
+                    round,
+                    message,
+                    max_records,
+                    max_bytes,
+                )
+            }
+            Err(KafkaError::PartitionEOF(_)) => eof = true,
+            Err(e) => tracing::warn!(error = %e, "kafka consumer error (the client retries)"),
+        });
+        (took || n > 0, eof)
+    }
+
+    /// One poll of the consumer, waiting up to `timeout`: `None` if it gave
+    /// nothing, else whether a record came, and whether a partition
+    /// reported its end.
+    fn poll_one(
+        &mut self,
+        round: &mut [Slot],
+        full: &mut bool,
+        timeout: Duration,
+    ) -> Option<(bool, bool)> {
+        match self.consumer.poll(timeout)? {
+            Ok(message) => {
+                let source = source_index(&self.topics, message.topic());
+                *full = Self::take_into(
+                    source,
+                    self.slots.as_ref(),
+                    &mut self.remaining,
+                    round,
+                    &message,
+                    self.trigger.max_records,
+                    self.trigger.max_bytes.as_u64() as usize,
+                );
+                Some((true, false))
+            }
+            Err(KafkaError::PartitionEOF(_)) => Some((false, true)),
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error (the client retries)");
+                Some((false, false))
+            }
+        }
+    }
+
     /// [`Self::take_into`] for a held message.
     fn take(&mut self, round: &mut [Slot], message: &OwnedMessage) -> bool {
         Self::take_into(
-            &self.topics,
+            source_index(&self.topics, message.topic()),
             self.slots.as_ref(),
             &mut self.remaining,
             round,
@@ -892,7 +1006,7 @@ impl KafkaSource {
     /// done at its end offset. Returns whether that batch is now full.
     /// (Not a method: a polled record borrows the consumer.)
     fn take_into<M: Message>(
-        topics: &[String],
+        source: u16,
         slots: Option<&HashMap<i32, usize>>,
         remaining: &mut Option<HashMap<(u16, i32), i64>>,
         round: &mut [Slot],
@@ -903,10 +1017,6 @@ impl KafkaSource {
     where
         M::Headers: crate::kafka_headers::AsBorrowedHeaders,
     {
-        let source = topics
-            .iter()
-            .position(|t| t == message.topic())
-            .unwrap_or(0) as u16;
         let (partition, offset) = (message.partition(), message.offset());
         let slot = match slots {
             None => 0,
@@ -1070,6 +1180,25 @@ impl SourceContext {
 }
 
 /// Per task's partition number, its batch's index.
+/// How many more records `batch` takes, at most: its records left, and
+/// its bytes left at the size of its records so far (records read past
+/// the batch's end are copied to be held, so the guess saves that copy).
+fn room(batch: &Batch, max_records: usize, max_bytes: usize) -> usize {
+    let left = max_records.saturating_sub(batch.len());
+    let bytes = batch.records.data_bytes();
+    let by_bytes = match bytes.checked_div(batch.len()) {
+        Some(average) => max_bytes.saturating_sub(bytes) / average.max(1) + 1,
+        None => left,
+    };
+    left.min(by_bytes).max(1)
+}
+
+/// The index of a source topic (0 for one the source does not read,
+/// which librdkafka does not deliver).
+fn source_index(topics: &[String], topic: &str) -> u16 {
+    topics.iter().position(|t| t == topic).unwrap_or(0) as u16
+}
+
 fn slots_of(order: &[i32]) -> HashMap<i32, usize> {
     order.iter().enumerate().map(|(i, &p)| (p, i)).collect()
 }
@@ -1077,6 +1206,22 @@ fn slots_of(order: &[i32]) -> HashMap<i32, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_has_room_for_its_records_and_bytes_left() {
+        let mut batch = Batch::with_capacity(10, 1024);
+        assert_eq!(room(&batch, 1000, 4096), 1000);
+        for _ in 0..10 {
+            batch.records.push(Some(b"k"), Some(&[7; 99]), None, []);
+        }
+        // 100 bytes a record, 1,000 of 4,096 used: 30 more fit, and one
+        // to close the batch.
+        assert_eq!(room(&batch, 1000, 4096), 31);
+        assert_eq!(room(&batch, 20, 4096), 10);
+        // Full: one, so that a read still moves (its record is held).
+        assert_eq!(room(&batch, 10, 4096), 1);
+        assert_eq!(room(&batch, 1000, 500), 1);
+    }
 
     #[test]
     fn end_offsets_only_move_forward() {
