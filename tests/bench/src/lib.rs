@@ -12,10 +12,11 @@
 //!    type, value = amount, ts = timestamp; same key and record timestamp).
 //! 2. Throughput rows, one after another, each reading its whole input from
 //!    the beginning with a fresh consumer group into fresh output topics:
-//!    - `raw passthrough`: a plain rdkafka `BaseConsumer` -> `ThreadedProducer`
-//!      copy with the host's consumer and producer settings, its producer
-//!      started (one delivery) before the clock starts; the baseline, one
-//!      per input;
+//!    - `raw passthrough`: the host's batched reader (`KafkaSource`, with a
+//!      pipeline's consumer settings) -> a plain `ThreadedProducer` with the
+//!      host's producer settings, started (one delivery) before the clock
+//!      starts; the baseline, one per input: no Wasm, no state, nothing
+//!      committed;
 //!    - `filter-heartbeats`, `event-window-agg` (tumbling 1m, 5 s bound,
 //!      1 h idle, append) on events, `strategy-map` and `strategy-map
 //!      exactly-once` (checkpoints every 1 s) on readings: each a real

@@ -16,7 +16,8 @@ use crate::{BenchArgs, STEADY, latency, notes};
 
 /// What a throughput row runs.
 enum Work {
-    Raw,
+    /// The spec whose source is copied (its steps are not run).
+    Raw(Box<sluice::spec::PipelineSpec>),
     /// The spec, and its text when the host's own memory is measured too
     /// (in a `sluice run` process of its own).
     Pipeline(Box<sluice::spec::PipelineSpec>, Option<String>),
@@ -74,8 +75,19 @@ pub(crate) fn bench(
             Work::Pipeline(Box::new(spec), alone)
         })
     };
+    // The raw copy reads with the filter's spec (under a group of its own);
+    // only its source settings count.
+    let raw = |slug: &str, input: &Input| match pipeline(
+        slug,
+        input,
+        setup::transform(&modules.filter_heartbeats),
+        None,
+    )? {
+        Work::Pipeline(spec, _) => anyhow::Ok(Work::Raw(spec)),
+        raw @ Work::Raw(_) => Ok(raw),
+    };
     let plans: Vec<(&str, &str, &Input, Work)> = vec![
-        (RAW, "raw", &events, Work::Raw),
+        (RAW, "raw", &events, raw("raw", &events)?),
         (
             "filter-heartbeats",
             "filter",
@@ -98,7 +110,12 @@ pub(crate) fn bench(
                 None,
             )?,
         ),
-        (RAW, "raw-readings", &readings, Work::Raw),
+        (
+            RAW,
+            "raw-readings",
+            &readings,
+            raw("raw-readings", &readings)?,
+        ),
         (
             "strategy-map",
             "map",
@@ -128,17 +145,10 @@ pub(crate) fn bench(
         let (out, dlq) = (topic(&format!("{slug}-out")), topic(&format!("{slug}-dlq")));
         kafka_tools::create_topics(brokers, &[&out, &dlq], args.partitions)?;
         let row = match work {
-            Work::Raw => {
+            Work::Raw(spec) => {
                 let producer = throughput::raw_producer(brokers, &out, &args.producer)?;
                 let meter = Meter::start(args.broker_pid);
-                let copied = throughput::raw_passthrough(
-                    &producer,
-                    brokers,
-                    &input.topic,
-                    &out,
-                    &format!("bench-{id}-{slug}"),
-                    &args.consumer,
-                )?;
+                let copied = throughput::raw_passthrough(&producer, &spec, &out)?;
                 if copied.bytes != input.bytes {
                     progress!(
                         "warning: {name} read {} bytes of key + value, {} were produced",

@@ -1,7 +1,6 @@
 //! The throughput rows: a plain consume -> produce copy (the baseline), and
 //! real pipelines run in-process until caught up.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,13 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use sluice::pipeline::{self, RunOptions, Summary};
 use sluice::runtime::Runtime;
+use sluice::source::KafkaSource;
 use sluice::spec::PipelineSpec;
 
 /// The host sink's producer settings, so that the baseline produces the
@@ -24,25 +22,6 @@ pub const HOST_PRODUCER: &[(&str, &str)] = sluice::sink::PRODUCER_DEFAULTS;
 
 /// Extra librdkafka properties, applied after the defaults.
 pub type Properties = [(String, String)];
-
-/// The host source's consumer settings (`source/kafka.rs`) for a pipeline
-/// with the default `batch.max_wait` (100 ms) run until caught up, then
-/// `extra`, as a pipeline's `kafka.consumer` would be.
-fn host_consumer(brokers: &str, group: &str, extra: &Properties) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", "16384");
-    for (k, v) in extra {
-        c.set(k, v);
-    }
-    c
-}
 
 /// A producer context that counts deliveries and notes when every
 /// `MARK_EVERY`-th one succeeded (for the steady-state rate).
@@ -82,21 +61,6 @@ impl ProducerContext for Deliveries {
         }
     }
 }
-
-/// A consumer context for which reaching the end of a partition is routine
-/// (as in the host's source), not an error to log.
-pub struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-            e => eprintln!("[bench] kafka client error (it retries): {e}: {reason}"),
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
 
 /// Progress of a row: (time, records done so far), ascending.
 pub type Timeline = Vec<(Instant, u64)>;
@@ -217,72 +181,43 @@ pub fn raw_producer(
     Ok(producer)
 }
 
-/// Copies every record of `input` to `output` with a plain `BaseConsumer`
-/// polling into a `ThreadedProducer` (key, value and timestamp; no Wasm, no
-/// batching of our own, nothing committed), then waits for every delivery.
+/// Copies every record of `spec`'s source to `output`: the host's own
+/// batched reader (`sluice::source::KafkaSource`, librdkafka's batch
+/// consume, the consumer settings a pipeline gets) into a plain
+/// `ThreadedProducer` (key, value and timestamp; no Wasm, no state, no
+/// exactly-once, nothing committed), then waits for every delivery. The
+/// fastest honest copy on the same broker: what a pipeline adds is the
+/// difference.
 pub fn raw_passthrough(
     producer: &ThreadedProducer<Deliveries>,
-    brokers: &str,
-    input: &str,
+    spec: &PipelineSpec,
     output: &str,
-    group: &str,
-    extra: &Properties,
 ) -> anyhow::Result<Copied> {
     let started = Instant::now();
-    let consumer: BaseConsumer<QuietEof> =
-        host_consumer(brokers, group, extra).create_with_context(QuietEof)?;
-
-    // Drain to the end offsets seen at start, as `--until-caught-up` does.
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(input), timeout)?;
-    let Some(topic) = metadata.topics().first().filter(|t| t.error().is_none()) else {
-        bail!("topic `{input}` does not exist");
-    };
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
-    for p in topic.partitions() {
-        let (low, high) = consumer.fetch_watermarks(input, p.id(), timeout)?;
-        if high > low {
-            remaining.insert(p.id(), high);
-        }
-    }
-    consumer.subscribe(&[input])?;
-
+    let mut source = KafkaSource::new(spec, true, None, None)?;
+    let (stop, wake) = (AtomicBool::new(false), AtomicBool::new(false));
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut first_record_s = None;
-    let mut last_progress = Instant::now();
-    while !remaining.is_empty() {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {
-                if last_progress.elapsed() > Duration::from_secs(60) {
-                    bail!("no record for 60 s; still waiting for partitions {remaining:?}");
-                }
+    while let Some(polled) = source.next_batch(&stop, &wake)? {
+        if polled.batch.is_empty() {
+            continue;
+        }
+        first_record_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        for record in polled.batch.records.iter() {
+            records += 1;
+            let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
+            if let Some(k) = record.key {
+                bytes += k.len() as u64;
+                r = r.key(k);
             }
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                first_record_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                records += 1;
-                let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
-                if let Some(k) = m.key() {
-                    bytes += k.len() as u64;
-                    r = r.key(k);
-                }
-                if let Some(v) = m.payload() {
-                    bytes += v.len() as u64;
-                    r = r.payload(v);
-                }
-                if let Some(ts) = m.timestamp().to_millis() {
-                    r = r.timestamp(ts);
-                }
-                send(producer, r)?;
-                if remaining
-                    .get(&m.partition())
-                    .is_some_and(|&end| m.offset() + 1 >= end)
-                {
-                    remaining.remove(&m.partition());
-                }
+            if let Some(v) = record.value {
+                bytes += v.len() as u64;
+                r = r.payload(v);
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => eprintln!("[bench] consumer error (the client retries): {e}"),
+            if let Some(ts) = record.timestamp {
+                r = r.timestamp(ts);
+            }
+            send(producer, r)?;
         }
     }
     producer
