@@ -150,31 +150,11 @@ fn the_scaling_table_runs_each_pipeline_at_each_worker_count() {
 fn the_postgres_rows_write_every_event_but_heartbeats_once() {
     let pg = sluice_tests::postgres::postgres();
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("postgres.json");
-    run_bench(&json, &["--partitions", "2", "--postgres", &pg.url()]);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let o = SampleOptions {
-        count: RECORDS,
-        users: 50,
-        ..SampleOptions::default()
-    };
-    let events = (0..RECORDS)
-        .filter(|&i| {
-            let v: Value = serde_json::from_slice(&sample_record(&o, i).1).unwrap();
-            v["event_type"] != "heartbeat"
-        })
-        .count() as u64;
-    let rows = report["rows"].as_array().unwrap();
-    let got: Vec<(&str, u64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["delivery"].as_str().unwrap(),
-                r["rows_written"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, [("at-least-once", events), ("exactly-once", events)]);
+    let (rows, ids) = table_rows(
+        &dir.path().join("postgres.json"),
+        &["--postgres", &pg.url()],
+    );
+    let events = ids.len();
     for r in rows {
         let table = r["table"].as_str().unwrap();
         let counts = pg
@@ -192,11 +172,29 @@ fn the_postgres_rows_write_every_event_but_heartbeats_once() {
 #[test]
 fn the_delta_rows_write_every_event_but_heartbeats_once() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("delta.json");
-    let lake = dir.path().join("lake");
-    let lake_arg = lake.display().to_string();
-    run_bench(&json, &["--partitions", "2", "--delta", &lake_arg]);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let lake = dir.path().join("lake").display().to_string();
+    let (rows, want) = table_rows(&dir.path().join("delta.json"), &["--delta", &lake]);
+    for r in rows {
+        let table = sluice_tests::read_delta(std::path::Path::new(r["table"].as_str().unwrap()));
+        let mut ids: Vec<String> = table
+            .rows
+            .iter()
+            .map(|row| row["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, want);
+    }
+}
+
+/// Runs the bench's table rows (`args`, over two partitions) into `json`
+/// and checks that each row, at-least-once then exactly-once, wrote every
+/// sample event but the heartbeats. Returns the rows and those events'
+/// ids, sorted.
+fn table_rows(json: &std::path::Path, args: &[&str]) -> (Vec<Value>, Vec<String>) {
+    let mut all = vec!["--partitions", "2"];
+    all.extend_from_slice(args);
+    run_bench(json, &all);
+    let report: Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
     let o = SampleOptions {
         count: RECORDS,
         users: 50,
@@ -209,7 +207,7 @@ fn the_delta_rows_write_every_event_but_heartbeats_once() {
         })
         .collect();
     want.sort();
-    let rows = report["rows"].as_array().unwrap();
+    let rows = report["rows"].as_array().unwrap().clone();
     let got: Vec<(&str, u64)> = rows
         .iter()
         .map(|r| {
@@ -221,14 +219,5 @@ fn the_delta_rows_write_every_event_but_heartbeats_once() {
         .collect();
     let n = want.len() as u64;
     assert_eq!(got, [("at-least-once", n), ("exactly-once", n)]);
-    for r in rows {
-        let table = sluice_tests::read_delta(std::path::Path::new(r["table"].as_str().unwrap()));
-        let mut ids: Vec<String> = table
-            .rows
-            .iter()
-            .map(|row| row["event_id"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        assert_eq!(ids, want);
-    }
+    (rows, want)
 }
