@@ -97,17 +97,7 @@ impl Runner<'_> {
         }
         for (i, (sink, routed)) in self.postgres.iter_mut().zip(&out.outputs).enumerate() {
             let Some(sink) = sink else { continue };
-            let records: Vec<TableRecord<'_>> = routed
-                .records
-                .iter()
-                .enumerate()
-                .map(|(j, r)| TableRecord {
-                    index: j as u32,
-                    value: r.value,
-                    timestamp: r.timestamp,
-                    window_start: None,
-                })
-                .collect();
+            let records = table_records(routed);
             let refused = sink.write(self.epoch, &records).with_context(|| {
                 format!(
                     "outputs.{}: cannot write to PostgreSQL",
