@@ -730,22 +730,19 @@ impl KafkaSource {
             raise_ends(&self.ends, ends);
         }
         let mut arrived = Vec::new();
-        while let Some(polled) = self.consumer.poll(Duration::ZERO) {
-            match polled {
-                Ok(message) => arrived.push(message.detach()),
-                Err(KafkaError::PartitionEOF(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)")
-                }
+        let mut hold = |polled: KafkaResult<OwnedMessage>| match polled {
+            Ok(message) => arrived.push(message),
+            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)")
             }
+        };
+        while let Some(polled) = self.consumer.poll(Duration::ZERO) {
+            hold(polled.map(|m| m.detach()));
         }
         if let Some(queues) = &mut self.queues {
-            queues.read(Duration::ZERO, HELD_AT_ONCE, |_, polled| match polled {
-                Ok(message) => arrived.push(message.detach()),
-                Err(KafkaError::PartitionEOF(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka consumer error while paused (the client retries)")
-                }
+            queues.read(Duration::ZERO, HELD_AT_ONCE, |_, polled| {
+                hold(polled.map(|m| m.detach()))
             });
         }
         for message in arrived {
@@ -917,6 +914,7 @@ impl SourceContext {
     }
 }
 
+/// Per task's partition number, its batch's index.
 fn slots_of(order: &[i32]) -> HashMap<i32, usize> {
     order.iter().enumerate().map(|(i, &p)| (p, i)).collect()
 }

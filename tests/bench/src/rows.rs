@@ -55,7 +55,7 @@ pub(crate) fn bench(
 
     let checkpoints = json_dir.join(format!("checkpoints-{id}"));
     let batch = json!({ "max_records": args.batch_records });
-    let pipeline = |slug: &str, input: &Input, transform, exactly_once: Option<&Path>| {
+    let spec = |slug: &str, input: &Input, transform, exactly_once: Option<&Path>| {
         setup::spec(&PipelineParams {
             name: format!("bench-{id}-{slug}"),
             brokers,
@@ -69,7 +69,9 @@ pub(crate) fn bench(
             exactly_once,
             parallelism: args.parallelism,
         })
-        .map(|(spec, text)| {
+    };
+    let pipeline = |slug: &str, input: &Input, transform, exactly_once: Option<&Path>| {
+        spec(slug, input, transform, exactly_once).map(|(spec, text)| {
             // Exactly-once rows resume from their checkpoints: not run twice.
             let alone = exactly_once.is_none().then_some(text);
             Work::Pipeline(Box::new(spec), alone)
@@ -77,14 +79,14 @@ pub(crate) fn bench(
     };
     // The raw copy reads with the filter's spec (under a group of its own);
     // only its source settings count.
-    let raw = |slug: &str, input: &Input| match pipeline(
-        slug,
-        input,
-        setup::transform(&modules.filter_heartbeats),
-        None,
-    )? {
-        Work::Pipeline(spec, _) => anyhow::Ok(Work::Raw(spec)),
-        raw @ Work::Raw(_) => Ok(raw),
+    let raw = |slug: &str, input: &Input| {
+        spec(
+            slug,
+            input,
+            setup::transform(&modules.filter_heartbeats),
+            None,
+        )
+        .map(|(spec, _)| Work::Raw(Box::new(spec)))
     };
     let plans: Vec<(&str, &str, &Input, Work)> = vec![
         (RAW, "raw", &events, raw("raw", &events)?),

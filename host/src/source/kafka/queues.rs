@@ -158,9 +158,9 @@ impl Queues {
 
     /// Takes up to `max` records, waiting up to `timeout` until there are
     /// that many (less if an event arrives for the consumer queue), and
-    /// hands each, in order, to `each` with its source index. Returns how
-    /// many were handed out. Per-partition errors (end of partition) come
-    /// as `Err`.
+    /// hands each, in order, to `each` with its source index. Per-partition
+    /// errors (end of partition) come as `Err`. Returns how many records
+    /// (not errors) were handed out.
     #[allow(unsafe_code)]
     pub(super) fn read(
         &mut self,
@@ -176,17 +176,15 @@ impl Queues {
         self.taken.reserve(max);
         // SAFETY: `taken` has room for `max` pointers; librdkafka writes
         // at most that many and says how many.
-        let n = unsafe {
+        unsafe {
             let n = rd_kafka_consume_batch_queue(
                 self.records.ptr(),
                 timeout_ms,
                 self.taken.as_mut_ptr(),
                 max,
             );
-            let n = usize::try_from(n).unwrap_or(0).min(max);
-            self.taken.set_len(n);
-            n
-        };
+            self.taken.set_len(usize::try_from(n).unwrap_or(0).min(max));
+        }
         // Destroys every message taken, even if `each` panics.
         struct Taken<'a>(&'a mut Vec<*mut rd_kafka_message_t>);
         impl Drop for Taken<'_> {
@@ -198,6 +196,7 @@ impl Queues {
             }
         }
         let taken = Taken(&mut self.taken);
+        let mut records = 0;
         for &m in taken.0.iter() {
             // SAFETY: librdkafka returned `m` non-null and valid until it is
             // destroyed, after this loop.
@@ -206,14 +205,17 @@ impl Queues {
             };
             let source = source_of(&mut self.sources, &self.topics, fetched.message.rkt);
             match fetched.message.err {
-                rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => each(source, Ok(&fetched)),
+                rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {
+                    records += 1;
+                    each(source, Ok(&fetched))
+                }
                 rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
                     each(source, Err(KafkaError::PartitionEOF(fetched.partition())))
                 }
                 e => each(source, Err(KafkaError::MessageConsumption(e.into()))),
             }
         }
-        n
+        records
     }
 }
 

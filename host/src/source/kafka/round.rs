@@ -175,7 +175,7 @@ impl KafkaSource {
         let Some(queues) = &mut self.queues else {
             return (took, eof);
         };
-        let n = queues.read(timeout, room, |source, polled| match polled {
+        let records = queues.read(timeout, room, |source, polled| match polled {
             // Past a batch full by its bytes: kept for the next round.
             Ok(message) if *full => self.held.push_back(message.detach()),
             Ok(message) => {
@@ -192,7 +192,7 @@ impl KafkaSource {
             Err(KafkaError::PartitionEOF(_)) => eof = true,
             Err(e) => tracing::warn!(error = %e, "kafka consumer error (the client retries)"),
         });
-        (took || n > 0, eof)
+        (took || records > 0, eof)
     }
 
     /// One poll of the consumer, waiting up to `timeout`: `None` if it gave
@@ -278,7 +278,6 @@ impl KafkaSource {
     }
 }
 
-/// Per task's partition number, its batch's index.
 /// How many more records `batch` takes, at most: its records left, and
 /// its bytes left at the size of its records so far (records read past
 /// the batch's end are copied to be held, so the guess saves that copy).
